@@ -1,0 +1,34 @@
+//! macie-emulator: a local Amazon Macie API (rest-json 1.1) for testing macie-operator.
+//!
+//! It serves the operations macie-operator uses, with the wire format of the official service
+//! model and the documented job status rules, plus an admin API under `/__admin` for tests
+//! (service-side status changes, clock, fault injection, counters and a call log).
+#![forbid(unsafe_code)]
+
+pub mod model;
+pub mod seed;
+pub mod server;
+pub mod state;
+
+use std::net::SocketAddr;
+
+pub use seed::Seed;
+pub use server::{Shared, router};
+pub use state::Emulator;
+
+/// Serves the emulator on an already-bound listener until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Binds `addr` and returns the listener with the address actually bound (for port 0).
+pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}

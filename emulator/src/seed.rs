@@ -1,0 +1,216 @@
+//! The `--seed` file: jobs and accounts the emulator starts with (YAML or JSON).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::model::{DiscoveryStatus, JobStatus, JobType, LastRunErrorCode, S3BucketDefinitionForJob, Timestamp};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Seed {
+    /// When false, every API call answers AccessDeniedException ("Macie is not enabled").
+    #[serde(default = "yes")]
+    pub macie_enabled: bool,
+    /// Automated sensitive data discovery configuration of the administrator account.
+    #[serde(default)]
+    pub automated_discovery: Option<SeedDiscoveryConfig>,
+    #[serde(default)]
+    pub jobs: Vec<SeedJob>,
+    #[serde(default)]
+    pub accounts: Vec<SeedAccount>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedDiscoveryConfig {
+    pub status: DiscoveryStatus,
+    #[serde(default)]
+    pub auto_enable_organization_members: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedJob {
+    /// 32 lowercase hex characters, as Macie makes them; generated when omitted.
+    #[serde(default)]
+    pub job_id: Option<String>,
+    pub name: String,
+    pub job_type: JobType,
+    pub job_status: JobStatus,
+    /// Region the job lives in; the emulator's default region when omitted.
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<Timestamp>,
+    /// For USER_PAUSED: when the job was paused (default: the emulator's start).
+    #[serde(default)]
+    pub paused_at: Option<Timestamp>,
+    /// For USER_PAUSED: the status the job was paused from, RUNNING (default) or IDLE
+    /// (scheduled jobs only). Resuming returns a job paused while IDLE to IDLE.
+    #[serde(default)]
+    pub paused_while: Option<JobStatus>,
+    #[serde(default)]
+    pub last_run_error_status: LastRunErrorCode,
+    #[serde(default)]
+    pub bucket_definitions: Option<Vec<S3BucketDefinitionForJob>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedAccount {
+    pub account_id: String,
+    pub status: DiscoveryStatus,
+    /// Macie is suspended for this account: BatchUpdateAutomatedDiscoveryAccounts answers
+    /// ACCOUNT_PAUSED for it.
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+pub fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+pub fn is_job_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+impl Seed {
+    pub fn load(path: &Path) -> Result<Seed, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Seed::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses YAML (JSON is YAML too) and checks what the types cannot: every error names
+    /// the field, e.g. `jobs[2].jobStatus: ...`.
+    pub fn parse(text: &str) -> Result<Seed, String> {
+        let seed: Seed = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        seed.validate()?;
+        Ok(seed)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let mut ids = BTreeSet::new();
+        for (i, job) in self.jobs.iter().enumerate() {
+            job.validate().map_err(|e| format!("jobs[{i}].{e}"))?;
+            if let Some(id) = &job.job_id
+                && !ids.insert(id.clone())
+            {
+                return Err(format!("jobs[{i}].jobId: duplicate job id {id:?}"));
+            }
+        }
+        let mut accounts = BTreeSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            if !is_account_id(&a.account_id) {
+                return Err(format!(
+                    "accounts[{i}].accountId: {:?} is not a 12-digit AWS account id",
+                    a.account_id
+                ));
+            }
+            let key = (a.region.clone(), a.account_id.clone());
+            if !accounts.insert(key) {
+                return Err(format!("accounts[{i}].accountId: duplicate account {:?}", a.account_id));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SeedJob {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(id) = &self.job_id
+            && !is_job_id(id)
+        {
+            return Err(format!("jobId: {id:?} must be 1-64 letters, digits or '-'"));
+        }
+        if self.name.is_empty() {
+            return Err("name: must not be empty".into());
+        }
+        match (self.job_type, self.job_status) {
+            (JobType::Scheduled, JobStatus::Complete) => {
+                return Err("jobStatus: COMPLETE is only for ONE_TIME jobs (a scheduled job goes IDLE between runs)".into());
+            }
+            (JobType::OneTime, JobStatus::Idle) => {
+                return Err("jobStatus: IDLE is only for SCHEDULED jobs".into());
+            }
+            _ => {}
+        }
+        if self.job_status != JobStatus::UserPaused && (self.paused_at.is_some() || self.paused_while.is_some()) {
+            return Err("pausedAt: pausedAt and pausedWhile apply only to USER_PAUSED jobs".into());
+        }
+        match (self.job_type, self.paused_while) {
+            (_, None | Some(JobStatus::Running)) => {}
+            (JobType::Scheduled, Some(JobStatus::Idle)) => {}
+            (JobType::OneTime, Some(JobStatus::Idle)) => {
+                return Err("pausedWhile: IDLE is only for SCHEDULED jobs".into());
+            }
+            (_, Some(other)) => {
+                return Err(format!("pausedWhile: must be RUNNING or IDLE, not {other}"));
+            }
+        }
+        if let Some(defs) = &self.bucket_definitions {
+            for (j, d) in defs.iter().enumerate() {
+                if !is_account_id(&d.account_id) {
+                    return Err(format!(
+                        "bucketDefinitions[{j}].accountId: {:?} is not a 12-digit AWS account id",
+                        d.account_id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_seeds_name_the_bad_field() {
+        let cases = [
+            ("jobs: [{name: a, jobType: ONE_TIME, jobStatus: BOGUS}]", "jobs[0].jobStatus"),
+            ("jobs: [{name: a, jobType: SCHEDULED, jobStatus: COMPLETE}]", "jobs[0].jobStatus"),
+            (
+                "jobs: [{name: a, jobType: ONE_TIME, jobStatus: RUNNING}, {name: b, jobType: ONE_TIME, jobStatus: IDLE}]",
+                "jobs[1].jobStatus",
+            ),
+            ("jobs: [{name: a, jobType: ONE_TIME, jobStatus: RUNNING, colour: red}]", "colour"),
+            ("accounts: [{accountId: '12345', status: ENABLED}]", "accounts[0].accountId"),
+            (
+                "accounts: [{accountId: '111122223333', status: ENABLED}, {accountId: '111122223333', status: DISABLED}]",
+                "accounts[1].accountId",
+            ),
+            ("accounts: [{accountId: '111122223333', status: ON}]", "accounts[0].status"),
+            (
+                "jobs: [{jobId: x1, name: a, jobType: ONE_TIME, jobStatus: RUNNING}, {jobId: x1, name: b, jobType: ONE_TIME, jobStatus: RUNNING}]",
+                "jobs[1].jobId",
+            ),
+            (
+                "jobs: [{name: a, jobType: ONE_TIME, jobStatus: USER_PAUSED, pausedWhile: IDLE}]",
+                "jobs[0].pausedWhile",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = Seed::parse(text).expect_err(text);
+            assert!(err.contains(field), "{text}: error {err:?} does not name {field}");
+        }
+    }
+
+    #[test]
+    fn good_seed_parses() {
+        let seed = Seed::parse(
+            "macieEnabled: true\njobs:\n- {jobId: abc, name: a, jobType: SCHEDULED, jobStatus: USER_PAUSED, pausedWhile: IDLE}\naccounts:\n- {accountId: '111122223333', status: DISABLED, paused: true}\n",
+        )
+        .unwrap();
+        assert_eq!(seed.jobs.len(), 1);
+        assert!(seed.accounts[0].paused);
+    }
+}

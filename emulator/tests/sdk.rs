@@ -1,0 +1,708 @@
+//! The emulator as the real `aws-sdk-macie2` client sees it: every operation, the full 6x6
+//! transition matrix, filters, pagination, typed errors and fault injection.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use aws_sdk_macie2::Client;
+use aws_sdk_macie2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_macie2::error::ProvideErrorMetadata;
+use aws_sdk_macie2::types::{
+    AutomatedDiscoveryAccountStatus, AutomatedDiscoveryAccountUpdate, AutomatedDiscoveryAccountUpdateErrorCode,
+    JobComparator, JobStatus as SdkStatus, JobType as SdkType, ListJobsFilterCriteria, ListJobsFilterKey,
+    ListJobsFilterTerm, ListJobsSortAttributeName, ListJobsSortCriteria, OrderBy, S3BucketDefinitionForJob,
+    S3JobDefinition, WeeklySchedule,
+};
+use macie_emulator::model::{JobStatus, JobType};
+use macie_emulator::seed::SeedJob;
+use macie_emulator::{Emulator, Seed, Shared};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Env {
+    addr: SocketAddr,
+    state: Shared,
+    client: Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn client_for(addr: SocketAddr, region: &str, retries: bool) -> Client {
+    use aws_smithy_http_client::tls;
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https();
+    let retry = if retries {
+        aws_sdk_macie2::config::retry::RetryConfig::standard()
+            .with_max_attempts(5)
+            .with_initial_backoff(Duration::from_millis(1))
+    } else {
+        aws_sdk_macie2::config::retry::RetryConfig::disabled()
+    };
+    let conf = aws_sdk_macie2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .endpoint_url(format!("http://{addr}"))
+        .credentials_provider(Credentials::new("AKIDEMULATOR", "secret", None, None, "test"))
+        .http_client(http)
+        .retry_config(retry)
+        .build();
+    Client::from_conf(conf)
+}
+
+async fn start(seed: Seed) -> Env {
+    let (listener, addr) = macie_emulator::bind("127.0.0.1:0").await.unwrap();
+    let state = Shared::new(Emulator::new(seed, "us-east-1", "123456789012"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(macie_emulator::serve(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    Env {
+        addr,
+        state,
+        client: client_for(addr, "us-east-1", false),
+        _stop: tx,
+    }
+}
+
+fn job(name: &str, ty: JobType, status: JobStatus) -> SeedJob {
+    SeedJob {
+        job_id: None,
+        name: name.into(),
+        job_type: ty,
+        job_status: status,
+        region: None,
+        created_at: None,
+        paused_at: None,
+        paused_while: None,
+        last_run_error_status: Default::default(),
+        bucket_definitions: None,
+    }
+}
+
+impl Env {
+    fn put(&self, j: SeedJob) -> String {
+        let mut e = self.state.lock();
+        let now = e.now();
+        e.put_job(&j, now).unwrap()
+    }
+
+    /// A raw HTTP/1.1 call to the admin API.
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        let status: u16 = resp[9..12].parse().unwrap();
+        let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        // axum answers with a fixed Content-Length here, so the body is the rest.
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    async fn status_of(&self, id: &str) -> SdkStatus {
+        let d = self.client.describe_classification_job().job_id(id).send().await.unwrap();
+        d.job_status().unwrap().clone()
+    }
+}
+
+fn sdk(s: JobStatus) -> SdkStatus {
+    SdkStatus::from(s.as_str())
+}
+
+fn base_seed() -> Seed {
+    Seed {
+        macie_enabled: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn every_cell_of_the_transition_matrix() {
+    let env = start(base_seed()).await;
+    let mut checked = 0;
+    for from in JobStatus::ALL {
+        for to in JobStatus::ALL {
+            // IDLE exists only for scheduled jobs, COMPLETE only for one-time jobs.
+            let ty = match from {
+                JobStatus::Idle => JobType::Scheduled,
+                _ => JobType::OneTime,
+            };
+            let id = env.put(job(&format!("m-{from}-{to}"), ty, from));
+            let r = env.client.update_classification_job().job_id(&id).job_status(sdk(to)).send().await;
+            let after = env.status_of(&id).await;
+            if from.can_update_to(to) {
+                assert!(r.is_ok(), "{from} -> {to} should be accepted: {r:?}");
+                // This matrix's USER_PAUSED jobs were paused while running, so a resume lands
+                // on RUNNING (a scheduled job paused while idle is covered below).
+                assert_eq!(after, sdk(to), "{from} -> {to}");
+            } else {
+                let err = r.expect_err(&format!("{from} -> {to} must be rejected"));
+                assert_eq!(err.raw_response().unwrap().status().as_u16(), 400);
+                let svc = err.into_service_error();
+                assert!(svc.is_validation_exception(), "{from} -> {to}: {svc:?}");
+                assert!(svc.message().is_some_and(|m| !m.is_empty()));
+                if from == JobStatus::Cancelled {
+                    assert_eq!(svc.message(), Some("cannot update cancelled job"));
+                }
+                if from == JobStatus::Complete {
+                    assert_eq!(svc.message(), Some("cannot update completed job"));
+                }
+                assert_eq!(after, sdk(from), "a rejected call changes nothing");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 36);
+    let calls = env.admin("GET", "/__admin/calls", None).await.1;
+    let calls = calls["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 36);
+    let valid = calls.iter().filter(|c| c["valid"] == json!(true)).count();
+    assert_eq!(valid, 8, "exactly the 8 documented transitions are valid");
+    assert!(calls.iter().all(|c| (c["valid"] == json!(true)) == (c["outcome"] == "OK")));
+}
+
+#[tokio::test]
+async fn pause_details_resume_and_expiry() {
+    let env = start(base_seed()).await;
+    let one = env.put(job("one", JobType::OneTime, JobStatus::Running));
+    let sched_idle = env.put(job("sched-idle", JobType::Scheduled, JobStatus::Idle));
+    let sched_running = env.put(job("sched-running", JobType::Scheduled, JobStatus::Running));
+    for id in [&one, &sched_idle, &sched_running] {
+        env.client.update_classification_job().job_id(id).job_status(SdkStatus::UserPaused).send().await.unwrap();
+    }
+    let d = env.client.describe_classification_job().job_id(&one).send().await.unwrap();
+    let p = d.user_paused_details().expect("userPausedDetails set on pause");
+    let paused_at = p.job_paused_at().unwrap().secs();
+    let expires_at = p.job_expires_at().unwrap().secs();
+    assert_eq!(expires_at - paused_at, 30 * 24 * 3600);
+    assert!(p.job_imminent_expiration_health_event_arn().is_none());
+
+    // Resuming: paused while idle -> IDLE; paused while running -> RUNNING.
+    env.client.update_classification_job().job_id(&sched_idle).job_status(SdkStatus::Running).send().await.unwrap();
+    assert_eq!(env.status_of(&sched_idle).await, SdkStatus::Idle);
+    let d = env.client.describe_classification_job().job_id(&sched_idle).send().await.unwrap();
+    assert!(d.user_paused_details().is_none());
+
+    // 23 days later the health event appears (both in Describe and in List).
+    let (code, _) = env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 23.0 * 86400.0 + 1.0}))).await;
+    assert_eq!(code, 200);
+    let d = env.client.describe_classification_job().job_id(&one).send().await.unwrap();
+    let arn = d.user_paused_details().unwrap().job_imminent_expiration_health_event_arn().unwrap();
+    assert!(arn.starts_with("arn:aws:health:"), "{arn}");
+    let l = env.client.list_classification_jobs().send().await.unwrap();
+    let item = l.items().iter().find(|j| j.job_id() == Some(one.as_str())).unwrap();
+    assert!(item.user_paused_details().unwrap().job_imminent_expiration_health_event_arn().is_some());
+
+    // At 30 days: the one-time job is cancelled, the scheduled job's paused run is cancelled.
+    env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 7.0 * 86400.0}))).await;
+    assert_eq!(env.status_of(&one).await, SdkStatus::Cancelled);
+    assert_eq!(env.status_of(&sched_running).await, SdkStatus::Idle);
+    let d = env.client.describe_classification_job().job_id(&one).send().await.unwrap();
+    assert!(d.user_paused_details().is_none());
+}
+
+#[tokio::test]
+async fn create_describe_and_idempotency() {
+    let env = start(base_seed()).await;
+    let def = S3JobDefinition::builder()
+        .bucket_definitions(
+            S3BucketDefinitionForJob::builder().account_id("111122223333").buckets("b1").build(),
+        )
+        .build();
+    let create = |token: &'static str, ty: SdkType| {
+        let mut b = env
+            .client
+            .create_classification_job()
+            .client_token(token)
+            .name("created")
+            .job_type(ty.clone())
+            .s3_job_definition(def.clone())
+            .tags("team", "sec");
+        if ty == SdkType::Scheduled {
+            b = b.schedule_frequency(
+                aws_sdk_macie2::types::JobScheduleFrequency::builder()
+                    .weekly_schedule(WeeklySchedule::builder().day_of_week(aws_sdk_macie2::types::DayOfWeek::Monday).build())
+                    .build(),
+            );
+        }
+        b.send()
+    };
+    let a = create("tok-1", SdkType::OneTime).await.unwrap();
+    let again = create("tok-1", SdkType::OneTime).await.unwrap();
+    assert_eq!(a.job_id(), again.job_id(), "same clientToken, same job");
+    assert!(a.job_arn().unwrap().starts_with("arn:aws:macie2:us-east-1:123456789012:classification-job/"));
+    let s = create("tok-2", SdkType::Scheduled).await.unwrap();
+    let d = env.client.describe_classification_job().job_id(a.job_id().unwrap()).send().await.unwrap();
+    assert_eq!(d.job_status(), Some(&SdkStatus::Running));
+    assert_eq!(d.job_type(), Some(&SdkType::OneTime));
+    assert_eq!(d.name(), Some("created"));
+    assert_eq!(d.client_token(), Some("tok-1"));
+    assert_eq!(d.tags().unwrap().get("team").map(String::as_str), Some("sec"));
+    assert!(d.created_at().is_some());
+    assert_eq!(
+        d.s3_job_definition().unwrap().bucket_definitions()[0].buckets(),
+        &["b1".to_string()]
+    );
+    assert_eq!(env.status_of(s.job_id().unwrap()).await, SdkStatus::Idle, "scheduled without initialRun waits");
+
+    // Validation: a scheduled job without a schedule; a missing job.
+    let err = env
+        .client
+        .create_classification_job()
+        .client_token("tok-3")
+        .name("x")
+        .job_type(SdkType::Scheduled)
+        .s3_job_definition(def.clone())
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(err.is_validation_exception(), "{err:?}");
+    let err = env.client.describe_classification_job().job_id("nope").send().await.unwrap_err();
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 404);
+    assert!(err.into_service_error().is_resource_not_found_exception());
+    let err = env
+        .client
+        .update_classification_job()
+        .job_id("nope")
+        .job_status(SdkStatus::Cancelled)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(err.is_resource_not_found_exception(), "{err:?}");
+}
+
+fn term(key: ListJobsFilterKey, cmp: JobComparator, values: &[&str]) -> ListJobsFilterTerm {
+    let mut b = ListJobsFilterTerm::builder().key(key).comparator(cmp);
+    for v in values {
+        b = b.values(*v);
+    }
+    b.build()
+}
+
+async fn names(env: &Env, includes: Vec<ListJobsFilterTerm>, excludes: Vec<ListJobsFilterTerm>) -> Vec<String> {
+    let f = ListJobsFilterCriteria::builder()
+        .set_includes(Some(includes))
+        .set_excludes(Some(excludes))
+        .build();
+    let r = env
+        .client
+        .list_classification_jobs()
+        .filter_criteria(f)
+        .sort_criteria(
+            ListJobsSortCriteria::builder()
+                .attribute_name(ListJobsSortAttributeName::Name)
+                .order_by(OrderBy::Asc)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.next_token().is_none());
+    r.items().iter().map(|j| j.name().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn list_filters_every_key_and_comparator() {
+    let env = start(base_seed()).await;
+    let t0 = macie_emulator::model::Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
+    let at = |days: u64| macie_emulator::model::Timestamp(t0.0 + Duration::from_secs(days * 86400));
+    for (name, ty, st, day) in [
+        ("alpha", JobType::OneTime, JobStatus::Running, 0),
+        ("alpine", JobType::OneTime, JobStatus::Complete, 1),
+        ("beta", JobType::Scheduled, JobStatus::Idle, 2),
+        ("gamma", JobType::Scheduled, JobStatus::UserPaused, 3),
+        ("delta-alpha", JobType::OneTime, JobStatus::Cancelled, 4),
+    ] {
+        let mut j = job(name, ty, st);
+        j.created_at = Some(at(day));
+        env.put(j);
+    }
+    use JobComparator as C;
+    use ListJobsFilterKey as K;
+    let day = |d: u64| at(d).to_string();
+    let cases: Vec<(ListJobsFilterTerm, &[&str])> = vec![
+        (term(K::Name, C::Eq, &["beta"]), &["beta"]),
+        (term(K::Name, C::Eq, &["beta", "gamma"]), &["beta", "gamma"]),
+        (term(K::Name, C::Ne, &["beta", "gamma"]), &["alpha", "alpine", "delta-alpha"]),
+        (term(K::Name, C::Contains, &["alp"]), &["alpha", "alpine", "delta-alpha"]),
+        (term(K::Name, C::StartsWith, &["alp"]), &["alpha", "alpine"]),
+        (term(K::Name, C::Gt, &["beta"]), &["delta-alpha", "gamma"]),
+        (term(K::Name, C::Gte, &["beta"]), &["beta", "delta-alpha", "gamma"]),
+        (term(K::Name, C::Lt, &["beta"]), &["alpha", "alpine"]),
+        (term(K::Name, C::Lte, &["beta"]), &["alpha", "alpine", "beta"]),
+        (term(K::JobType, C::Eq, &["SCHEDULED"]), &["beta", "gamma"]),
+        (term(K::JobType, C::Ne, &["SCHEDULED"]), &["alpha", "alpine", "delta-alpha"]),
+        (term(K::JobStatus, C::Eq, &["RUNNING", "IDLE"]), &["alpha", "beta"]),
+        (term(K::JobStatus, C::Ne, &["CANCELLED", "COMPLETE"]), &["alpha", "beta", "gamma"]),
+        (term(K::JobStatus, C::StartsWith, &["USER"]), &["gamma"]),
+        (term(K::JobStatus, C::Contains, &["PLE"]), &["alpine"]),
+        (term(K::CreatedAt, C::Eq, &[&day(2)]), &["beta"]),
+        (term(K::CreatedAt, C::Ne, &[&day(2)]), &["alpha", "alpine", "delta-alpha", "gamma"]),
+        (term(K::CreatedAt, C::Gt, &[&day(2)]), &["delta-alpha", "gamma"]),
+        (term(K::CreatedAt, C::Gte, &[&day(2)]), &["beta", "delta-alpha", "gamma"]),
+        (term(K::CreatedAt, C::Lt, &[&day(1)]), &["alpha"]),
+        (term(K::CreatedAt, C::Lte, &[&day(1)]), &["alpha", "alpine"]),
+        (term(K::CreatedAt, C::Lte, &[&at(1).millis().to_string()]), &["alpha", "alpine"]),
+        (term(K::CreatedAt, C::StartsWith, &["2026-01-03"]), &["beta"]),
+        (term(K::CreatedAt, C::Contains, &["-05T"]), &["delta-alpha"]),
+    ];
+    for (t, want) in cases {
+        let desc = format!("{t:?}");
+        assert_eq!(names(&env, vec![t], vec![]).await, want, "{desc}");
+    }
+    // includes are ANDed; excludes remove whatever matches any of them.
+    assert_eq!(
+        names(
+            &env,
+            vec![term(K::Name, C::Contains, &["alp"]), term(K::JobType, C::Eq, &["ONE_TIME"])],
+            vec![term(K::JobStatus, C::Eq, &["CANCELLED"]), term(K::Name, C::Eq, &["alpine"])],
+        )
+        .await,
+        ["alpha"]
+    );
+    // Bad filter values are ValidationException.
+    let bad = ListJobsFilterCriteria::builder().includes(term(K::CreatedAt, C::Gt, &["last tuesday"])).build();
+    let err = env.client.list_classification_jobs().filter_criteria(bad).send().await.unwrap_err();
+    assert!(err.into_service_error().is_validation_exception());
+    // Sort by createdAt DESC.
+    let r = env
+        .client
+        .list_classification_jobs()
+        .sort_criteria(
+            ListJobsSortCriteria::builder()
+                .attribute_name(ListJobsSortAttributeName::CreatedAt)
+                .order_by(OrderBy::Desc)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let got: Vec<_> = r.items().iter().map(|j| j.name().unwrap()).collect();
+    assert_eq!(got, ["delta-alpha", "gamma", "beta", "alpine", "alpha"]);
+    let s = r.items().iter().find(|j| j.name() == Some("gamma")).unwrap();
+    assert!(s.user_paused_details().is_some());
+    assert_eq!(s.last_run_error_status().unwrap().code().unwrap().as_str(), "NONE");
+    assert!(!s.bucket_definitions().is_empty());
+}
+
+#[tokio::test]
+async fn list_pagination_with_opaque_tokens_and_page_caps() {
+    let env = start(base_seed()).await;
+    for i in 0..23 {
+        env.put(job(&format!("job-{i:02}"), JobType::OneTime, JobStatus::Running));
+    }
+    // Manual paging: 7 per page -> 4 pages.
+    let mut token = None;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = env.client.list_classification_jobs().max_results(7).set_next_token(token).send().await.unwrap();
+        pages += 1;
+        assert!(r.items().len() <= 7);
+        seen.extend(r.items().iter().map(|j| j.job_id().unwrap().to_string()));
+        token = r.next_token().map(str::to_string);
+        if let Some(t) = &token {
+            assert!(!t.contains('7') || t.len() > 10, "token looks opaque");
+        } else {
+            break;
+        }
+    }
+    assert_eq!(pages, 4);
+    let mut dedup = seen.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), 23, "every job exactly once");
+    // The SDK's own paginator works with the tokens.
+    let all: Vec<_> = env
+        .client
+        .list_classification_jobs()
+        .max_results(5)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 23);
+    // Default page size is 100; the service may return fewer than asked (page cap).
+    let r = env.client.list_classification_jobs().send().await.unwrap();
+    assert_eq!(r.items().len(), 23);
+    assert!(r.next_token().is_none());
+    let (code, _) = env.admin("PUT", "/__admin/faults", Some(json!({"maxJobsPage": 10}))).await;
+    assert_eq!(code, 204);
+    let r = env.client.list_classification_jobs().max_results(1000).send().await.unwrap();
+    assert_eq!(r.items().len(), 10);
+    assert!(r.next_token().is_some());
+    // A token only fits the query it came from; garbage is rejected.
+    let t = r.next_token().unwrap().to_string();
+    let other = ListJobsFilterCriteria::builder()
+        .includes(term(ListJobsFilterKey::JobType, JobComparator::Eq, &["ONE_TIME"]))
+        .build();
+    let err = env.client.list_classification_jobs().filter_criteria(other).next_token(t).send().await.unwrap_err();
+    assert!(err.into_service_error().is_validation_exception());
+    let err = env.client.list_classification_jobs().next_token("garbage").send().await.unwrap_err();
+    assert!(err.into_service_error().is_validation_exception());
+    let err = env.client.list_classification_jobs().max_results(0).send().await.unwrap_err();
+    assert!(err.into_service_error().is_validation_exception());
+}
+
+fn accounts_seed(n: usize) -> Seed {
+    let mut text = String::from("accounts:\n");
+    for i in 0..n {
+        let status = if i % 2 == 0 { "ENABLED" } else { "DISABLED" };
+        let paused = i % 10 == 9;
+        text.push_str(&format!("- {{accountId: '{:012}', status: {status}, paused: {paused}}}\n", 100_000 + i));
+    }
+    Seed::parse(&text).unwrap()
+}
+
+#[tokio::test]
+async fn discovery_accounts_list_batch_and_configuration() {
+    let env = start(accounts_seed(60)).await;
+    // All accounts, paginated at 25.
+    let all: Vec<_> = env
+        .client
+        .list_automated_discovery_accounts()
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 60);
+    let first = env.client.list_automated_discovery_accounts().max_results(25).send().await.unwrap();
+    assert_eq!(first.items().len(), 25);
+    assert!(first.next_token().is_some());
+    // Only the asked-for accounts (unknown ones are simply absent).
+    let r = env
+        .client
+        .list_automated_discovery_accounts()
+        .account_ids("000000100001")
+        .account_ids("000000100002")
+        .account_ids("999999999999")
+        .send()
+        .await
+        .unwrap();
+    let got: Vec<_> = r.items().iter().map(|a| (a.account_id().unwrap(), a.status().unwrap().clone())).collect();
+    assert_eq!(
+        got,
+        [
+            ("000000100001", AutomatedDiscoveryAccountStatus::Disabled),
+            ("000000100002", AutomatedDiscoveryAccountStatus::Enabled)
+        ]
+    );
+    // Limits: 50 account ids, maxResults 1..=25.
+    let ids: Vec<String> = (0..51).map(|i| format!("{:012}", 100_000 + i)).collect();
+    let err = env.client.list_automated_discovery_accounts().set_account_ids(Some(ids)).send().await.unwrap_err();
+    assert!(err.into_service_error().is_validation_exception());
+    for bad in [0, 26] {
+        let err = env.client.list_automated_discovery_accounts().max_results(bad).send().await.unwrap_err();
+        assert!(err.into_service_error().is_validation_exception(), "maxResults {bad}");
+    }
+
+    // Batch update with per-account errors.
+    let upd = |id: &str, st: AutomatedDiscoveryAccountStatus| {
+        AutomatedDiscoveryAccountUpdate::builder().account_id(id).status(st).build()
+    };
+    let r = env
+        .client
+        .batch_update_automated_discovery_accounts()
+        .accounts(upd("000000100001", AutomatedDiscoveryAccountStatus::Enabled))
+        .accounts(upd("000000100009", AutomatedDiscoveryAccountStatus::Enabled))
+        .accounts(upd("999999999999", AutomatedDiscoveryAccountStatus::Disabled))
+        .send()
+        .await
+        .unwrap();
+    let mut errs: Vec<_> = r.errors().iter().map(|e| (e.account_id().unwrap(), e.error_code().unwrap().clone())).collect();
+    errs.sort_by_key(|e| e.0);
+    assert_eq!(
+        errs,
+        [
+            ("000000100009", AutomatedDiscoveryAccountUpdateErrorCode::AccountPaused),
+            ("999999999999", AutomatedDiscoveryAccountUpdateErrorCode::AccountNotFound),
+        ]
+    );
+    let r = env.client.list_automated_discovery_accounts().account_ids("000000100001").send().await.unwrap();
+    assert_eq!(r.items()[0].status(), Some(&AutomatedDiscoveryAccountStatus::Enabled));
+    // All succeeded: no errors.
+    let r = env
+        .client
+        .batch_update_automated_discovery_accounts()
+        .accounts(upd("000000100003", AutomatedDiscoveryAccountStatus::Enabled))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.errors().is_empty());
+    let calls = env.admin("GET", "/__admin/calls", None).await.1;
+    let c = &calls["calls"][0];
+    assert_eq!(c["operation"], "BatchUpdateAutomatedDiscoveryAccounts");
+    assert_eq!(c["accounts"][0]["previous"], "DISABLED");
+    assert_eq!(c["accounts"][1]["outcome"], "ACCOUNT_PAUSED");
+
+    let cfg = env.client.get_automated_discovery_configuration().send().await.unwrap();
+    assert_eq!(cfg.status().map(|s| s.as_str()), Some("ENABLED"));
+    assert!(cfg.first_enabled_at().is_some());
+    assert_eq!(cfg.auto_enable_organization_members().map(|s| s.as_str()), Some("NONE"));
+}
+
+#[tokio::test]
+async fn macie_not_enabled_is_access_denied_with_401() {
+    let env = start(Seed::parse("macieEnabled: false").unwrap()).await;
+    let err = env.client.list_classification_jobs().send().await.unwrap_err();
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 401);
+    let svc = err.into_service_error();
+    assert!(svc.is_access_denied_exception(), "{svc:?}");
+    assert_eq!(svc.code(), Some("AccessDeniedException"));
+    let err = env.client.get_automated_discovery_configuration().send().await.unwrap_err();
+    assert!(err.into_service_error().is_access_denied_exception());
+    let (code, _) = env.admin("PUT", "/__admin/macie", Some(json!({"enabled": true}))).await;
+    assert_eq!(code, 204);
+    env.client.list_classification_jobs().send().await.unwrap();
+}
+
+#[tokio::test]
+async fn regions_are_separate() {
+    let env = start(Seed::parse("jobs:\n- {name: eu, jobType: ONE_TIME, jobStatus: RUNNING, region: eu-west-1}\n").unwrap()).await;
+    let eu = client_for(env.addr, "eu-west-1", false);
+    assert_eq!(eu.list_classification_jobs().send().await.unwrap().items().len(), 1);
+    assert_eq!(env.client.list_classification_jobs().send().await.unwrap().items().len(), 0);
+}
+
+#[tokio::test]
+async fn fault_injection_throttling_errors_latency_and_delayed_visibility() {
+    let env = start(base_seed()).await;
+    let id = env.put(job("f", JobType::OneTime, JobStatus::Running));
+
+    // Throttling on one operation only, typed as ThrottlingException (429).
+    let (code, body) =
+        env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"ListClassificationJobs": {"throttleRate": 1.0}}}))).await;
+    assert_eq!(code, 204, "{body}");
+    let err = env.client.list_classification_jobs().send().await.unwrap_err();
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 429);
+    assert!(err.into_service_error().is_throttling_exception());
+    env.client.describe_classification_job().job_id(&id).send().await.unwrap();
+
+    // 500s on every operation.
+    env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"*": {"errorRate": 1.0}}}))).await;
+    let err = env.client.update_classification_job().job_id(&id).job_status(SdkStatus::UserPaused).send().await.unwrap_err();
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 500);
+    assert!(err.into_service_error().is_internal_server_exception());
+    assert_eq!(env.status_of_raw(&id), JobStatus::Running, "an injected failure changes nothing");
+
+    // Bad fault settings are refused with the field named.
+    let (code, body) = env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"Nope": {}}}))).await;
+    assert_eq!(code, 400);
+    assert!(body["message"].as_str().unwrap().contains("operations.Nope"));
+    let (code, _) = env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"*": {"throttleRate": 2}}}))).await;
+    assert_eq!(code, 400);
+
+    // A rate is a rate: 30% throttling over 200 calls, seeded and so repeatable.
+    env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"*": {"throttleRate": 0.3}}, "seed": 42}))).await;
+    let mut throttled = 0;
+    for _ in 0..200 {
+        if env.client.list_classification_jobs().send().await.is_err() {
+            throttled += 1;
+        }
+    }
+    assert!((30..=90).contains(&throttled), "{throttled} of 200 throttled at 30%");
+    // The SDK's standard retries get through it.
+    let retrying = client_for(env.addr, "us-east-1", true);
+    for _ in 0..20 {
+        retrying.list_classification_jobs().send().await.unwrap();
+    }
+
+    // Added latency: a call takes at least that long.
+    env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"DescribeClassificationJob": {"latencyMs": 300}}}))).await;
+    let t = Instant::now();
+    env.client.describe_classification_job().job_id(&id).send().await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+
+    // Delayed visibility: right after an update, reads still show the old status.
+    env.admin("PUT", "/__admin/faults", Some(json!({"visibilityDelayMs": 600000}))).await;
+    env.client.update_classification_job().job_id(&id).job_status(SdkStatus::Cancelled).send().await.unwrap();
+    assert_eq!(env.status_of(&id).await, SdkStatus::Running);
+    let l = env.client.list_classification_jobs().send().await.unwrap();
+    assert_eq!(l.items()[0].job_status(), Some(&SdkStatus::Running));
+    // A second identical call is invalid against the real state, and logged as such.
+    let err = env.client.update_classification_job().job_id(&id).job_status(SdkStatus::Cancelled).send().await.unwrap_err();
+    assert!(err.into_service_error().is_validation_exception());
+    env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 601}))).await;
+    assert_eq!(env.status_of(&id).await, SdkStatus::Cancelled);
+
+    // Counters and the call log.
+    let counters = env.admin("GET", "/__admin/counters", None).await.1;
+    assert!(counters["ListClassificationJobs"]["requests"].as_u64().unwrap() >= 221);
+    assert_eq!(counters["ListClassificationJobs"]["errors"]["ThrottlingException"].as_u64().unwrap() >= 1, true);
+    assert_eq!(counters["UpdateClassificationJob"]["injected"], 1);
+    let calls = env.admin("GET", "/__admin/calls", None).await.1;
+    let calls = calls["calls"].as_array().unwrap();
+    let outcomes: Vec<_> = calls.iter().map(|c| (c["outcome"].as_str().unwrap(), c["injected"] == json!(true))).collect();
+    assert_eq!(
+        outcomes,
+        [("InternalServerException", true), ("OK", false), ("ValidationException", false)]
+    );
+    assert_eq!(calls[2]["repeated"], true);
+    assert_eq!(calls[2]["valid"], false);
+
+    // Reset returns to the seed: no jobs, no counters.
+    let (code, _) = env.admin("POST", "/__admin/reset", None).await;
+    assert_eq!(code, 204);
+    assert!(env.client.list_classification_jobs().send().await.unwrap().items().is_empty());
+    let counters = env.admin("GET", "/__admin/counters", None).await.1;
+    assert_eq!(counters["ListClassificationJobs"]["requests"], 1);
+}
+
+#[tokio::test]
+async fn admin_service_side_changes() {
+    let env = start(base_seed()).await;
+    let one = env.put(job("one", JobType::OneTime, JobStatus::Running));
+    let sched = env.put(job("sched", JobType::Scheduled, JobStatus::Running));
+    for (id, st, code) in [
+        (&one, "COMPLETE", 204),
+        (&one, "IDLE", 400),
+        (&sched, "IDLE", 204),
+        (&sched, "COMPLETE", 400),
+        (&sched, "PAUSED", 204),
+    ] {
+        let (c, b) = env.admin("PUT", &format!("/__admin/jobs/{id}/status"), Some(json!({"jobStatus": st}))).await;
+        assert_eq!(c, code, "{st}: {b}");
+    }
+    assert_eq!(env.status_of(&one).await, SdkStatus::Complete);
+    assert_eq!(env.status_of(&sched).await, SdkStatus::Paused);
+    let (c, b) = env.admin(
+        "POST",
+        "/__admin/jobs",
+        Some(json!({"name": "late", "jobType": "ONE_TIME", "jobStatus": "RUNNING", "jobId": "late1"})),
+    ).await;
+    assert_eq!(c, 200, "{b}");
+    assert_eq!(env.status_of("late1").await, SdkStatus::Running);
+    let (c, b) = env.admin("POST", "/__admin/jobs", Some(json!({"name": "bad", "jobType": "ONE_TIME", "jobStatus": "IDLE"}))).await;
+    assert_eq!(c, 400);
+    assert!(b["message"].as_str().unwrap().contains("jobStatus"), "{b}");
+    let (c, _) = env.admin("DELETE", "/__admin/jobs/late1", None).await;
+    assert_eq!(c, 204);
+    let err = env.client.describe_classification_job().job_id("late1").send().await.unwrap_err();
+    assert!(err.into_service_error().is_resource_not_found_exception());
+    let (c, _) = env.admin("PUT", "/__admin/accounts/111122223333", Some(json!({"status": "DISABLED", "paused": true}))).await;
+    assert_eq!(c, 204);
+    let (c, _) = env.admin("PUT", "/__admin/accounts/1234", Some(json!({"status": "DISABLED"}))).await;
+    assert_eq!(c, 400);
+    let state = env.admin("GET", "/__admin/state", None).await.1;
+    assert_eq!(state["accounts"]["111122223333"]["paused"], true);
+}
+
+impl Env {
+    fn status_of_raw(&self, id: &str) -> JobStatus {
+        let mut e = self.state.lock();
+        let snap = e.snapshot(None);
+        let j = snap["jobs"].as_array().unwrap().iter().find(|j| j["jobId"] == id).unwrap().clone();
+        serde_json::from_value(j["jobStatus"].clone()).unwrap()
+    }
+}

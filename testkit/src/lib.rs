@@ -1,0 +1,331 @@
+//! Test support for macie-operator: a real local control plane (etcd + kube-apiserver built by
+//! `make tools`) and helpers to wait on conditions with a deadline.
+//!
+//! Every child process runs under a small `sh` guard that holds the read end of a pipe: when
+//! the test process exits for any reason (even SIGKILL) the pipe closes and the guard stops the
+//! child, so no etcd or kube-apiserver outlives its test.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The Kubernetes version `make tools` builds (kept in step with hack/versions.env).
+pub const KUBE_VERSION: &str = "v1.36.3";
+
+/// Root of the workspace (where `.cache/` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit is a workspace member").to_path_buf()
+}
+
+/// Directory holding `etcd` and `kube-apiserver`: `$MACIE_TEST_ASSETS`, else the one
+/// `make tools` fills.
+pub fn assets_dir() -> PathBuf {
+    std::env::var_os("MACIE_TEST_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".cache").join(format!("controlplane-{KUBE_VERSION}")).join("bin"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the usual small race is accepted).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `check` until it returns `Ok(Some(v))` or `deadline` passes; the error names `what`
+/// and carries the last error seen.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > deadline {
+            match last_err {
+                Some(e) => bail!("timed out after {deadline:?} waiting for {what}: last error: {e:#}"),
+                None => bail!("timed out after {deadline:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL after 10 s) when this handle is
+/// dropped or when the test process dies.
+pub struct Guarded {
+    name: String,
+    guard: Option<Child>,
+    stdin: Option<ChildStdin>,
+    log: PathBuf,
+}
+
+impl Guarded {
+    /// Starts `program args` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Guarded> {
+        let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        // The guard shell starts the child, then blocks reading its stdin; EOF (our end closed,
+        // normally or because we died) makes it stop the child and wait for it.
+        let script = r#""$@" & pid=$!
+read -r _ || true
+kill -TERM "$pid" 2>/dev/null
+( sleep 10; kill -KILL "$pid" 2>/dev/null ) &
+killer=$!
+wait "$pid"
+kill "$killer" 2>/dev/null
+exit 0"#;
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("guard")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("start {name} ({})", program.display()))?;
+        let stdin = child.stdin.take();
+        Ok(Guarded {
+            name: name.to_string(),
+            guard: Some(child),
+            stdin,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Whether the guard (and so the child) has exited.
+    pub fn exited(&mut self) -> bool {
+        self.guard.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// The last `lines` lines of the child's log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Stops the child and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"stop\n");
+        }
+        if let Some(mut g) = self.guard.take() {
+            let _ = g.wait();
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// etcd + kube-apiserver on free loopback ports, with an admin kubeconfig.
+pub struct ControlPlane {
+    // Field order is drop order: the API server stops before etcd, then the directory goes.
+    apiserver: Guarded,
+    etcd: Guarded,
+    kubeconfig: PathBuf,
+    server: String,
+    dir: tempfile::TempDir,
+}
+
+struct Pki {
+    ca_pem: String,
+    files: Vec<(&'static str, String)>,
+    client_cert: String,
+    client_key: String,
+}
+
+fn make_pki() -> Result<Pki> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "macie-operator-test-ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let serving_key = KeyPair::generate()?;
+    let mut serving = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let serving_cert = serving.signed_by(&serving_key, &issuer)?;
+
+    let client_key = KeyPair::generate()?;
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client.distinguished_name.push(DnType::CommonName, "test-admin");
+    client.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client.signed_by(&client_key, &issuer)?;
+
+    let sa_key = KeyPair::generate()?;
+    Ok(Pki {
+        ca_pem: ca_cert.pem(),
+        files: vec![
+            ("ca.crt", ca_cert.pem()),
+            ("apiserver.crt", serving_cert.pem()),
+            ("apiserver.key", serving_key.serialize_pem()),
+            ("sa.key", sa_key.serialize_pem()),
+            ("sa.pub", sa_key.public_key_pem()),
+        ],
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+    })
+}
+
+fn b64(data: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver and waits (up to 90 s) until /readyz answers ok.
+    pub async fn start() -> Result<ControlPlane> {
+        let bin = assets_dir();
+        for b in ["etcd", "kube-apiserver"] {
+            if !bin.join(b).is_file() {
+                bail!("{} not found: run `make tools` first (or set MACIE_TEST_ASSETS)", bin.join(b).display());
+            }
+        }
+        let dir = tempfile::Builder::new().prefix("macie-cp-").tempdir()?;
+        let d = dir.path();
+        let pki = make_pki()?;
+        for (name, pem) in &pki.files {
+            std::fs::write(d.join(name), pem)?;
+        }
+
+        let (client_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd = Guarded::spawn(
+            "etcd",
+            &bin.join("etcd"),
+            &[
+                format!("--data-dir={}", d.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+            &d.join("etcd.log"),
+        )?;
+        let p = |name: &str| d.join(name).display().to_string();
+        let apiserver = Guarded::spawn(
+            "kube-apiserver",
+            &bin.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                format!("--secure-port={api_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--authorization-mode=RBAC".into(),
+                format!("--client-ca-file={}", p("ca.crt")),
+                format!("--tls-cert-file={}", p("apiserver.crt")),
+                format!("--tls-private-key-file={}", p("apiserver.key")),
+                format!("--cert-dir={}", p("certs")),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={}", p("sa.pub")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                // No controller-manager runs, so nothing would create ServiceAccount tokens.
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--allow-privileged=true".into(),
+                "--v=0".into(),
+            ],
+            &d.join("kube-apiserver.log"),
+        )?;
+        let server = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = d.join("kubeconfig");
+        let cfg = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: admin\n    namespace: default\ncurrent-context: local\n",
+            b64(&pki.ca_pem),
+            b64(&pki.client_cert),
+            b64(&pki.client_key),
+        );
+        std::fs::write(&kubeconfig, cfg)?;
+        let mut cp = ControlPlane {
+            apiserver,
+            etcd,
+            kubeconfig,
+            server,
+            dir,
+        };
+        cp.wait_ready(Duration::from_secs(90)).await?;
+        Ok(cp)
+    }
+
+    async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
+        let client = self.client().await?;
+        let start = Instant::now();
+        loop {
+            for g in [&mut self.etcd, &mut self.apiserver] {
+                if g.exited() {
+                    bail!("{} exited during start-up; its log ends with:\n{}", g.name(), g.log_tail(30));
+                }
+            }
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            if let Ok(body) = client.request_text(req).await
+                && body.trim() == "ok"
+            {
+                return Ok(());
+            }
+            if start.elapsed() > deadline {
+                bail!(
+                    "kube-apiserver not ready after {deadline:?}; its log ends with:\n{}",
+                    self.apiserver.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Path of the admin kubeconfig (usable by kubectl, helm and the operator binary).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API server URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Scratch directory that lives as long as the control plane.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// An admin `kube::Client`.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Stops both processes now (also done on drop).
+    pub fn stop(&mut self) {
+        self.apiserver.stop();
+        self.etcd.stop();
+    }
+}
