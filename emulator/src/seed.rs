@@ -135,7 +135,9 @@ impl SeedJob {
         }
         match (self.job_type, self.job_status) {
             (JobType::Scheduled, JobStatus::Complete) => {
-                return Err("jobStatus: COMPLETE is only for ONE_TIME jobs (a scheduled job goes IDLE between runs)".into());
+                return Err(
+                    "jobStatus: COMPLETE is only for ONE_TIME jobs (a scheduled job goes IDLE between runs)".into(),
+                );
             }
             (JobType::OneTime, JobStatus::Idle) => {
                 return Err("jobStatus: IDLE is only for SCHEDULED jobs".into());
@@ -176,19 +178,34 @@ mod tests {
     #[test]
     fn bad_seeds_name_the_bad_field() {
         let cases = [
-            ("jobs: [{name: a, jobType: ONE_TIME, jobStatus: BOGUS}]", "jobs[0].jobStatus"),
-            ("jobs: [{name: a, jobType: SCHEDULED, jobStatus: COMPLETE}]", "jobs[0].jobStatus"),
+            (
+                "jobs: [{name: a, jobType: ONE_TIME, jobStatus: BOGUS}]",
+                "jobs[0].jobStatus",
+            ),
+            (
+                "jobs: [{name: a, jobType: SCHEDULED, jobStatus: COMPLETE}]",
+                "jobs[0].jobStatus",
+            ),
             (
                 "jobs: [{name: a, jobType: ONE_TIME, jobStatus: RUNNING}, {name: b, jobType: ONE_TIME, jobStatus: IDLE}]",
                 "jobs[1].jobStatus",
             ),
-            ("jobs: [{name: a, jobType: ONE_TIME, jobStatus: RUNNING, colour: red}]", "colour"),
-            ("accounts: [{accountId: '12345', status: ENABLED}]", "accounts[0].accountId"),
+            (
+                "jobs: [{name: a, jobType: ONE_TIME, jobStatus: RUNNING, colour: red}]",
+                "colour",
+            ),
+            (
+                "accounts: [{accountId: '12345', status: ENABLED}]",
+                "accounts[0].accountId",
+            ),
             (
                 "accounts: [{accountId: '111122223333', status: ENABLED}, {accountId: '111122223333', status: DISABLED}]",
                 "accounts[1].accountId",
             ),
-            ("accounts: [{accountId: '111122223333', status: ON}]", "accounts[0].status"),
+            (
+                "accounts: [{accountId: '111122223333', status: ON}]",
+                "accounts[0].status",
+            ),
             (
                 "jobs: [{jobId: x1, name: a, jobType: ONE_TIME, jobStatus: RUNNING}, {jobId: x1, name: b, jobType: ONE_TIME, jobStatus: RUNNING}]",
                 "jobs[1].jobId",

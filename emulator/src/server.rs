@@ -45,10 +45,16 @@ pub fn router(state: Shared) -> Router {
         .route("/__admin/jobs", post(admin_put_job))
         .route("/__admin/jobs/{job_id}", axum::routing::delete(admin_delete_job))
         .route("/__admin/jobs/{job_id}/status", put(admin_job_status))
-        .route("/__admin/accounts/{account_id}", put(admin_put_account).delete(admin_delete_account))
+        .route(
+            "/__admin/accounts/{account_id}",
+            put(admin_put_account).delete(admin_delete_account),
+        )
         .route("/__admin/clock", get(admin_clock))
         .route("/__admin/clock/advance", post(admin_advance))
-        .route("/__admin/faults", put(admin_put_faults).get(admin_get_faults).delete(admin_clear_faults))
+        .route(
+            "/__admin/faults",
+            put(admin_put_faults).get(admin_get_faults).delete(admin_clear_faults),
+        )
         .route("/__admin/macie", put(admin_macie))
         .route("/__admin/counters", get(admin_counters))
         .route("/__admin/calls", get(admin_calls))
@@ -139,19 +145,31 @@ async fn call(
 }
 
 async fn create_job(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    call(&s, "CreateClassificationJob", &headers, |e, r| e.create_job(r, parse_body(&body)?)).await
+    call(&s, "CreateClassificationJob", &headers, |e, r| {
+        e.create_job(r, parse_body(&body)?)
+    })
+    .await
 }
 
 async fn list_jobs(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    call(&s, "ListClassificationJobs", &headers, |e, r| e.list_jobs(r, parse_body(&body)?)).await
+    call(&s, "ListClassificationJobs", &headers, |e, r| {
+        e.list_jobs(r, parse_body(&body)?)
+    })
+    .await
 }
 
 async fn describe_job(State(s): State<Shared>, headers: HeaderMap, Path(job_id): Path<String>) -> Response {
-    call(&s, "DescribeClassificationJob", &headers, |e, r| e.describe_job(r, &job_id)).await
+    call(&s, "DescribeClassificationJob", &headers, |e, r| {
+        e.describe_job(r, &job_id)
+    })
+    .await
 }
 
 async fn update_job(State(s): State<Shared>, headers: HeaderMap, Path(job_id): Path<String>, body: Bytes) -> Response {
-    call(&s, "UpdateClassificationJob", &headers, |e, r| e.update_job(r, &job_id, parse_body(&body)?)).await
+    call(&s, "UpdateClassificationJob", &headers, |e, r| {
+        e.update_job(r, &job_id, parse_body(&body)?)
+    })
+    .await
 }
 
 async fn batch_update_accounts(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -163,7 +181,11 @@ async fn batch_update_accounts(State(s): State<Shared>, headers: HeaderMap, body
 
 async fn list_accounts(State(s): State<Shared>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     let params = parse_query(q.as_deref().unwrap_or(""));
-    let ids: Vec<String> = params.iter().filter(|(k, _)| k == "accountIds").map(|(_, v)| v.clone()).collect();
+    let ids: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "accountIds")
+        .map(|(_, v)| v.clone())
+        .collect();
     let one = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     call(&s, "ListAutomatedDiscoveryAccounts", &headers, |e, r| {
         e.list_accounts(r, &ids, one("maxResults"), one("nextToken"))
@@ -172,7 +194,10 @@ async fn list_accounts(State(s): State<Shared>, headers: HeaderMap, RawQuery(q):
 }
 
 async fn get_configuration(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    call(&s, "GetAutomatedDiscoveryConfiguration", &headers, |e, r| e.get_discovery_configuration(r)).await
+    call(&s, "GetAutomatedDiscoveryConfiguration", &headers, |e, r| {
+        e.get_discovery_configuration(r)
+    })
+    .await
 }
 
 async fn unknown_operation() -> Response {
@@ -202,7 +227,10 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(v) => {
                         out.push(v);
                         i += 2;
@@ -228,8 +256,20 @@ fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "message": message.into() }))).into_response()
 }
 
-fn admin_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| admin_error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))
+/// A JSON admin request body; a bad one is answered 400 with serde's message naming the field.
+struct AdminJson<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for AdminJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        serde_json::from_slice(&body)
+            .map(AdminJson)
+            .map_err(|e| admin_error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))
+    }
 }
 
 async fn admin_state(State(s): State<Shared>, Query(q): Query<RegionQuery>) -> Response {
@@ -256,7 +296,11 @@ async fn admin_put_job(State(s): State<Shared>, body: Bytes) -> Response {
     }
 }
 
-async fn admin_delete_job(State(s): State<Shared>, Path(job_id): Path<String>, Query(q): Query<RegionQuery>) -> Response {
+async fn admin_delete_job(
+    State(s): State<Shared>,
+    Path(job_id): Path<String>,
+    Query(q): Query<RegionQuery>,
+) -> Response {
     if s.lock().remove_job(q.region.as_deref(), &job_id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -274,13 +318,12 @@ async fn admin_job_status(
     State(s): State<Shared>,
     Path(job_id): Path<String>,
     Query(q): Query<RegionQuery>,
-    body: Bytes,
+    AdminJson(b): AdminJson<StatusBody>,
 ) -> Response {
-    let b: StatusBody = match admin_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    match s.lock().set_status_service_side(q.region.as_deref(), &job_id, b.job_status) {
+    match s
+        .lock()
+        .set_status_service_side(q.region.as_deref(), &job_id, b.job_status)
+    {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) if e.starts_with("no job") => admin_error(StatusCode::NOT_FOUND, e),
         Err(e) => admin_error(StatusCode::BAD_REQUEST, e),
@@ -299,12 +342,8 @@ async fn admin_put_account(
     State(s): State<Shared>,
     Path(account_id): Path<String>,
     Query(q): Query<RegionQuery>,
-    body: Bytes,
+    AdminJson(b): AdminJson<AccountBody>,
 ) -> Response {
-    let b: AccountBody = match admin_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     let account = Account {
         status: b.status,
         paused: b.paused,
@@ -341,11 +380,7 @@ struct AdvanceBody {
     seconds: f64,
 }
 
-async fn admin_advance(State(s): State<Shared>, body: Bytes) -> Response {
-    let b: AdvanceBody = match admin_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn admin_advance(State(s): State<Shared>, AdminJson(b): AdminJson<AdvanceBody>) -> Response {
     if !(b.seconds.is_finite() && b.seconds >= 0.0) {
         return admin_error(StatusCode::BAD_REQUEST, "seconds: must be a non-negative number");
     }
@@ -354,11 +389,7 @@ async fn admin_advance(State(s): State<Shared>, body: Bytes) -> Response {
     axum::Json(clock_json(&e)).into_response()
 }
 
-async fn admin_put_faults(State(s): State<Shared>, body: Bytes) -> Response {
-    let f: Faults = match admin_json(&body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+async fn admin_put_faults(State(s): State<Shared>, AdminJson(f): AdminJson<Faults>) -> Response {
     match s.lock().set_faults(f) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => admin_error(StatusCode::BAD_REQUEST, e),
@@ -380,11 +411,7 @@ struct MacieBody {
     enabled: bool,
 }
 
-async fn admin_macie(State(s): State<Shared>, body: Bytes) -> Response {
-    let b: MacieBody = match admin_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn admin_macie(State(s): State<Shared>, AdminJson(b): AdminJson<MacieBody>) -> Response {
     s.lock().macie_enabled = b.enabled;
     StatusCode::NO_CONTENT.into_response()
 }

@@ -418,7 +418,9 @@ impl Emulator {
     pub fn set_faults(&mut self, faults: Faults) -> Result<(), String> {
         for (op, f) in &faults.operations {
             if op != "*" && !OPERATIONS.contains(&op.as_str()) {
-                return Err(format!("operations.{op}: not an operation the emulator serves ({OPERATIONS:?} or *)"));
+                return Err(format!(
+                    "operations.{op}: not an operation the emulator serves ({OPERATIONS:?} or *)"
+                ));
             }
             for (name, rate) in [("throttleRate", f.throttle_rate), ("errorRate", f.error_rate)] {
                 if !(0.0..=1.0).contains(&rate) {
@@ -481,7 +483,14 @@ impl Emulator {
         }
     }
 
-    fn new_record(&mut self, region: &str, op: &str, outcome: &str, message: Option<String>, injected: bool) -> CallRecord {
+    fn new_record(
+        &mut self,
+        region: &str,
+        op: &str,
+        outcome: &str,
+        message: Option<String>,
+        injected: bool,
+    ) -> CallRecord {
         CallRecord {
             seq: self.calls.len() as u64 + 1,
             at: self.now(),
@@ -535,9 +544,15 @@ impl Emulator {
             JobType::OneTime => JobStatus::Running,
             JobType::Scheduled => {
                 if req.schedule_frequency.is_none() {
-                    return Err(ApiError::validation("scheduleFrequency is required for a SCHEDULED job"));
+                    return Err(ApiError::validation(
+                        "scheduleFrequency is required for a SCHEDULED job",
+                    ));
                 }
-                if initial_run { JobStatus::Running } else { JobStatus::Idle }
+                if initial_run {
+                    JobStatus::Running
+                } else {
+                    JobStatus::Idle
+                }
             }
         };
         let now = self.now();
@@ -577,7 +592,10 @@ impl Emulator {
     }
 
     fn job_arn(&self, region: &str, job_id: &str) -> String {
-        format!("arn:aws:macie2:{region}:{}:classification-job/{job_id}", self.account_id)
+        format!(
+            "arn:aws:macie2:{region}:{}:classification-job/{job_id}",
+            self.account_id
+        )
     }
 
     pub fn describe_job(&mut self, region: &str, job_id: &str) -> ApiResult {
@@ -652,7 +670,11 @@ impl Emulator {
                 SortAttribute::Name => a.name.cmp(&b.name),
                 SortAttribute::JobType => a.job_type.as_str().cmp(b.job_type.as_str()),
             };
-            let ord = if sort.order_by == OrderBy::Desc { ord.reverse() } else { ord };
+            let ord = if sort.order_by == OrderBy::Desc {
+                ord.reverse()
+            } else {
+                ord
+            };
             ord.then_with(|| a.job_id.cmp(&b.job_id))
         });
         let total = items.len();
@@ -890,7 +912,9 @@ fn summary(job: &Job, now: Timestamp, visible: bool) -> JobSummary {
         job_id: job.job_id.clone(),
         job_status: status,
         job_type: job.job_type,
-        last_run_error_status: LastRunErrorStatus { code: job.last_run_error },
+        last_run_error_status: LastRunErrorStatus {
+            code: job.last_run_error,
+        },
         name: job.name.clone(),
         user_paused_details,
     }
@@ -914,7 +938,7 @@ fn encode_token(offset: usize, fingerprint: u64) -> String {
 
 fn decode_token(token: &str, fingerprint: u64) -> Result<usize, ApiError> {
     let bad = || ApiError::validation("The nextToken is not valid for this request.");
-    if token.len() % 2 != 0 || !token.is_ascii() {
+    if !token.len().is_multiple_of(2) || !token.is_ascii() {
         return Err(bad());
     }
     let bytes: Vec<u8> = (0..token.len())
@@ -925,7 +949,9 @@ fn decode_token(token: &str, fingerprint: u64) -> Result<usize, ApiError> {
     let raw = String::from_utf8(bytes).map_err(|_| bad())?;
     let mut parts = raw.split(':');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("v1"), Some(off), Some(fp), None) if fp == format!("{fingerprint:016x}") => off.parse().map_err(|_| bad()),
+        (Some("v1"), Some(off), Some(fp), None) if fp == format!("{fingerprint:016x}") => {
+            off.parse().map_err(|_| bad())
+        }
         _ => Err(bad()),
     }
 }
@@ -1035,7 +1061,9 @@ struct FilterTerm {
 impl FilterTerm {
     fn check(&self) -> Result<(), ApiError> {
         if self.values.is_empty() {
-            return Err(ApiError::validation("filterCriteria: every term needs at least one value"));
+            return Err(ApiError::validation(
+                "filterCriteria: every term needs at least one value",
+            ));
         }
         // CONTAINS and STARTS_WITH match text; every other comparator compares times.
         let textual = matches!(self.comparator, Comparator::Contains | Comparator::StartsWith);

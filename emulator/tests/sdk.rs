@@ -105,7 +105,13 @@ impl Env {
     }
 
     async fn status_of(&self, id: &str) -> SdkStatus {
-        let d = self.client.describe_classification_job().job_id(id).send().await.unwrap();
+        let d = self
+            .client
+            .describe_classification_job()
+            .job_id(id)
+            .send()
+            .await
+            .unwrap();
         d.job_status().unwrap().clone()
     }
 }
@@ -133,7 +139,13 @@ async fn every_cell_of_the_transition_matrix() {
                 _ => JobType::OneTime,
             };
             let id = env.put(job(&format!("m-{from}-{to}"), ty, from));
-            let r = env.client.update_classification_job().job_id(&id).job_status(sdk(to)).send().await;
+            let r = env
+                .client
+                .update_classification_job()
+                .job_id(&id)
+                .job_status(sdk(to))
+                .send()
+                .await;
             let after = env.status_of(&id).await;
             if from.can_update_to(to) {
                 assert!(r.is_ok(), "{from} -> {to} should be accepted: {r:?}");
@@ -163,7 +175,11 @@ async fn every_cell_of_the_transition_matrix() {
     assert_eq!(calls.len(), 36);
     let valid = calls.iter().filter(|c| c["valid"] == json!(true)).count();
     assert_eq!(valid, 8, "exactly the 8 documented transitions are valid");
-    assert!(calls.iter().all(|c| (c["valid"] == json!(true)) == (c["outcome"] == "OK")));
+    assert!(
+        calls
+            .iter()
+            .all(|c| (c["valid"] == json!(true)) == (c["outcome"] == "OK"))
+    );
 }
 
 #[tokio::test]
@@ -173,9 +189,21 @@ async fn pause_details_resume_and_expiry() {
     let sched_idle = env.put(job("sched-idle", JobType::Scheduled, JobStatus::Idle));
     let sched_running = env.put(job("sched-running", JobType::Scheduled, JobStatus::Running));
     for id in [&one, &sched_idle, &sched_running] {
-        env.client.update_classification_job().job_id(id).job_status(SdkStatus::UserPaused).send().await.unwrap();
+        env.client
+            .update_classification_job()
+            .job_id(id)
+            .job_status(SdkStatus::UserPaused)
+            .send()
+            .await
+            .unwrap();
     }
-    let d = env.client.describe_classification_job().job_id(&one).send().await.unwrap();
+    let d = env
+        .client
+        .describe_classification_job()
+        .job_id(&one)
+        .send()
+        .await
+        .unwrap();
     let p = d.user_paused_details().expect("userPausedDetails set on pause");
     let paused_at = p.job_paused_at().unwrap().secs();
     let expires_at = p.job_expires_at().unwrap().secs();
@@ -183,26 +211,70 @@ async fn pause_details_resume_and_expiry() {
     assert!(p.job_imminent_expiration_health_event_arn().is_none());
 
     // Resuming: paused while idle -> IDLE; paused while running -> RUNNING.
-    env.client.update_classification_job().job_id(&sched_idle).job_status(SdkStatus::Running).send().await.unwrap();
+    env.client
+        .update_classification_job()
+        .job_id(&sched_idle)
+        .job_status(SdkStatus::Running)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(env.status_of(&sched_idle).await, SdkStatus::Idle);
-    let d = env.client.describe_classification_job().job_id(&sched_idle).send().await.unwrap();
+    let d = env
+        .client
+        .describe_classification_job()
+        .job_id(&sched_idle)
+        .send()
+        .await
+        .unwrap();
     assert!(d.user_paused_details().is_none());
 
     // 23 days later the health event appears (both in Describe and in List).
-    let (code, _) = env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 23.0 * 86400.0 + 1.0}))).await;
+    let (code, _) = env
+        .admin(
+            "POST",
+            "/__admin/clock/advance",
+            Some(json!({"seconds": 23.0 * 86400.0 + 1.0})),
+        )
+        .await;
     assert_eq!(code, 200);
-    let d = env.client.describe_classification_job().job_id(&one).send().await.unwrap();
-    let arn = d.user_paused_details().unwrap().job_imminent_expiration_health_event_arn().unwrap();
+    let d = env
+        .client
+        .describe_classification_job()
+        .job_id(&one)
+        .send()
+        .await
+        .unwrap();
+    let arn = d
+        .user_paused_details()
+        .unwrap()
+        .job_imminent_expiration_health_event_arn()
+        .unwrap();
     assert!(arn.starts_with("arn:aws:health:"), "{arn}");
     let l = env.client.list_classification_jobs().send().await.unwrap();
     let item = l.items().iter().find(|j| j.job_id() == Some(one.as_str())).unwrap();
-    assert!(item.user_paused_details().unwrap().job_imminent_expiration_health_event_arn().is_some());
+    assert!(
+        item.user_paused_details()
+            .unwrap()
+            .job_imminent_expiration_health_event_arn()
+            .is_some()
+    );
 
     // At 30 days: the one-time job is cancelled, the scheduled job's paused run is cancelled.
-    env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 7.0 * 86400.0}))).await;
+    env.admin(
+        "POST",
+        "/__admin/clock/advance",
+        Some(json!({"seconds": 7.0 * 86400.0})),
+    )
+    .await;
     assert_eq!(env.status_of(&one).await, SdkStatus::Cancelled);
     assert_eq!(env.status_of(&sched_running).await, SdkStatus::Idle);
-    let d = env.client.describe_classification_job().job_id(&one).send().await.unwrap();
+    let d = env
+        .client
+        .describe_classification_job()
+        .job_id(&one)
+        .send()
+        .await
+        .unwrap();
     assert!(d.user_paused_details().is_none());
 }
 
@@ -211,7 +283,10 @@ async fn create_describe_and_idempotency() {
     let env = start(base_seed()).await;
     let def = S3JobDefinition::builder()
         .bucket_definitions(
-            S3BucketDefinitionForJob::builder().account_id("111122223333").buckets("b1").build(),
+            S3BucketDefinitionForJob::builder()
+                .account_id("111122223333")
+                .buckets("b1")
+                .build(),
         )
         .build();
     let create = |token: &'static str, ty: SdkType| {
@@ -226,7 +301,11 @@ async fn create_describe_and_idempotency() {
         if ty == SdkType::Scheduled {
             b = b.schedule_frequency(
                 aws_sdk_macie2::types::JobScheduleFrequency::builder()
-                    .weekly_schedule(WeeklySchedule::builder().day_of_week(aws_sdk_macie2::types::DayOfWeek::Monday).build())
+                    .weekly_schedule(
+                        WeeklySchedule::builder()
+                            .day_of_week(aws_sdk_macie2::types::DayOfWeek::Monday)
+                            .build(),
+                    )
                     .build(),
             );
         }
@@ -235,9 +314,19 @@ async fn create_describe_and_idempotency() {
     let a = create("tok-1", SdkType::OneTime).await.unwrap();
     let again = create("tok-1", SdkType::OneTime).await.unwrap();
     assert_eq!(a.job_id(), again.job_id(), "same clientToken, same job");
-    assert!(a.job_arn().unwrap().starts_with("arn:aws:macie2:us-east-1:123456789012:classification-job/"));
+    assert!(
+        a.job_arn()
+            .unwrap()
+            .starts_with("arn:aws:macie2:us-east-1:123456789012:classification-job/")
+    );
     let s = create("tok-2", SdkType::Scheduled).await.unwrap();
-    let d = env.client.describe_classification_job().job_id(a.job_id().unwrap()).send().await.unwrap();
+    let d = env
+        .client
+        .describe_classification_job()
+        .job_id(a.job_id().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(d.job_status(), Some(&SdkStatus::Running));
     assert_eq!(d.job_type(), Some(&SdkType::OneTime));
     assert_eq!(d.name(), Some("created"));
@@ -248,7 +337,11 @@ async fn create_describe_and_idempotency() {
         d.s3_job_definition().unwrap().bucket_definitions()[0].buckets(),
         &["b1".to_string()]
     );
-    assert_eq!(env.status_of(s.job_id().unwrap()).await, SdkStatus::Idle, "scheduled without initialRun waits");
+    assert_eq!(
+        env.status_of(s.job_id().unwrap()).await,
+        SdkStatus::Idle,
+        "scheduled without initialRun waits"
+    );
 
     // Validation: a scheduled job without a schedule; a missing job.
     let err = env
@@ -263,7 +356,13 @@ async fn create_describe_and_idempotency() {
         .unwrap_err()
         .into_service_error();
     assert!(err.is_validation_exception(), "{err:?}");
-    let err = env.client.describe_classification_job().job_id("nope").send().await.unwrap_err();
+    let err = env
+        .client
+        .describe_classification_job()
+        .job_id("nope")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(err.raw_response().unwrap().status().as_u16(), 404);
     assert!(err.into_service_error().is_resource_not_found_exception());
     let err = env
@@ -330,26 +429,47 @@ async fn list_filters_every_key_and_comparator() {
     let cases: Vec<(ListJobsFilterTerm, &[&str])> = vec![
         (term(K::Name, C::Eq, &["beta"]), &["beta"]),
         (term(K::Name, C::Eq, &["beta", "gamma"]), &["beta", "gamma"]),
-        (term(K::Name, C::Ne, &["beta", "gamma"]), &["alpha", "alpine", "delta-alpha"]),
-        (term(K::Name, C::Contains, &["alp"]), &["alpha", "alpine", "delta-alpha"]),
+        (
+            term(K::Name, C::Ne, &["beta", "gamma"]),
+            &["alpha", "alpine", "delta-alpha"],
+        ),
+        (
+            term(K::Name, C::Contains, &["alp"]),
+            &["alpha", "alpine", "delta-alpha"],
+        ),
         (term(K::Name, C::StartsWith, &["alp"]), &["alpha", "alpine"]),
         (term(K::Name, C::Gt, &["beta"]), &["delta-alpha", "gamma"]),
         (term(K::Name, C::Gte, &["beta"]), &["beta", "delta-alpha", "gamma"]),
         (term(K::Name, C::Lt, &["beta"]), &["alpha", "alpine"]),
         (term(K::Name, C::Lte, &["beta"]), &["alpha", "alpine", "beta"]),
         (term(K::JobType, C::Eq, &["SCHEDULED"]), &["beta", "gamma"]),
-        (term(K::JobType, C::Ne, &["SCHEDULED"]), &["alpha", "alpine", "delta-alpha"]),
+        (
+            term(K::JobType, C::Ne, &["SCHEDULED"]),
+            &["alpha", "alpine", "delta-alpha"],
+        ),
         (term(K::JobStatus, C::Eq, &["RUNNING", "IDLE"]), &["alpha", "beta"]),
-        (term(K::JobStatus, C::Ne, &["CANCELLED", "COMPLETE"]), &["alpha", "beta", "gamma"]),
+        (
+            term(K::JobStatus, C::Ne, &["CANCELLED", "COMPLETE"]),
+            &["alpha", "beta", "gamma"],
+        ),
         (term(K::JobStatus, C::StartsWith, &["USER"]), &["gamma"]),
         (term(K::JobStatus, C::Contains, &["PLE"]), &["alpine"]),
         (term(K::CreatedAt, C::Eq, &[&day(2)]), &["beta"]),
-        (term(K::CreatedAt, C::Ne, &[&day(2)]), &["alpha", "alpine", "delta-alpha", "gamma"]),
+        (
+            term(K::CreatedAt, C::Ne, &[&day(2)]),
+            &["alpha", "alpine", "delta-alpha", "gamma"],
+        ),
         (term(K::CreatedAt, C::Gt, &[&day(2)]), &["delta-alpha", "gamma"]),
-        (term(K::CreatedAt, C::Gte, &[&day(2)]), &["beta", "delta-alpha", "gamma"]),
+        (
+            term(K::CreatedAt, C::Gte, &[&day(2)]),
+            &["beta", "delta-alpha", "gamma"],
+        ),
         (term(K::CreatedAt, C::Lt, &[&day(1)]), &["alpha"]),
         (term(K::CreatedAt, C::Lte, &[&day(1)]), &["alpha", "alpine"]),
-        (term(K::CreatedAt, C::Lte, &[&at(1).millis().to_string()]), &["alpha", "alpine"]),
+        (
+            term(K::CreatedAt, C::Lte, &[&at(1).millis().to_string()]),
+            &["alpha", "alpine"],
+        ),
         (term(K::CreatedAt, C::StartsWith, &["2026-01-03"]), &["beta"]),
         (term(K::CreatedAt, C::Contains, &["-05T"]), &["delta-alpha"]),
     ];
@@ -361,15 +481,29 @@ async fn list_filters_every_key_and_comparator() {
     assert_eq!(
         names(
             &env,
-            vec![term(K::Name, C::Contains, &["alp"]), term(K::JobType, C::Eq, &["ONE_TIME"])],
-            vec![term(K::JobStatus, C::Eq, &["CANCELLED"]), term(K::Name, C::Eq, &["alpine"])],
+            vec![
+                term(K::Name, C::Contains, &["alp"]),
+                term(K::JobType, C::Eq, &["ONE_TIME"])
+            ],
+            vec![
+                term(K::JobStatus, C::Eq, &["CANCELLED"]),
+                term(K::Name, C::Eq, &["alpine"])
+            ],
         )
         .await,
         ["alpha"]
     );
     // Bad filter values are ValidationException.
-    let bad = ListJobsFilterCriteria::builder().includes(term(K::CreatedAt, C::Gt, &["last tuesday"])).build();
-    let err = env.client.list_classification_jobs().filter_criteria(bad).send().await.unwrap_err();
+    let bad = ListJobsFilterCriteria::builder()
+        .includes(term(K::CreatedAt, C::Gt, &["last tuesday"]))
+        .build();
+    let err = env
+        .client
+        .list_classification_jobs()
+        .filter_criteria(bad)
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.into_service_error().is_validation_exception());
     // Sort by createdAt DESC.
     let r = env
@@ -403,7 +537,14 @@ async fn list_pagination_with_opaque_tokens_and_page_caps() {
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
-        let r = env.client.list_classification_jobs().max_results(7).set_next_token(token).send().await.unwrap();
+        let r = env
+            .client
+            .list_classification_jobs()
+            .max_results(7)
+            .set_next_token(token)
+            .send()
+            .await
+            .unwrap();
         pages += 1;
         assert!(r.items().len() <= 7);
         seen.extend(r.items().iter().map(|j| j.job_id().unwrap().to_string()));
@@ -435,9 +576,17 @@ async fn list_pagination_with_opaque_tokens_and_page_caps() {
     let r = env.client.list_classification_jobs().send().await.unwrap();
     assert_eq!(r.items().len(), 23);
     assert!(r.next_token().is_none());
-    let (code, _) = env.admin("PUT", "/__admin/faults", Some(json!({"maxJobsPage": 10}))).await;
+    let (code, _) = env
+        .admin("PUT", "/__admin/faults", Some(json!({"maxJobsPage": 10})))
+        .await;
     assert_eq!(code, 204);
-    let r = env.client.list_classification_jobs().max_results(1000).send().await.unwrap();
+    let r = env
+        .client
+        .list_classification_jobs()
+        .max_results(1000)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.items().len(), 10);
     assert!(r.next_token().is_some());
     // A token only fits the query it came from; garbage is rejected.
@@ -445,11 +594,30 @@ async fn list_pagination_with_opaque_tokens_and_page_caps() {
     let other = ListJobsFilterCriteria::builder()
         .includes(term(ListJobsFilterKey::JobType, JobComparator::Eq, &["ONE_TIME"]))
         .build();
-    let err = env.client.list_classification_jobs().filter_criteria(other).next_token(t).send().await.unwrap_err();
+    let err = env
+        .client
+        .list_classification_jobs()
+        .filter_criteria(other)
+        .next_token(t)
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.into_service_error().is_validation_exception());
-    let err = env.client.list_classification_jobs().next_token("garbage").send().await.unwrap_err();
+    let err = env
+        .client
+        .list_classification_jobs()
+        .next_token("garbage")
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.into_service_error().is_validation_exception());
-    let err = env.client.list_classification_jobs().max_results(0).send().await.unwrap_err();
+    let err = env
+        .client
+        .list_classification_jobs()
+        .max_results(0)
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.into_service_error().is_validation_exception());
 }
 
@@ -458,7 +626,10 @@ fn accounts_seed(n: usize) -> Seed {
     for i in 0..n {
         let status = if i % 2 == 0 { "ENABLED" } else { "DISABLED" };
         let paused = i % 10 == 9;
-        text.push_str(&format!("- {{accountId: '{:012}', status: {status}, paused: {paused}}}\n", 100_000 + i));
+        text.push_str(&format!(
+            "- {{accountId: '{:012}', status: {status}, paused: {paused}}}\n",
+            100_000 + i
+        ));
     }
     Seed::parse(&text).unwrap()
 }
@@ -477,7 +648,13 @@ async fn discovery_accounts_list_batch_and_configuration() {
         .await
         .unwrap();
     assert_eq!(all.len(), 60);
-    let first = env.client.list_automated_discovery_accounts().max_results(25).send().await.unwrap();
+    let first = env
+        .client
+        .list_automated_discovery_accounts()
+        .max_results(25)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.items().len(), 25);
     assert!(first.next_token().is_some());
     // Only the asked-for accounts (unknown ones are simply absent).
@@ -490,7 +667,11 @@ async fn discovery_accounts_list_batch_and_configuration() {
         .send()
         .await
         .unwrap();
-    let got: Vec<_> = r.items().iter().map(|a| (a.account_id().unwrap(), a.status().unwrap().clone())).collect();
+    let got: Vec<_> = r
+        .items()
+        .iter()
+        .map(|a| (a.account_id().unwrap(), a.status().unwrap().clone()))
+        .collect();
     assert_eq!(
         got,
         [
@@ -500,16 +681,31 @@ async fn discovery_accounts_list_batch_and_configuration() {
     );
     // Limits: 50 account ids, maxResults 1..=25.
     let ids: Vec<String> = (0..51).map(|i| format!("{:012}", 100_000 + i)).collect();
-    let err = env.client.list_automated_discovery_accounts().set_account_ids(Some(ids)).send().await.unwrap_err();
+    let err = env
+        .client
+        .list_automated_discovery_accounts()
+        .set_account_ids(Some(ids))
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.into_service_error().is_validation_exception());
     for bad in [0, 26] {
-        let err = env.client.list_automated_discovery_accounts().max_results(bad).send().await.unwrap_err();
+        let err = env
+            .client
+            .list_automated_discovery_accounts()
+            .max_results(bad)
+            .send()
+            .await
+            .unwrap_err();
         assert!(err.into_service_error().is_validation_exception(), "maxResults {bad}");
     }
 
     // Batch update with per-account errors.
     let upd = |id: &str, st: AutomatedDiscoveryAccountStatus| {
-        AutomatedDiscoveryAccountUpdate::builder().account_id(id).status(st).build()
+        AutomatedDiscoveryAccountUpdate::builder()
+            .account_id(id)
+            .status(st)
+            .build()
     };
     let r = env
         .client
@@ -520,16 +716,29 @@ async fn discovery_accounts_list_batch_and_configuration() {
         .send()
         .await
         .unwrap();
-    let mut errs: Vec<_> = r.errors().iter().map(|e| (e.account_id().unwrap(), e.error_code().unwrap().clone())).collect();
+    let mut errs: Vec<_> = r
+        .errors()
+        .iter()
+        .map(|e| (e.account_id().unwrap(), e.error_code().unwrap().clone()))
+        .collect();
     errs.sort_by_key(|e| e.0);
     assert_eq!(
         errs,
         [
             ("000000100009", AutomatedDiscoveryAccountUpdateErrorCode::AccountPaused),
-            ("999999999999", AutomatedDiscoveryAccountUpdateErrorCode::AccountNotFound),
+            (
+                "999999999999",
+                AutomatedDiscoveryAccountUpdateErrorCode::AccountNotFound
+            ),
         ]
     );
-    let r = env.client.list_automated_discovery_accounts().account_ids("000000100001").send().await.unwrap();
+    let r = env
+        .client
+        .list_automated_discovery_accounts()
+        .account_ids("000000100001")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.items()[0].status(), Some(&AutomatedDiscoveryAccountStatus::Enabled));
     // All succeeded: no errors.
     let r = env
@@ -560,7 +769,12 @@ async fn macie_not_enabled_is_access_denied_with_401() {
     let svc = err.into_service_error();
     assert!(svc.is_access_denied_exception(), "{svc:?}");
     assert_eq!(svc.code(), Some("AccessDeniedException"));
-    let err = env.client.get_automated_discovery_configuration().send().await.unwrap_err();
+    let err = env
+        .client
+        .get_automated_discovery_configuration()
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.into_service_error().is_access_denied_exception());
     let (code, _) = env.admin("PUT", "/__admin/macie", Some(json!({"enabled": true}))).await;
     assert_eq!(code, 204);
@@ -569,10 +783,21 @@ async fn macie_not_enabled_is_access_denied_with_401() {
 
 #[tokio::test]
 async fn regions_are_separate() {
-    let env = start(Seed::parse("jobs:\n- {name: eu, jobType: ONE_TIME, jobStatus: RUNNING, region: eu-west-1}\n").unwrap()).await;
+    let env =
+        start(Seed::parse("jobs:\n- {name: eu, jobType: ONE_TIME, jobStatus: RUNNING, region: eu-west-1}\n").unwrap())
+            .await;
     let eu = client_for(env.addr, "eu-west-1", false);
     assert_eq!(eu.list_classification_jobs().send().await.unwrap().items().len(), 1);
-    assert_eq!(env.client.list_classification_jobs().send().await.unwrap().items().len(), 0);
+    assert_eq!(
+        env.client
+            .list_classification_jobs()
+            .send()
+            .await
+            .unwrap()
+            .items()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -581,30 +806,69 @@ async fn fault_injection_throttling_errors_latency_and_delayed_visibility() {
     let id = env.put(job("f", JobType::OneTime, JobStatus::Running));
 
     // Throttling on one operation only, typed as ThrottlingException (429).
-    let (code, body) =
-        env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"ListClassificationJobs": {"throttleRate": 1.0}}}))).await;
+    let (code, body) = env
+        .admin(
+            "PUT",
+            "/__admin/faults",
+            Some(json!({"operations": {"ListClassificationJobs": {"throttleRate": 1.0}}})),
+        )
+        .await;
     assert_eq!(code, 204, "{body}");
     let err = env.client.list_classification_jobs().send().await.unwrap_err();
     assert_eq!(err.raw_response().unwrap().status().as_u16(), 429);
     assert!(err.into_service_error().is_throttling_exception());
-    env.client.describe_classification_job().job_id(&id).send().await.unwrap();
+    env.client
+        .describe_classification_job()
+        .job_id(&id)
+        .send()
+        .await
+        .unwrap();
 
     // 500s on every operation.
-    env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"*": {"errorRate": 1.0}}}))).await;
-    let err = env.client.update_classification_job().job_id(&id).job_status(SdkStatus::UserPaused).send().await.unwrap_err();
+    env.admin(
+        "PUT",
+        "/__admin/faults",
+        Some(json!({"operations": {"*": {"errorRate": 1.0}}})),
+    )
+    .await;
+    let err = env
+        .client
+        .update_classification_job()
+        .job_id(&id)
+        .job_status(SdkStatus::UserPaused)
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(err.raw_response().unwrap().status().as_u16(), 500);
     assert!(err.into_service_error().is_internal_server_exception());
-    assert_eq!(env.status_of_raw(&id), JobStatus::Running, "an injected failure changes nothing");
+    assert_eq!(
+        env.status_of_raw(&id),
+        JobStatus::Running,
+        "an injected failure changes nothing"
+    );
 
     // Bad fault settings are refused with the field named.
-    let (code, body) = env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"Nope": {}}}))).await;
+    let (code, body) = env
+        .admin("PUT", "/__admin/faults", Some(json!({"operations": {"Nope": {}}})))
+        .await;
     assert_eq!(code, 400);
     assert!(body["message"].as_str().unwrap().contains("operations.Nope"));
-    let (code, _) = env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"*": {"throttleRate": 2}}}))).await;
+    let (code, _) = env
+        .admin(
+            "PUT",
+            "/__admin/faults",
+            Some(json!({"operations": {"*": {"throttleRate": 2}}})),
+        )
+        .await;
     assert_eq!(code, 400);
 
     // A rate is a rate: 30% throttling over 200 calls, seeded and so repeatable.
-    env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"*": {"throttleRate": 0.3}}, "seed": 42}))).await;
+    env.admin(
+        "PUT",
+        "/__admin/faults",
+        Some(json!({"operations": {"*": {"throttleRate": 0.3}}, "seed": 42})),
+    )
+    .await;
     let mut throttled = 0;
     for _ in 0..200 {
         if env.client.list_classification_jobs().send().await.is_err() {
@@ -619,34 +883,71 @@ async fn fault_injection_throttling_errors_latency_and_delayed_visibility() {
     }
 
     // Added latency: a call takes at least that long.
-    env.admin("PUT", "/__admin/faults", Some(json!({"operations": {"DescribeClassificationJob": {"latencyMs": 300}}}))).await;
+    env.admin(
+        "PUT",
+        "/__admin/faults",
+        Some(json!({"operations": {"DescribeClassificationJob": {"latencyMs": 300}}})),
+    )
+    .await;
     let t = Instant::now();
-    env.client.describe_classification_job().job_id(&id).send().await.unwrap();
+    env.client
+        .describe_classification_job()
+        .job_id(&id)
+        .send()
+        .await
+        .unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300));
 
     // Delayed visibility: right after an update, reads still show the old status.
-    env.admin("PUT", "/__admin/faults", Some(json!({"visibilityDelayMs": 600000}))).await;
-    env.client.update_classification_job().job_id(&id).job_status(SdkStatus::Cancelled).send().await.unwrap();
+    env.admin("PUT", "/__admin/faults", Some(json!({"visibilityDelayMs": 600000})))
+        .await;
+    env.client
+        .update_classification_job()
+        .job_id(&id)
+        .job_status(SdkStatus::Cancelled)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(env.status_of(&id).await, SdkStatus::Running);
     let l = env.client.list_classification_jobs().send().await.unwrap();
     assert_eq!(l.items()[0].job_status(), Some(&SdkStatus::Running));
     // A second identical call is invalid against the real state, and logged as such.
-    let err = env.client.update_classification_job().job_id(&id).job_status(SdkStatus::Cancelled).send().await.unwrap_err();
+    let err = env
+        .client
+        .update_classification_job()
+        .job_id(&id)
+        .job_status(SdkStatus::Cancelled)
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.into_service_error().is_validation_exception());
-    env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 601}))).await;
+    env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 601})))
+        .await;
     assert_eq!(env.status_of(&id).await, SdkStatus::Cancelled);
 
     // Counters and the call log.
     let counters = env.admin("GET", "/__admin/counters", None).await.1;
     assert!(counters["ListClassificationJobs"]["requests"].as_u64().unwrap() >= 221);
-    assert_eq!(counters["ListClassificationJobs"]["errors"]["ThrottlingException"].as_u64().unwrap() >= 1, true);
+    assert!(
+        counters["ListClassificationJobs"]["errors"]["ThrottlingException"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     assert_eq!(counters["UpdateClassificationJob"]["injected"], 1);
     let calls = env.admin("GET", "/__admin/calls", None).await.1;
     let calls = calls["calls"].as_array().unwrap();
-    let outcomes: Vec<_> = calls.iter().map(|c| (c["outcome"].as_str().unwrap(), c["injected"] == json!(true))).collect();
+    let outcomes: Vec<_> = calls
+        .iter()
+        .map(|c| (c["outcome"].as_str().unwrap(), c["injected"] == json!(true)))
+        .collect();
     assert_eq!(
         outcomes,
-        [("InternalServerException", true), ("OK", false), ("ValidationException", false)]
+        [
+            ("InternalServerException", true),
+            ("OK", false),
+            ("ValidationException", false)
+        ]
     );
     assert_eq!(calls[2]["repeated"], true);
     assert_eq!(calls[2]["valid"], false);
@@ -654,7 +955,15 @@ async fn fault_injection_throttling_errors_latency_and_delayed_visibility() {
     // Reset returns to the seed: no jobs, no counters.
     let (code, _) = env.admin("POST", "/__admin/reset", None).await;
     assert_eq!(code, 204);
-    assert!(env.client.list_classification_jobs().send().await.unwrap().items().is_empty());
+    assert!(
+        env.client
+            .list_classification_jobs()
+            .send()
+            .await
+            .unwrap()
+            .items()
+            .is_empty()
+    );
     let counters = env.admin("GET", "/__admin/counters", None).await.1;
     assert_eq!(counters["ListClassificationJobs"]["requests"], 1);
 }
@@ -671,28 +980,56 @@ async fn admin_service_side_changes() {
         (&sched, "COMPLETE", 400),
         (&sched, "PAUSED", 204),
     ] {
-        let (c, b) = env.admin("PUT", &format!("/__admin/jobs/{id}/status"), Some(json!({"jobStatus": st}))).await;
+        let (c, b) = env
+            .admin(
+                "PUT",
+                &format!("/__admin/jobs/{id}/status"),
+                Some(json!({"jobStatus": st})),
+            )
+            .await;
         assert_eq!(c, code, "{st}: {b}");
     }
     assert_eq!(env.status_of(&one).await, SdkStatus::Complete);
     assert_eq!(env.status_of(&sched).await, SdkStatus::Paused);
-    let (c, b) = env.admin(
-        "POST",
-        "/__admin/jobs",
-        Some(json!({"name": "late", "jobType": "ONE_TIME", "jobStatus": "RUNNING", "jobId": "late1"})),
-    ).await;
+    let (c, b) = env
+        .admin(
+            "POST",
+            "/__admin/jobs",
+            Some(json!({"name": "late", "jobType": "ONE_TIME", "jobStatus": "RUNNING", "jobId": "late1"})),
+        )
+        .await;
     assert_eq!(c, 200, "{b}");
     assert_eq!(env.status_of("late1").await, SdkStatus::Running);
-    let (c, b) = env.admin("POST", "/__admin/jobs", Some(json!({"name": "bad", "jobType": "ONE_TIME", "jobStatus": "IDLE"}))).await;
+    let (c, b) = env
+        .admin(
+            "POST",
+            "/__admin/jobs",
+            Some(json!({"name": "bad", "jobType": "ONE_TIME", "jobStatus": "IDLE"})),
+        )
+        .await;
     assert_eq!(c, 400);
     assert!(b["message"].as_str().unwrap().contains("jobStatus"), "{b}");
     let (c, _) = env.admin("DELETE", "/__admin/jobs/late1", None).await;
     assert_eq!(c, 204);
-    let err = env.client.describe_classification_job().job_id("late1").send().await.unwrap_err();
+    let err = env
+        .client
+        .describe_classification_job()
+        .job_id("late1")
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.into_service_error().is_resource_not_found_exception());
-    let (c, _) = env.admin("PUT", "/__admin/accounts/111122223333", Some(json!({"status": "DISABLED", "paused": true}))).await;
+    let (c, _) = env
+        .admin(
+            "PUT",
+            "/__admin/accounts/111122223333",
+            Some(json!({"status": "DISABLED", "paused": true})),
+        )
+        .await;
     assert_eq!(c, 204);
-    let (c, _) = env.admin("PUT", "/__admin/accounts/1234", Some(json!({"status": "DISABLED"}))).await;
+    let (c, _) = env
+        .admin("PUT", "/__admin/accounts/1234", Some(json!({"status": "DISABLED"})))
+        .await;
     assert_eq!(c, 400);
     let state = env.admin("GET", "/__admin/state", None).await.1;
     assert_eq!(state["accounts"]["111122223333"]["paused"], true);
@@ -702,7 +1039,13 @@ impl Env {
     fn status_of_raw(&self, id: &str) -> JobStatus {
         let mut e = self.state.lock();
         let snap = e.snapshot(None);
-        let j = snap["jobs"].as_array().unwrap().iter().find(|j| j["jobId"] == id).unwrap().clone();
+        let j = snap["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["jobId"] == id)
+            .unwrap()
+            .clone();
         serde_json::from_value(j["jobStatus"].clone()).unwrap()
     }
 }

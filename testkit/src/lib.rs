@@ -20,7 +20,10 @@ pub const KUBE_VERSION: &str = "v1.36.3";
 
 /// Root of the workspace (where `.cache/` lives).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit is a workspace member").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit is a workspace member")
+        .to_path_buf()
 }
 
 /// Directory holding `etcd` and `kube-apiserver`: `$MACIE_TEST_ASSETS`, else the one
@@ -28,7 +31,12 @@ pub fn workspace_root() -> PathBuf {
 pub fn assets_dir() -> PathBuf {
     std::env::var_os("MACIE_TEST_ASSETS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".cache").join(format!("controlplane-{KUBE_VERSION}")).join("bin"))
+        .unwrap_or_else(|| {
+            workspace_root()
+                .join(".cache")
+                .join(format!("controlplane-{KUBE_VERSION}"))
+                .join("bin")
+        })
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the usual small race is accepted).
@@ -155,12 +163,18 @@ struct Pki {
 }
 
 fn make_pki() -> Result<Pki> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, "macie-operator-test-ca");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
 
@@ -173,7 +187,9 @@ fn make_pki() -> Result<Pki> {
     let client_key = KeyPair::generate()?;
     let mut client = CertificateParams::new(Vec::<String>::new())?;
     client.distinguished_name.push(DnType::CommonName, "test-admin");
-    client.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    client
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_cert = client.signed_by(&client_key, &issuer)?;
 
@@ -203,7 +219,10 @@ impl ControlPlane {
         let bin = assets_dir();
         for b in ["etcd", "kube-apiserver"] {
             if !bin.join(b).is_file() {
-                bail!("{} not found: run `make tools` first (or set MACIE_TEST_ASSETS)", bin.join(b).display());
+                bail!(
+                    "{} not found: run `make tools` first (or set MACIE_TEST_ASSETS)",
+                    bin.join(b).display()
+                );
             }
         }
         let dir = tempfile::Builder::new().prefix("macie-cp-").tempdir()?;
@@ -282,7 +301,11 @@ impl ControlPlane {
         loop {
             for g in [&mut self.etcd, &mut self.apiserver] {
                 if g.exited() {
-                    bail!("{} exited during start-up; its log ends with:\n{}", g.name(), g.log_tail(30));
+                    bail!(
+                        "{} exited during start-up; its log ends with:\n{}",
+                        g.name(),
+                        g.log_tail(30)
+                    );
                 }
             }
             let req = http::Request::get("/readyz").body(Vec::new())?;
