@@ -69,7 +69,7 @@ where
     }
 }
 
-/// A child process that is stopped (SIGTERM, then SIGKILL after 10 s) when this handle is
+/// A child process that is stopped (SIGTERM, then SIGKILL after 5 s) when this handle is
 /// dropped or when the test process dies.
 pub struct Guarded {
     name: String,
@@ -87,7 +87,7 @@ impl Guarded {
         let script = r#""$@" & pid=$!
 read -r _ || true
 kill -TERM "$pid" 2>/dev/null
-( sleep 10; kill -KILL "$pid" 2>/dev/null ) &
+( sleep 5; kill -KILL "$pid" 2>/dev/null ) &
 killer=$!
 wait "$pid"
 kill "$killer" 2>/dev/null
