@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all tools test fmt-check clippy unit awscli leak-check demo crds bench build release
+.PHONY: all tools test fmt-check clippy crds-check unit awscli leak-check demo crds bench build
 
 all: build
 
@@ -16,7 +16,7 @@ build:
 	$(CARGO) build --workspace --all-targets --locked
 
 ## test: everything CI checks
-test: tools fmt-check clippy unit awscli leak-check
+test: tools fmt-check clippy crds-check unit awscli leak-check
 	@echo "make test: all checks passed"
 
 fmt-check:
@@ -40,8 +40,15 @@ leak-check:
 demo:
 	@echo "make demo: not yet (the operator's demo arrives with the MacieJob controller)"
 
+## crds: regenerate crds/ from the Rust types
 crds:
-	@echo "make crds: not yet (the CRDs arrive with the MacieJob controller)"
+	$(CARGO) run --locked --quiet --bin macie-operator -- crd > crds/macie.kubeops.dev.yaml
+
+## crds-check: the committed CRDs match the Rust types
+crds-check:
+	@$(CARGO) run --locked --quiet --bin macie-operator -- crd | diff -u crds/macie.kubeops.dev.yaml - \
+	  || { echo "crds/ is stale: run 'make crds' and commit the result"; exit 1; }
+	@echo "crds-check: crds/ matches the types"
 
 bench:
 	@echo "make bench: not yet"

@@ -1,3 +1,8 @@
 //! macie-operator: keeps Amazon Macie classification jobs and automated-discovery accounts in
 //! the state declared by Kubernetes custom resources.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod job;
+pub mod macie;
+pub mod runtime;

@@ -1,7 +1,16 @@
 //! `macie-operator`: the operator binary (`run`) and the CRD generator (`crd`).
 #![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use macie_operator::job;
+use macie_operator::job::plan::Settings;
+use macie_operator::macie::MacieClients;
+use macie_operator::runtime::{self, Health, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -17,17 +26,151 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the controllers.
-    Run,
-    /// Print the CustomResourceDefinitions as YAML.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML (what crds/ holds).
     Crd,
 }
 
-fn main() {
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// AWS Region for resources without spec.region (default: the AWS SDK's region, e.g. AWS_REGION).
+    #[arg(long, env = "MACIE_OPERATOR_REGION")]
+    region: Option<String>,
+    /// Macie endpoint URL override (e.g. a local macie-emulator); omit for AWS.
+    #[arg(long, env = "MACIE_OPERATOR_MACIE_ENDPOINT", value_parser = parse_url)]
+    macie_endpoint: Option<String>,
+    /// Time between ListClassificationJobs sweeps: seconds (`60`) or a duration (`1m30s`, `500ms`).
+    #[arg(long, env = "MACIE_OPERATOR_POLL_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "MACIE_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the admin server (/livez, /readyz).
+    #[arg(long, env = "MACIE_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// ListClassificationJobs page size (maxResults). Macie publishes no limit; pages of any size
+    /// the service returns are followed.
+    #[arg(long, env = "MACIE_OPERATOR_PAGE_SIZE", default_value_t = macie_operator::macie::jobs::DEFAULT_PAGE_SIZE,
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    page_size: i32,
+    /// Warn (Event and condition) when a USER_PAUSED job is this close to its expiry.
+    #[arg(long, env = "MACIE_OPERATOR_EXPIRY_WARNING", default_value = "7d", value_parser = parse_duration)]
+    expiry_warning: Duration,
+    /// How long an UpdateClassificationJob call blocks another for the same resource while no
+    /// sweep shows its effect.
+    #[arg(long, env = "MACIE_OPERATOR_STEP_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    step_timeout: Duration,
+    /// Reconciles running at once.
+    #[arg(long, env = "MACIE_OPERATOR_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    concurrency: u16,
+    /// Log format.
+    #[arg(long, env = "MACIE_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter, RUST_LOG syntax (e.g. `info`, `macie_operator=debug,kube=warn`).
+    #[arg(long, env = "MACIE_OPERATOR_LOG", default_value = "info")]
+    log: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("{s:?} is not a positive duration")),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use seconds or e.g. 30s, 5m, 7d)"))?,
+    };
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_url(s: &str) -> Result<String, String> {
+    if (s.starts_with("http://") || s.starts_with("https://")) && s.len() > "https://".len() {
+        Ok(s.trim_end_matches('/').to_string())
+    } else {
+        Err(format!("{s:?} is not an http:// or https:// URL"))
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run | Command::Crd => {
-            eprintln!("macie-operator: not implemented yet");
-            std::process::exit(2);
+        Command::Crd => {
+            print!("{}", macie_operator::api::crds_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => {
+            if let Err(e) = runtime::init_logging(args.log_format, &args.log) {
+                eprintln!("macie-operator: {e}");
+                return ExitCode::from(2);
+            }
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("macie-operator: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("macie-operator: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let listener = runtime::bind(args.metrics_addr).await?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach Kubernetes: {e}"))?;
+    let clients = Arc::new(MacieClients::from_env(args.macie_endpoint.clone()).await);
+    let region = args
+        .region
+        .clone()
+        .or_else(|| clients.default_region())
+        .ok_or("no AWS Region: set --region (MACIE_OPERATOR_REGION) or AWS_REGION")?;
+    tracing::info!(
+        %region,
+        endpoint = args.macie_endpoint.as_deref().unwrap_or("AWS"),
+        poll_interval = ?args.poll_interval,
+        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        "starting macie-operator"
+    );
+    let config = job::Config {
+        default_region: region,
+        poll_interval: args.poll_interval,
+        page_size: args.page_size,
+        plan: Settings {
+            step_timeout: args.step_timeout,
+            expiry_warning: args.expiry_warning,
+        },
+        namespace: args.namespace.clone(),
+        concurrency: args.concurrency,
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let health = Health::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal = {
+        let stop_tx = stop_tx.clone();
+        async move {
+            runtime::shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        }
+    };
+    tokio::spawn(signal);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let admin = tokio::spawn(runtime::serve_admin(listener, health.clone(), stopped(stop_rx.clone())));
+    health.set_ready(true);
+    job::run(client, clients, config, stopped(stop_rx)).await;
+    let _ = stop_tx.send(true);
+    let _ = admin.await;
+    Ok(())
 }

@@ -1,0 +1,370 @@
+//! The shared job sweep: per region, one paginated ListClassificationJobs sweep per poll
+//! interval feeds a snapshot that every MacieJob reconcile reads. A sweep reports which jobs
+//! changed, appeared or vanished, so only the resources that name them are reconciled.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_macie2::Client;
+use aws_sdk_macie2::types::{ListJobsSortAttributeName, ListJobsSortCriteria, OrderBy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{MacieClients, MacieError};
+use crate::api::macie_job::{ObservedJob, UserPausedDetails};
+
+/// Default ListClassificationJobs page size. Macie documents no bound for maxResults; 100 keeps
+/// each response small while an account with 1,000 jobs costs 10 calls per sweep.
+pub const DEFAULT_PAGE_SIZE: i32 = 100;
+
+/// All jobs of a region as one sweep saw them.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// When the sweep started: any change made before this instant is in the snapshot, unless
+    /// Macie shows it late.
+    pub started_at: Timestamp,
+    pub jobs: HashMap<String, ObservedJob>,
+    /// Job ids by exact name.
+    pub by_name: HashMap<String, Vec<String>>,
+    pub pages: u32,
+}
+
+impl Snapshot {
+    pub fn new(started_at: Timestamp, list: Vec<ObservedJob>, pages: u32) -> Snapshot {
+        let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
+        for j in &list {
+            if let Some(n) = &j.name {
+                by_name.entry(n.clone()).or_default().push(j.job_id.clone());
+            }
+        }
+        Snapshot {
+            started_at,
+            jobs: list.into_iter().map(|j| (j.job_id.clone(), j)).collect(),
+            by_name,
+            pages,
+        }
+    }
+}
+
+/// What the sweeps of one region have found so far.
+#[derive(Debug, Clone, Default)]
+pub struct RegionView {
+    /// The last successful sweep.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// Set when the latest sweep failed (after the SDK's retries).
+    pub error: Option<MacieError>,
+    /// Completed sweeps, successful or not.
+    pub sweeps: u64,
+}
+
+/// Which resources a sweep affects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// Every resource of the region (first sweep, or the sweep error state changed).
+    All,
+    /// Resources naming one of these job ids or exact names.
+    Jobs {
+        ids: HashSet<String>,
+        names: HashSet<String>,
+    },
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Changes::Jobs { ids, names } if ids.is_empty() && names.is_empty())
+    }
+
+    /// Whether a resource naming `job_id` or `job_name` is affected.
+    pub fn affects(&self, job_id: Option<&str>, job_name: Option<&str>) -> bool {
+        match self {
+            Changes::All => true,
+            Changes::Jobs { ids, names } => {
+                job_id.is_some_and(|i| ids.contains(i)) || job_name.is_some_and(|n| names.contains(n))
+            }
+        }
+    }
+}
+
+/// Jobs that differ between two snapshots (changed, appeared or vanished), by id and by name.
+pub fn diff(old: &Snapshot, new: &Snapshot) -> Changes {
+    let mut ids = HashSet::new();
+    let mut names = HashSet::new();
+    for (id, job) in &new.jobs {
+        match old.jobs.get(id) {
+            Some(prev) if prev == job => {}
+            Some(prev) => {
+                ids.insert(id.clone());
+                names.extend(prev.name.clone());
+                names.extend(job.name.clone());
+            }
+            None => {
+                ids.insert(id.clone());
+                names.extend(job.name.clone());
+            }
+        }
+    }
+    for (id, prev) in &old.jobs {
+        if !new.jobs.contains_key(id) {
+            ids.insert(id.clone());
+            names.extend(prev.name.clone());
+        }
+    }
+    Changes::Jobs { ids, names }
+}
+
+fn time(dt: Option<&aws_sdk_macie2::primitives::DateTime>) -> Option<Time> {
+    dt.and_then(|d| Timestamp::new(d.secs(), d.subsec_nanos() as i32).ok())
+        .map(Time)
+}
+
+/// Converts the SDK's JobSummary (statuses newer than this SDK keep their text).
+pub fn observed(j: &aws_sdk_macie2::types::JobSummary) -> ObservedJob {
+    ObservedJob {
+        job_id: j.job_id().unwrap_or_default().to_string(),
+        name: j.name().map(str::to_string),
+        job_type: j.job_type().map(|t| t.as_str().to_string()),
+        job_status: j.job_status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        created_at: time(j.created_at()),
+        last_run_error_status: j
+            .last_run_error_status()
+            .and_then(|s| s.code())
+            .map(|c| c.as_str().to_string()),
+        user_paused_details: j.user_paused_details().map(|p| UserPausedDetails {
+            job_paused_at: time(p.job_paused_at()),
+            job_expires_at: time(p.job_expires_at()),
+            job_imminent_expiration_health_event_arn: p.job_imminent_expiration_health_event_arn().map(str::to_string),
+        }),
+    }
+}
+
+/// One sweep: every page of ListClassificationJobs, in a stable order.
+pub async fn list_all_jobs(client: &Client, page_size: i32) -> Result<(Vec<ObservedJob>, u32), MacieError> {
+    let mut token: Option<String> = None;
+    let mut jobs = Vec::new();
+    let mut pages = 0u32;
+    loop {
+        let resp = client
+            .list_classification_jobs()
+            .max_results(page_size)
+            .sort_criteria(
+                ListJobsSortCriteria::builder()
+                    .attribute_name(ListJobsSortAttributeName::CreatedAt)
+                    .order_by(OrderBy::Asc)
+                    .build(),
+            )
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(MacieError::from_sdk)?;
+        pages += 1;
+        jobs.extend(resp.items().iter().filter(|j| j.job_id().is_some()).map(observed));
+        match resp.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok((jobs, pages))
+}
+
+/// Called after each sweep with the region and what changed.
+pub type OnChange = Arc<dyn Fn(&str, &Changes) + Send + Sync>;
+
+/// Called after each sweep with the region, its duration, pages and outcome (for metrics).
+pub type OnSweep = Arc<dyn Fn(&str, Duration, u32, Result<(), &MacieError>) + Send + Sync>;
+
+/// Runs one sweeper task per region, started on first use.
+pub struct JobPoller {
+    clients: Arc<MacieClients>,
+    page_size: i32,
+    interval: Duration,
+    on_change: OnChange,
+    on_sweep: Option<OnSweep>,
+    regions: Mutex<HashMap<String, (watch::Receiver<RegionView>, JoinHandle<()>)>>,
+}
+
+impl JobPoller {
+    pub fn new(clients: Arc<MacieClients>, page_size: i32, interval: Duration, on_change: OnChange) -> JobPoller {
+        JobPoller {
+            clients,
+            page_size,
+            interval,
+            on_change,
+            on_sweep: None,
+            regions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn with_on_sweep(mut self, f: OnSweep) -> JobPoller {
+        self.on_sweep = Some(f);
+        self
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The region's sweep results; starts its sweeper on first use.
+    pub fn subscribe(&self, region: &str) -> watch::Receiver<RegionView> {
+        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((rx, _)) = regions.get(region) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(RegionView::default());
+        let task = tokio::spawn(sweep_loop(
+            region.to_string(),
+            self.clients.client(region),
+            self.page_size,
+            self.interval,
+            tx,
+            self.on_change.clone(),
+            self.on_sweep.clone(),
+        ));
+        regions.insert(region.to_string(), (rx.clone(), task));
+        rx
+    }
+
+    /// The latest view of a region (starting its sweeper if needed).
+    pub fn view(&self, region: &str) -> RegionView {
+        self.subscribe(region).borrow().clone()
+    }
+}
+
+impl Drop for JobPoller {
+    fn drop(&mut self) {
+        for (_, (_, task)) in self.regions.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            task.abort();
+        }
+    }
+}
+
+async fn sweep_loop(
+    region: String,
+    client: Client,
+    page_size: i32,
+    interval: Duration,
+    tx: watch::Sender<RegionView>,
+    on_change: OnChange,
+    on_sweep: Option<OnSweep>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let started_at = Timestamp::now();
+        let t = std::time::Instant::now();
+        let result = list_all_jobs(&client, page_size).await;
+        let prev = tx.borrow().clone();
+        let mut next = RegionView {
+            sweeps: prev.sweeps + 1,
+            ..prev.clone()
+        };
+        let changes = match result {
+            Ok((jobs, pages)) => {
+                if let Some(f) = &on_sweep {
+                    f(&region, t.elapsed(), pages, Ok(()));
+                }
+                let snap = Snapshot::new(started_at, jobs, pages);
+                let changes = match (&prev.snapshot, &prev.error) {
+                    (Some(old), None) => diff(old, &snap),
+                    _ => Changes::All,
+                };
+                tracing::debug!(%region, jobs = snap.jobs.len(), pages, elapsed = ?t.elapsed(), "sweep");
+                next.snapshot = Some(Arc::new(snap));
+                next.error = None;
+                changes
+            }
+            Err(e) => {
+                if let Some(f) = &on_sweep {
+                    f(&region, t.elapsed(), 0, Err(&e));
+                }
+                tracing::warn!(%region, error = %e, "ListClassificationJobs sweep failed");
+                let changed = prev.error.as_ref().map(MacieError::code) != Some(e.code());
+                next.error = Some(e);
+                if changed {
+                    Changes::All
+                } else {
+                    Changes::Jobs {
+                        ids: HashSet::new(),
+                        names: HashSet::new(),
+                    }
+                }
+            }
+        };
+        // Publish before triggering, so the triggered reconciles read this sweep.
+        tx.send_replace(next);
+        if !changes.is_empty() {
+            on_change(&region, &changes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, name: &str, status: &str) -> ObservedJob {
+        ObservedJob {
+            job_id: id.into(),
+            name: Some(name.into()),
+            job_status: status.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn diff_reports_changed_appeared_and_vanished_jobs_by_id_and_name() {
+        let t = Timestamp::now();
+        let old = Snapshot::new(
+            t,
+            vec![
+                job("a", "alpha", "RUNNING"),
+                job("b", "beta", "IDLE"),
+                job("c", "gamma", "RUNNING"),
+            ],
+            1,
+        );
+        let new = Snapshot::new(
+            t,
+            vec![
+                job("a", "alpha", "RUNNING"),
+                job("b", "beta", "USER_PAUSED"),
+                job("d", "delta", "RUNNING"),
+            ],
+            1,
+        );
+        let Changes::Jobs { ids, names } = diff(&old, &new) else {
+            panic!("expected a job diff")
+        };
+        let mut ids: Vec<_> = ids.into_iter().collect();
+        ids.sort();
+        assert_eq!(ids, ["b", "c", "d"]);
+        assert!(names.contains("gamma") && names.contains("delta") && names.contains("beta"));
+        assert!(!names.contains("alpha"));
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn changes_affect_resources_by_id_or_name() {
+        let c = Changes::Jobs {
+            ids: ["x".to_string()].into(),
+            names: ["n".to_string()].into(),
+        };
+        assert!(c.affects(Some("x"), None));
+        assert!(c.affects(None, Some("n")));
+        assert!(!c.affects(Some("y"), Some("m")));
+        assert!(Changes::All.affects(None, None));
+    }
+
+    #[test]
+    fn snapshot_indexes_names_with_duplicates() {
+        let s = Snapshot::new(
+            Timestamp::now(),
+            vec![job("a", "same", "RUNNING"), job("b", "same", "IDLE")],
+            1,
+        );
+        assert_eq!(s.by_name["same"].len(), 2);
+    }
+}

@@ -1,0 +1,185 @@
+//! The AWS side: one `aws-sdk-macie2` client per region (with an optional endpoint override),
+//! error classification, and the shared job sweep.
+
+pub mod jobs;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_sdk_macie2::Client;
+use aws_sdk_macie2::config::http::HttpResponse;
+use aws_sdk_macie2::config::retry::RetryConfig;
+use aws_sdk_macie2::config::{BehaviorVersion, Region};
+use aws_sdk_macie2::error::{ProvideErrorMetadata, SdkError};
+
+/// Builds and caches one Macie client per region.
+pub struct MacieClients {
+    base: aws_config::SdkConfig,
+    endpoint: Option<String>,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+/// The HTTP client of every AWS call: hyper with rustls on ring, the TLS stack kube uses too.
+pub fn http_client() -> aws_sdk_macie2::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https()
+}
+
+impl MacieClients {
+    /// Loads credentials and settings the standard AWS way (environment, IRSA web identity,
+    /// EKS Pod Identity, profile, instance metadata).
+    pub async fn from_env(endpoint: Option<String>) -> MacieClients {
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client())
+            .load()
+            .await;
+        MacieClients::new(base, endpoint)
+    }
+
+    pub fn new(base: aws_config::SdkConfig, endpoint: Option<String>) -> MacieClients {
+        MacieClients {
+            base,
+            endpoint,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The region the AWS configuration resolved (AWS_REGION, profile, ...), if any.
+    pub fn default_region(&self) -> Option<String> {
+        self.base.region().map(|r| r.to_string())
+    }
+
+    pub fn client(&self, region: &str) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let mut conf = aws_sdk_macie2::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()))
+                    // Reads are retried by the SDK (standard mode: jittered exponential backoff,
+                    // throttling and transient errors). Updates are not: see `update_job`.
+                    .retry_config(
+                        RetryConfig::standard()
+                            .with_max_attempts(4)
+                            .with_initial_backoff(Duration::from_millis(200))
+                            .with_max_backoff(Duration::from_secs(5)),
+                    );
+                if let Some(e) = &self.endpoint {
+                    conf = conf.endpoint_url(e);
+                }
+                Client::from_conf(conf.build())
+            })
+            .clone()
+    }
+}
+
+/// A failed Macie call, sorted by what the operator should do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MacieError {
+    /// ThrottlingException: the call was not processed; retry after a backoff.
+    #[error("{code}: {message}")]
+    Throttled { code: String, message: String },
+    /// AccessDeniedException (also "Macie is not enabled", which arrives as HTTP 401).
+    #[error("{code}: {message}")]
+    AccessDenied { code: String, message: String },
+    /// ResourceNotFoundException.
+    #[error("{code}: {message}")]
+    NotFound { code: String, message: String },
+    /// ValidationException: Macie refused the request as it stands.
+    #[error("{code}: {message}")]
+    Rejected { code: String, message: String },
+    /// 5xx, a timeout or a broken connection: the call may or may not have taken effect.
+    #[error("{code}: {message}")]
+    Uncertain { code: String, message: String },
+    /// Anything else Macie answered (ConflictException, ServiceQuotaExceededException, ...).
+    #[error("{code}: {message}")]
+    Other { code: String, message: String },
+}
+
+impl MacieError {
+    /// The AWS error code (or a name for a transport failure), for conditions and Events.
+    pub fn code(&self) -> &str {
+        match self {
+            MacieError::Throttled { code, .. }
+            | MacieError::AccessDenied { code, .. }
+            | MacieError::NotFound { code, .. }
+            | MacieError::Rejected { code, .. }
+            | MacieError::Uncertain { code, .. }
+            | MacieError::Other { code, .. } => code,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            MacieError::Throttled { message, .. }
+            | MacieError::AccessDenied { message, .. }
+            | MacieError::NotFound { message, .. }
+            | MacieError::Rejected { message, .. }
+            | MacieError::Uncertain { message, .. }
+            | MacieError::Other { message, .. } => message,
+        }
+    }
+
+    /// A fixed label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            MacieError::Throttled { .. } => "throttled",
+            MacieError::AccessDenied { .. } => "access_denied",
+            MacieError::NotFound { .. } => "not_found",
+            MacieError::Rejected { .. } => "rejected",
+            MacieError::Uncertain { .. } => "uncertain",
+            MacieError::Other { .. } => "other",
+        }
+    }
+
+    /// Sorts an SDK error. Matches on the error code, never the HTTP status alone ("Macie is
+    /// not enabled" is an AccessDeniedException with status 401).
+    pub fn from_sdk<E>(err: SdkError<E, HttpResponse>) -> MacieError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let status = match &err {
+            SdkError::ServiceError(e) => Some(e.raw().status().as_u16()),
+            _ => None,
+        };
+        match &err {
+            SdkError::ServiceError(se) => {
+                let e = se.err();
+                let code = e.code().unwrap_or("Unknown").to_string();
+                let message = e.message().unwrap_or("").to_string();
+                match code.as_str() {
+                    "ThrottlingException" | "TooManyRequestsException" | "Throttling" => {
+                        MacieError::Throttled { code, message }
+                    }
+                    "AccessDeniedException" | "UnauthorizedException" => MacieError::AccessDenied { code, message },
+                    "ResourceNotFoundException" => MacieError::NotFound { code, message },
+                    "ValidationException" => MacieError::Rejected { code, message },
+                    "InternalServerException" | "ServiceUnavailableException" => {
+                        MacieError::Uncertain { code, message }
+                    }
+                    _ if status.is_some_and(|s| s >= 500) => MacieError::Uncertain { code, message },
+                    _ => MacieError::Other { code, message },
+                }
+            }
+            SdkError::TimeoutError(_) => MacieError::Uncertain {
+                code: "Timeout".into(),
+                message: "the call timed out".into(),
+            },
+            SdkError::DispatchFailure(e) => MacieError::Uncertain {
+                code: "DispatchFailure".into(),
+                message: format!("{:?}", e.as_connector_error()),
+            },
+            SdkError::ResponseError(_) => MacieError::Uncertain {
+                code: "ResponseError".into(),
+                message: format!("{}", aws_sdk_macie2::error::DisplayErrorContext(&err)),
+            },
+            _ => MacieError::Other {
+                code: "ClientError".into(),
+                message: format!("{}", aws_sdk_macie2::error::DisplayErrorContext(&err)),
+            },
+        }
+    }
+}
