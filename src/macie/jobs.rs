@@ -175,6 +175,9 @@ pub type OnChange = Arc<dyn Fn(&str, &Changes) + Send + Sync>;
 /// Called after each sweep with the region, its duration, pages and outcome (for metrics).
 pub type OnSweep = Arc<dyn Fn(&str, Duration, u32, Result<(), &MacieError>) + Send + Sync>;
 
+/// A region's sweeper task and its results.
+type Sweeper = (watch::Receiver<RegionView>, JoinHandle<()>);
+
 /// Runs one sweeper task per region, started on first use.
 pub struct JobPoller {
     clients: Arc<MacieClients>,
@@ -182,7 +185,7 @@ pub struct JobPoller {
     interval: Duration,
     on_change: OnChange,
     on_sweep: Option<OnSweep>,
-    regions: Mutex<HashMap<String, (watch::Receiver<RegionView>, JoinHandle<()>)>>,
+    regions: Mutex<HashMap<String, Sweeper>>,
 }
 
 impl JobPoller {
