@@ -169,7 +169,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
     };
     let admin = tokio::spawn(runtime::serve_admin(listener, health.clone(), stopped(stop_rx.clone())));
     health.set_ready(true);
-    job::run(client, clients, config, stopped(stop_rx)).await;
+    job::JobController::new(client, clients, config)
+        .run(stopped(stop_rx))
+        .await;
     let _ = stop_tx.send(true);
     let _ = admin.await;
     Ok(())

@@ -54,10 +54,7 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        None => Seed {
-            macie_enabled: true,
-            ..Default::default()
-        },
+        None => Seed::default(),
     };
     let (listener, addr) = match macie_emulator::bind(&args.addr).await {
         Ok(v) => v,

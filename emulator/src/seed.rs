@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::model::{DiscoveryStatus, JobStatus, JobType, LastRunErrorCode, S3BucketDefinitionForJob, Timestamp};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Seed {
     /// When false, every API call answers AccessDeniedException ("Macie is not enabled").
@@ -24,6 +24,18 @@ pub struct Seed {
 
 fn yes() -> bool {
     true
+}
+
+impl Default for Seed {
+    /// Macie enabled, no jobs, no accounts.
+    fn default() -> Seed {
+        Seed {
+            macie_enabled: true,
+            automated_discovery: None,
+            jobs: Vec::new(),
+            accounts: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

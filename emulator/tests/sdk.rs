@@ -121,10 +121,7 @@ fn sdk(s: JobStatus) -> SdkStatus {
 }
 
 fn base_seed() -> Seed {
-    Seed {
-        macie_enabled: true,
-        ..Default::default()
-    }
+    Seed::default()
 }
 
 #[tokio::test]

@@ -140,61 +140,79 @@ pub fn resolve<'a>(spec: &MacieJobSpec, view: &'a RegionView) -> Observation<'a>
     }
 }
 
-/// Builds the context, starts the shared poller and runs the controller until `shutdown`.
-pub async fn run(
-    client: kube::Client,
-    clients: Arc<MacieClients>,
-    config: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let api: Api<MacieJob> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let controller = Controller::new(api, watcher::Config::default().any_semantic())
-        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
-    let store = controller.store();
-    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<MacieJob>>();
-    let default_region = config.default_region.clone();
-    // A sweep found changes: reconcile the resources that name the changed jobs.
-    let on_change: OnChange = Arc::new(move |region: &str, changes: &Changes| {
-        for obj in store.state() {
-            let r = obj.spec.region.as_deref().unwrap_or(&default_region);
-            if r == region && changes.affects(obj.spec.job_id.as_deref(), obj.spec.job_name.as_deref()) {
-                let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(&*obj));
+/// The MacieJob controller, built and ready to run.
+pub struct JobController {
+    controller: Controller<MacieJob>,
+    trigger_rx: futures::channel::mpsc::UnboundedReceiver<ObjectRef<MacieJob>>,
+    ctx: Arc<Context>,
+}
+
+impl JobController {
+    /// Builds the context and starts the shared poller of the default region.
+    pub fn new(client: kube::Client, clients: Arc<MacieClients>, config: Config) -> JobController {
+        let api: Api<MacieJob> = match &config.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let controller = Controller::new(api, watcher::Config::default().any_semantic())
+            .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
+        let store = controller.store();
+        let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<MacieJob>>();
+        let default_region = config.default_region.clone();
+        // A sweep found changes: reconcile the resources that name the changed jobs.
+        let on_change: OnChange = Arc::new(move |region: &str, changes: &Changes| {
+            for obj in store.state() {
+                let r = obj.spec.region.as_deref().unwrap_or(&default_region);
+                if r == region && changes.affects(obj.spec.job_id.as_deref(), obj.spec.job_name.as_deref()) {
+                    let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(&*obj));
+                }
             }
+        });
+        let poller = Arc::new(JobPoller::new(
+            clients.clone(),
+            config.page_size,
+            config.poll_interval,
+            on_change,
+        ));
+        poller.subscribe(&config.default_region);
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: config.instance.clone(),
+        };
+        let ctx = Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            clients,
+            poller,
+            config,
+            steps: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        });
+        JobController {
+            controller,
+            trigger_rx,
+            ctx,
         }
-    });
-    let poller = Arc::new(JobPoller::new(
-        clients.clone(),
-        config.page_size,
-        config.poll_interval,
-        on_change,
-    ));
-    poller.subscribe(&config.default_region);
-    let reporter = Reporter {
-        controller: MANAGER.into(),
-        instance: config.instance.clone(),
-    };
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
-        clients,
-        poller,
-        config,
-        steps: Mutex::new(HashMap::new()),
-        failures: Mutex::new(HashMap::new()),
-    });
-    controller
-        .reconcile_on(trigger_rx)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "reconcile failed");
-            }
-        })
-        .await;
+    }
+
+    /// The shared poller (tests and metrics read its sweep results).
+    pub fn poller(&self) -> Arc<JobPoller> {
+        self.ctx.poller.clone()
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+        self.controller
+            .reconcile_on(self.trigger_rx)
+            .graceful_shutdown_on(shutdown)
+            .run(reconcile, error_policy, self.ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "reconcile failed");
+                }
+            })
+            .await;
+    }
 }
 
 fn error_policy(obj: Arc<MacieJob>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -283,8 +283,12 @@ async fn sweep_loop(
                 if let Some(f) = &on_sweep {
                     f(&region, t.elapsed(), 0, Err(&e));
                 }
-                tracing::warn!(%region, error = %e, "ListClassificationJobs sweep failed");
                 let changed = prev.error.as_ref().map(MacieError::code) != Some(e.code());
+                if changed {
+                    tracing::warn!(%region, error = %e, "ListClassificationJobs sweep failed");
+                } else {
+                    tracing::debug!(%region, error = %e, "ListClassificationJobs sweep failed again");
+                }
                 next.error = Some(e);
                 if changed {
                     Changes::All

@@ -1,0 +1,218 @@
+//! End-to-end test support: one local control plane per test binary (with the CRDs applied),
+//! and per test a namespace, an in-process macie-emulator and an in-process operator.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aws_sdk_macie2::config::{BehaviorVersion, Credentials, Region};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use macie_emulator::seed::SeedJob;
+use macie_emulator::{Emulator, Seed, Shared};
+use macie_operator::api::MacieJob;
+use macie_operator::job::{self, JobController};
+use macie_operator::macie::MacieClients;
+use macie_operator::macie::jobs::JobPoller;
+use serde_json::{Value, json};
+use testkit::{ControlPlane, wait_for};
+use tokio::sync::OnceCell;
+
+pub const REGION: &str = "us-east-1";
+
+static CONTROL_PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
+
+/// The control plane shared by the tests of this binary, with the CRDs established. Its
+/// processes stop when the test binary exits (testkit's guard).
+pub async fn control_plane() -> Result<&'static ControlPlane> {
+    CONTROL_PLANE
+        .get_or_try_init(|| async {
+            let cp = ControlPlane::start().await?;
+            let client = cp.client().await?;
+            let crds: Api<CustomResourceDefinition> = Api::all(client);
+            for crd in macie_operator::api::crds() {
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                crds.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&crd))
+                    .await?;
+                wait_for(&format!("CRD {name} established"), Duration::from_secs(30), || async {
+                    let c = crds.get(&name).await?;
+                    let ok = c
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    Ok(ok.then_some(()))
+                })
+                .await?;
+            }
+            Ok::<_, anyhow::Error>(cp)
+        })
+        .await
+}
+
+/// A running emulator.
+pub struct EmulatorHandle {
+    pub url: String,
+    pub state: Shared,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl EmulatorHandle {
+    pub async fn start(seed: Seed) -> Result<EmulatorHandle> {
+        let (listener, addr) = macie_emulator::bind("127.0.0.1:0").await?;
+        let state = Shared::new(Emulator::new(seed, REGION, "123456789012"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(macie_emulator::serve(listener, state.clone(), async {
+            let _ = rx.await;
+        }));
+        Ok(EmulatorHandle {
+            url: format!("http://{addr}"),
+            state,
+            _stop: tx,
+        })
+    }
+
+    /// Adds a job with any status; returns its id.
+    pub fn put_job(&self, job: Value) -> String {
+        let job: SeedJob = serde_json::from_value(job).expect("valid seed job");
+        let mut e = self.state.lock();
+        let now = e.now();
+        e.put_job(&job, now).expect("job added")
+    }
+
+    pub fn status(&self, job_id: &str) -> Option<String> {
+        let mut e = self.state.lock();
+        let snap = e.snapshot(None);
+        snap["jobs"]
+            .as_array()?
+            .iter()
+            .find(|j| j["jobId"] == job_id)
+            .map(|j| j["jobStatus"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// UpdateClassificationJob calls from the log (injected failures excluded).
+    pub fn update_calls(&self) -> Vec<Value> {
+        let e = self.state.lock();
+        e.calls
+            .iter()
+            .filter(|c| c.operation == "UpdateClassificationJob" && !c.injected)
+            .map(|c| serde_json::to_value(c).unwrap())
+            .collect()
+    }
+
+    pub fn requests(&self, op: &str) -> u64 {
+        self.state.lock().counters.get(op).map_or(0, |c| c.requests)
+    }
+}
+
+/// The operator, in process, watching one namespace.
+pub struct OperatorHandle {
+    pub poller: Arc<JobPoller>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl OperatorHandle {
+    pub async fn start(
+        client: kube::Client,
+        namespace: &str,
+        endpoint: &str,
+        tune: impl FnOnce(&mut job::Config),
+    ) -> OperatorHandle {
+        // Operator logs go to the test output; RUST_LOG picks the level (default warn).
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = macie_operator::runtime::init_logging(macie_operator::runtime::LogFormat::Text, &filter);
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "e2e"))
+            .http_client(macie_operator::macie::http_client())
+            .load()
+            .await;
+        let clients = Arc::new(MacieClients::new(sdk, Some(endpoint.to_string())));
+        let mut config = job::Config {
+            default_region: REGION.into(),
+            poll_interval: Duration::from_millis(500),
+            page_size: 100,
+            plan: job::plan::Settings {
+                step_timeout: Duration::from_secs(30),
+                expiry_warning: Duration::from_secs(7 * 86400),
+            },
+            namespace: Some(namespace.to_string()),
+            concurrency: 8,
+            instance: Some("e2e".into()),
+        };
+        tune(&mut config);
+        let controller = JobController::new(client, clients, config);
+        let poller = controller.poller();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller.run(async {
+            let _ = rx.await;
+        }));
+        OperatorHandle {
+            poller,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+    }
+}
+
+/// A fresh namespace.
+pub async fn namespace(client: &kube::Client, name: &str) -> Result<String> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &ns)
+        .await
+        .context("create namespace")?;
+    Ok(name.to_string())
+}
+
+/// Creates a MacieJob from a spec.
+pub async fn create_job(api: &Api<MacieJob>, name: &str, spec: Value) -> Result<MacieJob> {
+    let obj: MacieJob = serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1",
+        "kind": "MacieJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?;
+    Ok(api.create(&PostParams::default(), &obj).await?)
+}
+
+/// The Ready condition's (status, reason) when its observedGeneration is current.
+pub fn ready(obj: &MacieJob) -> Option<(String, String)> {
+    let status = obj.status.as_ref()?;
+    let c = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    if c.observed_generation != obj.metadata.generation {
+        return None;
+    }
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+/// Waits until the MacieJob's Ready reason is `reason` (for its current generation).
+pub async fn wait_reason(api: &Api<MacieJob>, name: &str, reason: &str, deadline: Duration) -> Result<MacieJob> {
+    wait_for(&format!("MacieJob {name} to report {reason}"), deadline, || async {
+        let o = api.get(name).await?;
+        Ok(match ready(&o) {
+            Some((_, r)) if r == reason => Some(o),
+            _ => None,
+        })
+    })
+    .await
+}
