@@ -32,13 +32,17 @@ awscli:
 	$(CARGO) build --workspace --locked --bin macie-emulator
 	tests/awscli.sh target/debug/macie-emulator
 
-## leak-check: no etcd or kube-apiserver from this checkout may outlive the tests
+## leak-check: no etcd or kube-apiserver from this checkout may outlive the tests (their guards
+## stop them within a few seconds of the test process exiting; wait up to 20 s for that)
 leak-check:
+	@for i in $$(seq 1 40); do pgrep -f "$(CURDIR)/.cache/controlplane-[v]" >/dev/null || break; sleep 0.5; done
 	@if pgrep -fa "$(CURDIR)/.cache/controlplane-[v]" ; then echo "leaked control-plane processes (above)"; exit 1; fi
 	@echo "leak-check: no control-plane process left"
 
-demo:
-	@echo "make demo: not yet (the operator's demo arrives with the MacieJob controller)"
+## demo: the one-command tour (Ctrl-C to stop; DEMO_EXIT_AFTER=SECONDS stops it by itself)
+demo: tools
+	$(CARGO) build --workspace --locked --bins
+	hack/demo.sh
 
 ## crds: regenerate crds/ from the Rust types
 crds:

@@ -69,7 +69,7 @@ where
     }
 }
 
-/// A child process that is stopped (SIGTERM, then SIGKILL after 5 s) when this handle is
+/// A child process that is stopped (SIGTERM, then SIGKILL after 2 s) when this handle is
 /// dropped or when the test process dies.
 pub struct Guarded {
     name: String,
@@ -83,15 +83,22 @@ impl Guarded {
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Guarded> {
         let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         // The guard shell starts the child, then blocks reading its stdin; EOF (our end closed,
-        // normally or because we died) makes it stop the child and wait for it.
+        // normally or because we died), SIGTERM or SIGHUP make it stop the child and wait for
+        // it. It ignores SIGINT, which a terminal's Ctrl-C sends to the whole process group.
         let script = r#""$@" & pid=$!
+stop() {
+  kill -TERM "$pid" 2>/dev/null
+  ( sleep 2; kill -KILL "$pid" 2>/dev/null ) &
+  killer=$!
+  wait "$pid"
+  kill "$killer" 2>/dev/null
+  exit 0
+}
+# Ctrl-C reaches the whole process group: the owner decides when to stop (by closing the pipe).
+trap '' INT
+trap stop TERM HUP
 read -r _ || true
-kill -TERM "$pid" 2>/dev/null
-( sleep 5; kill -KILL "$pid" 2>/dev/null ) &
-killer=$!
-wait "$pid"
-kill "$killer" 2>/dev/null
-exit 0"#;
+stop"#;
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
