@@ -1,0 +1,59 @@
+//! The operator binary's command line: help, CRD output, and clear errors for bad flags.
+
+use std::process::Command;
+
+fn operator(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_macie-operator"))
+        .args(args)
+        .env_remove("MACIE_OPERATOR_POLL_INTERVAL")
+        .output()
+        .expect("run macie-operator")
+}
+
+#[test]
+fn help_lists_the_subcommands_and_run_flags() {
+    let out = operator(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("run") && text.contains("crd"), "{text}");
+    let out = operator(&["run", "--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--region",
+        "--macie-endpoint",
+        "--poll-interval",
+        "--namespace",
+        "--metrics-addr",
+        "MACIE_OPERATOR_REGION",
+    ] {
+        assert!(text.contains(flag), "run --help lacks {flag}");
+    }
+}
+
+#[test]
+fn crd_prints_the_committed_crds() {
+    let out = operator(&["crd"]);
+    assert!(out.status.success());
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/macie.kubeops.dev.yaml")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed, "run `make crds`");
+}
+
+#[test]
+fn bad_flags_are_clear_errors_not_panics() {
+    for (args, needle) in [
+        (vec!["run", "--poll-interval", "soon"], "--poll-interval"),
+        (vec!["run", "--poll-interval", "0"], "greater than zero"),
+        (vec!["run", "--macie-endpoint", "localhost:4566"], "--macie-endpoint"),
+        (vec!["run", "--page-size", "0"], "--page-size"),
+        (vec!["run", "--log-format", "xml"], "--log-format"),
+        (vec!["run", "--metrics-addr", "nowhere"], "--metrics-addr"),
+        (vec!["run", "--log", "info,=[bad"], "log filter"),
+    ] {
+        let out = operator(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
