@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod discovery;
 pub mod job;
 pub mod macie;
 pub mod runtime;

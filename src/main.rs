@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use macie_operator::job;
 use macie_operator::job::plan::Settings;
 use macie_operator::macie::MacieClients;
 use macie_operator::runtime::{self, Health, LogFormat};
+use macie_operator::{discovery, job};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,6 +64,16 @@ struct RunArgs {
     #[arg(long, env = "MACIE_OPERATOR_CONCURRENCY", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     concurrency: u16,
+    /// Most accounts per BatchUpdateAutomatedDiscoveryAccounts call (the API publishes no limit).
+    #[arg(long, env = "MACIE_OPERATOR_DISCOVERY_BATCH_SIZE", default_value_t = macie_operator::discovery::DEFAULT_BATCH_SIZE,
+          value_parser = parse_batch_size)]
+    discovery_batch_size: usize,
+    /// How long automated-discovery changes are gathered before they are sent.
+    #[arg(long, env = "MACIE_OPERATOR_DISCOVERY_BATCH_WINDOW", default_value = "2s", value_parser = parse_duration)]
+    discovery_batch_window: Duration,
+    /// How often accounts that failed (ACCOUNT_PAUSED, ACCOUNT_NOT_FOUND) are tried again.
+    #[arg(long, env = "MACIE_OPERATOR_DISCOVERY_ERROR_RETRY", default_value = "15m", value_parser = parse_duration)]
+    discovery_error_retry: Duration,
     /// Log format.
     #[arg(long, env = "MACIE_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -82,6 +92,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+fn parse_batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number from 1 to 10000")),
+    }
 }
 
 fn parse_url(s: &str) -> Result<String, String> {
@@ -141,6 +158,18 @@ async fn run(args: RunArgs) -> Result<(), String> {
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
         "starting macie-operator"
     );
+    let discovery_config = discovery::Config {
+        default_region: region.clone(),
+        poll_interval: args.poll_interval,
+        batch_window: args.discovery_batch_window,
+        plan: discovery::plan::Settings {
+            step_timeout: args.step_timeout,
+            error_retry: args.discovery_error_retry,
+            batch_size: args.discovery_batch_size,
+        },
+        namespace: args.namespace.clone(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let config = job::Config {
         default_region: region,
         poll_interval: args.poll_interval,
@@ -169,9 +198,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
     };
     let admin = tokio::spawn(runtime::serve_admin(listener, health.clone(), stopped(stop_rx.clone())));
     health.set_ready(true);
-    job::JobController::new(client, clients, config)
-        .run(stopped(stop_rx))
-        .await;
+    let jobs = job::JobController::new(client.clone(), clients.clone(), config);
+    let discoveries = discovery::DiscoveryController::new(client, clients, discovery_config);
+    tokio::join!(jobs.run(stopped(stop_rx.clone())), discoveries.run(stopped(stop_rx)));
     let _ = stop_tx.send(true);
     let _ = admin.await;
     Ok(())

@@ -1,6 +1,7 @@
 //! The AWS side: one `aws-sdk-macie2` client per region (with an optional endpoint override),
 //! error classification, and the shared job sweep.
 
+pub mod discovery;
 pub mod jobs;
 
 use std::collections::HashMap;

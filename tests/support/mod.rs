@@ -216,3 +216,93 @@ pub async fn wait_reason(api: &Api<MacieJob>, name: &str, reason: &str, deadline
     })
     .await
 }
+
+/// The MacieDiscovery controller, in process, watching one namespace.
+pub struct DiscoveryHandle {
+    pub engines: Arc<macie_operator::discovery::Engines>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn static_clients(endpoint: &str) -> Arc<MacieClients> {
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "e2e"))
+        .http_client(macie_operator::macie::http_client())
+        .load()
+        .await;
+    Arc::new(MacieClients::new(sdk, Some(endpoint.to_string())))
+}
+
+impl DiscoveryHandle {
+    pub async fn start(
+        client: kube::Client,
+        namespace: &str,
+        endpoint: &str,
+        tune: impl FnOnce(&mut macie_operator::discovery::Config),
+    ) -> DiscoveryHandle {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = macie_operator::runtime::init_logging(macie_operator::runtime::LogFormat::Text, &filter);
+        let mut config = macie_operator::discovery::Config {
+            default_region: REGION.into(),
+            poll_interval: Duration::from_millis(500),
+            batch_window: Duration::from_millis(300),
+            plan: macie_operator::discovery::plan::Settings {
+                step_timeout: Duration::from_secs(30),
+                error_retry: Duration::from_secs(3600),
+                batch_size: 50,
+            },
+            namespace: Some(namespace.to_string()),
+            instance: Some("e2e".into()),
+        };
+        tune(&mut config);
+        let controller =
+            macie_operator::discovery::DiscoveryController::new(client, static_clients(endpoint).await, config);
+        let engines = controller.engines();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller.run(async {
+            let _ = rx.await;
+        }));
+        DiscoveryHandle {
+            engines,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+    }
+}
+
+impl EmulatorHandle {
+    /// Sets an account's status directly (as an out-of-band change would).
+    pub fn put_account(&self, id: &str, status: &str, paused: bool) {
+        let status = serde_json::from_value(json!(status)).expect("status");
+        self.state
+            .lock()
+            .put_account(None, id, macie_emulator::state::Account { status, paused })
+            .expect("account");
+    }
+
+    pub fn account(&self, id: &str) -> Option<String> {
+        let mut e = self.state.lock();
+        let snap = e.snapshot(None);
+        snap["accounts"][id]["status"].as_str().map(str::to_string)
+    }
+
+    /// BatchUpdate calls from the log that Macie processed (injected failures excluded).
+    pub fn batch_calls(&self) -> Vec<Value> {
+        let e = self.state.lock();
+        e.calls
+            .iter()
+            .filter(|c| c.operation == "BatchUpdateAutomatedDiscoveryAccounts" && !c.injected)
+            .map(|c| serde_json::to_value(c).unwrap())
+            .collect()
+    }
+}

@@ -1,0 +1,472 @@
+//! The MacieDiscovery controller. Per region, one engine task observes the declared accounts
+//! (ListAutomatedDiscoveryAccounts) and coalesces the changes every MacieDiscovery asks for into
+//! BatchUpdateAutomatedDiscoveryAccounts calls; reconciles only project the engine's view into
+//! each resource's status.
+
+pub mod plan;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::conditions::{self, Phase};
+use crate::api::{MacieDiscovery, MacieDiscoveryStatus};
+use crate::job::{Error, MANAGER, backoff};
+use crate::macie::{MacieClients, MacieError, discovery as calls};
+use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings};
+
+/// Settings of the MacieDiscovery controller.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub default_region: String,
+    /// Time between observations of the declared accounts.
+    pub poll_interval: Duration,
+    /// How long changes are gathered before they are sent.
+    pub batch_window: Duration,
+    pub plan: Settings,
+    pub namespace: Option<String>,
+    pub instance: Option<String>,
+}
+
+/// Default accounts per BatchUpdateAutomatedDiscoveryAccounts call. The API publishes no
+/// limit; 100 keeps a request small (about 6 KB) and a failed call costs one retry of at most
+/// 100 accounts, while 5,000 changes still take only 50 calls.
+pub const DEFAULT_BATCH_SIZE: usize = 100;
+
+/// What an engine knows of its region.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub desired: DesiredSet,
+    pub accounts: HashMap<String, AccountState>,
+    /// Error of the latest call (observation or batch), cleared by the next success.
+    pub api_error: Option<MacieError>,
+    pub observed_at: Option<Timestamp>,
+    pub passes: u64,
+}
+
+type Trigger = futures::channel::mpsc::UnboundedSender<ObjectRef<MacieDiscovery>>;
+
+struct RegionEngine {
+    kick: mpsc::UnboundedSender<()>,
+    view: watch::Receiver<Arc<View>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One engine per region, started on first use.
+pub struct Engines {
+    clients: Arc<MacieClients>,
+    config: Config,
+    store: Store<MacieDiscovery>,
+    /// Set by the first reconcile: the store holds every resource.
+    store_ready: watch::Sender<bool>,
+    trigger: Trigger,
+    regions: Mutex<HashMap<String, RegionEngine>>,
+}
+
+impl Engines {
+    fn region_of<'a>(&'a self, obj: &'a MacieDiscovery) -> &'a str {
+        obj.spec.region.as_deref().unwrap_or(&self.config.default_region)
+    }
+
+    fn engine(&self, region: &str) -> (mpsc::UnboundedSender<()>, watch::Receiver<Arc<View>>) {
+        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        let e = regions.entry(region.to_string()).or_insert_with(|| {
+            let (kick_tx, kick_rx) = mpsc::unbounded_channel();
+            let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
+            let task = tokio::spawn(engine_loop(
+                region.to_string(),
+                self.clients.client(region),
+                self.config.clone(),
+                self.store.clone(),
+                self.store_ready.subscribe(),
+                self.trigger.clone(),
+                kick_rx,
+                view_tx,
+            ));
+            RegionEngine {
+                kick: kick_tx,
+                view: view_rx,
+                task,
+            }
+        });
+        (e.kick.clone(), e.view.clone())
+    }
+
+    /// The region's view (tests and reconciles read it).
+    pub fn subscribe(&self, region: &str) -> watch::Receiver<Arc<View>> {
+        self.engine(region).1
+    }
+}
+
+impl Drop for Engines {
+    fn drop(&mut self) {
+        for (_, e) in self.regions.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            e.task.abort();
+        }
+    }
+}
+
+fn declared(store: &Store<MacieDiscovery>, region: &str, default_region: &str) -> Vec<Declared> {
+    let mut out: Vec<Declared> = store
+        .state()
+        .iter()
+        .filter(|o| o.meta().deletion_timestamp.is_none())
+        .filter(|o| o.spec.region.as_deref().unwrap_or(default_region) == region)
+        .map(|o| Declared {
+            resource: key(o),
+            accounts: o
+                .spec
+                .accounts
+                .iter()
+                .map(|a| (a.account_id.clone(), a.status))
+                .collect(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.resource.cmp(&b.resource));
+    out
+}
+
+fn key(o: &MacieDiscovery) -> String {
+    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// The engine of one region: observe, decide, send in batches, publish, trigger reconciles.
+async fn engine_loop(
+    region: String,
+    client: aws_sdk_macie2::Client,
+    config: Config,
+    store: Store<MacieDiscovery>,
+    mut store_ready: watch::Receiver<bool>,
+    trigger: Trigger,
+    mut kick: mpsc::UnboundedReceiver<()>,
+    view_tx: watch::Sender<Arc<View>>,
+) {
+    // Start once the controller has listed the resources: its first reconcile says so.
+    // (Store::wait_until_ready wakes only one waiter, and the controller already waits on it.)
+    if store_ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
+    tracing::debug!(%region, "discovery engine started");
+    let mut view = View::default();
+    let mut next_observe = tokio::time::Instant::now();
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut throttled = 0u32;
+    // Gather the declarations that arrive together (e.g. a GitOps sync) before the first pass.
+    tokio::time::sleep(config.batch_window).await;
+    loop {
+        let wake = retry_at.map_or(next_observe, |r| r.min(next_observe));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            k = kick.recv() => {
+                if k.is_none() { return; }
+                // Coalesce: wait for more changes, then take them all.
+                tokio::time::sleep(config.batch_window).await;
+                while kick.try_recv().is_ok() {}
+            }
+        }
+        let before = view.clone();
+        tracing::debug!(%region, "discovery pass");
+        view.desired = plan::desired_set(&declared(&store, &region, &config.default_region));
+        let ids = view.desired.account_ids();
+        view.accounts.retain(|id, _| ids.binary_search(id).is_ok());
+        let unseen = ids
+            .iter()
+            .any(|id| view.accounts.get(id).is_none_or(|a| a.observed_at.is_none()));
+        let now = tokio::time::Instant::now();
+        if (now >= next_observe || unseen) && !ids.is_empty() {
+            observe(&client, &ids, &mut view).await;
+            next_observe = now + config.poll_interval;
+        } else if now >= next_observe {
+            next_observe = now + config.poll_interval;
+        }
+        if retry_at.is_some_and(|r| now < r) {
+            publish(&region, &view, &before, &view_tx, &store, &trigger, &config);
+            continue;
+        }
+        retry_at = None;
+        let sends = plan::to_send(&view.desired, &view.accounts, Timestamp::now(), &config.plan);
+        let mut sent_any = false;
+        for batch in plan::batches(&sends, config.plan.batch_size) {
+            let at = Timestamp::now();
+            match calls::batch_update(&client, &batch).await {
+                Ok(errors) => {
+                    throttled = 0;
+                    sent_any = true;
+                    view.api_error = None;
+                    let failed: HashMap<String, String> = errors.into_iter().collect();
+                    for (id, status) in &batch {
+                        let a = view.accounts.entry(id.clone()).or_default();
+                        match failed.get(id) {
+                            Some(code) => {
+                                a.error = Some(AccountError {
+                                    status: *status,
+                                    code: code.clone(),
+                                    message: String::new(),
+                                    at,
+                                });
+                            }
+                            None => {
+                                a.sent = Some(Sent { status: *status, at });
+                                a.error = None;
+                                a.last_change = Some(at);
+                            }
+                        }
+                    }
+                }
+                Err(e @ MacieError::Throttled { .. }) => {
+                    // Not processed: keep the rest for a retry after a jittered backoff.
+                    throttled += 1;
+                    tracing::debug!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts throttled");
+                    view.api_error = Some(e);
+                    retry_at = Some(tokio::time::Instant::now() + backoff(throttled).min(config.poll_interval));
+                    break;
+                }
+                Err(e @ MacieError::Uncertain { .. }) => {
+                    // It may have taken effect: treat as sent, the next observation decides.
+                    sent_any = true;
+                    tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts outcome unknown");
+                    for (id, status) in &batch {
+                        view.accounts.entry(id.clone()).or_default().sent = Some(Sent { status: *status, at });
+                    }
+                    view.api_error = Some(e);
+                }
+                Err(e) => {
+                    tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts failed");
+                    for (id, status) in &batch {
+                        view.accounts.entry(id.clone()).or_default().error = Some(AccountError {
+                            status: *status,
+                            code: e.code().to_string(),
+                            message: format!("{e}"),
+                            at,
+                        });
+                    }
+                    view.api_error = Some(e);
+                }
+            }
+        }
+        if sent_any {
+            // Confirm soon rather than a whole interval later.
+            next_observe = next_observe.min(tokio::time::Instant::now() + config.batch_window);
+        }
+        publish(&region, &view, &before, &view_tx, &store, &trigger, &config);
+    }
+}
+
+/// Lists the declared accounts and records what changed.
+async fn observe(client: &aws_sdk_macie2::Client, ids: &[String], view: &mut View) {
+    let started = Timestamp::now();
+    match calls::list_accounts(client, ids).await {
+        Ok((found, _calls)) => {
+            for id in ids {
+                let a = view.accounts.entry(id.clone()).or_default();
+                let now_seen = found.get(id).copied();
+                let ours = now_seen.is_some() && a.sent.as_ref().map(|s| s.status) == now_seen;
+                if ours {
+                    // Our own change showed up (its time was recorded when it was sent).
+                    a.sent = None;
+                } else if a.observed_at.is_some() && a.observed != now_seen {
+                    // Changed by someone else.
+                    a.last_change = Some(started);
+                }
+                a.observed = now_seen;
+                a.observed_at = Some(started);
+            }
+            view.observed_at = Some(started);
+            view.api_error = None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "ListAutomatedDiscoveryAccounts failed");
+            view.api_error = Some(e);
+        }
+    }
+}
+
+fn publish(
+    region: &str,
+    view: &View,
+    before: &View,
+    tx: &watch::Sender<Arc<View>>,
+    store: &Store<MacieDiscovery>,
+    trigger: &Trigger,
+    config: &Config,
+) {
+    let mut v = view.clone();
+    v.passes = before.passes + 1;
+    let changed =
+        view.desired != before.desired || view.accounts != before.accounts || view.api_error != before.api_error;
+    tx.send_replace(Arc::new(v));
+    if changed {
+        for obj in store.state() {
+            if obj.spec.region.as_deref().unwrap_or(&config.default_region) == region {
+                let _ = trigger.unbounded_send(ObjectRef::from_obj(&*obj));
+            }
+        }
+    }
+}
+
+struct Context {
+    client: kube::Client,
+    engines: Arc<Engines>,
+    recorder: Recorder,
+    failures: Mutex<HashMap<ObjectRef<MacieDiscovery>, u32>>,
+}
+
+/// The MacieDiscovery controller, built and ready to run.
+pub struct DiscoveryController {
+    controller: Controller<MacieDiscovery>,
+    trigger_rx: futures::channel::mpsc::UnboundedReceiver<ObjectRef<MacieDiscovery>>,
+    ctx: Arc<Context>,
+}
+
+impl DiscoveryController {
+    pub fn new(client: kube::Client, clients: Arc<MacieClients>, config: Config) -> DiscoveryController {
+        let api: Api<MacieDiscovery> = match &config.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let controller = Controller::new(api, watcher::Config::default().any_semantic());
+        let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: config.instance.clone(),
+        };
+        let engines = Arc::new(Engines {
+            clients,
+            store: controller.store(),
+            store_ready: watch::channel(false).0,
+            trigger: trigger_tx,
+            regions: Mutex::new(HashMap::new()),
+            config: config.clone(),
+        });
+        engines.engine(&config.default_region);
+        DiscoveryController {
+            controller,
+            trigger_rx,
+            ctx: Arc::new(Context {
+                recorder: Recorder::new(client.clone(), reporter),
+                client,
+                engines,
+                failures: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn engines(&self) -> Arc<Engines> {
+        self.ctx.engines.clone()
+    }
+
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+        self.controller
+            .reconcile_on(self.trigger_rx)
+            .graceful_shutdown_on(shutdown)
+            .run(reconcile, error_policy, self.ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "reconcile failed");
+                }
+            })
+            .await;
+    }
+}
+
+fn error_policy(obj: Arc<MacieDiscovery>, err: &Error, ctx: Arc<Context>) -> Action {
+    let n = {
+        let mut f = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(ObjectRef::from_obj(&*obj)).or_insert(0);
+        *n += 1;
+        *n
+    };
+    tracing::warn!(name = %obj.name_any(), error = %err, "reconcile failed");
+    Action::requeue(backoff(n))
+}
+
+async fn reconcile(obj: Arc<MacieDiscovery>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if obj.meta().deletion_timestamp.is_some() {
+        // Deleting a MacieDiscovery leaves the accounts as they are.
+        return Ok(Action::await_change());
+    }
+    let engines = &ctx.engines;
+    engines.store_ready.send_replace(true);
+    let region = engines.region_of(&obj).to_string();
+    tracing::debug!(name = %obj.name_any(), %region, "reconcile MacieDiscovery");
+    let (kick, view_rx) = engines.engine(&region);
+    let prev = obj.status.clone().unwrap_or_default();
+    if prev.observed_generation != obj.meta().generation {
+        // A new or changed declaration: the engine takes it in its next pass.
+        let _ = kick.send(());
+    }
+    let view = view_rx.borrow().clone();
+    let accounts: Vec<(String, crate::api::DiscoveryStatus)> = obj
+        .spec
+        .accounts
+        .iter()
+        .map(|a| (a.account_id.clone(), a.status))
+        .collect();
+    let (rows, counts, summary) = plan::resource_status(
+        &key(&obj),
+        &accounts,
+        &view.desired,
+        &view.accounts,
+        view.api_error.as_ref(),
+        &engines.config.plan,
+    );
+    let mut status = MacieDiscoveryStatus {
+        observed_generation: obj.meta().generation,
+        conditions: conditions::conditions(&summary, obj.meta().generation, &prev.conditions, Timestamp::now()),
+        region: Some(region),
+        accounts: rows,
+        counts: Some(counts),
+        last_sync_time: prev.last_sync_time.clone(),
+    };
+    if status != prev {
+        status.last_sync_time = view.observed_at.map(Time);
+        let api: Api<MacieDiscovery> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+        let patch = json!({
+            "apiVersion": MacieDiscovery::api_version(&()),
+            "kind": MacieDiscovery::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        let before =
+            conditions::find(&prev.conditions, conditions::READY).map(|c| (c.reason.clone(), c.message.clone()));
+        if before.as_ref().map(|b| &b.0) != Some(&summary.reason) && summary.reason != "Pending" {
+            let type_ = if summary.phase == Phase::Ready {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            let ev = Event {
+                type_,
+                reason: summary.reason.clone(),
+                note: Some(summary.message.clone()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+                tracing::warn!(error = %e, "could not publish Event");
+            }
+        }
+    }
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&ObjectRef::from_obj(&*obj));
+    Ok(Action::await_change())
+}

@@ -1,0 +1,429 @@
+//! Pure steps of the MacieDiscovery controller: the desired set and its conflicts, what to
+//! send, batching, and each resource's status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::DiscoveryStatus;
+use crate::api::conditions::{Phase, Summary};
+use crate::api::macie_discovery::{AccountStatus, Counts};
+use crate::macie::MacieError;
+
+/// What one resource declares: its key (`namespace/name`) and its accounts.
+#[derive(Debug, Clone)]
+pub struct Declared {
+    pub resource: String,
+    pub accounts: Vec<(String, DiscoveryStatus)>,
+}
+
+/// Every declared account of a region: those all declarers agree on, and the conflicts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredSet {
+    pub wanted: BTreeMap<String, DiscoveryStatus>,
+    /// Accounts declared with different statuses, with every (resource, status) declaring them.
+    pub conflicts: BTreeMap<String, Vec<(String, DiscoveryStatus)>>,
+}
+
+impl DesiredSet {
+    /// Every declared account id (wanted and conflicting), sorted.
+    pub fn account_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.wanted.keys().chain(self.conflicts.keys()).cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+pub fn desired_set(declared: &[Declared]) -> DesiredSet {
+    let mut by_account: BTreeMap<&str, Vec<(String, DiscoveryStatus)>> = BTreeMap::new();
+    for d in declared {
+        for (id, status) in &d.accounts {
+            by_account.entry(id).or_default().push((d.resource.clone(), *status));
+        }
+    }
+    let mut set = DesiredSet::default();
+    for (id, mut decl) in by_account {
+        let first = decl[0].1;
+        if decl.iter().all(|(_, s)| *s == first) {
+            set.wanted.insert(id.to_string(), first);
+        } else {
+            decl.sort_by(|a, b| a.0.cmp(&b.0));
+            set.conflicts.insert(id.to_string(), decl);
+        }
+    }
+    set
+}
+
+/// A BatchUpdate the operator made for an account, until an observation shows its effect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub status: DiscoveryStatus,
+    pub at: Timestamp,
+}
+
+/// A per-account error from BatchUpdate (or a failed call covering the account).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountError {
+    /// The status that was asked for.
+    pub status: DiscoveryStatus,
+    pub code: String,
+    pub message: String,
+    pub at: Timestamp,
+}
+
+/// What the operator knows of one account.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountState {
+    /// Status as last observed; None when Macie did not list the account.
+    pub observed: Option<DiscoveryStatus>,
+    /// Start of the observation behind `observed`; None until the account was observed once.
+    pub observed_at: Option<Timestamp>,
+    pub sent: Option<Sent>,
+    pub error: Option<AccountError>,
+    /// When the operator changed the account or saw it change.
+    pub last_change: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// A sent account is not sent again until an observation after the send, or this long.
+    pub step_timeout: Duration,
+    /// Accounts that failed (ACCOUNT_PAUSED, ACCOUNT_NOT_FOUND, ...) are retried this often.
+    pub error_retry: Duration,
+    /// Most accounts per BatchUpdateAutomatedDiscoveryAccounts call.
+    pub batch_size: usize,
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    since.duration_until(now).unsigned_abs()
+}
+
+/// Accounts to send now, sorted by id: agreed on, observed at least once, not in the desired
+/// status, and not blocked by an earlier send or a recent error for the same status.
+pub fn to_send(
+    desired: &DesiredSet,
+    state: &HashMap<String, AccountState>,
+    now: Timestamp,
+    s: &Settings,
+) -> Vec<(String, DiscoveryStatus)> {
+    let mut out = Vec::new();
+    for (id, want) in &desired.wanted {
+        let Some(st) = state.get(id) else { continue };
+        let Some(observed_at) = st.observed_at else {
+            continue;
+        };
+        if st.observed == Some(*want) {
+            continue;
+        }
+        if let Some(sent) = &st.sent
+            && sent.status == *want
+            && observed_at <= sent.at
+            && elapsed(sent.at, now) < s.step_timeout
+        {
+            continue;
+        }
+        if let Some(err) = &st.error
+            && err.status == *want
+            && elapsed(err.at, now) < s.error_retry
+        {
+            continue;
+        }
+        out.push((id.clone(), *want));
+    }
+    out
+}
+
+/// Splits the accounts to send into calls of at most `size` accounts.
+pub fn batches(accounts: &[(String, DiscoveryStatus)], size: usize) -> Vec<Vec<(String, DiscoveryStatus)>> {
+    accounts.chunks(size.max(1)).map(<[_]>::to_vec).collect()
+}
+
+fn explain(code: &str, retry: Duration) -> String {
+    let every = humantime::format_duration(retry);
+    match code {
+        "ACCOUNT_PAUSED" => format!("Macie is suspended for this account; resume Macie for it (retried every {every})"),
+        "ACCOUNT_NOT_FOUND" => {
+            format!("not a member account of this Macie administrator account in the region (retried every {every})")
+        }
+        other => format!("BatchUpdateAutomatedDiscoveryAccounts failed with {other} (retried every {every})"),
+    }
+}
+
+/// One resource's per-account status, counts and summary.
+pub fn resource_status(
+    resource: &str,
+    accounts: &[(String, DiscoveryStatus)],
+    desired: &DesiredSet,
+    state: &HashMap<String, AccountState>,
+    api_error: Option<&MacieError>,
+    s: &Settings,
+) -> (Vec<AccountStatus>, Counts, Summary) {
+    let mut rows = Vec::with_capacity(accounts.len());
+    let (mut converged, mut failed) = (0i64, 0i64);
+    let mut conflicting_with: BTreeMap<String, usize> = BTreeMap::new();
+    let mut error_codes: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, want) in accounts {
+        let st = state.get(id).cloned().unwrap_or_default();
+        let mut row = AccountStatus {
+            account_id: id.clone(),
+            desired: want.as_str().to_string(),
+            observed: st.observed.map(|o| o.as_str().to_string()),
+            error_code: None,
+            error_message: None,
+            last_change_time: st.last_change.map(Time),
+        };
+        if let Some(decl) = desired.conflicts.get(id) {
+            let others: Vec<String> = decl
+                .iter()
+                .filter(|(r, _)| r != resource)
+                .map(|(r, st)| format!("{r} ({})", st.as_str()))
+                .collect();
+            for o in decl.iter().filter(|(r, _)| r != resource) {
+                *conflicting_with.entry(o.0.clone()).or_default() += 1;
+            }
+            row.error_code = Some("Conflict".into());
+            row.error_message = Some(format!(
+                "declared {} here but differently by {}; not changed until they agree",
+                want.as_str(),
+                others.join(", ")
+            ));
+            failed += 1;
+        } else if let Some(err) = st
+            .error
+            .as_ref()
+            .filter(|e| e.status == *want && st.observed != Some(*want))
+        {
+            row.error_code = Some(err.code.clone());
+            row.error_message = Some(if err.message.is_empty() {
+                explain(&err.code, s.error_retry)
+            } else {
+                err.message.clone()
+            });
+            *error_codes.entry(err.code.clone()).or_default() += 1;
+            failed += 1;
+        } else if st.observed == Some(*want) {
+            converged += 1;
+        }
+        rows.push(row);
+    }
+    let total = accounts.len() as i64;
+    let counts = Counts {
+        desired: total,
+        converged,
+        failed,
+    };
+    let summary = match api_error {
+        Some(e @ MacieError::AccessDenied { .. }) => Summary::new(
+            Phase::Stalled,
+            "AccessDenied",
+            format!(
+                "{e}. Check that Macie is enabled and the operator's IAM role allows macie2:ListAutomatedDiscoveryAccounts and macie2:BatchUpdateAutomatedDiscoveryAccounts"
+            ),
+        ),
+        _ if !conflicting_with.is_empty() => Summary::new(
+            Phase::Stalled,
+            "Conflict",
+            format!(
+                "{} account(s) are declared with another status by {}; they are not changed until the declarations agree",
+                conflicting_with.values().sum::<usize>(),
+                conflicting_with.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        _ if failed > 0 => Summary::new(
+            Phase::Stalled,
+            "AccountErrors",
+            format!(
+                "{failed} of {total} account(s) failed: {}; see status.accounts",
+                error_codes
+                    .iter()
+                    .map(|(c, n)| format!("{n} {c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Some(e @ MacieError::Throttled { .. }) => {
+            Summary::new(Phase::Reconciling, "Throttled", format!("{e}; retrying with backoff"))
+        }
+        Some(e) => Summary::new(Phase::Reconciling, "MacieError", format!("{e}; retrying")),
+        None if converged < total => Summary::new(
+            Phase::Reconciling,
+            "Pending",
+            format!("{converged} of {total} account(s) in their desired status"),
+        ),
+        None => Summary::new(
+            Phase::Ready,
+            "Converged",
+            format!("all {total} account(s) in their desired status"),
+        ),
+    };
+    (rows, counts, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DiscoveryStatus::{Disabled as D, Enabled as E};
+
+    fn decl(resource: &str, accounts: &[(&str, DiscoveryStatus)]) -> Declared {
+        Declared {
+            resource: resource.into(),
+            accounts: accounts.iter().map(|(a, s)| (a.to_string(), *s)).collect(),
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            step_timeout: Duration::from_secs(300),
+            error_retry: Duration::from_secs(600),
+            batch_size: 2,
+        }
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn observed(status: Option<DiscoveryStatus>, at: i64) -> AccountState {
+        AccountState {
+            observed: status,
+            observed_at: Some(t(at)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn agreement_is_wanted_and_disagreement_is_a_conflict_naming_both() {
+        let set = desired_set(&[
+            decl("ns/a", &[("111111111111", E), ("222222222222", E)]),
+            decl("ns/b", &[("222222222222", D), ("333333333333", D)]),
+            decl("ns/c", &[("111111111111", E)]),
+        ]);
+        assert_eq!(
+            set.wanted.get("111111111111"),
+            Some(&E),
+            "same status from two resources is fine"
+        );
+        assert_eq!(set.wanted.get("333333333333"), Some(&D));
+        assert_eq!(
+            set.conflicts.get("222222222222").unwrap(),
+            &vec![("ns/a".to_string(), E), ("ns/b".to_string(), D)]
+        );
+        assert_eq!(set.account_ids().len(), 3);
+    }
+
+    #[test]
+    fn only_observed_differing_unblocked_accounts_are_sent() {
+        let set = desired_set(&[decl(
+            "ns/a",
+            &[
+                ("000000000001", E), // observed DISABLED: send
+                ("000000000002", E), // already ENABLED: never sent
+                ("000000000003", E), // never observed: wait
+                ("000000000004", E), // not listed by Macie: send (Macie reports ACCOUNT_NOT_FOUND)
+                ("000000000005", E), // sent after the last observation: wait
+                ("000000000006", E), // recent error for ENABLED: wait
+                ("000000000007", E), // old error: retry
+            ],
+        )]);
+        let mut state = HashMap::new();
+        state.insert("000000000001".into(), observed(Some(D), 0));
+        state.insert("000000000002".into(), observed(Some(E), 0));
+        state.insert("000000000004".into(), observed(None, 0));
+        let mut s5 = observed(Some(D), 0);
+        s5.sent = Some(Sent { status: E, at: t(5) });
+        state.insert("000000000005".into(), s5);
+        let mut s6 = observed(Some(D), 0);
+        s6.error = Some(AccountError {
+            status: E,
+            code: "ACCOUNT_PAUSED".into(),
+            message: String::new(),
+            at: t(5),
+        });
+        state.insert("000000000006".into(), s6.clone());
+        let mut s7 = s6;
+        s7.error.as_mut().unwrap().at = t(-1000);
+        state.insert("000000000007".into(), s7);
+        let ids: Vec<String> = to_send(&set, &state, t(10), &settings())
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        assert_eq!(ids, ["000000000001", "000000000004", "000000000007"]);
+        // An observation after the send that still shows DISABLED: the send did not stick, send again.
+        state.get_mut("000000000005").unwrap().observed_at = Some(t(6));
+        assert!(
+            to_send(&set, &state, t(10), &settings())
+                .iter()
+                .any(|(a, _)| a == "000000000005")
+        );
+    }
+
+    #[test]
+    fn conflicting_accounts_are_never_sent() {
+        let set = desired_set(&[
+            decl("ns/a", &[("000000000001", E)]),
+            decl("ns/b", &[("000000000001", D)]),
+        ]);
+        let mut state = HashMap::new();
+        state.insert("000000000001".into(), observed(Some(D), 0));
+        assert!(to_send(&set, &state, t(10), &settings()).is_empty());
+    }
+
+    #[test]
+    fn batches_hold_at_most_the_batch_size() {
+        let accounts: Vec<_> = (0..5).map(|i| (format!("{i:012}"), E)).collect();
+        let b = batches(&accounts, 2);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        assert_eq!(batches(&accounts, 100).len(), 1);
+    }
+
+    #[test]
+    fn resource_status_reports_errors_conflicts_and_convergence_per_account() {
+        let set = desired_set(&[
+            decl("ns/a", &[("000000000001", E), ("000000000002", E), ("000000000003", D)]),
+            decl("ns/b", &[("000000000003", E)]),
+        ]);
+        let mut state = HashMap::new();
+        state.insert("000000000001".into(), observed(Some(E), 0));
+        let mut s2 = observed(None, 0);
+        s2.error = Some(AccountError {
+            status: E,
+            code: "ACCOUNT_NOT_FOUND".into(),
+            message: String::new(),
+            at: t(1),
+        });
+        state.insert("000000000002".into(), s2);
+        state.insert("000000000003".into(), observed(Some(D), 0));
+        let a = &[
+            ("000000000001".to_string(), E),
+            ("000000000002".to_string(), E),
+            ("000000000003".to_string(), D),
+        ];
+        let (rows, counts, summary) = resource_status("ns/a", a, &set, &state, None, &settings());
+        assert_eq!((counts.desired, counts.converged, counts.failed), (3, 1, 2));
+        assert_eq!(rows[1].error_code.as_deref(), Some("ACCOUNT_NOT_FOUND"));
+        assert!(rows[1].error_message.as_ref().unwrap().contains("not a member account"));
+        assert_eq!(rows[2].error_code.as_deref(), Some("Conflict"));
+        assert!(rows[2].error_message.as_ref().unwrap().contains("ns/b (ENABLED)"));
+        assert_eq!((summary.phase, summary.reason.as_str()), (Phase::Stalled, "Conflict"));
+        assert!(summary.message.contains("ns/b"));
+        let b = &[("000000000003".to_string(), E)];
+        let (_, _, summary) = resource_status("ns/b", b, &set, &state, None, &settings());
+        assert!(
+            summary.message.contains("ns/a"),
+            "the conflict is reported on both sides"
+        );
+        // All converged.
+        let one = &[("000000000001".to_string(), E)];
+        let (_, counts, summary) = resource_status("ns/a", one, &set, &state, None, &settings());
+        assert_eq!((counts.converged, summary.reason.as_str()), (1, "Converged"));
+        assert_eq!(summary.phase, Phase::Ready);
+        let denied = MacieError::AccessDenied {
+            code: "AccessDeniedException".into(),
+            message: "no".into(),
+        };
+        let (_, _, summary) = resource_status("ns/a", one, &set, &state, Some(&denied), &settings());
+        assert_eq!(summary.reason, "AccessDenied");
+    }
+}

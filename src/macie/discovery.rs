@@ -1,0 +1,96 @@
+//! Automated-discovery calls: ListAutomatedDiscoveryAccounts (only the declared accounts, 50 ids
+//! per request, 25 per page) and BatchUpdateAutomatedDiscoveryAccounts.
+
+use std::collections::HashMap;
+
+use aws_sdk_macie2::Client;
+use aws_sdk_macie2::types::{AutomatedDiscoveryAccountStatus, AutomatedDiscoveryAccountUpdate};
+
+use super::MacieError;
+use crate::api::DiscoveryStatus;
+
+/// At most this many accountIds per ListAutomatedDiscoveryAccounts request (API limit).
+pub const IDS_PER_REQUEST: usize = 50;
+/// At most this many items per page (API limit for maxResults).
+pub const PAGE_SIZE: i32 = 25;
+
+fn from_sdk(s: &AutomatedDiscoveryAccountStatus) -> Option<DiscoveryStatus> {
+    match s {
+        AutomatedDiscoveryAccountStatus::Enabled => Some(DiscoveryStatus::Enabled),
+        AutomatedDiscoveryAccountStatus::Disabled => Some(DiscoveryStatus::Disabled),
+        _ => None,
+    }
+}
+
+/// The status of each of `ids` that Macie lists (accounts it does not list are absent), and the
+/// number of calls made.
+pub async fn list_accounts(
+    client: &Client,
+    ids: &[String],
+) -> Result<(HashMap<String, DiscoveryStatus>, u32), MacieError> {
+    let mut out = HashMap::new();
+    let mut calls = 0;
+    for chunk in ids.chunks(IDS_PER_REQUEST) {
+        let mut token: Option<String> = None;
+        loop {
+            let resp = client
+                .list_automated_discovery_accounts()
+                .set_account_ids(Some(chunk.to_vec()))
+                .max_results(PAGE_SIZE)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(MacieError::from_sdk)?;
+            calls += 1;
+            for item in resp.items() {
+                if let (Some(id), Some(status)) = (item.account_id(), item.status().and_then(from_sdk)) {
+                    out.insert(id.to_string(), status);
+                }
+            }
+            match resp.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+    }
+    Ok((out, calls))
+}
+
+/// One BatchUpdateAutomatedDiscoveryAccounts call, without SDK retries (the caller retries
+/// throttling and waits for an observation after anything uncertain). Returns the per-account
+/// errors: (accountId, error code).
+pub async fn batch_update(
+    client: &Client,
+    updates: &[(String, DiscoveryStatus)],
+) -> Result<Vec<(String, String)>, MacieError> {
+    use aws_sdk_macie2::config::retry::RetryConfig;
+    let accounts: Vec<AutomatedDiscoveryAccountUpdate> = updates
+        .iter()
+        .map(|(id, s)| {
+            AutomatedDiscoveryAccountUpdate::builder()
+                .account_id(id)
+                .status(AutomatedDiscoveryAccountStatus::from(s.as_str()))
+                .build()
+        })
+        .collect();
+    let resp = client
+        .batch_update_automated_discovery_accounts()
+        .set_accounts(Some(accounts))
+        .customize()
+        .config_override(aws_sdk_macie2::config::Config::builder().retry_config(RetryConfig::disabled()))
+        .send()
+        .await
+        .map_err(MacieError::from_sdk)?;
+    Ok(resp
+        .errors()
+        .iter()
+        .map(|e| {
+            (
+                e.account_id().unwrap_or_default().to_string(),
+                e.error_code()
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_else(|| "Unknown".into()),
+            )
+        })
+        .collect())
+}
