@@ -85,16 +85,14 @@ impl Engines {
         let e = regions.entry(region.to_string()).or_insert_with(|| {
             let (kick_tx, kick_rx) = mpsc::unbounded_channel();
             let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
-            let task = tokio::spawn(engine_loop(
-                region.to_string(),
-                self.clients.client(region),
-                self.config.clone(),
-                self.store.clone(),
-                self.store_ready.subscribe(),
-                self.trigger.clone(),
-                kick_rx,
-                view_tx,
-            ));
+            let env = EngineEnv {
+                region: region.to_string(),
+                client: self.clients.client(region),
+                config: self.config.clone(),
+                store: self.store.clone(),
+                trigger: self.trigger.clone(),
+            };
+            let task = tokio::spawn(engine_loop(env, self.store_ready.subscribe(), kick_rx, view_tx));
             RegionEngine {
                 kick: kick_tx,
                 view: view_rx,
@@ -143,16 +141,28 @@ fn key(o: &MacieDiscovery) -> String {
 }
 
 /// The engine of one region: observe, decide, send in batches, publish, trigger reconciles.
-async fn engine_loop(
+/// What an engine works with.
+struct EngineEnv {
     region: String,
     client: aws_sdk_macie2::Client,
     config: Config,
     store: Store<MacieDiscovery>,
-    mut store_ready: watch::Receiver<bool>,
     trigger: Trigger,
+}
+
+async fn engine_loop(
+    env: EngineEnv,
+    mut store_ready: watch::Receiver<bool>,
     mut kick: mpsc::UnboundedReceiver<()>,
     view_tx: watch::Sender<Arc<View>>,
 ) {
+    let EngineEnv {
+        region,
+        client,
+        config,
+        store,
+        ..
+    } = &env;
     // Start once the controller has listed the resources: its first reconcile says so.
     // (Store::wait_until_ready wakes only one waiter, and the controller already waits on it.)
     if store_ready.wait_for(|r| *r).await.is_err() {
@@ -178,7 +188,7 @@ async fn engine_loop(
         }
         let before = view.clone();
         tracing::debug!(%region, "discovery pass");
-        view.desired = plan::desired_set(&declared(&store, &region, &config.default_region));
+        view.desired = plan::desired_set(&declared(store, region, &config.default_region));
         let ids = view.desired.account_ids();
         view.accounts.retain(|id, _| ids.binary_search(id).is_ok());
         let unseen = ids
@@ -186,13 +196,13 @@ async fn engine_loop(
             .any(|id| view.accounts.get(id).is_none_or(|a| a.observed_at.is_none()));
         let now = tokio::time::Instant::now();
         if (now >= next_observe || unseen) && !ids.is_empty() {
-            observe(&client, &ids, &mut view).await;
+            observe(client, &ids, &mut view).await;
             next_observe = now + config.poll_interval;
         } else if now >= next_observe {
             next_observe = now + config.poll_interval;
         }
         if retry_at.is_some_and(|r| now < r) {
-            publish(&region, &view, &before, &view_tx, &store, &trigger, &config);
+            publish(&env, &view, &before, &view_tx);
             continue;
         }
         retry_at = None;
@@ -200,7 +210,7 @@ async fn engine_loop(
         let mut sent_any = false;
         for batch in plan::batches(&sends, config.plan.batch_size) {
             let at = Timestamp::now();
-            match calls::batch_update(&client, &batch).await {
+            match calls::batch_update(client, &batch).await {
                 Ok(errors) => {
                     throttled = 0;
                     sent_any = true;
@@ -260,7 +270,7 @@ async fn engine_loop(
             // Confirm soon rather than a whole interval later.
             next_observe = next_observe.min(tokio::time::Instant::now() + config.batch_window);
         }
-        publish(&region, &view, &before, &view_tx, &store, &trigger, &config);
+        publish(&env, &view, &before, &view_tx);
     }
 }
 
@@ -293,24 +303,16 @@ async fn observe(client: &aws_sdk_macie2::Client, ids: &[String], view: &mut Vie
     }
 }
 
-fn publish(
-    region: &str,
-    view: &View,
-    before: &View,
-    tx: &watch::Sender<Arc<View>>,
-    store: &Store<MacieDiscovery>,
-    trigger: &Trigger,
-    config: &Config,
-) {
+fn publish(env: &EngineEnv, view: &View, before: &View, tx: &watch::Sender<Arc<View>>) {
     let mut v = view.clone();
     v.passes = before.passes + 1;
     let changed =
         view.desired != before.desired || view.accounts != before.accounts || view.api_error != before.api_error;
     tx.send_replace(Arc::new(v));
     if changed {
-        for obj in store.state() {
-            if obj.spec.region.as_deref().unwrap_or(&config.default_region) == region {
-                let _ = trigger.unbounded_send(ObjectRef::from_obj(&*obj));
+        for obj in env.store.state() {
+            if obj.spec.region.as_deref().unwrap_or(&env.config.default_region) == env.region {
+                let _ = env.trigger.unbounded_send(ObjectRef::from_obj(&*obj));
             }
         }
     }
