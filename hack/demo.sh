@@ -36,7 +36,8 @@ pids+=("$CP_PID")
 wait_line "$work/cp.log" 's/^ready \(.*\)$/\1/p' "the API server" >/dev/null
 export KUBECONFIG=$work/kubeconfig
 $kubectl apply -f crds/ >/dev/null
-$kubectl wait --for condition=established --timeout=30s crd/maciejobs.macie.kubeops.dev >/dev/null
+$kubectl wait --for condition=established --timeout=30s \
+  crd/maciejobs.macie.kubeops.dev crd/maciediscoveries.macie.kubeops.dev >/dev/null
 echo "demo: CRDs installed from crds/"
 
 "$bin/macie-emulator" --seed examples/emulator-seed.yaml --addr 127.0.0.1:0 >"$work/emulator.log" 2>&1 &
@@ -49,12 +50,13 @@ AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true
   --metrics-addr 127.0.0.1:0 --log "${DEMO_LOG:-info,kube=warn}" >"$work/operator.log" 2>&1 &
 pids+=("$!")
 echo "demo: macie-operator running (poll interval 2s; log: $work/operator.log)"
-$kubectl apply -f examples/maciejobs.yaml
+$kubectl apply -f examples/maciejobs.yaml -f examples/maciediscovery.yaml
 echo
 
 show() {
   echo "--- $(date +%T)"
   $kubectl get maciejobs -o wide
+  $kubectl get maciediscoveries -o wide
 }
 deadline=$(( $(date +%s) + ${DEMO_EXIT_AFTER:-1000000000} ))
 step=0
@@ -78,9 +80,15 @@ done
 echo
 echo "demo: conditions of nightly-pii-scan:"
 $kubectl get maciejob nightly-pii-scan -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
+echo "demo: accounts of MacieDiscovery security-team:"
+$kubectl get maciediscovery security-team \
+  -o jsonpath='{range .status.accounts[*]}{"  "}{.accountId}{"  desired="}{.desired}{"  observed="}{.observed}{"  "}{.errorCode}{"\n"}{end}'
 echo "demo: Events:"
 $kubectl get events --sort-by=.lastTimestamp -o custom-columns=OBJECT:.involvedObject.name,TYPE:.type,REASON:.reason,MESSAGE:.message | tail -15
-echo "demo: UpdateClassificationJob calls the emulator saw:"
+echo "demo: calls the emulator saw:"
 curl -fsS "$url/__admin/calls" | python3 -c 'import json, sys
 for c in json.load(sys.stdin)["calls"]:
-    print("  %s: %s -> %s: %s" % (c["jobId"], c.get("fromStatus"), c.get("requestedStatus"), c["outcome"]))'
+    if c["operation"] == "UpdateClassificationJob":
+        print("  UpdateClassificationJob %s: %s -> %s: %s" % (c["jobId"], c.get("fromStatus"), c.get("requestedStatus"), c["outcome"]))
+    else:
+        print("  %s: %s" % (c["operation"], ", ".join("%s=%s %s" % (a["accountId"], a["status"], a["outcome"]) for a in c["accounts"])))'
