@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use macie_operator::job::plan::Settings;
 use macie_operator::macie::MacieClients;
+use macie_operator::runtime::leader::{LeaderElector, LeaseConfig};
+use macie_operator::runtime::metrics::Metrics;
 use macie_operator::runtime::{self, Health, LogFormat};
 use macie_operator::{discovery, job};
 
@@ -74,6 +76,21 @@ struct RunArgs {
     /// How often accounts that failed (ACCOUNT_PAUSED, ACCOUNT_NOT_FOUND) are tried again.
     #[arg(long, env = "MACIE_OPERATOR_DISCOVERY_ERROR_RETRY", default_value = "15m", value_parser = parse_duration)]
     discovery_error_retry: Duration,
+    /// Run only while holding a coordination.k8s.io Lease, so that one of several replicas acts.
+    #[arg(long, env = "MACIE_OPERATOR_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Name of the leader election Lease.
+    #[arg(long, env = "MACIE_OPERATOR_LEASE_NAME", default_value = "macie-operator")]
+    lease_name: String,
+    /// Namespace of the leader election Lease (in a cluster: the operator's own namespace).
+    #[arg(long, env = "MACIE_OPERATOR_LEASE_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// How long a leader's Lease lasts without renewal; a follower takes over after it.
+    #[arg(long, env = "MACIE_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// This replica's name in the Lease and in Events (default: the POD_NAME env var).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// Log format.
     #[arg(long, env = "MACIE_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -145,17 +162,28 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach Kubernetes: {e}"))?;
-    let clients = Arc::new(MacieClients::from_env(args.macie_endpoint.clone()).await);
+    let metrics = Arc::new(Metrics::new());
+    let clients = Arc::new(
+        MacieClients::from_env(args.macie_endpoint.clone())
+            .await
+            .with_metrics(metrics.clone()),
+    );
     let region = args
         .region
         .clone()
         .or_else(|| clients.default_region())
         .ok_or("no AWS Region: set --region (MACIE_OPERATOR_REGION) or AWS_REGION")?;
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("macie-operator-{}", std::process::id()));
     tracing::info!(
         %region,
         endpoint = args.macie_endpoint.as_deref().unwrap_or("AWS"),
         poll_interval = ?args.poll_interval,
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        leader_elect = args.leader_elect,
+        %identity,
         "starting macie-operator"
     );
     let discovery_config = discovery::Config {
@@ -168,7 +196,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             batch_size: args.discovery_batch_size,
         },
         namespace: args.namespace.clone(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: Some(identity.clone()),
     };
     let config = job::Config {
         default_region: region,
@@ -180,28 +208,86 @@ async fn run(args: RunArgs) -> Result<(), String> {
         },
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
-        instance: std::env::var("POD_NAME").ok(),
+        instance: Some(identity.clone()),
     };
-    let health = Health::default();
+
+    // Stop on SIGTERM/Ctrl-C, or when leadership is lost.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signal = {
+    {
         let stop_tx = stop_tx.clone();
-        async move {
+        tokio::spawn(async move {
             runtime::shutdown_signal().await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
-        }
-    };
-    tokio::spawn(signal);
+        });
+    }
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let admin = tokio::spawn(runtime::serve_admin(listener, health.clone(), stopped(stop_rx.clone())));
-    health.set_ready(true);
+    let health = Health::default();
+    let admin = tokio::spawn(runtime::serve_admin(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    // Ready once the CRDs are established (followers too: they serve health and metrics).
+    tokio::spawn(runtime::wait_for_crds(client.clone(), health.clone()));
+
+    let elector = args.leader_elect.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: args.lease_namespace.clone(),
+                name: args.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: args.lease_duration,
+                retry_period: (args.lease_duration / 5).max(Duration::from_millis(200)),
+            },
+        )
+    });
+    let mut lost = false;
+    if let Some(elector) = &elector {
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = stopped(stop_rx.clone()) => {
+                let _ = admin.await;
+                return Ok(());
+            }
+        }
+        metrics.leader.set(1);
+    }
     let jobs = job::JobController::new(client.clone(), clients.clone(), config);
     let discoveries = discovery::DiscoveryController::new(client, clients, discovery_config);
-    tokio::join!(jobs.run(stopped(stop_rx.clone())), discoveries.run(stopped(stop_rx)));
+    let controllers = async {
+        tokio::join!(
+            jobs.run(stopped(stop_rx.clone())),
+            discoveries.run(stopped(stop_rx.clone()))
+        );
+    };
+    match &elector {
+        Some(elector) => {
+            tokio::pin!(controllers);
+            tokio::select! {
+                _ = &mut controllers => {}
+                _ = elector.hold() => {
+                    lost = true;
+                    metrics.leader.set(0);
+                    let _ = stop_tx.send(true);
+                    controllers.await;
+                }
+            }
+            if !lost {
+                elector.release().await;
+                metrics.leader.set(0);
+            }
+        }
+        None => controllers.await,
+    }
     let _ = stop_tx.send(true);
     let _ = admin.await;
+    if lost {
+        return Err("lost the leader lease; exiting so that a new leader can take over".into());
+    }
     Ok(())
 }

@@ -25,6 +25,7 @@ use crate::api::conditions::{self, Phase};
 use crate::api::{MacieDiscovery, MacieDiscoveryStatus};
 use crate::job::{Error, MANAGER, backoff};
 use crate::macie::{MacieClients, MacieError, discovery as calls};
+use crate::runtime::metrics::Metrics;
 use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings};
 
 /// Settings of the MacieDiscovery controller.
@@ -88,6 +89,7 @@ impl Engines {
             let env = EngineEnv {
                 region: region.to_string(),
                 client: self.clients.client(region),
+                metrics: self.clients.metrics().clone(),
                 config: self.config.clone(),
                 store: self.store.clone(),
                 trigger: self.trigger.clone(),
@@ -145,6 +147,7 @@ fn key(o: &MacieDiscovery) -> String {
 struct EngineEnv {
     region: String,
     client: aws_sdk_macie2::Client,
+    metrics: Arc<Metrics>,
     config: Config,
     store: Store<MacieDiscovery>,
     trigger: Trigger,
@@ -159,6 +162,7 @@ async fn engine_loop(
     let EngineEnv {
         region,
         client,
+        metrics,
         config,
         store,
         ..
@@ -196,7 +200,7 @@ async fn engine_loop(
             .any(|id| view.accounts.get(id).is_none_or(|a| a.observed_at.is_none()));
         let now = tokio::time::Instant::now();
         if (now >= next_observe || unseen) && !ids.is_empty() {
-            observe(client, &ids, &mut view).await;
+            observe(client, &ids, &mut view, metrics).await;
             next_observe = now + config.poll_interval;
         } else if now >= next_observe {
             next_observe = now + config.poll_interval;
@@ -210,7 +214,7 @@ async fn engine_loop(
         let mut sent_any = false;
         for batch in plan::batches(&sends, config.plan.batch_size) {
             let at = Timestamp::now();
-            match calls::batch_update(client, &batch).await {
+            match calls::batch_update(client, &batch, metrics).await {
                 Ok(errors) => {
                     throttled = 0;
                     sent_any = true;
@@ -275,9 +279,9 @@ async fn engine_loop(
 }
 
 /// Lists the declared accounts and records what changed.
-async fn observe(client: &aws_sdk_macie2::Client, ids: &[String], view: &mut View) {
+async fn observe(client: &aws_sdk_macie2::Client, ids: &[String], view: &mut View, metrics: &Metrics) {
     let started = Timestamp::now();
-    match calls::list_accounts(client, ids).await {
+    match calls::list_accounts(client, ids, metrics).await {
         Ok((found, _calls)) => {
             for id in ids {
                 let a = view.accounts.entry(id.clone()).or_default();
@@ -395,13 +399,21 @@ fn error_policy(obj: Arc<MacieDiscovery>, err: &Error, ctx: Arc<Context>) -> Act
 }
 
 async fn reconcile(obj: Arc<MacieDiscovery>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let t = std::time::Instant::now();
+    let r = reconcile_inner(&obj, &ctx).await;
+    let metrics = ctx.engines.clients.metrics();
+    metrics.reconciled("MacieDiscovery", t.elapsed(), r.as_ref().err().map(Error::category));
+    r
+}
+
+async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Result<Action, Error> {
     if obj.meta().deletion_timestamp.is_some() {
         // Deleting a MacieDiscovery leaves the accounts as they are.
         return Ok(Action::await_change());
     }
     let engines = &ctx.engines;
     engines.store_ready.send_replace(true);
-    let region = engines.region_of(&obj).to_string();
+    let region = engines.region_of(obj).to_string();
     tracing::debug!(name = %obj.name_any(), %region, "reconcile MacieDiscovery");
     let (kick, view_rx) = engines.engine(&region);
     let prev = obj.status.clone().unwrap_or_default();
@@ -417,7 +429,7 @@ async fn reconcile(obj: Arc<MacieDiscovery>, ctx: Arc<Context>) -> Result<Action
         .map(|a| (a.account_id.clone(), a.status))
         .collect();
     let (rows, counts, summary) = plan::resource_status(
-        &key(&obj),
+        &key(obj),
         &accounts,
         &view.desired,
         &view.accounts,
@@ -469,6 +481,6 @@ async fn reconcile(obj: Arc<MacieDiscovery>, ctx: Arc<Context>) -> Result<Action
     ctx.failures
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .remove(&ObjectRef::from_obj(&*obj));
+        .remove(&ObjectRef::from_obj(obj));
     Ok(Action::await_change())
 }

@@ -236,6 +236,16 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 async fn reconcile(obj: Arc<MacieJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let t = std::time::Instant::now();
+    let r = reconcile_inner(obj, &ctx).await;
+    ctx.clients
+        .metrics()
+        .reconciled("MacieJob", t.elapsed(), r.as_ref().err().map(Error::category));
+    r
+}
+
+async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let ctx = ctx.clone();
     let oref = ObjectRef::from_obj(&*obj);
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<MacieJob> = Api::namespaced(ctx.client.clone(), &ns);
@@ -352,6 +362,9 @@ async fn act(
 ) -> Result<ActOutcome, Error> {
     let requested_at = Timestamp::now();
     let result = update_job(&ctx.clients.client(region), job_id, to).await;
+    ctx.clients
+        .metrics()
+        .call("UpdateClassificationJob", MacieError::outcome(&result));
     let mut step = Step {
         job_id: job_id.to_string(),
         from: from.to_string(),

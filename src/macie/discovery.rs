@@ -8,6 +8,7 @@ use aws_sdk_macie2::types::{AutomatedDiscoveryAccountStatus, AutomatedDiscoveryA
 
 use super::MacieError;
 use crate::api::DiscoveryStatus;
+use crate::runtime::metrics::Metrics;
 
 /// At most this many accountIds per ListAutomatedDiscoveryAccounts request (API limit).
 pub const IDS_PER_REQUEST: usize = 50;
@@ -27,6 +28,7 @@ fn from_sdk(s: &AutomatedDiscoveryAccountStatus) -> Option<DiscoveryStatus> {
 pub async fn list_accounts(
     client: &Client,
     ids: &[String],
+    metrics: &Metrics,
 ) -> Result<(HashMap<String, DiscoveryStatus>, u32), MacieError> {
     let mut out = HashMap::new();
     let mut calls = 0;
@@ -40,7 +42,9 @@ pub async fn list_accounts(
                 .set_next_token(token.take())
                 .send()
                 .await
-                .map_err(MacieError::from_sdk)?;
+                .map_err(MacieError::from_sdk);
+            metrics.call("ListAutomatedDiscoveryAccounts", MacieError::outcome(&resp));
+            let resp = resp?;
             calls += 1;
             for item in resp.items() {
                 if let (Some(id), Some(status)) = (item.account_id(), item.status().and_then(from_sdk)) {
@@ -62,6 +66,7 @@ pub async fn list_accounts(
 pub async fn batch_update(
     client: &Client,
     updates: &[(String, DiscoveryStatus)],
+    metrics: &Metrics,
 ) -> Result<Vec<(String, String)>, MacieError> {
     use aws_sdk_macie2::config::retry::RetryConfig;
     let accounts: Vec<AutomatedDiscoveryAccountUpdate> = updates
@@ -80,8 +85,9 @@ pub async fn batch_update(
         .config_override(aws_sdk_macie2::config::Config::builder().retry_config(RetryConfig::disabled()))
         .send()
         .await
-        .map_err(MacieError::from_sdk)?;
-    Ok(resp
+        .map_err(MacieError::from_sdk);
+    metrics.call("BatchUpdateAutomatedDiscoveryAccounts", MacieError::outcome(&resp));
+    Ok(resp?
         .errors()
         .iter()
         .map(|e| {

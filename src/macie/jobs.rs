@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::{MacieClients, MacieError};
 use crate::api::macie_job::{ObservedJob, UserPausedDetails};
+use crate::runtime::metrics::Metrics;
 
 /// Default ListClassificationJobs page size. Macie documents no bound for maxResults; 100 keeps
 /// each response small while an account with 1,000 jobs costs 10 calls per sweep.
@@ -141,7 +142,11 @@ pub fn observed(j: &aws_sdk_macie2::types::JobSummary) -> ObservedJob {
 }
 
 /// One sweep: every page of ListClassificationJobs, in a stable order.
-pub async fn list_all_jobs(client: &Client, page_size: i32) -> Result<(Vec<ObservedJob>, u32), MacieError> {
+pub async fn list_all_jobs(
+    client: &Client,
+    page_size: i32,
+    metrics: &Metrics,
+) -> Result<(Vec<ObservedJob>, u32), MacieError> {
     let mut token: Option<String> = None;
     let mut jobs = Vec::new();
     let mut pages = 0u32;
@@ -158,7 +163,9 @@ pub async fn list_all_jobs(client: &Client, page_size: i32) -> Result<(Vec<Obser
             .set_next_token(token.take())
             .send()
             .await
-            .map_err(MacieError::from_sdk)?;
+            .map_err(MacieError::from_sdk);
+        metrics.call("ListClassificationJobs", MacieError::outcome(&resp));
+        let resp = resp?;
         pages += 1;
         jobs.extend(resp.items().iter().filter(|j| j.job_id().is_some()).map(observed));
         match resp.next_token() {
@@ -172,9 +179,6 @@ pub async fn list_all_jobs(client: &Client, page_size: i32) -> Result<(Vec<Obser
 /// Called after each sweep with the region and what changed.
 pub type OnChange = Arc<dyn Fn(&str, &Changes) + Send + Sync>;
 
-/// Called after each sweep with the region, its duration, pages and outcome (for metrics).
-pub type OnSweep = Arc<dyn Fn(&str, Duration, u32, Result<(), &MacieError>) + Send + Sync>;
-
 /// A region's sweeper task and its results.
 type Sweeper = (watch::Receiver<RegionView>, JoinHandle<()>);
 
@@ -184,7 +188,6 @@ pub struct JobPoller {
     page_size: i32,
     interval: Duration,
     on_change: OnChange,
-    on_sweep: Option<OnSweep>,
     regions: Mutex<HashMap<String, Sweeper>>,
 }
 
@@ -195,14 +198,8 @@ impl JobPoller {
             page_size,
             interval,
             on_change,
-            on_sweep: None,
             regions: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub fn with_on_sweep(mut self, f: OnSweep) -> JobPoller {
-        self.on_sweep = Some(f);
-        self
     }
 
     pub fn interval(&self) -> Duration {
@@ -219,11 +216,11 @@ impl JobPoller {
         let task = tokio::spawn(sweep_loop(
             region.to_string(),
             self.clients.client(region),
+            self.clients.metrics().clone(),
             self.page_size,
             self.interval,
             tx,
             self.on_change.clone(),
-            self.on_sweep.clone(),
         ));
         regions.insert(region.to_string(), (rx.clone(), task));
         rx
@@ -246,11 +243,11 @@ impl Drop for JobPoller {
 async fn sweep_loop(
     region: String,
     client: Client,
+    metrics: Arc<Metrics>,
     page_size: i32,
     interval: Duration,
     tx: watch::Sender<RegionView>,
     on_change: OnChange,
-    on_sweep: Option<OnSweep>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -258,7 +255,7 @@ async fn sweep_loop(
         ticker.tick().await;
         let started_at = Timestamp::now();
         let t = std::time::Instant::now();
-        let result = list_all_jobs(&client, page_size).await;
+        let result = list_all_jobs(&client, page_size, &metrics).await;
         let prev = tx.borrow().clone();
         let mut next = RegionView {
             sweeps: prev.sweeps + 1,
@@ -266,9 +263,13 @@ async fn sweep_loop(
         };
         let changes = match result {
             Ok((jobs, pages)) => {
-                if let Some(f) = &on_sweep {
-                    f(&region, t.elapsed(), pages, Ok(()));
+                metrics.swept(&region, t.elapsed(), pages);
+                let mut by_status: HashMap<&str, i64> = HashMap::new();
+                for j in &jobs {
+                    *by_status.entry(j.job_status.as_str()).or_default() += 1;
                 }
+                let counts: Vec<(String, i64)> = by_status.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
+                metrics.set_jobs(&region, &counts);
                 let snap = Snapshot::new(started_at, jobs, pages);
                 let changes = match (&prev.snapshot, &prev.error) {
                     (Some(old), None) => diff(old, &snap),
@@ -280,9 +281,6 @@ async fn sweep_loop(
                 changes
             }
             Err(e) => {
-                if let Some(f) = &on_sweep {
-                    f(&region, t.elapsed(), 0, Err(&e));
-                }
                 let changed = prev.error.as_ref().map(MacieError::code) != Some(e.code());
                 if changed {
                     tracing::warn!(%region, error = %e, "ListClassificationJobs sweep failed");

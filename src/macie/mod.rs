@@ -5,7 +5,7 @@ pub mod discovery;
 pub mod jobs;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_macie2::Client;
@@ -14,11 +14,14 @@ use aws_sdk_macie2::config::retry::RetryConfig;
 use aws_sdk_macie2::config::{BehaviorVersion, Region};
 use aws_sdk_macie2::error::{ProvideErrorMetadata, SdkError};
 
+use crate::runtime::metrics::Metrics;
+
 /// Builds and caches one Macie client per region.
 pub struct MacieClients {
     base: aws_config::SdkConfig,
     endpoint: Option<String>,
     clients: Mutex<HashMap<String, Client>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The HTTP client of every AWS call: hyper with rustls on ring, the TLS stack kube uses too.
@@ -45,7 +48,18 @@ impl MacieClients {
             base,
             endpoint,
             clients: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Uses `metrics` for the call counters (and everything else built on these clients).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> MacieClients {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The region the AWS configuration resolved (AWS_REGION, profile, ...), if any.
@@ -121,6 +135,14 @@ impl MacieError {
             | MacieError::Rejected { message, .. }
             | MacieError::Uncertain { message, .. }
             | MacieError::Other { message, .. } => message,
+        }
+    }
+
+    /// The metric outcome of a call's result.
+    pub fn outcome<T>(r: &Result<T, MacieError>) -> &'static str {
+        match r {
+            Ok(_) => "ok",
+            Err(e) => e.category(),
         }
     }
 

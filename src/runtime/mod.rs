@@ -1,4 +1,8 @@
-//! Process plumbing: logging, the admin server (/livez, /readyz), shutdown signals.
+//! Process plumbing: logging, metrics, the admin server (/livez, /readyz, /metrics), leader
+//! election, shutdown signals.
+
+pub mod leader;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,28 +45,76 @@ impl Health {
     }
 }
 
-/// Serves `/livez` and `/readyz` on `addr` until `shutdown` resolves.
+/// Serves `/livez`, `/readyz` and `/metrics` until `shutdown` resolves.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     health: Health,
+    metrics: std::sync::Arc<metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::http::StatusCode;
+    use axum::http::{StatusCode, header};
     use axum::routing::get;
-    let app = axum::Router::new().route("/livez", get(|| async { "ok" })).route(
-        "/readyz",
-        get(move || {
-            let h = health.clone();
-            async move {
-                if h.is_ready() {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    let app = axum::Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
                 }
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let h = health.clone();
+                async move {
+                    if h.is_ready() {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Marks the process ready once both CRDs are installed and Established (checked every 2 s).
+pub async fn wait_for_crds(client: kube::Client, health: Health) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
+    let names: Vec<String> = crate::api::crds().into_iter().filter_map(|c| c.metadata.name).collect();
+    loop {
+        let mut missing = Vec::new();
+        for n in &names {
+            let established = match api.get_opt(n).await {
+                Ok(Some(crd)) => crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True"),
+                _ => false,
+            };
+            if !established {
+                missing.push(n.clone());
+            }
+        }
+        if missing.is_empty() {
+            health.set_ready(true);
+            return;
+        }
+        tracing::warn!(?missing, "waiting for CRDs to be installed and established");
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }
 
 /// Binds the admin address, with a clear error.
