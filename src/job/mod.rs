@@ -72,8 +72,9 @@ pub struct Context {
     pub config: Config,
     recorder: Recorder,
     /// Steps in flight, by resource: the source of truth within this process (the status copy
-    /// can lag behind the watch), with the status as the fallback after a restart.
-    steps: Mutex<HashMap<ObjectRef<MacieJob>, Step>>,
+    /// can lag behind the watch), with the status as the fallback after a restart. `None`
+    /// records that no step is in flight, whatever an older status copy says.
+    steps: Mutex<HashMap<ObjectRef<MacieJob>, Option<Step>>>,
     /// Consecutive failures, for backoff.
     failures: Mutex<HashMap<ObjectRef<MacieJob>, u32>>,
 }
@@ -87,7 +88,7 @@ impl Context {
 
     fn step_for(&self, oref: &ObjectRef<MacieJob>, status: Option<&MacieJobStatus>) -> Option<Step> {
         if let Some(s) = lock(&self.steps).get(oref) {
-            return Some(s.clone());
+            return s.clone();
         }
         let status = status?;
         let t = status.last_transition.as_ref()?;
@@ -286,8 +287,36 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
 
     let mut summary = p.summary.clone();
     let mut recheck_at = p.recheck_at;
+    let job = match observation {
+        Observation::Found(j) => Some(j.clone()),
+        Observation::NotFound | Observation::Ambiguous(_) => None,
+        Observation::NoSweepYet | Observation::SweepFailed(_) => prev.job.clone(),
+    };
     if let Act::Update { job_id, from, to } = &p.act {
-        let outcome = act(&ctx, &obj, &region, &oref, job_id, from, *to).await?;
+        // Write-ahead: record the step in the status before the call, so that a replica that
+        // takes over after a crash between the call and the status write does not repeat it.
+        let requested_at = Timestamp::now();
+        let intent = RequestedTransition {
+            job_id: job_id.clone(),
+            from: from.clone(),
+            to: to.as_str().to_string(),
+            requested_at: Time(requested_at),
+            outcome: TransitionOutcome::Pending,
+            error_code: None,
+            message: None,
+        };
+        write_status(
+            &api,
+            &obj,
+            &ctx,
+            &region,
+            job.clone(),
+            &summary,
+            Some(intent),
+            snapshot_at,
+        )
+        .await?;
+        let outcome = act(&ctx, &obj, &region, &oref, job_id, from, *to, requested_at).await?;
         summary = outcome.summary;
         last_transition = outcome.transition.or(last_transition);
         if let Some(t) = outcome.recheck_at {
@@ -295,11 +324,6 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
         }
     }
 
-    let job = match observation {
-        Observation::Found(j) => Some(j.clone()),
-        Observation::NotFound | Observation::Ambiguous(_) => None,
-        Observation::NoSweepYet | Observation::SweepFailed(_) => prev.job.clone(),
-    };
     write_status(&api, &obj, &ctx, &region, job, &summary, last_transition, snapshot_at).await?;
     lock(&ctx.failures).remove(&oref);
 
@@ -329,7 +353,7 @@ fn resolve_step(
         StepOutcome::Superseded => TransitionOutcome::Superseded,
         StepOutcome::TimedOut => TransitionOutcome::Failed,
     };
-    lock(&ctx.steps).remove(oref);
+    lock(&ctx.steps).insert(oref.clone(), None);
     if let Some(t) = last_transition.as_mut()
         && t.requested_at.0 == step.requested_at
         && t.outcome == TransitionOutcome::Pending
@@ -351,6 +375,7 @@ struct ActOutcome {
 }
 
 /// Calls UpdateClassificationJob for a step the plan chose, and records the step.
+#[allow(clippy::too_many_arguments)]
 async fn act(
     ctx: &Context,
     obj: &MacieJob,
@@ -359,8 +384,8 @@ async fn act(
     job_id: &str,
     from: &str,
     to: DesiredJobStatus,
+    requested_at: Timestamp,
 ) -> Result<ActOutcome, Error> {
-    let requested_at = Timestamp::now();
     let result = update_job(&ctx.clients.client(region), job_id, to).await;
     ctx.clients
         .metrics()
@@ -384,7 +409,7 @@ async fn act(
     let recheck_at = Some(plan_deadline(requested_at, ctx.config.plan.step_timeout));
     match result {
         Ok(()) => {
-            lock(&ctx.steps).insert(oref.clone(), step);
+            lock(&ctx.steps).insert(oref.clone(), Some(step));
             publish(
                 ctx,
                 obj,
@@ -406,8 +431,12 @@ async fn act(
                 recheck_at,
             })
         }
-        // Not processed: retry with backoff through the error policy.
-        Err(e @ MacieError::Throttled { .. }) => Err(Error::Macie(e)),
+        // Not processed: no step in flight (whatever the write-ahead status says); retry with
+        // backoff through the error policy.
+        Err(e @ MacieError::Throttled { .. }) => {
+            lock(&ctx.steps).insert(oref.clone(), None);
+            Err(Error::Macie(e))
+        }
         Err(e) => {
             publish(
                 ctx,
@@ -463,6 +492,7 @@ async fn act(
             };
             if matches!(e, MacieError::AccessDenied { .. } | MacieError::NotFound { .. }) {
                 // Nothing was done; look again after a while.
+                lock(&ctx.steps).insert(oref.clone(), None);
                 return Ok(ActOutcome {
                     summary,
                     transition: Some(transition(outcome, Some(&e))),
@@ -472,7 +502,7 @@ async fn act(
             // Block a repeat until a sweep shows the job (Macie applies changes asynchronously
             // and a 5xx may hide a success).
             step.error = Some(e.code().to_string());
-            lock(&ctx.steps).insert(oref.clone(), step);
+            lock(&ctx.steps).insert(oref.clone(), Some(step));
             Ok(ActOutcome {
                 summary,
                 transition: Some(transition(outcome, Some(&e))),
@@ -544,7 +574,7 @@ async fn cleanup(
         return Ok(Action::await_change());
     }
     if let Act::Update { job_id, from, to } = &p.act {
-        let out = act(ctx, obj, &region, oref, job_id, from, *to).await?;
+        let out = act(ctx, obj, &region, oref, job_id, from, *to, Timestamp::now()).await?;
         tracing::info!(name = %obj.name_any(), reason = %out.summary.reason, "cancelling job before deletion");
     } else if p.step == Some(StepOutcome::Waiting) || step.is_none() {
         tracing::debug!(name = %obj.name_any(), reason = %p.summary.reason, "waiting to release finalizer");
