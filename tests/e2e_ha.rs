@@ -127,7 +127,7 @@ async fn one_leader_acts_and_a_killed_leader_is_replaced_without_double_updates(
     let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
     create_job(&api, "ha", json!({"jobId": job, "jobStatus": "USER_PAUSED"})).await?;
 
-    let mut replicas = vec![
+    let mut replicas = [
         spawn("op-a", cp.kubeconfig(), &ns, &emu.url)?,
         spawn("op-b", cp.kubeconfig(), &ns, &emu.url)?,
     ];
