@@ -47,11 +47,14 @@ demo: tools
 ## crds: regenerate crds/ from the Rust types
 crds:
 	$(CARGO) run --locked --quiet --bin macie-operator -- crd > crds/macie.kubeops.dev.yaml
+	cp crds/macie.kubeops.dev.yaml charts/macie-operator/crds/macie.kubeops.dev.yaml
 
 ## crds-check: the committed CRDs match the Rust types
 crds-check:
 	@$(CARGO) run --locked --quiet --bin macie-operator -- crd | diff -u crds/macie.kubeops.dev.yaml - \
 	  || { echo "crds/ is stale: run 'make crds' and commit the result"; exit 1; }
+	@diff -u crds/macie.kubeops.dev.yaml charts/macie-operator/crds/macie.kubeops.dev.yaml \
+	  || { echo "the chart's CRDs differ from crds/: run 'make crds'"; exit 1; }
 	@echo "crds-check: crds/ matches the types"
 
 bench:

@@ -163,7 +163,10 @@ async fn one_leader_acts_and_a_killed_leader_is_replaced_without_double_updates(
     );
     assert!(metric(lp, "macie_operator_reconciles_total", &[("kind", "MacieJob")]).await? >= 1.0);
     assert!(metric(lp, "macie_operator_job_sweeps_total", &[]).await? >= 1.0);
-    assert_eq!(metric(lp, "macie_operator_jobs", &[("status", "USER_PAUSED")]).await?, 1.0);
+    assert_eq!(
+        metric(lp, "macie_operator_jobs", &[("status", "USER_PAUSED")]).await?,
+        1.0
+    );
     assert_eq!(
         metric(fp, "macie_operator_reconciles_total", &[]).await?,
         0.0,

@@ -1,0 +1,276 @@
+//! The Helm chart against the local control plane: lint, schema checks, server-side validation
+//! of every rendered object, install, and the operator binary doing its whole job
+//! authenticated as the chart's ServiceAccount (a TokenRequest token) with the chart's RBAC
+//! and nothing more.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use macie_emulator::Seed;
+use macie_operator::api::{MacieDiscovery, MacieJob};
+use serde_json::json;
+use support::*;
+use testkit::{free_port, wait_for, workspace_root};
+
+const RELEASE: &str = "macie";
+const RELEASE_NS: &str = "macie-system";
+const APP_NS: &str = "rbac-app";
+
+fn tool(name: &str) -> PathBuf {
+    workspace_root().join(".cache/tools/bin").join(name)
+}
+
+fn chart() -> PathBuf {
+    workspace_root().join("charts/macie-operator")
+}
+
+/// Runs a command; returns stdout, or fails with its stderr.
+fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
+    let mut child = cmd
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {cmd:?}"))?;
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn helm(kubeconfig: &Path) -> Command {
+    let mut c = Command::new(tool("helm"));
+    c.env("KUBECONFIG", kubeconfig)
+        .env("HELM_CACHE_HOME", std::env::temp_dir().join("macie-helm-cache"))
+        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("macie-helm-config"))
+        .env("HELM_DATA_HOME", std::env::temp_dir().join("macie-helm-data"));
+    c
+}
+
+fn kubectl(kubeconfig: &Path) -> Command {
+    let mut c = Command::new(tool("kubectl"));
+    c.env("KUBECONFIG", kubeconfig);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let kc = cp.kubeconfig();
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+
+    // Lint, and the values schema rejects nonsense with the key named.
+    run(helm(kc).args(["lint", chart, "--strict"]), None)?;
+    let err = run(
+        helm(kc).args(["template", "x", chart, "--set", "operator.logFormat=xml"]),
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("/operator/logFormat"), "{err}");
+
+    // Every rendered object is valid for this Kubernetes version (server-side dry run), in both
+    // RBAC modes and with the optional objects on.
+    namespace(&client, "team-a").await?;
+    for extra in [
+        vec![],
+        vec![
+            "--set",
+            "operator.watchNamespace=team-a",
+            "--set",
+            "podDisruptionBudget.enabled=true",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::111122223333:role/macie",
+        ],
+    ] {
+        let rendered = run(
+            helm(kc)
+                .args(["template", RELEASE, chart, "--namespace", "default"])
+                .args(&extra),
+            None,
+        )?;
+        run(
+            kubectl(kc).args(["apply", "--dry-run=server", "-f", "-"]),
+            Some(&rendered),
+        )?;
+    }
+
+    // Install for real, pointing at the emulator.
+    let emu = EmulatorHandle::start(Seed::default()).await?;
+    run(
+        helm(kc).args([
+            "install",
+            RELEASE,
+            chart,
+            "--namespace",
+            RELEASE_NS,
+            "--create-namespace",
+            "--set",
+            &format!("operator.macieEndpoint={}", emu.url),
+            "--wait=false",
+        ]),
+        None,
+    )?;
+    let sa = format!("{RELEASE}-macie-operator");
+    let deployed = run(
+        kubectl(kc).args(["get", "deployment", &sa, "-n", RELEASE_NS, "-o", "json"]),
+        None,
+    )?;
+    let d: serde_json::Value = serde_json::from_str(&deployed)?;
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+    // A token for the chart's ServiceAccount (TokenRequest API), in a kubeconfig of its own.
+    let token = run(
+        kubectl(kc).args(["create", "token", &sa, "-n", RELEASE_NS, "--duration", "1h"]),
+        None,
+    )?;
+    let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kc)?)?;
+    let ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
+        .as_str()
+        .unwrap();
+    let sa_kc = cp.dir().join("sa-kubeconfig");
+    std::fs::write(
+        &sa_kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: local\n  context: {{cluster: local, user: sa}}\ncurrent-context: local\n",
+            cp.server(),
+            token.trim()
+        ),
+    )?;
+    // The token is only as strong as the chart's RBAC: it cannot, say, list Secrets.
+    let denied = run(kubectl(&sa_kc).args(["get", "secrets", "-A"]), None).unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
+
+    // The operator binary, configured as the Deployment configures it, as that ServiceAccount.
+    let port = free_port()?;
+    let log_path = cp.dir().join("sa-operator.log");
+    let mut op = tokio::process::Command::new(env!("CARGO_BIN_EXE_macie-operator"))
+        .args([
+            "run",
+            "--leader-elect",
+            "--lease-name",
+            &sa,
+            "--lease-namespace",
+            RELEASE_NS,
+        ])
+        .args([
+            "--region",
+            REGION,
+            "--macie-endpoint",
+            &emu.url,
+            "--poll-interval",
+            "500ms",
+        ])
+        .args([
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--identity",
+            "sa-replica",
+        ])
+        .args(["--log", "info,kube=warn", "--discovery-batch-window", "300ms"])
+        .env("KUBECONFIG", &sa_kc)
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .kill_on_drop(true)
+        .spawn()?;
+
+    // Its whole job: a MacieJob with the Cancel finalizer, a MacieDiscovery, Events, the Lease,
+    // readiness (which reads the CRDs).
+    let ns = namespace(&client, APP_NS).await?;
+    let job = emu.put_job(json!({"name": "rbac-job", "jobType": "ONE_TIME", "jobStatus": "RUNNING"}));
+    emu.put_account("999900001111", "DISABLED", false);
+    let jobs: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    create_job(
+        &jobs,
+        "rbac",
+        json!({"jobId": job, "jobStatus": "USER_PAUSED", "deletionPolicy": "Cancel"}),
+    )
+    .await?;
+    let discoveries: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    let d: MacieDiscovery = serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieDiscovery",
+        "metadata": {"name": "rbac"}, "spec": {"accounts": [{"accountId": "999900001111", "status": "ENABLED"}]}
+    }))?;
+    discoveries.create(&PostParams::default(), &d).await?;
+
+    let deadline = Duration::from_secs(90);
+    wait_reason(&jobs, "rbac", "Converged", deadline).await?;
+    wait_for("MacieDiscovery converged", deadline, || async {
+        let o = discoveries.get("rbac").await?;
+        let ok = o.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "Converged")
+        });
+        Ok(ok.then_some(()))
+    })
+    .await?;
+    assert_eq!(emu.account("999900001111").as_deref(), Some("ENABLED"));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE_NS);
+    let lease = leases.get(&sa).await?;
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("sa-replica"));
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    wait_for("Events published", deadline, || async {
+        let n = events.list(&ListParams::default()).await?.items.len();
+        Ok((n >= 2).then_some(()))
+    })
+    .await?;
+    jobs.delete("rbac", &DeleteParams::default()).await?;
+    wait_for("MacieJob released by its finalizer", deadline, || async {
+        Ok(jobs.get_opt("rbac").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert_eq!(emu.status(&job).as_deref(), Some("CANCELLED"));
+    let ready = wait_for("readyz", deadline, || async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).await?;
+        Ok(r.starts_with("HTTP/1.1 200").then_some(()))
+    })
+    .await;
+    op.start_kill()?;
+    op.wait().await?;
+    let log = std::fs::read_to_string(&log_path)?;
+    ready.with_context(|| format!("operator log:\n{log}"))?;
+    // Nothing it tried was refused.
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "a permission is missing:\n{log}"
+    );
+    run(helm(kc).args(["uninstall", RELEASE, "--namespace", RELEASE_NS]), None)?;
+    Ok(())
+}
