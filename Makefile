@@ -4,7 +4,11 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all tools test fmt-check clippy crds-check unit awscli leak-check demo crds bench build
+RELEASE_TARGET := x86_64-unknown-linux-musl
+RELEASE_BIN := target/$(RELEASE_TARGET)/release/macie-operator
+IMAGE ?= macie-operator:dev
+
+.PHONY: all tools test fmt-check clippy crds-check unit awscli argocd-health leak-check demo crds bench build release release-check image
 
 all: build
 
@@ -16,7 +20,7 @@ build:
 	$(CARGO) build --workspace --all-targets --locked
 
 ## test: everything CI checks
-test: tools fmt-check clippy crds-check unit awscli leak-check
+test: tools fmt-check clippy crds-check unit awscli argocd-health leak-check release-check
 	@echo "make test: all checks passed"
 
 fmt-check:
@@ -32,6 +36,10 @@ awscli:
 	$(CARGO) build --workspace --locked --bin macie-emulator
 	tests/awscli.sh target/debug/macie-emulator
 
+## argocd-health: the Argo CD health check against sample objects
+argocd-health:
+	lua5.4 docs/argocd/health_test.lua
+
 ## leak-check: no etcd or kube-apiserver from this checkout may outlive the tests (their guards
 ## stop them within a few seconds of the test process exiting; wait up to 20 s for that)
 leak-check:
@@ -40,6 +48,21 @@ leak-check:
 	@echo "leak-check: no control-plane process left"
 
 ## demo: the one-command tour (Ctrl-C to stop; DEMO_EXIT_AFTER=SECONDS stops it by itself)
+## release: the static binary the Dockerfile ships (same command there)
+release:
+	$(CARGO) build --release --locked --target $(RELEASE_TARGET) --bin macie-operator
+
+## release-check: the release binary is static and runs
+release-check: release
+	@file $(RELEASE_BIN) | grep -Eq 'static(-pie)? linked|statically linked' \
+	  || { file $(RELEASE_BIN); echo "release binary is not static"; exit 1; }
+	$(RELEASE_BIN) --version
+	@echo "release-check: $(RELEASE_BIN) is static"
+
+## image: the container image (needs docker or podman; none runs on the CI machine)
+image:
+	docker build -t $(IMAGE) .
+
 demo: tools
 	$(CARGO) build --workspace --locked --bins
 	hack/demo.sh
