@@ -231,8 +231,12 @@ async fn run(args: RunArgs) -> Result<(), String> {
         metrics.clone(),
         stopped(stop_rx.clone()),
     ));
-    // Ready once the CRDs are established (followers too: they serve health and metrics).
-    tokio::spawn(runtime::wait_for_crds(client.clone(), health.clone()));
+    // Ready once the CRDs are established and listable (followers too: they serve health and metrics).
+    tokio::spawn(runtime::wait_for_crds(
+        client.clone(),
+        args.namespace.clone(),
+        health.clone(),
+    ));
 
     let elector = args.leader_elect.then(|| {
         LeaderElector::new(

@@ -87,8 +87,18 @@ pub async fn serve_admin(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
-/// Marks the process ready once both CRDs are installed and Established (checked every 2 s).
-pub async fn wait_for_crds(client: kube::Client, health: Health) {
+/// Marks the process ready once both CRDs are installed and Established and both kinds can be
+/// listed in the watched scope (what the controllers' watches need); checked every 2 s.
+pub async fn wait_for_crds(client: kube::Client, namespace: Option<String>, health: Health) {
+    use crate::api::{MacieDiscovery, MacieJob};
+    let jobs: kube::Api<MacieJob> = match &namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    let discoveries: kube::Api<MacieDiscovery> = match &namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
     let names: Vec<String> = crate::api::crds().into_iter().filter_map(|c| c.metadata.name).collect();
@@ -109,10 +119,20 @@ pub async fn wait_for_crds(client: kube::Client, health: Health) {
             }
         }
         if missing.is_empty() {
-            health.set_ready(true);
-            return;
+            let lp = kube::api::ListParams::default().limit(1);
+            match (jobs.list_metadata(&lp).await, discoveries.list_metadata(&lp).await) {
+                (Ok(_), Ok(_)) => {
+                    health.set_ready(true);
+                    return;
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot list the operator's resources yet");
+                }
+            }
         }
-        tracing::warn!(?missing, "waiting for CRDs to be installed and established");
+        if !missing.is_empty() {
+            tracing::warn!(?missing, "waiting for CRDs to be installed and established");
+        }
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
 }
