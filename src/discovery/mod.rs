@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -466,16 +466,7 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
             } else {
                 EventType::Warning
             };
-            let ev = Event {
-                type_,
-                reason: summary.reason.clone(),
-                note: Some(summary.message.clone()),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-                tracing::warn!(error = %e, "could not publish Event");
-            }
+            crate::runtime::publish_event(&ctx.recorder, &**obj, type_, &summary.reason, summary.message.clone()).await;
         }
     }
     ctx.failures

@@ -137,6 +137,26 @@ pub async fn wait_for_crds(client: kube::Client, namespace: Option<String>, heal
     }
 }
 
+/// Publishes a Kubernetes Event about `obj`; a failure is logged, never fatal.
+pub async fn publish_event<K: kube::Resource<DynamicType = ()>>(
+    recorder: &kube::runtime::events::Recorder,
+    obj: &K,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = kube::runtime::events::Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish Event");
+    }
+}
+
 /// Binds the admin address, with a clear error.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     tokio::net::TcpListener::bind(addr)

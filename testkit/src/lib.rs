@@ -81,6 +81,17 @@ pub struct Guarded {
 impl Guarded {
     /// Starts `program args` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Guarded> {
+        Guarded::spawn_with_cleanup(name, program, args, log, None)
+    }
+
+    /// Like `spawn`; once the child has stopped, the guard also removes `cleanup`.
+    pub fn spawn_with_cleanup(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        cleanup: Option<&Path>,
+    ) -> Result<Guarded> {
         let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         // The guard shell starts the child, then blocks reading its stdin; EOF (our end closed,
         // normally or because we died), SIGTERM or SIGHUP make it stop the child and wait for
@@ -92,6 +103,8 @@ stop() {
   killer=$!
   wait "$pid"
   kill "$killer" 2>/dev/null
+  # A control plane held in a static is never dropped: its guard removes its directory.
+  if [ -n "${GUARD_CLEANUP:-}" ]; then rm -rf "$GUARD_CLEANUP"; fi
   exit 0
 }
 # Ctrl-C reaches the whole process group: the owner decides when to stop (by closing the pipe).
@@ -99,7 +112,11 @@ trap '' INT
 trap stop TERM HUP
 read -r _ || true
 stop"#;
-        let mut child = Command::new("sh")
+        let mut cmd = Command::new("sh");
+        if let Some(dir) = cleanup {
+            cmd.env("GUARD_CLEANUP", dir);
+        }
+        let mut child = cmd
             .arg("-c")
             .arg(script)
             .arg("guard")
@@ -242,7 +259,7 @@ impl ControlPlane {
         let (client_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd = Guarded::spawn(
+        let etcd = Guarded::spawn_with_cleanup(
             "etcd",
             &bin.join("etcd"),
             &[
@@ -256,6 +273,7 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ],
             &d.join("etcd.log"),
+            Some(d),
         )?;
         let p = |name: &str| d.join(name).display().to_string();
         let apiserver = Guarded::spawn(

@@ -108,11 +108,43 @@ impl EmulatorHandle {
     }
 }
 
-/// The operator, in process, watching one namespace.
+/// A controller running in a task until stopped.
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Spawns `run(shutdown)`.
+    pub fn spawn<F, Fut>(run: F) -> Running
+    where
+        F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(Box::pin(async {
+            let _ = rx.await;
+        })));
+        Running { stop, task }
+    }
+
+    /// Asks for a graceful stop and waits (up to 20 s) for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+fn init_test_logging() {
+    // Operator logs go to the test output; RUST_LOG picks the level (default warn).
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = macie_operator::runtime::init_logging(macie_operator::runtime::LogFormat::Text, &filter);
+}
+
+/// The MacieJob controller, in process, watching one namespace.
 pub struct OperatorHandle {
     pub poller: Arc<JobPoller>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: Running,
 }
 
 impl OperatorHandle {
@@ -122,16 +154,8 @@ impl OperatorHandle {
         endpoint: &str,
         tune: impl FnOnce(&mut job::Config),
     ) -> OperatorHandle {
-        // Operator logs go to the test output; RUST_LOG picks the level (default warn).
-        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        let _ = macie_operator::runtime::init_logging(macie_operator::runtime::LogFormat::Text, &filter);
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "e2e"))
-            .http_client(macie_operator::macie::http_client())
-            .load()
-            .await;
-        let clients = Arc::new(MacieClients::new(sdk, Some(endpoint.to_string())));
+        init_test_logging();
+        let clients = static_clients(endpoint).await;
         let mut config = job::Config {
             default_region: REGION.into(),
             poll_interval: Duration::from_millis(500),
@@ -147,24 +171,14 @@ impl OperatorHandle {
         tune(&mut config);
         let controller = JobController::new(client, clients, config);
         let poller = controller.poller();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(controller.run(async {
-            let _ = rx.await;
-        }));
         OperatorHandle {
             poller,
-            stop: Some(tx),
-            task: Some(task),
+            running: Running::spawn(|stop| controller.run(stop)),
         }
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
-        }
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
@@ -220,8 +234,7 @@ pub async fn wait_reason(api: &Api<MacieJob>, name: &str, reason: &str, deadline
 /// The MacieDiscovery controller, in process, watching one namespace.
 pub struct DiscoveryHandle {
     pub engines: Arc<macie_operator::discovery::Engines>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: Running,
 }
 
 pub async fn static_clients(endpoint: &str) -> Arc<MacieClients> {
@@ -241,8 +254,7 @@ impl DiscoveryHandle {
         endpoint: &str,
         tune: impl FnOnce(&mut macie_operator::discovery::Config),
     ) -> DiscoveryHandle {
-        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-        let _ = macie_operator::runtime::init_logging(macie_operator::runtime::LogFormat::Text, &filter);
+        init_test_logging();
         let mut config = macie_operator::discovery::Config {
             default_region: REGION.into(),
             poll_interval: Duration::from_millis(500),
@@ -259,24 +271,14 @@ impl DiscoveryHandle {
         let controller =
             macie_operator::discovery::DiscoveryController::new(client, static_clients(endpoint).await, config);
         let engines = controller.engines();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(controller.run(async {
-            let _ = rx.await;
-        }));
         DiscoveryHandle {
             engines,
-            stop: Some(tx),
-            task: Some(task),
+            running: Running::spawn(|stop| controller.run(stop)),
         }
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
-        }
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
