@@ -302,11 +302,6 @@ async fn invalid_discovery_manifests_are_rejected() -> Result<()> {
     let cp = control_plane().await?;
     let client = cp.client().await?;
     let ns = namespace(&client, "disc-invalid").await?;
-    let dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &ns,
-        &kube::api::ApiResource::erase::<MacieDiscovery>(&()),
-    );
     let cases = [
         (
             json!({"accounts": [{"accountId": "12345", "status": "ENABLED"}]}),
@@ -335,16 +330,6 @@ async fn invalid_discovery_manifests_are_rejected() -> Result<()> {
             "spec.region",
         ),
     ];
-    for (i, (spec, field)) in cases.iter().enumerate() {
-        let obj = serde_json::from_value(json!({
-            "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieDiscovery",
-            "metadata": {"name": format!("bad-{i}")}, "spec": spec
-        }))?;
-        let err = dynamic
-            .create(&Default::default(), &obj)
-            .await
-            .expect_err(&format!("{spec} must be rejected"));
-        assert!(err.to_string().contains(field), "{spec}: {err}");
-    }
+    assert_rejected::<MacieDiscovery>(&client, &ns, &cases).await?;
     Ok(())
 }

@@ -308,3 +308,26 @@ impl EmulatorHandle {
             .collect()
     }
 }
+
+/// Creates each spec as a `K` through the API server and checks that it is rejected with a
+/// message naming `field`.
+pub async fn assert_rejected<K>(client: &kube::Client, ns: &str, cases: &[(Value, &str)]) -> Result<()>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let ar = kube::api::ApiResource::erase::<K>(&());
+    let dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    for (i, (spec, field)) in cases.iter().enumerate() {
+        let obj = serde_json::from_value(json!({
+            "apiVersion": ar.api_version, "kind": ar.kind,
+            "metadata": {"name": format!("bad-{i}")}, "spec": spec
+        }))?;
+        let err = dynamic
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err(&format!("{spec} must be rejected"));
+        let msg = err.to_string();
+        assert!(msg.contains(field), "{spec}: message does not name {field}: {msg}");
+    }
+    Ok(())
+}
