@@ -56,4 +56,22 @@ fn bad_flags_are_clear_errors_not_panics() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
+    // The same checks apply to the environment variables behind the flags.
+    for (var, value, needle) in [
+        ("MACIE_OPERATOR_POLL_INTERVAL", "soon", "--poll-interval"),
+        ("MACIE_OPERATOR_PAGE_SIZE", "-5", "--page-size"),
+        ("MACIE_OPERATOR_DISCOVERY_BATCH_SIZE", "0", "--discovery-batch-size"),
+        ("MACIE_OPERATOR_LOG_FORMAT", "yaml", "--log-format"),
+        ("MACIE_OPERATOR_LEASE_DURATION", "forever", "--lease-duration"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_macie-operator"))
+            .arg("run")
+            .env(var, value)
+            .output()
+            .expect("run macie-operator");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} should fail");
+        assert!(err.contains(needle), "{var}={value}: {err}");
+        assert!(!err.contains("panicked"), "{var}={value} panicked: {err}");
+    }
 }

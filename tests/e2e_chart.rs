@@ -274,3 +274,34 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
     run(helm(kc).args(["uninstall", RELEASE, "--namespace", RELEASE_NS]), None)?;
     Ok(())
 }
+
+/// Every manifest under tests/invalid/ is rejected by the API server, through kubectl as a
+/// user would apply it, with a message containing its `# expect:` line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_manifest_files_are_rejected_naming_the_field() -> Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = namespace(&client, "invalid-files").await?;
+    let dir = workspace_root().join("tests/invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.sort();
+    assert!(files.len() >= 20, "at least 20 examples of invalid manifests");
+    for f in &files {
+        let text = std::fs::read_to_string(f)?;
+        let expect = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .with_context(|| format!("{} has no '# expect:' line", f.display()))?;
+        let err = run(kubectl(cp.kubeconfig()).args(["apply", "-n", &ns, "-f"]).arg(f), None)
+            .err()
+            .with_context(|| format!("{} was accepted", f.display()))?;
+        assert!(
+            err.to_string().contains(expect),
+            "{}: expected {expect:?} in {err}",
+            f.display()
+        );
+    }
+    Ok(())
+}
