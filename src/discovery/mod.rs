@@ -23,9 +23,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::conditions::{self, Phase};
 use crate::api::{MacieDiscovery, MacieDiscoveryStatus};
-use crate::job::{Error, MANAGER, backoff};
+use crate::job::{Error, MANAGER};
 use crate::macie::{MacieClients, MacieError, discovery as calls};
 use crate::runtime::metrics::Metrics;
+use crate::runtime::{Failures, backoff};
 use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings};
 
 /// Settings of the MacieDiscovery controller.
@@ -326,7 +327,7 @@ struct Context {
     client: kube::Client,
     engines: Arc<Engines>,
     recorder: Recorder,
-    failures: Mutex<HashMap<ObjectRef<MacieDiscovery>, u32>>,
+    failures: Failures<MacieDiscovery>,
 }
 
 /// The MacieDiscovery controller, built and ready to run.
@@ -364,7 +365,7 @@ impl DiscoveryController {
                 recorder: Recorder::new(client.clone(), reporter),
                 client,
                 engines,
-                failures: Mutex::new(HashMap::new()),
+                failures: Failures::default(),
             }),
         }
     }
@@ -388,14 +389,9 @@ impl DiscoveryController {
 }
 
 fn error_policy(obj: Arc<MacieDiscovery>, err: &Error, ctx: Arc<Context>) -> Action {
-    let n = {
-        let mut f = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(ObjectRef::from_obj(&*obj)).or_insert(0);
-        *n += 1;
-        *n
-    };
-    tracing::warn!(name = %obj.name_any(), error = %err, "reconcile failed");
-    Action::requeue(backoff(n))
+    let delay = ctx.failures.record(&obj);
+    tracing::warn!(name = %obj.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 async fn reconcile(obj: Arc<MacieDiscovery>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -469,9 +465,6 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
             crate::runtime::publish_event(&ctx.recorder, &**obj, type_, &summary.reason, summary.message.clone()).await;
         }
     }
-    ctx.failures
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&ObjectRef::from_obj(obj));
+    ctx.failures.clear(obj);
     Ok(Action::await_change())
 }

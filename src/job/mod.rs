@@ -23,6 +23,7 @@ use crate::api::macie_job::{ObservedJob, RequestedTransition, TransitionOutcome}
 use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
 use crate::macie::jobs::{Changes, JobPoller, OnChange, RegionView};
 use crate::macie::{MacieClients, MacieError};
+use crate::runtime::Failures;
 use plan::{Act, Observation, Settings, Step, StepOutcome};
 
 /// Field manager of every status write and the Events' reporting controller.
@@ -76,7 +77,7 @@ pub struct Context {
     /// records that no step is in flight, whatever an older status copy says.
     steps: Mutex<HashMap<ObjectRef<MacieJob>, Option<Step>>>,
     /// Consecutive failures, for backoff.
-    failures: Mutex<HashMap<ObjectRef<MacieJob>, u32>>,
+    failures: Failures<MacieJob>,
 }
 
 impl Context {
@@ -104,9 +105,9 @@ impl Context {
         })
     }
 
-    fn forget(&self, oref: &ObjectRef<MacieJob>) {
-        lock(&self.steps).remove(oref);
-        lock(&self.failures).remove(oref);
+    fn forget(&self, obj: &MacieJob) {
+        lock(&self.steps).remove(&ObjectRef::from_obj(obj));
+        self.failures.clear(obj);
     }
 }
 
@@ -187,7 +188,7 @@ impl JobController {
             poller,
             config,
             steps: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: Failures::default(),
         });
         JobController {
             controller,
@@ -217,23 +218,9 @@ impl JobController {
 }
 
 fn error_policy(obj: Arc<MacieJob>, err: &Error, ctx: Arc<Context>) -> Action {
-    let oref = ObjectRef::from_obj(&*obj);
-    let n = {
-        let mut f = lock(&ctx.failures);
-        let n = f.entry(oref).or_insert(0);
-        *n += 1;
-        *n
-    };
-    let delay = backoff(n);
+    let delay = ctx.failures.record(&obj);
     tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
-}
-
-/// Jittered exponential backoff: 1 s, 2 s, 4 s ... capped at 5 minutes, times 0.5..1.0.
-pub fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_secs(1).saturating_mul(1u32 << failures.saturating_sub(1).min(9));
-    let capped = base.min(Duration::from_secs(300));
-    capped.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
 async fn reconcile(obj: Arc<MacieJob>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -254,7 +241,7 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
 
     if obj.meta().deletion_timestamp.is_some() {
         if !has_finalizer {
-            ctx.forget(&oref);
+            ctx.forget(&obj);
             return Ok(Action::await_change());
         }
         return cleanup(&obj, &api, &ctx, &oref).await;
@@ -325,7 +312,7 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
     }
 
     write_status(&api, &obj, &ctx, &region, job, &summary, last_transition, snapshot_at).await?;
-    lock(&ctx.failures).remove(&oref);
+    ctx.failures.clear(&obj);
 
     Ok(match recheck_at {
         Some(t) => {
@@ -570,7 +557,7 @@ async fn cleanup(
         )
         .await;
         set_finalizer(api, obj, false).await?;
-        ctx.forget(oref);
+        ctx.forget(obj);
         return Ok(Action::await_change());
     }
     if let Act::Update { job_id, from, to } = &p.act {

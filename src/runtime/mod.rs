@@ -137,6 +137,50 @@ pub async fn wait_for_crds(client: kube::Client, namespace: Option<String>, heal
     }
 }
 
+/// Jittered exponential backoff: 1 s, 2 s, 4 s ... capped at 5 minutes, times 0.5..1.0.
+pub fn backoff(failures: u32) -> std::time::Duration {
+    let base = std::time::Duration::from_secs(1).saturating_mul(1u32 << failures.saturating_sub(1).min(9));
+    let capped = base.min(std::time::Duration::from_secs(300));
+    capped.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+/// Consecutive reconcile failures per object, for the controllers' error policies.
+pub struct Failures<K: kube::Resource<DynamicType = ()>> {
+    counts: std::sync::Mutex<std::collections::HashMap<kube::runtime::reflector::ObjectRef<K>, u32>>,
+}
+
+impl<K: kube::Resource<DynamicType = ()>> Default for Failures<K> {
+    fn default() -> Self {
+        Failures {
+            counts: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()>> Failures<K> {
+    fn counts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<kube::runtime::reflector::ObjectRef<K>, u32>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one more failure of `obj` and returns how long to wait before retrying it.
+    pub fn record(&self, obj: &K) -> std::time::Duration {
+        let mut counts = self.counts();
+        let n = counts
+            .entry(kube::runtime::reflector::ObjectRef::from_obj(obj))
+            .or_insert(0);
+        *n += 1;
+        backoff(*n)
+    }
+
+    /// `obj` reconciled successfully (or is gone): its next failure starts from the shortest wait.
+    pub fn clear(&self, obj: &K) {
+        self.counts()
+            .remove(&kube::runtime::reflector::ObjectRef::from_obj(obj));
+    }
+}
+
 /// Publishes a Kubernetes Event about `obj`; a failure is logged, never fatal.
 pub async fn publish_event<K: kube::Resource<DynamicType = ()>>(
     recorder: &kube::runtime::events::Recorder,
