@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -14,61 +13,27 @@ use macie_emulator::Seed;
 use macie_operator::api::MacieJob;
 use serde_json::json;
 use support::*;
-use testkit::{free_port, wait_for};
-use tokio::process::{Child, Command};
+use testkit::wait_for;
 
 const LEASE: Duration = Duration::from_secs(4);
 
-struct Replica {
-    name: &'static str,
-    port: u16,
-    child: Child,
-}
-
-fn spawn(name: &'static str, kubeconfig: &std::path::Path, ns: &str, endpoint: &str) -> Result<Replica> {
-    let port = free_port()?;
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("macie-ha-{name}-{}.log", std::process::id())))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_macie-operator"))
-        .args([
-            "run",
+fn spawn(name: &str, kubeconfig: &std::path::Path, ns: &str, endpoint: &str) -> Result<OperatorProcess> {
+    let lease = format!("{}s", LEASE.as_secs());
+    OperatorProcess::spawn(
+        name,
+        kubeconfig,
+        ns,
+        endpoint,
+        &[
             "--leader-elect",
             "--lease-namespace",
             ns,
-            "--namespace",
-            ns,
-            "--region",
-            REGION,
-        ])
-        .args([
             "--lease-duration",
-            &format!("{}s", LEASE.as_secs()),
-            "--poll-interval",
-            "500ms",
-        ])
-        .args([
+            &lease,
             "--step-timeout",
             "60s",
-            "--macie-endpoint",
-            endpoint,
-            "--identity",
-            name,
-        ])
-        .args([
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-            "--log",
-            "info,kube=warn",
-        ])
-        .env("KUBECONFIG", kubeconfig)
-        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("start macie-operator")?;
-    Ok(Replica { name, port, child })
+        ],
+    )
 }
 
 /// GET on the replica's admin server: (status, body).

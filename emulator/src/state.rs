@@ -121,6 +121,10 @@ pub struct Faults {
     /// return fewer items than asked).
     #[serde(default)]
     pub max_jobs_page: Option<usize>,
+    /// Reads (list and describe) show this status text for these job ids instead of the real
+    /// status: a value newer than the client knows. Updates still follow the real status.
+    #[serde(default)]
+    pub reported_status: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -623,7 +627,24 @@ impl Emulator {
         if let Some(p) = s.user_paused_details {
             obj.insert("userPausedDetails".into(), json!(p));
         }
+        self.report_status(&mut v);
         Ok(v)
+    }
+
+    /// Applies the `reportedStatus` fault to one job (object) or a list of jobs (array).
+    fn report_status(&self, v: &mut Value) {
+        if self.faults.reported_status.is_empty() {
+            return;
+        }
+        let one = |job: &mut Value| {
+            if let Some(s) = job["jobId"].as_str().and_then(|id| self.faults.reported_status.get(id)) {
+                job["jobStatus"] = json!(s);
+            }
+        };
+        match v {
+            Value::Array(items) => items.iter_mut().for_each(one),
+            job => one(job),
+        }
     }
 
     pub fn list_jobs(&mut self, region: &str, body: Value) -> ApiResult {
@@ -681,6 +702,7 @@ impl Emulator {
         let page_items: Vec<JobSummary> = items.into_iter().skip(offset).take(page).collect();
         let end = offset + page_items.len();
         let mut out = json!({ "items": page_items });
+        self.report_status(&mut out["items"]);
         if end < total {
             out["nextToken"] = json!(encode_token(end, fingerprint));
         }

@@ -949,6 +949,19 @@ async fn fault_injection_throttling_errors_latency_and_delayed_visibility() {
     assert_eq!(calls[2]["repeated"], true);
     assert_eq!(calls[2]["valid"], false);
 
+    // A status newer than the SDK: reads carry the text, the SDK keeps it in `Unknown`.
+    env.admin(
+        "PUT",
+        "/__admin/faults",
+        Some(json!({"reportedStatus": {&id: "ARCHIVED"}})),
+    )
+    .await;
+    let shown = env.status_of(&id).await;
+    assert_eq!(shown.as_str(), "ARCHIVED");
+    assert!(!SdkStatus::values().contains(&shown.as_str()));
+    let l = env.client.list_classification_jobs().send().await.unwrap();
+    assert_eq!(l.items()[0].job_status().map(|s| s.as_str()), Some("ARCHIVED"));
+
     // Reset returns to the seed: no jobs, no counters.
     let (code, _) = env.admin("POST", "/__admin/reset", None).await;
     assert_eq!(code, 204);

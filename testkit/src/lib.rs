@@ -174,6 +174,9 @@ pub struct ControlPlane {
     // Field order is drop order: the API server stops before etcd, then the directory goes.
     apiserver: Guarded,
     etcd: Guarded,
+    /// kube-apiserver's program and arguments, to start it again after `stop_apiserver`.
+    apiserver_cmd: (PathBuf, Vec<String>),
+    apiserver_starts: u32,
     kubeconfig: PathBuf,
     server: String,
     dir: tempfile::TempDir,
@@ -276,28 +279,29 @@ impl ControlPlane {
             Some(d),
         )?;
         let p = |name: &str| d.join(name).display().to_string();
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={api_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--cert-dir={}", p("certs")),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            // No controller-manager runs, so nothing would create ServiceAccount tokens.
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--allow-privileged=true".into(),
+            "--v=0".into(),
+        ];
         let apiserver = Guarded::spawn(
             "kube-apiserver",
             &bin.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--authorization-mode=RBAC".into(),
-                format!("--client-ca-file={}", p("ca.crt")),
-                format!("--tls-cert-file={}", p("apiserver.crt")),
-                format!("--tls-private-key-file={}", p("apiserver.key")),
-                format!("--cert-dir={}", p("certs")),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                // No controller-manager runs, so nothing would create ServiceAccount tokens.
-                "--disable-admission-plugins=ServiceAccount".into(),
-                "--allow-privileged=true".into(),
-                "--v=0".into(),
-            ],
+            &apiserver_args,
             &d.join("kube-apiserver.log"),
         )?;
         let server = format!("https://127.0.0.1:{api_port}");
@@ -312,6 +316,8 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             apiserver,
             etcd,
+            apiserver_cmd: (bin.join("kube-apiserver"), apiserver_args),
+            apiserver_starts: 1,
             kubeconfig,
             server,
             dir,
@@ -369,6 +375,22 @@ impl ControlPlane {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Stops kube-apiserver only (etcd keeps the data): clients see connection errors until
+    /// `start_apiserver`.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.stop();
+    }
+
+    /// Starts kube-apiserver again on the same address, with the same certificates and etcd, and
+    /// waits (up to 90 s) until it is ready.
+    pub async fn start_apiserver(&mut self) -> Result<()> {
+        self.apiserver_starts += 1;
+        let log = self.dir().join(format!("kube-apiserver-{}.log", self.apiserver_starts));
+        let (program, args) = &self.apiserver_cmd;
+        self.apiserver = Guarded::spawn("kube-apiserver", program, args, &log)?;
+        self.wait_ready(Duration::from_secs(90)).await
     }
 
     /// Stops both processes now (also done on drop).

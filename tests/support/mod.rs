@@ -30,27 +30,33 @@ pub async fn control_plane() -> Result<&'static ControlPlane> {
     CONTROL_PLANE
         .get_or_try_init(|| async {
             let cp = ControlPlane::start().await?;
-            let client = cp.client().await?;
-            let crds: Api<CustomResourceDefinition> = Api::all(client);
-            for crd in macie_operator::api::crds() {
-                let name = crd.metadata.name.clone().unwrap_or_default();
-                crds.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&crd))
-                    .await?;
-                wait_for(&format!("CRD {name} established"), Duration::from_secs(30), || async {
-                    let c = crds.get(&name).await?;
-                    let ok = c
-                        .status
-                        .and_then(|s| s.conditions)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True");
-                    Ok(ok.then_some(()))
-                })
-                .await?;
-            }
+            install_crds(&cp).await?;
             Ok::<_, anyhow::Error>(cp)
         })
         .await
+}
+
+/// Applies the operator's CRDs and waits until they are established.
+pub async fn install_crds(cp: &ControlPlane) -> Result<()> {
+    let client = cp.client().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    for crd in macie_operator::api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&crd))
+            .await?;
+        wait_for(&format!("CRD {name} established"), Duration::from_secs(30), || async {
+            let c = crds.get(&name).await?;
+            let ok = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            Ok(ok.then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// A running emulator.
@@ -330,4 +336,56 @@ where
         assert!(msg.contains(field), "{spec}: message does not name {field}: {msg}");
     }
     Ok(())
+}
+
+/// A `macie-operator run` process (the debug binary of this workspace) watching one namespace,
+/// with its stderr in a log file under the temp directory.
+pub struct OperatorProcess {
+    pub name: String,
+    /// Port of its admin server (/livez, /readyz, /metrics).
+    pub port: u16,
+    pub child: tokio::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl OperatorProcess {
+    /// Starts `macie-operator run` with the test defaults plus `extra` flags.
+    pub fn spawn(name: &str, kubeconfig: &std::path::Path, ns: &str, endpoint: &str, extra: &[&str]) -> Result<Self> {
+        let port = testkit::free_port()?;
+        let log = std::env::temp_dir().join(format!("macie-op-{name}-{}.log", std::process::id()));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_macie-operator"))
+            .args(["run", "--namespace", ns, "--region", REGION, "--poll-interval", "500ms"])
+            .args([
+                "--macie-endpoint",
+                endpoint,
+                "--identity",
+                name,
+                "--log",
+                "info,kube=warn",
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("start macie-operator")?;
+        Ok(OperatorProcess {
+            name: name.to_string(),
+            port,
+            child,
+            log,
+        })
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
 }

@@ -1,0 +1,413 @@
+//! The fault suite: the operator against a failing Macie (throttling, 500s, latency, delayed
+//! visibility, a 30-second outage, a status value newer than the SDK), killed with SIGKILL
+//! mid-convergence, a leader killed mid-convergence, and kube-apiserver restarted under it.
+//! Each scenario ends with every resource converged and an emulator call log with no invalid
+//! and no repeated UpdateClassificationJob call.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use macie_emulator::Seed;
+use macie_operator::api::{MacieDiscovery, MacieJob};
+use serde_json::{Value, json};
+use support::*;
+use testkit::{ControlPlane, wait_for};
+
+const DEADLINE: Duration = Duration::from_secs(180);
+
+fn set_faults(emu: &EmulatorHandle, faults: Value) -> Result<()> {
+    emu.state
+        .lock()
+        .set_faults(serde_json::from_value(faults)?)
+        .map_err(anyhow::Error::msg)
+}
+
+/// Checks every UpdateClassificationJob call Macie processed: each was accepted, valid and not
+/// a repeat. Returns how many there were.
+fn accepted_updates(emu: &EmulatorHandle) -> usize {
+    let calls = emu.update_calls();
+    for c in &calls {
+        assert_eq!(c["outcome"], "OK", "a processed update was refused: {c}");
+        assert_eq!(c["valid"], true, "invalid transition: {c}");
+        assert_eq!(c["repeated"], false, "repeated update: {c}");
+    }
+    calls.len()
+}
+
+/// Waits until every MacieJob in `want` (name -> (job id, status)) reports Converged at that
+/// status, and Macie shows it too.
+async fn wait_converged(
+    api: &Api<MacieJob>,
+    emu: &EmulatorHandle,
+    want: &BTreeMap<String, (String, String)>,
+) -> Result<()> {
+    wait_for(&format!("{} MacieJobs to converge", want.len()), DEADLINE, || async {
+        let list = api.list(&ListParams::default()).await?;
+        let done = list
+            .items
+            .iter()
+            .filter(|o| {
+                let name = o.metadata.name.as_deref().unwrap_or_default();
+                let Some((id, status)) = want.get(name) else {
+                    return false;
+                };
+                let at = o
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.job.as_ref())
+                    .map(|j| j.job_status.as_str());
+                ready(o).is_some_and(|(_, r)| r == "Converged")
+                    && at == Some(status.as_str())
+                    && emu.status(id).as_deref() == Some(status.as_str())
+            })
+            .count();
+        Ok((done == want.len()).then_some(()))
+    })
+    .await
+}
+
+/// Adds `n` ONE_TIME jobs in status `from` and a MacieJob `<prefix>-<i>` for each asking for
+/// `to`. Returns name -> (job id, to).
+async fn jobs(
+    api: &Api<MacieJob>,
+    emu: &EmulatorHandle,
+    prefix: &str,
+    n: usize,
+    from: &str,
+    to: &str,
+) -> Result<BTreeMap<String, (String, String)>> {
+    let mut want = BTreeMap::new();
+    for i in 0..n {
+        let name = format!("{prefix}-{i}");
+        let id = emu.put_job(json!({"name": name, "jobType": "ONE_TIME", "jobStatus": from}));
+        create_job(api, &name, json!({"jobId": id, "jobStatus": to})).await?;
+        want.insert(name, (id, to.to_string()));
+    }
+    Ok(want)
+}
+
+async fn set_desired(api: &Api<MacieJob>, name: &str, status: &str) -> Result<()> {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"jobStatus": status}})),
+    )
+    .await?;
+    Ok(())
+}
+
+fn acct(i: usize) -> String {
+    format!("{:012}", 600_000_000_000usize + i)
+}
+
+async fn discovery(api: &Api<MacieDiscovery>, name: &str, accounts: &[String], status: &str) -> Result<()> {
+    let accounts: Vec<Value> = accounts
+        .iter()
+        .map(|a| json!({"accountId": a, "status": status}))
+        .collect();
+    let obj: MacieDiscovery = serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieDiscovery",
+        "metadata": {"name": name}, "spec": {"accounts": accounts}
+    }))?;
+    api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&obj))
+        .await?;
+    Ok(())
+}
+
+/// Waits until the MacieDiscovery reports Converged for its generation and Macie agrees.
+async fn wait_discovery(
+    api: &Api<MacieDiscovery>,
+    emu: &EmulatorHandle,
+    name: &str,
+    accounts: &[String],
+    status: &str,
+) -> Result<()> {
+    wait_for(&format!("MacieDiscovery {name} to converge"), DEADLINE, || async {
+        let o = api.get(name).await?;
+        let st = o.status.clone().unwrap_or_default();
+        let ready = st.observed_generation == o.metadata.generation
+            && st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "Converged");
+        let macie = accounts.iter().all(|a| emu.account(a).as_deref() == Some(status));
+        Ok((ready && macie).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn throttling_errors_latency_delayed_visibility_then_an_outage() -> Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = namespace(&client, "faults").await?;
+    let emu = EmulatorHandle::start(Seed::default()).await?;
+    set_faults(
+        &emu,
+        json!({
+            "operations": {"*": {"throttleRate": 0.3, "errorRate": 0.1, "latencyMs": 50}},
+            "visibilityDelayMs": 1500,
+            "seed": 11
+        }),
+    )?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let mut want = jobs(&api, &emu, "pause", 10, "RUNNING", "USER_PAUSED").await?;
+    want.extend(jobs(&api, &emu, "resume", 10, "USER_PAUSED", "RUNNING").await?);
+    want.extend(jobs(&api, &emu, "cancel", 10, "RUNNING", "CANCELLED").await?);
+    let accounts: Vec<String> = (0..60).map(acct).collect();
+    for a in &accounts {
+        emu.put_account(a, "DISABLED", false);
+    }
+    let (a0, a1) = accounts.split_at(30);
+    let dapi: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    discovery(&dapi, "team-a", a0, "ENABLED").await?;
+    discovery(&dapi, "team-b", a1, "ENABLED").await?;
+
+    let jobs_op = OperatorHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    let disc_op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    wait_converged(&api, &emu, &want).await?;
+    wait_discovery(&dapi, &emu, "team-a", a0, "ENABLED").await?;
+    wait_discovery(&dapi, &emu, "team-b", a1, "ENABLED").await?;
+    assert_eq!(accepted_updates(&emu), 30, "one update per job");
+    let counters = emu.state.lock().counters.clone();
+    let injected: u64 = counters.values().map(|c| c.injected).sum();
+    assert!(injected > 0, "faults were injected: {counters:?}");
+
+    // A 30-second outage: every call fails. Desired states change meanwhile.
+    let outage = Instant::now();
+    set_faults(&emu, json!({"operations": {"*": {"errorRate": 1.0}}}))?;
+    for (name, (_, status)) in want.iter_mut() {
+        let flipped = match status.as_str() {
+            "USER_PAUSED" => "RUNNING",
+            "RUNNING" => "USER_PAUSED",
+            _ => continue,
+        };
+        set_desired(&api, name, flipped).await?;
+        *status = flipped.to_string();
+    }
+    discovery(&dapi, "team-a", a0, "DISABLED").await?;
+    // The outage shows on the resources as a condition naming the AWS error code.
+    wait_for("MacieJobs to report the outage", Duration::from_secs(25), || async {
+        let list = api.list(&ListParams::default()).await?;
+        let all = list.items.iter().all(|o| {
+            o.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "False" && c.message.contains("InternalServerException"))
+            })
+        });
+        Ok(all.then_some(()))
+    })
+    .await?;
+    wait_for("team-a to report the outage", Duration::from_secs(25), || async {
+        let o = dapi.get("team-a").await?;
+        let st = o.status.unwrap_or_default();
+        Ok(st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False" && c.message.contains("InternalServerException"))
+            .then_some(()))
+    })
+    .await?;
+    ensure!(
+        outage.elapsed() < Duration::from_secs(30),
+        "the outage checks took too long"
+    );
+    // The outage lasts 30 s by design: this is the scenario's length, not a wait for a result.
+    tokio::time::sleep_until((outage + Duration::from_secs(30)).into()).await;
+    assert_eq!(accepted_updates(&emu), 30, "nothing got through the outage");
+
+    // Macie is back (still throttling a little): everything converges.
+    set_faults(&emu, json!({"operations": {"*": {"throttleRate": 0.1}}, "seed": 5}))?;
+    wait_converged(&api, &emu, &want).await?;
+    wait_discovery(&dapi, &emu, "team-a", a0, "DISABLED").await?;
+    wait_discovery(&dapi, &emu, "team-b", a1, "ENABLED").await?;
+    assert_eq!(accepted_updates(&emu), 50, "30 first, then one per flipped job");
+    let mut sent: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in emu.batch_calls() {
+        for a in c["accounts"].as_array().unwrap() {
+            sent.entry(a["accountId"].as_str().unwrap().to_string())
+                .or_default()
+                .push(a["status"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    for a in a0 {
+        assert_eq!(sent[a], ["ENABLED", "DISABLED"], "{a}: each change sent once");
+    }
+    for a in a1 {
+        assert_eq!(sent[a], ["ENABLED"], "{a}: sent once");
+    }
+    jobs_op.stop().await;
+    disc_op.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_job_status_is_a_condition_and_others_are_unaffected() -> Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = namespace(&client, "unknown-status").await?;
+    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let strange = jobs(&api, &emu, "strange", 1, "RUNNING", "USER_PAUSED").await?;
+    let strange_id = strange["strange-0"].0.clone();
+    set_faults(&emu, json!({"reportedStatus": {&strange_id: "ARCHIVED"}}))?;
+    let mut others = jobs(&api, &emu, "pause", 5, "RUNNING", "USER_PAUSED").await?;
+    others.extend(jobs(&api, &emu, "resume", 5, "USER_PAUSED", "RUNNING").await?);
+    let op = OperatorHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+
+    wait_converged(&api, &emu, &others).await?;
+    let o = wait_reason(&api, "strange-0", "UnknownJobStatus", DEADLINE).await?;
+    let st = o.status.unwrap();
+    let stalled = st.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!(stalled.status, "True");
+    assert!(stalled.message.contains("ARCHIVED"), "{}", stalled.message);
+    assert_eq!(st.job.unwrap().job_status, "ARCHIVED", "reported as Macie shows it");
+    assert!(
+        emu.update_calls().iter().all(|c| c["jobId"] != strange_id.as_str()),
+        "no update for a job in a status the operator does not know"
+    );
+    assert_eq!(accepted_updates(&emu), 10);
+
+    // Once Macie reports a known status again, the resource converges.
+    set_faults(&emu, json!({}))?;
+    wait_converged(&api, &emu, &strange).await?;
+    assert_eq!(accepted_updates(&emu), 11);
+    op.stop().await;
+    Ok(())
+}
+
+/// Number of UpdateClassificationJob calls Macie processed.
+fn updates(emu: &EmulatorHandle) -> usize {
+    emu.update_calls().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_in_the_middle_of_200_resources_then_restart() -> Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = namespace(&client, "sigkill").await?;
+    let emu = EmulatorHandle::start(Seed::default()).await?;
+    // Slow updates shown late: the kill lands with calls in flight and with accepted changes
+    // that reads do not show yet, so the restarted process must rely on the recorded steps.
+    set_faults(
+        &emu,
+        json!({"operations": {"UpdateClassificationJob": {"latencyMs": 40}}, "visibilityDelayMs": 3000}),
+    )?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let want = jobs(&api, &emu, "kill", 200, "RUNNING", "USER_PAUSED").await?;
+    let flags = ["--concurrency", "4", "--step-timeout", "10s"];
+    let mut op = OperatorProcess::spawn("op-1", cp.kubeconfig(), &ns, &emu.url, &flags)?;
+    wait_for("50 updates", DEADLINE, || async {
+        Ok((updates(&emu) >= 50).then_some(()))
+    })
+    .await?;
+    op.kill().await?;
+    let at_kill = updates(&emu);
+    assert!(at_kill < 200, "killed in the middle: {at_kill} of 200 done");
+
+    let _op = OperatorProcess::spawn("op-2", cp.kubeconfig(), &ns, &emu.url, &flags)?;
+    wait_converged(&api, &emu, &want).await?;
+    assert_eq!(accepted_updates(&emu), 200, "one update per job across the restart");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_killed_in_the_middle_of_200_resources() -> Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = namespace(&client, "handover").await?;
+    let emu = EmulatorHandle::start(Seed::default()).await?;
+    set_faults(
+        &emu,
+        json!({"operations": {"UpdateClassificationJob": {"latencyMs": 40}}, "visibilityDelayMs": 3000}),
+    )?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let flags = [
+        "--leader-elect",
+        "--lease-namespace",
+        &ns,
+        "--lease-duration",
+        "4s",
+        "--concurrency",
+        "4",
+        "--step-timeout",
+        "10s",
+    ];
+    let mut replicas = [
+        OperatorProcess::spawn("op-a", cp.kubeconfig(), &ns, &emu.url, &flags)?,
+        OperatorProcess::spawn("op-b", cp.kubeconfig(), &ns, &emu.url, &flags)?,
+    ];
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let leader = wait_for("a leader", DEADLINE, || async {
+        Ok(leases
+            .get_opt("macie-operator")
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity))
+    })
+    .await?;
+    let want = jobs(&api, &emu, "ho", 200, "RUNNING", "CANCELLED").await?;
+    wait_for("50 updates", DEADLINE, || async {
+        Ok((updates(&emu) >= 50).then_some(()))
+    })
+    .await?;
+    let idx = replicas.iter().position(|r| r.name == leader).unwrap();
+    replicas[idx].kill().await?;
+    let at_kill = updates(&emu);
+    assert!(at_kill < 200, "killed in the middle: {at_kill} of 200 done");
+
+    wait_converged(&api, &emu, &want).await?;
+    let holder = leases.get("macie-operator").await?.spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some(replicas[1 - idx].name.as_str()));
+    assert_eq!(accepted_updates(&emu), 200, "one update per job across the handover");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kube_apiserver_restart_watches_recover() -> Result<()> {
+    // A control plane of its own: this test stops its API server.
+    let mut cp = ControlPlane::start().await?;
+    install_crds(&cp).await?;
+    let client = cp.client().await?;
+    let ns = namespace(&client, "restart").await?;
+    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let mut want = jobs(&api, &emu, "r", 10, "RUNNING", "RUNNING").await?;
+    let op = OperatorHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    wait_converged(&api, &emu, &want).await?;
+
+    // API server down. Meanwhile jobs drift in Macie: the operator sees it but cannot record or
+    // act on it until the API server is back.
+    cp.stop_apiserver();
+    for (_, (id, _)) in want.iter().take(3) {
+        emu.state
+            .lock()
+            .set_status_service_side(None, id, serde_json::from_value(json!("USER_PAUSED"))?)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let sweeps = op.poller.view(REGION).sweeps;
+    wait_for("two sweeps while the API server is down", DEADLINE, || async {
+        Ok((op.poller.view(REGION).sweeps >= sweeps + 2).then_some(()))
+    })
+    .await?;
+    cp.start_apiserver().await?;
+
+    // Right after the restart (before the watch has necessarily reconnected): spec changes and a
+    // new resource. The operator must see them through its recovered watch.
+    for name in ["r-5", "r-6"] {
+        set_desired(&api, name, "USER_PAUSED").await?;
+        want.get_mut(name).unwrap().1 = "USER_PAUSED".into();
+    }
+    want.extend(jobs(&api, &emu, "late", 1, "RUNNING", "CANCELLED").await?);
+    wait_converged(&api, &emu, &want).await?;
+    // 3 drifted jobs resumed, 2 paused, 1 cancelled.
+    assert_eq!(accepted_updates(&emu), 6);
+    op.stop().await;
+    Ok(())
+}
