@@ -38,15 +38,7 @@ fn spawn(name: &str, kubeconfig: &std::path::Path, ns: &str, endpoint: &str) -> 
 
 /// GET on the replica's admin server: (status, body).
 async fn admin_get(port: u16, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await?;
-    let status = resp.get(9..12).unwrap_or("0").parse()?;
-    let body = resp.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
-    Ok((status, body))
+    testkit::http_get(port, path).await
 }
 
 /// Parses /metrics with a Prometheus text parser and returns the value of one sample.

@@ -1,1 +1,659 @@
-fn main() {}
+//! `make bench`: the release operator against a local control plane (kube-apiserver + etcd) and
+//! an in-process macie-emulator. For each size it measures the steady-state Macie read cost per
+//! sweep against the ideal, the convergence latency of a mass flip of desired statuses (clean,
+//! then with 100 ms per call and 10% throttling), the operator's CPU and memory, and the
+//! batching of automated-discovery changes. Prints tables and writes JSON to `target/bench/`.
+#![forbid(unsafe_code)]
+
+mod report;
+mod system;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use macie_emulator::{Background, Seed};
+use macie_operator::api::{MacieDiscovery, MacieJob};
+use serde::Serialize;
+use serde_json::{Value, json};
+use testkit::ControlPlane;
+
+use report::{DiscoveryRun, Flip, Footprint, JobRun, Percentiles, ReadCost, Report};
+use system::{Machine, ProcStats};
+
+const REGION: &str = "us-east-1";
+const ACCOUNT: &str = "123456789012";
+/// Requests in flight from the driver when it creates or patches resources.
+const DRIVER_CONCURRENCY: usize = 32;
+
+#[derive(Parser, Debug, Clone, Serialize)]
+#[command(about = "Benchmarks the release macie-operator against a local control plane and macie-emulator")]
+struct Args {
+    /// MacieJob counts (each over as many jobs) for the read-cost, convergence and footprint runs.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "100,1000,10000")]
+    jobs: Vec<usize>,
+    /// Account counts for the discovery runs (spread over `--discovery-resources` resources).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,5000")]
+    accounts: Vec<usize>,
+    #[arg(long, default_value_t = 10)]
+    discovery_resources: usize,
+    /// The operator binary to run.
+    #[arg(long, default_value = "target/x86_64-unknown-linux-musl/release/macie-operator")]
+    operator: PathBuf,
+    /// Where the JSON results and the operator logs go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// The operator's --poll-interval.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[serde(with = "secs")]
+    poll_interval: Duration,
+    /// The operator's --page-size (ListClassificationJobs maxResults).
+    #[arg(long, default_value_t = 100)]
+    page_size: usize,
+    /// The operator's --discovery-batch-size.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Steady-state sweeps the read cost is averaged over.
+    #[arg(long, default_value_t = 3)]
+    sweeps: u64,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if !args.operator.is_file() {
+        bail!(
+            "{} not found: build it first (make bench does: cargo build --release --target x86_64-unknown-linux-musl --workspace --bins)",
+            args.operator.display()
+        );
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let machine = Machine::read();
+    eprintln!("bench: {machine}");
+    let mut report = Report::new(machine, serde_json::to_value(&args)?);
+    for &n in &args.jobs {
+        report
+            .jobs
+            .push(job_run(&args, n).await.with_context(|| format!("job run with {n}"))?);
+        report.write(&args.out)?;
+    }
+    for &n in &args.accounts {
+        report.discovery.push(
+            discovery_run(&args, n)
+                .await
+                .with_context(|| format!("discovery run with {n}"))?,
+        );
+        report.write(&args.out)?;
+    }
+    report.finish();
+    let path = report.write(&args.out)?;
+    println!("{}", report.tables());
+    println!("JSON: {}", path.display());
+    Ok(())
+}
+
+/// A fresh control plane with the CRDs, a namespace and an emulator.
+struct Env {
+    cp: ControlPlane,
+    client: kube::Client,
+    ns: String,
+    emu: Background,
+}
+
+impl Env {
+    async fn start() -> Result<Env> {
+        let cp = ControlPlane::start().await?;
+        testkit::install_crds(&cp, macie_operator::api::crds()).await?;
+        let client = cp.client().await?;
+        let ns = "bench".to_string();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let obj = Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        namespaces.create(&PostParams::default(), &obj).await?;
+        let emu = Background::start(Seed::default(), REGION, ACCOUNT).await?;
+        Ok(Env { cp, client, ns, emu })
+    }
+
+    fn faults(&self, faults: Value) -> Result<()> {
+        self.emu
+            .state
+            .lock()
+            .set_faults(serde_json::from_value(faults)?)
+            .map_err(anyhow::Error::msg)
+    }
+
+    fn requests(&self, op: &str) -> u64 {
+        self.emu.state.lock().counters.get(op).map_or(0, |c| c.requests)
+    }
+}
+
+/// The release operator as a child process.
+struct Operator {
+    child: tokio::process::Child,
+    pid: u32,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn spawn(args: &Args, env: &Env, log: &Path) -> Result<Operator> {
+        let port = testkit::free_port()?;
+        let child = tokio::process::Command::new(&args.operator)
+            .args(["run", "--namespace", &env.ns, "--region", REGION, "--log", "warn"])
+            .args(["--macie-endpoint", &env.emu.url])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args([
+                "--poll-interval",
+                &humantime::format_duration(args.poll_interval).to_string(),
+            ])
+            .args(["--page-size", &args.page_size.to_string()])
+            .args(["--discovery-batch-size", &args.batch_size.to_string()])
+            .env("KUBECONFIG", env.cp.kubeconfig())
+            .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", args.operator.display()))?;
+        let pid = child.id().context("operator pid")?;
+        Ok(Operator {
+            child,
+            pid,
+            port,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Fails if the operator has exited.
+    fn alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            bail!(
+                "the operator exited ({status}); its log ends with:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<ProcStats> {
+        ProcStats::read(self.pid)
+    }
+}
+
+/// The sum of a metric's samples on the admin server's /metrics.
+async fn metric_at(port: u16, name: &str) -> Result<f64> {
+    let (_, body) = testkit::http_get(port, "/metrics").await?;
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Waits until `check` holds, polling every 100 ms, failing after `deadline` or if the operator
+/// exits.
+async fn until<F, Fut>(what: &str, op: &mut Operator, deadline: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>>>,
+{
+    let start = Instant::now();
+    let mut told = Instant::now();
+    loop {
+        op.alive()?;
+        match check().await? {
+            None => return Ok(()),
+            Some(progress) if start.elapsed() > deadline => {
+                bail!("timed out after {deadline:?} waiting for {what} ({progress})")
+            }
+            Some(progress) => {
+                if told.elapsed() > Duration::from_secs(15) {
+                    eprintln!(
+                        "bench: waiting for {what}: {progress} after {:.0} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                    told = Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+        }
+    }
+}
+
+fn deadline_for(n: usize) -> Duration {
+    Duration::from_secs(180) + Duration::from_millis(100) * n as u32
+}
+
+/// Per MacieJob: the first time the driver saw it Ready at (generation, job status).
+#[derive(Clone, Default)]
+struct ReadyWatch {
+    seen: Arc<Mutex<HashMap<String, (i64, String, SystemTime)>>>,
+}
+
+impl ReadyWatch {
+    fn start(api: Api<MacieJob>) -> (ReadyWatch, tokio::task::JoinHandle<()>) {
+        let w = ReadyWatch::default();
+        let seen = w.seen.clone();
+        let task = tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(ev) = events.next().await {
+                let Ok(o) = ev else { continue };
+                let Some((generation, status)) = ready_state(&o) else {
+                    continue;
+                };
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let mut m = seen.lock().unwrap_or_else(|p| p.into_inner());
+                match m.get(&name) {
+                    Some((g, s, _)) if *g == generation && *s == status => {}
+                    _ => {
+                        m.insert(name, (generation, status, SystemTime::now()));
+                    }
+                }
+            }
+        });
+        (w, task)
+    }
+
+    /// How many of `want` (name -> (generation, status)) are Ready as wanted, with when.
+    fn matching(&self, want: &HashMap<String, (i64, String)>) -> HashMap<String, SystemTime> {
+        let m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        want.iter()
+            .filter_map(|(name, (g, s))| match m.get(name) {
+                Some((g2, s2, at)) if g2 == g && s2 == s => Some((name.clone(), *at)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// (generation, job status) when the Ready condition is True for the current generation.
+fn ready_state(o: &MacieJob) -> Option<(i64, String)> {
+    let st = o.status.as_ref()?;
+    let generation = o.metadata.generation?;
+    let ready = st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == Some(generation));
+    ready.then(|| {
+        (
+            generation,
+            st.job.as_ref().map(|j| j.job_status.clone()).unwrap_or_default(),
+        )
+    })
+}
+
+async fn job_run(args: &Args, n: usize) -> Result<JobRun> {
+    eprintln!("bench: {n} MacieJobs over {n} jobs: starting a control plane");
+    let env = Env::start().await?;
+    let ids: Vec<String> = {
+        let mut e = env.emu.state.lock();
+        let now = e.now();
+        (0..n)
+            .map(|i| {
+                let job = serde_json::from_value(
+                    json!({"name": format!("job-{i}"), "jobType": "ONE_TIME", "jobStatus": "RUNNING"}),
+                )?;
+                e.put_job(&job, now).map_err(anyhow::Error::msg)
+            })
+            .collect::<Result<_>>()?
+    };
+    let api: Api<MacieJob> = Api::namespaced(env.client.clone(), &env.ns);
+    let t = Instant::now();
+    stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let api = api.clone();
+            async move {
+                let obj: MacieJob = serde_json::from_value(json!({
+                    "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieJob",
+                    "metadata": {"name": format!("mj-{i}")},
+                    "spec": {"jobId": id, "jobStatus": "RUNNING"},
+                }))?;
+                api.create(&PostParams::default(), &obj).await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(DRIVER_CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    eprintln!("bench: created {n} MacieJobs in {:.1} s", t.elapsed().as_secs_f64());
+    let names: Vec<String> = (0..n).map(|i| format!("mj-{i}")).collect();
+    let job_of: HashMap<String, String> = names.iter().cloned().zip(ids.iter().cloned()).collect();
+
+    let (watch, watch_task) = ReadyWatch::start(api.clone());
+    let mut op = Operator::spawn(args, &env, &args.out.join(format!("operator-jobs-{n}.log")))?;
+    let t = Instant::now();
+    let want: HashMap<String, (i64, String)> = names.iter().map(|m| (m.clone(), (1, "RUNNING".to_string()))).collect();
+    until("the first sync", &mut op, deadline_for(n), || async {
+        let done = watch.matching(&want).len();
+        Ok((done < n).then(|| format!("{done} of {n} Ready")))
+    })
+    .await?;
+    let initial_sync_s = t.elapsed().as_secs_f64();
+    eprintln!("bench: first sync of {n} in {initial_sync_s:.1} s");
+
+    // Steady state: read calls per sweep and the idle footprint, from one sweep boundary to another.
+    const SWEEPS: &str = "macie_operator_job_sweeps_total";
+    let port = op.port;
+    let sweeps0 = metric_at(port, SWEEPS).await?;
+    until("a sweep boundary", &mut op, deadline_for(n), || async {
+        let s = metric_at(port, SWEEPS).await?;
+        Ok((s <= sweeps0).then(|| format!("{s} sweeps")))
+    })
+    .await?;
+    let s1 = metric_at(port, SWEEPS).await?;
+    let (list1, desc1) = (
+        env.requests("ListClassificationJobs"),
+        env.requests("DescribeClassificationJob"),
+    );
+    let upd1 = env.requests("UpdateClassificationJob");
+    let (p1, t1) = (op.stats()?, Instant::now());
+    until("steady-state sweeps", &mut op, deadline_for(n), || async {
+        let s = metric_at(port, SWEEPS).await?;
+        Ok((s < s1 + args.sweeps as f64).then(|| format!("{} of {} sweeps", s - s1, args.sweeps)))
+    })
+    .await?;
+    let s2 = metric_at(port, SWEEPS).await?;
+    let (p2, idle_s) = (op.stats()?, t1.elapsed().as_secs_f64());
+    let sweeps = s2 - s1;
+    let list_calls = env.requests("ListClassificationJobs") - list1;
+    let read = ReadCost {
+        resources: n,
+        jobs: n,
+        page_size: args.page_size,
+        sweeps: sweeps as u64,
+        list_calls,
+        per_sweep: list_calls as f64 / sweeps,
+        ideal: n.div_ceil(args.page_size).max(1) as u64,
+        describe_calls: env.requests("DescribeClassificationJob") - desc1,
+        update_calls: env.requests("UpdateClassificationJob") - upd1,
+        peers_per_poll: n as u64,
+        ratio: n as f64 / (list_calls as f64 / sweeps),
+    };
+    let idle = Footprint {
+        window_s: idle_s,
+        cpu_s: p2.cpu_s - p1.cpu_s,
+        cpu_per_min_s: (p2.cpu_s - p1.cpu_s) / idle_s * 60.0,
+        rss_mib: p2.rss_mib,
+        peak_rss_mib: p2.peak_rss_mib,
+    };
+    eprintln!("bench: {read}");
+
+    let mut flips = Vec::new();
+    let mut generation = 1;
+    for (to, faults) in [
+        ("USER_PAUSED", json!({})),
+        (
+            "RUNNING",
+            json!({"operations": {"*": {"latencyMs": 100, "throttleRate": 0.1}}, "seed": 7}),
+        ),
+    ] {
+        generation += 1;
+        env.faults(faults.clone())?;
+        let f = flip(&env, &mut op, &api, &watch, &names, &job_of, to, generation, faults).await?;
+        eprintln!("bench: {f}");
+        flips.push(f);
+        env.faults(json!({}))?;
+    }
+    watch_task.abort();
+    let _ = op.child.kill().await;
+    Ok(JobRun {
+        resources: n,
+        initial_sync_s,
+        read,
+        idle,
+        flips,
+    })
+}
+
+fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
+    b.duration_since(a).map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn flip(
+    env: &Env,
+    op: &mut Operator,
+    api: &Api<MacieJob>,
+    watch: &ReadyWatch,
+    names: &[String],
+    job_of: &HashMap<String, String>,
+    to: &str,
+    generation: i64,
+    faults: Value,
+) -> Result<Flip> {
+    let n = names.len();
+    let calls_before = env.emu.state.lock().calls.len();
+    let stats0 = op.stats()?;
+    let t = Instant::now();
+    let applied: HashMap<String, SystemTime> = stream::iter(names)
+        .map(|name| async move {
+            let at = SystemTime::now();
+            let o = api
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"jobStatus": to}})),
+                )
+                .await?;
+            if o.metadata.generation != Some(generation) {
+                bail!("{name}: generation {:?}, expected {generation}", o.metadata.generation);
+            }
+            Ok((name.clone(), at))
+        })
+        .buffer_unordered(DRIVER_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let apply_s = t.elapsed().as_secs_f64();
+    let want: HashMap<String, (i64, String)> = names
+        .iter()
+        .map(|m| (m.clone(), (generation, to.to_string())))
+        .collect();
+    until(&format!("{n} MacieJobs Ready at {to}"), op, deadline_for(n), || async {
+        let done = watch.matching(&want).len();
+        Ok((done < n).then(|| format!("{done} of {n} Ready")))
+    })
+    .await?;
+    let total_s = t.elapsed().as_secs_f64();
+    let ready = watch.matching(&want);
+    let stats1 = op.stats()?;
+
+    let calls = env.emu.state.lock().calls[calls_before..].to_vec();
+    let updates: Vec<_> = calls
+        .iter()
+        .filter(|c| c.operation == "UpdateClassificationJob" && !c.injected)
+        .collect();
+    let mut reached: HashMap<&str, SystemTime> = HashMap::new();
+    for c in updates.iter().filter(|c| c.outcome == "OK") {
+        if let Some(id) = &c.job_id {
+            reached.entry(id.as_str()).or_insert(c.at.0);
+        }
+    }
+    let mut to_macie = Vec::new();
+    let mut to_ready = Vec::new();
+    for name in names {
+        let at = applied[name];
+        if let Some(r) = reached.get(job_of[name].as_str()) {
+            to_macie.push(secs_between(at, *r));
+        }
+        to_ready.push(secs_between(at, ready[name]));
+    }
+    let injected = |code: &str| calls.iter().filter(|c| c.injected && c.outcome == code).count();
+    Ok(Flip {
+        resources: n,
+        to: to.to_string(),
+        faults,
+        apply_s,
+        total_s,
+        to_macie: Percentiles::of(&mut to_macie),
+        to_ready: Percentiles::of(&mut to_ready),
+        reached_macie: reached.len(),
+        update_calls: updates.len(),
+        accepted: updates.iter().filter(|c| c.outcome == "OK").count(),
+        invalid: updates.iter().filter(|c| c.valid == Some(false)).count(),
+        repeated: updates.iter().filter(|c| c.repeated == Some(true)).count(),
+        throttled: injected("ThrottlingException"),
+        list_calls: calls.iter().filter(|c| c.operation == "ListClassificationJobs").count(),
+        cpu_s: stats1.cpu_s - stats0.cpu_s,
+        peak_rss_mib: stats1.peak_rss_mib,
+    })
+}
+
+fn account(i: usize) -> String {
+    format!("{:012}", 300_000_000_000usize + i)
+}
+
+async fn apply_discovery(api: &Api<MacieDiscovery>, name: &str, accounts: &[String], status: &str) -> Result<i64> {
+    let accounts: Vec<Value> = accounts
+        .iter()
+        .map(|a| json!({"accountId": a, "status": status}))
+        .collect();
+    let obj: MacieDiscovery = serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieDiscovery",
+        "metadata": {"name": name}, "spec": {"accounts": accounts}
+    }))?;
+    let o = api
+        .patch(name, &PatchParams::apply("bench").force(), &Patch::Apply(&obj))
+        .await?;
+    o.metadata.generation.context("generation")
+}
+
+/// Names of the resources not yet Converged at their wanted generation.
+async fn discovery_pending(api: &Api<MacieDiscovery>, want: &HashMap<String, i64>) -> Result<Vec<String>> {
+    let list = api.list(&Default::default()).await?;
+    let mut pending: Vec<String> = want.keys().cloned().collect();
+    for o in list.items {
+        let name = o.metadata.name.clone().unwrap_or_default();
+        let st = o.status.unwrap_or_default();
+        let ok = Some(want.get(&name).copied().unwrap_or(-1)) == st.observed_generation
+            && st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == "Converged");
+        if ok {
+            pending.retain(|p| *p != name);
+        }
+    }
+    Ok(pending)
+}
+
+async fn discovery_run(args: &Args, n: usize) -> Result<DiscoveryRun> {
+    let k = args.discovery_resources;
+    eprintln!("bench: discovery, {n} accounts over {k} resources: starting a control plane");
+    let env = Env::start().await?;
+    let accounts: Vec<String> = (0..n).map(account).collect();
+    {
+        let mut e = env.emu.state.lock();
+        for a in &accounts {
+            let acct = serde_json::from_value(json!({"status": "DISABLED", "paused": false}))?;
+            e.put_account(None, a, acct).map_err(anyhow::Error::msg)?;
+        }
+    }
+    let api: Api<MacieDiscovery> = Api::namespaced(env.client.clone(), &env.ns);
+    let parts: Vec<Vec<String>> = accounts.chunks(n.div_ceil(k)).map(<[String]>::to_vec).collect();
+    let mut want = HashMap::new();
+    for (i, part) in parts.iter().enumerate() {
+        want.insert(
+            format!("team-{i}"),
+            apply_discovery(&api, &format!("team-{i}"), part, "DISABLED").await?,
+        );
+    }
+    let mut op = Operator::spawn(args, &env, &args.out.join(format!("operator-discovery-{n}.log")))?;
+    let t = Instant::now();
+    until("the first sync", &mut op, deadline_for(n), || async {
+        let p = discovery_pending(&api, &want).await?;
+        Ok((!p.is_empty()).then(|| format!("{} pending", p.len())))
+    })
+    .await?;
+    let initial_sync_s = t.elapsed().as_secs_f64();
+    let list0 = env.requests("ListAutomatedDiscoveryAccounts");
+    let calls_before = env.emu.state.lock().calls.len();
+
+    // Flip every account of every resource to ENABLED at once.
+    let t = Instant::now();
+    let converged_at: Mutex<HashMap<String, f64>> = Mutex::new(HashMap::new());
+    for (i, part) in parts.iter().enumerate() {
+        want.insert(
+            format!("team-{i}"),
+            apply_discovery(&api, &format!("team-{i}"), part, "ENABLED").await?,
+        );
+    }
+    until("every account ENABLED", &mut op, deadline_for(n), || async {
+        let pending = discovery_pending(&api, &want).await?;
+        let mut at = converged_at.lock().unwrap_or_else(|p| p.into_inner());
+        for name in want.keys().filter(|n| !pending.contains(n)) {
+            at.entry(name.clone()).or_insert(t.elapsed().as_secs_f64());
+        }
+        Ok((!pending.is_empty()).then(|| format!("{} resources pending", pending.len())))
+    })
+    .await?;
+    let total_s = t.elapsed().as_secs_f64();
+    let list_calls = env.requests("ListAutomatedDiscoveryAccounts") - list0;
+    let mut e = env.emu.state.lock();
+    let enabled = e
+        .snapshot(None)
+        .get("accounts")
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.values().filter(|a| a["status"] == "ENABLED").count());
+    let calls = &e.calls[calls_before..];
+    let batches: Vec<_> = calls
+        .iter()
+        .filter(|c| c.operation == "BatchUpdateAutomatedDiscoveryAccounts" && !c.injected)
+        .collect();
+    let sent: usize = batches.iter().map(|c| c.accounts.len()).sum();
+    let mut per_account: HashMap<&str, usize> = HashMap::new();
+    for c in &batches {
+        for a in &c.accounts {
+            *per_account.entry(a.account_id.as_str()).or_default() += 1;
+        }
+    }
+    let mut per_resource: Vec<f64> = converged_at
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_values()
+        .collect();
+    let run = DiscoveryRun {
+        accounts: n,
+        resources: k,
+        batch_size: args.batch_size,
+        initial_sync_s,
+        changes: n,
+        batch_calls: batches.len(),
+        ideal_batch_calls: n.div_ceil(args.batch_size),
+        accounts_sent: sent,
+        sent_twice: per_account.values().filter(|c| **c > 1).count(),
+        enabled_in_macie: enabled,
+        list_calls,
+        total_s,
+        per_resource: Percentiles::of(&mut per_resource),
+    };
+    drop(e);
+    eprintln!("bench: {run}");
+    let _ = op.child.kill().await;
+    Ok(run)
+}

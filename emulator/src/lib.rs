@@ -32,3 +32,29 @@ pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, Socke
     let a = l.local_addr()?;
     Ok((l, a))
 }
+
+/// An emulator serving on a loopback port inside this process (tests, the benchmark); it stops
+/// when dropped.
+pub struct Background {
+    /// Endpoint URL for the SDK, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    pub state: Shared,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Background {
+    /// Starts an emulator on `127.0.0.1:0` with `seed`, answering for `region` and `account_id`.
+    pub async fn start(seed: Seed, region: &str, account_id: &str) -> std::io::Result<Background> {
+        let (listener, addr) = bind("127.0.0.1:0").await?;
+        let state = Shared::new(Emulator::new(seed, region, account_id));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, state.clone(), async {
+            let _ = rx.await;
+        }));
+        Ok(Background {
+            url: format!("http://{addr}"),
+            state,
+            _stop: tx,
+        })
+    }
+}

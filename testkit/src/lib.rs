@@ -399,3 +399,45 @@ impl ControlPlane {
         self.etcd.stop();
     }
 }
+
+/// Applies CRDs (server-side apply) and waits (up to 30 s each) until they are established.
+pub async fn install_crds(
+    cp: &ControlPlane,
+    crds: impl IntoIterator<
+        Item = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    >,
+) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    let api: Api<CustomResourceDefinition> = Api::all(cp.client().await?);
+    for crd in crds {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply("testkit").force(), &Patch::Apply(&crd))
+            .await?;
+        wait_for(&format!("CRD {name} established"), Duration::from_secs(30), || async {
+            let c = api.get(&name).await?;
+            let ok = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            Ok(ok.then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1:`port` (an operator's admin server): (status, body).
+pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await?;
+    let status = resp.get(9..12).unwrap_or("0").parse()?;
+    let body = resp.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    Ok((status, body))
+}

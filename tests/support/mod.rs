@@ -8,10 +8,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use aws_sdk_macie2::config::{BehaviorVersion, Credentials, Region};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use macie_emulator::seed::SeedJob;
-use macie_emulator::{Emulator, Seed, Shared};
+use macie_emulator::{Seed, Shared};
 use macie_operator::api::MacieJob;
 use macie_operator::job::{self, JobController};
 use macie_operator::macie::MacieClients;
@@ -38,46 +37,23 @@ pub async fn control_plane() -> Result<&'static ControlPlane> {
 
 /// Applies the operator's CRDs and waits until they are established.
 pub async fn install_crds(cp: &ControlPlane) -> Result<()> {
-    let client = cp.client().await?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
-    for crd in macie_operator::api::crds() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        crds.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&crd))
-            .await?;
-        wait_for(&format!("CRD {name} established"), Duration::from_secs(30), || async {
-            let c = crds.get(&name).await?;
-            let ok = c
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(ok.then_some(()))
-        })
-        .await?;
-    }
-    Ok(())
+    testkit::install_crds(cp, macie_operator::api::crds()).await
 }
 
 /// A running emulator.
 pub struct EmulatorHandle {
     pub url: String,
     pub state: Shared,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _bg: macie_emulator::Background,
 }
 
 impl EmulatorHandle {
     pub async fn start(seed: Seed) -> Result<EmulatorHandle> {
-        let (listener, addr) = macie_emulator::bind("127.0.0.1:0").await?;
-        let state = Shared::new(Emulator::new(seed, REGION, "123456789012"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(macie_emulator::serve(listener, state.clone(), async {
-            let _ = rx.await;
-        }));
+        let bg = macie_emulator::Background::start(seed, REGION, "123456789012").await?;
         Ok(EmulatorHandle {
-            url: format!("http://{addr}"),
-            state,
-            _stop: tx,
+            url: bg.url.clone(),
+            state: bg.state.clone(),
+            _bg: bg,
         })
     }
 

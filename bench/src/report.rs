@@ -1,0 +1,305 @@
+//! The results: JSON for machines, tables for people.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::system::Machine;
+
+/// p50, p99 and max of a sample, in seconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub n: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles (sorts `v`).
+    pub fn of(v: &mut [f64]) -> Percentiles {
+        if v.is_empty() {
+            return Percentiles::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Percentiles {
+            n: v.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+impl fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.2}/{:.2}/{:.2}", self.p50, self.p99, self.max)
+    }
+}
+
+/// Steady-state Macie reads per sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadCost {
+    pub resources: usize,
+    pub jobs: usize,
+    pub page_size: usize,
+    pub sweeps: u64,
+    pub list_calls: u64,
+    pub per_sweep: f64,
+    /// ceil(jobs / page size): the fewest ListClassificationJobs calls that see every job.
+    pub ideal: u64,
+    pub describe_calls: u64,
+    pub update_calls: u64,
+    /// One DescribeClassificationJob per resource per poll.
+    pub peers_per_poll: u64,
+    /// peers_per_poll / per_sweep.
+    pub ratio: f64,
+}
+
+impl fmt::Display for ReadCost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "read cost at {}: {:.1} ListClassificationJobs per sweep (ideal {}), {} Describe, {} updates over {} sweeps",
+            self.resources, self.per_sweep, self.ideal, self.describe_calls, self.update_calls, self.sweeps
+        )
+    }
+}
+
+/// CPU and memory of the operator over a window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Footprint {
+    pub window_s: f64,
+    pub cpu_s: f64,
+    pub cpu_per_min_s: f64,
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Every MacieJob's desired status changed at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flip {
+    pub resources: usize,
+    pub to: String,
+    pub faults: Value,
+    /// Time the driver took to apply every change.
+    pub apply_s: f64,
+    /// From the first apply to the last resource Ready.
+    pub total_s: f64,
+    /// Per resource, from its apply to Macie accepting the update.
+    pub to_macie: Percentiles,
+    /// Per resource, from its apply to the resource reporting Ready at the new status.
+    pub to_ready: Percentiles,
+    pub reached_macie: usize,
+    pub update_calls: usize,
+    pub accepted: usize,
+    pub invalid: usize,
+    pub repeated: usize,
+    /// Injected ThrottlingException answers.
+    pub throttled: usize,
+    pub list_calls: usize,
+    pub cpu_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl Flip {
+    fn label(&self) -> &'static str {
+        if self.faults.get("operations").is_some() {
+            "100 ms + 10% throttling"
+        } else {
+            "none"
+        }
+    }
+}
+
+impl fmt::Display for Flip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "flip of {} to {} (faults: {}): Macie p50/p99/max {} s, Ready {} s, total {:.1} s, {} updates ({} invalid, {} repeated)",
+            self.resources,
+            self.to,
+            self.label(),
+            self.to_macie,
+            self.to_ready,
+            self.total_s,
+            self.accepted,
+            self.invalid,
+            self.repeated
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRun {
+    pub resources: usize,
+    pub initial_sync_s: f64,
+    pub read: ReadCost,
+    pub idle: Footprint,
+    pub flips: Vec<Flip>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiscoveryRun {
+    pub accounts: usize,
+    pub resources: usize,
+    pub batch_size: usize,
+    pub initial_sync_s: f64,
+    pub changes: usize,
+    pub batch_calls: usize,
+    /// ceil(changes / batch size).
+    pub ideal_batch_calls: usize,
+    pub accounts_sent: usize,
+    pub sent_twice: usize,
+    pub enabled_in_macie: usize,
+    pub list_calls: u64,
+    pub total_s: f64,
+    /// Per resource, from the flip to Converged.
+    pub per_resource: Percentiles,
+}
+
+impl fmt::Display for DiscoveryRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "discovery flip of {} accounts over {} resources: {} BatchUpdate calls (ideal {}), {} sent twice, {:.1} s",
+            self.accounts, self.resources, self.batch_calls, self.ideal_batch_calls, self.sent_twice, self.total_s
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub settings: Value,
+    pub started_at: String,
+    pub finished: bool,
+    pub jobs: Vec<JobRun>,
+    pub discovery: Vec<DiscoveryRun>,
+}
+
+impl Report {
+    pub fn new(machine: Machine, settings: Value) -> Report {
+        Report {
+            machine,
+            settings,
+            started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            finished: false,
+            jobs: Vec::new(),
+            discovery: Vec::new(),
+        }
+    }
+
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Writes `bench.json` (the latest run, also while it runs) into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join("bench.json");
+        std::fs::write(&path, serde_json::to_string_pretty(self)?)?;
+        Ok(path)
+    }
+
+    pub fn tables(&self) -> String {
+        let mut t = String::new();
+        let mut line = |s: String| {
+            t.push_str(&s);
+            t.push('\n');
+        };
+        line(format!("Machine: {}", self.machine));
+        line(format!("Settings: {}", self.settings));
+        line(String::new());
+        line("Read cost (steady state, per sweep)".into());
+        line(format!(
+            "| {:>9} | {:>6} | {:>10} | {:>5} | {:>8} | {:>9} | {:>6} |",
+            "MacieJobs", "jobs", "List/sweep", "ideal", "Describe", "peers (N)", "ratio"
+        ));
+        for r in self.jobs.iter().map(|j| &j.read) {
+            line(format!(
+                "| {:>9} | {:>6} | {:>10.1} | {:>5} | {:>8} | {:>9} | {:>5.0}x |",
+                r.resources, r.jobs, r.per_sweep, r.ideal, r.describe_calls, r.peers_per_poll, r.ratio
+            ));
+        }
+        line(String::new());
+        line("Convergence (every desired status flipped at once; seconds p50/p99/max)".into());
+        line(format!(
+            "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} |",
+            "MacieJobs", "faults", "apply -> Macie", "apply -> Ready", "total", "updates", "invalid", "repeated"
+        ));
+        for f in self.jobs.iter().flat_map(|j| &j.flips) {
+            line(format!(
+                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} |",
+                f.resources,
+                f.label(),
+                f.to_macie.to_string(),
+                f.to_ready.to_string(),
+                f.total_s,
+                f.accepted,
+                f.invalid,
+                f.repeated
+            ));
+        }
+        line(String::new());
+        line("Footprint of the operator".into());
+        line(format!(
+            "| {:>9} | {:>12} | {:>14} | {:>16} | {:>16} | {:>13} |",
+            "MacieJobs", "idle RSS MiB", "idle CPU s/min", "flip CPU s clean", "flip CPU s fault", "peak RSS MiB"
+        ));
+        for j in &self.jobs {
+            let cpu = |i: usize| j.flips.get(i).map_or(0.0, |f| f.cpu_s);
+            let peak = j
+                .flips
+                .iter()
+                .map(|f| f.peak_rss_mib)
+                .fold(j.idle.peak_rss_mib, f64::max);
+            line(format!(
+                "| {:>9} | {:>12.1} | {:>14.2} | {:>16.1} | {:>16.1} | {:>13.1} |",
+                j.resources,
+                j.idle.rss_mib,
+                j.idle.cpu_per_min_s,
+                cpu(0),
+                cpu(1),
+                peak
+            ));
+        }
+        line(String::new());
+        line("Discovery (every account flipped at once)".into());
+        line(format!(
+            "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9} | {:>19} |",
+            "accounts", "resources", "BatchUpdate", "ideal", "sent twice", "total s", "per resource s"
+        ));
+        for d in &self.discovery {
+            line(format!(
+                "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9.1} | {:>19} |",
+                d.accounts,
+                d.resources,
+                d.batch_calls,
+                d.ideal_batch_calls,
+                d.sent_twice,
+                d.total_s,
+                d.per_resource.to_string()
+            ));
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let p = Percentiles::of(&mut v);
+        assert_eq!((p.n, p.p50, p.p99, p.max), (100, 50.0, 99.0, 100.0));
+        let p = Percentiles::of(&mut [3.0]);
+        assert_eq!((p.p50, p.p99, p.max), (3.0, 3.0, 3.0));
+        assert_eq!(Percentiles::of(&mut []).n, 0);
+    }
+}

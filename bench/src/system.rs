@@ -1,0 +1,97 @@
+//! What the machine is, and what a process costs (from /proc).
+
+use std::fmt;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+/// The machine the figures come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(|| "unknown".to_string(), |(_, v)| v.trim().to_string());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_gib = kib_field(&meminfo, "MemTotal:").unwrap_or(0.0) / (1024.0 * 1024.0);
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_gib,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} cores ({}), {:.0} GiB, Linux {}",
+            self.cores, self.cpu, self.memory_gib, self.kernel
+        )
+    }
+}
+
+fn kib_field(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU time and memory of a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStats {
+    /// User + system CPU seconds since it started.
+    pub cpu_s: f64,
+    pub rss_mib: f64,
+    /// Peak resident set size (VmHWM).
+    pub peak_rss_mib: f64,
+}
+
+/// Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+impl ProcStats {
+    pub fn read(pid: u32) -> Result<ProcStats> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid}"))?;
+        // Fields after the command name (which may hold spaces) start at field 3 (state).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i - 3).context("stat field")?.parse::<f64>()?) };
+        let cpu_s = (ticks(14)? + ticks(15)?) / USER_HZ;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Ok(ProcStats {
+            cpu_s,
+            rss_mib: kib_field(&status, "VmRSS:").context("VmRSS")? / 1024.0,
+            peak_rss_mib: kib_field(&status, "VmHWM:").context("VmHWM")? / 1024.0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let s = ProcStats::read(std::process::id()).unwrap();
+        assert!(s.rss_mib > 0.0 && s.peak_rss_mib >= s.rss_mib);
+        assert!(s.cpu_s >= 0.0);
+        assert!(Machine::read().cores >= 1);
+    }
+}
