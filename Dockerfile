@@ -13,10 +13,12 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml Makefile ./
 COPY emulator/Cargo.toml emulator/Cargo.toml
 COPY testkit/Cargo.toml testkit/Cargo.toml
-RUN mkdir -p src emulator/src testkit/src/bin \
+COPY bench/Cargo.toml bench/Cargo.toml
+RUN mkdir -p src emulator/src testkit/src/bin bench/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && echo 'fn main() {}' > emulator/src/main.rs && touch emulator/src/lib.rs \
  && touch testkit/src/lib.rs && echo 'fn main() {}' > testkit/src/bin/local-control-plane.rs \
+ && echo 'fn main() {}' > bench/src/main.rs \
  && cargo fetch --locked
 COPY . .
 RUN touch src/main.rs src/lib.rs && make release

@@ -8,7 +8,7 @@ RELEASE_TARGET := x86_64-unknown-linux-musl
 RELEASE_BIN := target/$(RELEASE_TARGET)/release/macie-operator
 IMAGE ?= macie-operator:dev
 
-.PHONY: all tools test fmt-check clippy crds-check unit awscli argocd-health leak-check demo crds bench build release release-check image
+.PHONY: all tools test fmt-check clippy crds-check unit awscli bench-smoke argocd-health leak-check demo crds bench build release release-check image
 
 all: build
 
@@ -20,7 +20,7 @@ build:
 	$(CARGO) build --workspace --all-targets --locked
 
 ## test: everything CI checks
-test: tools fmt-check clippy crds-check unit awscli argocd-health leak-check release-check
+test: tools fmt-check clippy crds-check unit awscli bench-smoke argocd-health leak-check release-check
 	@echo "make test: all checks passed"
 
 fmt-check:
@@ -48,9 +48,10 @@ leak-check:
 	@echo "leak-check: no control-plane process left"
 
 ## demo: the one-command tour (Ctrl-C to stop; DEMO_EXIT_AFTER=SECONDS stops it by itself)
-## release: the static binary the Dockerfile ships (same command there)
+## release: the static binary the Dockerfile ships (same command there; --workspace so that
+## make bench reuses the same compiled dependencies)
 release:
-	$(CARGO) build --release --locked --target $(RELEASE_TARGET) --bin macie-operator
+	$(CARGO) build --release --locked --target $(RELEASE_TARGET) --workspace --bin macie-operator
 
 ## release-check: the release binary is static and runs
 release-check: release
@@ -80,5 +81,17 @@ crds-check:
 	  || { echo "the chart's CRDs differ from crds/: run 'make crds'"; exit 1; }
 	@echo "crds-check: crds/ matches the types"
 
-bench:
-	@echo "make bench: not yet"
+## bench: the benchmark (README "Performance"): release builds, then macie-bench starts a local
+## control plane, an emulator and the release operator per run; tables on stdout, JSON in
+## target/bench/bench.json. BENCH_ARGS passes flags (see `macie-bench --help`).
+BENCH_BIN := target/$(RELEASE_TARGET)/release/macie-bench
+bench: tools
+	$(CARGO) build --release --locked --target $(RELEASE_TARGET) --workspace --bin macie-operator --bin macie-bench
+	$(BENCH_BIN) --operator $(RELEASE_BIN) --out target/bench $(BENCH_ARGS)
+
+## bench-smoke: the benchmark driver end to end at a small size with debug builds (in make test,
+## so the benchmark keeps working; its figures mean nothing)
+bench-smoke:
+	$(CARGO) build --workspace --locked --bins
+	target/debug/macie-bench --operator target/debug/macie-operator --out target/bench-smoke \
+	  --jobs 20 --accounts 100 --discovery-resources 4 --poll-interval 1s --sweeps 2 >/dev/null

@@ -411,3 +411,40 @@ async fn kube_apiserver_restart_watches_recover() -> Result<()> {
     op.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_shown_by_the_sweep_in_flight_is_confirmed_by_the_next_sweep() -> Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = namespace(&client, "slow-sweeps").await?;
+    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let mut want = jobs(&api, &emu, "slow", 5, "RUNNING", "RUNNING").await?;
+    // Each page takes 2 s, so a sweep is nearly always in flight: an update lands after a sweep
+    // started and before it reads the job, so that sweep already shows the new status and the
+    // next one shows no change. The step must still be confirmed by that next sweep, not by the
+    // (here 10-minute) step timeout.
+    set_faults(
+        &emu,
+        json!({"operations": {"ListClassificationJobs": {"latencyMs": 2000}}}),
+    )?;
+    let op = OperatorHandle::start(client.clone(), &ns, &emu.url, |c| {
+        c.plan.step_timeout = Duration::from_secs(600);
+    })
+    .await;
+    wait_converged(&api, &emu, &want).await?;
+    let t = Instant::now();
+    for (name, (_, status)) in want.iter_mut() {
+        set_desired(&api, name, "USER_PAUSED").await?;
+        *status = "USER_PAUSED".into();
+    }
+    wait_converged(&api, &emu, &want).await?;
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "converged in {:?}: waited for the step timeout instead of the next sweep",
+        t.elapsed()
+    );
+    assert_eq!(accepted_updates(&emu), 5);
+    op.stop().await;
+    Ok(())
+}

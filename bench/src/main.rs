@@ -74,6 +74,17 @@ mod secs {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // On Ctrl-C or SIGTERM the run is dropped, which stops the operator (kill on drop) and the
+    // control plane (testkit's guards).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = run(args) => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        _ = term.recv() => bail!("terminated"),
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
     if !args.operator.is_file() {
         bail!(
             "{} not found: build it first (make bench does: cargo build --release --target x86_64-unknown-linux-musl --workspace --bins)",
@@ -102,6 +113,10 @@ async fn main() -> Result<()> {
     let path = report.write(&args.out)?;
     println!("{}", report.tables());
     println!("JSON: {}", path.display());
+    let problems = report.problems();
+    if !problems.is_empty() {
+        bail!("the operator broke a promise:\n{}", problems.join("\n"));
+    }
     Ok(())
 }
 

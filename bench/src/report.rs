@@ -205,6 +205,36 @@ impl Report {
         Ok(path)
     }
 
+    /// Results that break the operator's promises (these fail the run): an invalid or repeated
+    /// update, a job or account that did not reach its status, an account sent twice.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for f in self.jobs.iter().flat_map(|j| &j.flips) {
+            let what = format!("flip of {} to {} ({})", f.resources, f.to, f.label());
+            if f.invalid + f.repeated > 0 {
+                p.push(format!(
+                    "{what}: {} invalid and {} repeated updates",
+                    f.invalid, f.repeated
+                ));
+            }
+            if f.accepted != f.resources || f.reached_macie != f.resources {
+                p.push(format!(
+                    "{what}: {} updates accepted for {} resources",
+                    f.accepted, f.resources
+                ));
+            }
+        }
+        for d in &self.discovery {
+            if d.sent_twice > 0 || d.enabled_in_macie != d.accounts {
+                p.push(format!(
+                    "discovery of {}: {} accounts sent twice, {} of {} enabled",
+                    d.accounts, d.sent_twice, d.enabled_in_macie, d.accounts
+                ));
+            }
+        }
+        p
+    }
+
     pub fn tables(&self) -> String {
         let mut t = String::new();
         let mut line = |s: String| {

@@ -666,18 +666,21 @@ impl Emulator {
             term.check()?;
         }
         let r = self.region_mut(Some(region));
-        let mut items = Vec::new();
+        // Filter and sort references; only the page's jobs are turned into summaries.
+        let mut items: Vec<&Job> = Vec::with_capacity(r.jobs.len());
         for job in r.jobs.values() {
-            let s = summary(job, now, true);
             let mut keep = true;
-            for t in &filter.includes {
-                keep &= t.matches(&s)?;
-            }
-            for t in &filter.excludes {
-                keep &= !t.matches(&s)?;
+            if !filter.includes.is_empty() || !filter.excludes.is_empty() {
+                let s = summary(job, now, true);
+                for t in &filter.includes {
+                    keep &= t.matches(&s)?;
+                }
+                for t in &filter.excludes {
+                    keep &= !t.matches(&s)?;
+                }
             }
             if keep {
-                items.push(s);
+                items.push(job);
             }
         }
         let sort = req.sort_criteria.unwrap_or(SortCriteria {
@@ -687,7 +690,7 @@ impl Emulator {
         items.sort_by(|a, b| {
             let ord = match sort.attribute_name {
                 SortAttribute::CreatedAt => a.created_at.cmp(&b.created_at),
-                SortAttribute::JobStatus => a.job_status.as_str().cmp(b.job_status.as_str()),
+                SortAttribute::JobStatus => visible_status(a, now).as_str().cmp(visible_status(b, now).as_str()),
                 SortAttribute::Name => a.name.cmp(&b.name),
                 SortAttribute::JobType => a.job_type.as_str().cmp(b.job_type.as_str()),
             };
@@ -699,7 +702,12 @@ impl Emulator {
             ord.then_with(|| a.job_id.cmp(&b.job_id))
         });
         let total = items.len();
-        let page_items: Vec<JobSummary> = items.into_iter().skip(offset).take(page).collect();
+        let page_items: Vec<JobSummary> = items
+            .into_iter()
+            .skip(offset)
+            .take(page)
+            .map(|j| summary(j, now, true))
+            .collect();
         let end = offset + page_items.len();
         let mut out = json!({ "items": page_items });
         self.report_status(&mut out["items"]);
@@ -901,6 +909,14 @@ fn invalid_transition_message(from: JobStatus, to: JobStatus) -> String {
         JobStatus::Cancelled => "cannot update cancelled job".to_string(),
         JobStatus::Complete => "cannot update completed job".to_string(),
         _ => format!("cannot change the status of a job from {from} to {to}"),
+    }
+}
+
+/// The status a read shows (the pre-update one while a visibility delay runs).
+fn visible_status(job: &Job, now: Timestamp) -> JobStatus {
+    match &job.shown {
+        Some(s) if now.0 < s.until => s.status,
+        _ => job.status,
     }
 }
 

@@ -78,7 +78,13 @@ pub struct Context {
     steps: Mutex<HashMap<ObjectRef<MacieJob>, Option<Step>>>,
     /// Consecutive failures, for backoff.
     failures: Failures<MacieJob>,
+    /// Resources waiting for a sweep that started after the given time (a step in flight):
+    /// woken by the first such sweep even if it shows no change.
+    waiters: Waiters,
 }
+
+/// Resource -> (region, wake after a sweep started later than this).
+type Waiters = Arc<Mutex<HashMap<ObjectRef<MacieJob>, (String, Timestamp)>>>;
 
 impl Context {
     fn region_of(&self, spec: &MacieJobSpec) -> String {
@@ -107,6 +113,7 @@ impl Context {
 
     fn forget(&self, obj: &MacieJob) {
         lock(&self.steps).remove(&ObjectRef::from_obj(obj));
+        lock(&self.waiters).remove(&ObjectRef::from_obj(obj));
         self.failures.clear(obj);
     }
 }
@@ -161,12 +168,29 @@ impl JobController {
         let store = controller.store();
         let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<MacieJob>>();
         let default_region = config.default_region.clone();
-        // A sweep found changes: reconcile the resources that name the changed jobs.
-        let on_change: OnChange = Arc::new(move |region: &str, changes: &Changes| {
-            for obj in store.state() {
-                let r = obj.spec.region.as_deref().unwrap_or(&default_region);
-                if r == region && changes.affects(obj.spec.job_id.as_deref(), obj.spec.job_name.as_deref()) {
-                    let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(&*obj));
+        let waiters: Waiters = Arc::default();
+        let sweep_waiters = waiters.clone();
+        // After a sweep: reconcile the resources that name the changed jobs, and those waiting
+        // for a sweep newer than the one they saw.
+        let on_change: OnChange = Arc::new(move |region: &str, changes: &Changes, swept_at: Option<Timestamp>| {
+            if !changes.is_empty() {
+                for obj in store.state() {
+                    let r = obj.spec.region.as_deref().unwrap_or(&default_region);
+                    if r == region && changes.affects(obj.spec.job_id.as_deref(), obj.spec.job_name.as_deref()) {
+                        let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(&*obj));
+                    }
+                }
+            }
+            if let Some(t) = swept_at {
+                let mut w = lock(&sweep_waiters);
+                let due: Vec<ObjectRef<MacieJob>> = w
+                    .iter()
+                    .filter(|(_, (r, after))| r == region && *after < t)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in due {
+                    w.remove(&k);
+                    let _ = trigger_tx.unbounded_send(k);
                 }
             }
         });
@@ -189,6 +213,7 @@ impl JobController {
             config,
             steps: Mutex::new(HashMap::new()),
             failures: Failures::default(),
+            waiters,
         });
         JobController {
             controller,
@@ -268,6 +293,11 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
         &ctx.config.plan,
     );
 
+    if p.step == Some(StepOutcome::Waiting) {
+        // Look again after the next sweep, whether or not it shows a change.
+        let seen = snapshot_at.unwrap_or(now);
+        lock(&ctx.waiters).insert(oref.clone(), (region.clone(), seen));
+    }
     let prev = obj.status.clone().unwrap_or_default();
     let mut last_transition = prev.last_transition.clone();
     resolve_step(&ctx, &oref, step.as_ref(), p.step.as_ref(), &mut last_transition);
@@ -304,6 +334,10 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
         )
         .await?;
         let outcome = act(&ctx, &obj, &region, &oref, job_id, from, *to, requested_at).await?;
+        if matches!(lock(&ctx.steps).get(&oref), Some(Some(_))) {
+            // A step in flight: only a sweep that started after the call can show its effect.
+            lock(&ctx.waiters).insert(oref.clone(), (region.clone(), requested_at));
+        }
         summary = outcome.summary;
         last_transition = outcome.transition.or(last_transition);
         if let Some(t) = outcome.recheck_at {

@@ -176,8 +176,10 @@ pub async fn list_all_jobs(
     Ok((jobs, pages))
 }
 
-/// Called after each sweep with the region and what changed.
-pub type OnChange = Arc<dyn Fn(&str, &Changes) + Send + Sync>;
+/// Called after each sweep with the region, what changed, and when the sweep started if it
+/// succeeded (so that resources waiting for a sweep newer than the one they saw can be woken
+/// even when nothing changed).
+pub type OnChange = Arc<dyn Fn(&str, &Changes, Option<Timestamp>) + Send + Sync>;
 
 /// A region's sweeper task and its results.
 type Sweeper = (watch::Receiver<RegionView>, JoinHandle<()>);
@@ -298,11 +300,10 @@ async fn sweep_loop(
                 }
             }
         };
+        let swept_at = next.error.is_none().then_some(started_at);
         // Publish before triggering, so the triggered reconciles read this sweep.
         tx.send_replace(next);
-        if !changes.is_empty() {
-            on_change(&region, &changes);
-        }
+        on_change(&region, &changes, swept_at);
     }
 }
 
