@@ -298,8 +298,9 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
         let seen = snapshot_at.unwrap_or(now);
         lock(&ctx.waiters).insert(oref.clone(), (region.clone(), seen));
     }
-    let prev = obj.status.clone().unwrap_or_default();
-    let mut last_transition = prev.last_transition.clone();
+    // What the resource's status holds (after our own writes in this reconcile).
+    let mut stored = obj.status.clone().unwrap_or_default();
+    let mut last_transition = stored.last_transition.clone();
     resolve_step(&ctx, &oref, step.as_ref(), p.step.as_ref(), &mut last_transition);
 
     let mut summary = p.summary.clone();
@@ -307,7 +308,7 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
     let job = match observation {
         Observation::Found(j) => Some(j.clone()),
         Observation::NotFound | Observation::Ambiguous(_) => None,
-        Observation::NoSweepYet | Observation::SweepFailed(_) => prev.job.clone(),
+        Observation::NoSweepYet | Observation::SweepFailed(_) => stored.job.clone(),
     };
     if let Act::Update { job_id, from, to } = &p.act {
         // Write-ahead: record the step in the status before the call, so that a replica that
@@ -322,10 +323,11 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
             error_code: None,
             message: None,
         };
-        write_status(
+        stored = write_status(
             &api,
             &obj,
             &ctx,
+            &stored,
             &region,
             job.clone(),
             &summary,
@@ -345,7 +347,18 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
         }
     }
 
-    write_status(&api, &obj, &ctx, &region, job, &summary, last_transition, snapshot_at).await?;
+    write_status(
+        &api,
+        &obj,
+        &ctx,
+        &stored,
+        &region,
+        job,
+        &summary,
+        last_transition,
+        snapshot_at,
+    )
+    .await?;
     ctx.failures.clear(&obj);
 
     Ok(match recheck_at {
@@ -440,14 +453,7 @@ async fn act(
             )
             .await;
             Ok(ActOutcome {
-                summary: Summary::new(
-                    Phase::Reconciling,
-                    "Transitioning",
-                    format!(
-                        "asked Macie to change the job from {from} to {}; waiting for a sweep to show it",
-                        to.as_str()
-                    ),
-                ),
+                summary: Summary::new(Phase::Reconciling, "Transitioning", plan::transitioning(from, to)),
                 transition: Some(transition(TransitionOutcome::Pending, None)),
                 recheck_at,
             })
@@ -618,17 +624,19 @@ async fn set_finalizer(api: &Api<MacieJob>, obj: &MacieJob, present: bool) -> Re
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Writes the status unless it equals `prev` (what the resource holds); returns what it holds now.
+#[allow(clippy::too_many_arguments)]
 async fn write_status(
     api: &Api<MacieJob>,
     obj: &MacieJob,
     ctx: &Context,
+    prev: &MacieJobStatus,
     region: &str,
     job: Option<ObservedJob>,
     summary: &Summary,
     last_transition: Option<RequestedTransition>,
     snapshot_at: Option<Timestamp>,
-) -> Result<(), Error> {
-    let prev = obj.status.clone().unwrap_or_default();
+) -> Result<MacieJobStatus, Error> {
     let mut status = MacieJobStatus {
         observed_generation: obj.meta().generation,
         conditions: conditions::conditions(summary, obj.meta().generation, &prev.conditions, Timestamp::now()),
@@ -637,8 +645,8 @@ async fn write_status(
         last_sync_time: prev.last_sync_time.clone(),
         last_transition,
     };
-    if status == prev {
-        return Ok(());
+    if status == *prev {
+        return Ok(status);
     }
     if let Some(t) = snapshot_at {
         status.last_sync_time = Some(Time(t));
@@ -665,7 +673,7 @@ async fn write_status(
         };
         publish(ctx, obj, kind, &summary.reason, summary.message.clone()).await;
     }
-    Ok(())
+    Ok(status)
 }
 
 async fn publish(ctx: &Context, obj: &MacieJob, type_: EventType, reason: &str, note: String) {

@@ -249,11 +249,7 @@ pub fn plan(
             outcome = Some(StepOutcome::TimedOut);
         } else {
             let msg = match &s.error {
-                None => format!(
-                    "asked Macie to change the job from {} to {}; waiting for a sweep to show it",
-                    s.from,
-                    s.to.as_str()
-                ),
+                None => transitioning(&s.from, s.to),
                 Some(code) => format!(
                     "UpdateClassificationJob {} -> {} failed with {code}; waiting for a sweep to show the job's status before trying again",
                     s.from,
@@ -274,6 +270,14 @@ pub fn plan(
     let mut p = cell(desired, &actual, job, now, settings);
     p.step = outcome;
     p
+}
+
+/// The Ready message while an UpdateClassificationJob call is in flight or not yet visible.
+pub fn transitioning(from: &str, to: DesiredJobStatus) -> String {
+    format!(
+        "UpdateClassificationJob {from} -> {} requested; waiting for a sweep to show it",
+        to.as_str()
+    )
 }
 
 fn waiting(step: Option<&Step>, summary: Summary) -> Plan {
@@ -307,10 +311,12 @@ fn cell(desired: DesiredJobStatus, actual: &JobStatus, job: &ObservedJob, now: T
             from: actual.to_string(),
             to,
         },
+        // The same words before and after the call: the write-ahead status is then already
+        // what a successful call leaves, and needs no second write.
         summary: Summary::new(
             Phase::Reconciling,
             "Transitioning",
-            format!("asking Macie to change the job from {actual} to {}", to.as_str()),
+            transitioning(&actual.to_string(), to),
         ),
         step: None,
         recheck_at: None,
