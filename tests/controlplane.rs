@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{CustomResource, CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use testkit::{ControlPlane, wait_for};
+use testkit::ControlPlane;
 
 /// A throwaway kind for proving the control plane; the product's own CRDs have their own tests.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, JsonSchema)]
@@ -31,25 +30,7 @@ async fn apply_crd_then_create_and_watch_a_custom_resource() -> anyhow::Result<(
         "the pinned build reports its version"
     );
 
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = Probe::crd();
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply("testkit").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    wait_for("the Probe CRD to be Established", Duration::from_secs(30), || async {
-        let c = crds.get(&crd.name_any()).await?;
-        let established = c
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        Ok(established.then_some(()))
-    })
-    .await?;
+    testkit::install_crds(&cp, [Probe::crd()]).await?;
 
     let probes: Api<Probe> = Api::namespaced(client.clone(), "default");
     // Start watching before creating, so the watch must deliver the new object.

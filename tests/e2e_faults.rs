@@ -287,19 +287,25 @@ fn updates(emu: &EmulatorHandle) -> usize {
     emu.update_calls().len()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_in_the_middle_of_200_resources_then_restart() -> Result<()> {
+/// A namespace and an emulator whose updates are slow (40 ms) and shown late (3 s): a kill lands
+/// with calls in flight and with accepted changes that reads do not show yet, so the process that
+/// takes over must rely on the recorded steps.
+async fn slow_updates(name: &str) -> Result<(&'static ControlPlane, String, EmulatorHandle, Api<MacieJob>)> {
     let cp = control_plane().await?;
     let client = cp.client().await?;
-    let ns = namespace(&client, "sigkill").await?;
+    let ns = namespace(&client, name).await?;
     let emu = EmulatorHandle::start(Seed::default()).await?;
-    // Slow updates shown late: the kill lands with calls in flight and with accepted changes
-    // that reads do not show yet, so the restarted process must rely on the recorded steps.
     set_faults(
         &emu,
         json!({"operations": {"UpdateClassificationJob": {"latencyMs": 40}}, "visibilityDelayMs": 3000}),
     )?;
-    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let api: Api<MacieJob> = Api::namespaced(client, &ns);
+    Ok((cp, ns, emu, api))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_in_the_middle_of_200_resources_then_restart() -> Result<()> {
+    let (cp, ns, emu, api) = slow_updates("sigkill").await?;
     let want = jobs(&api, &emu, "kill", 200, "RUNNING", "USER_PAUSED").await?;
     let flags = ["--concurrency", "4", "--step-timeout", "10s"];
     let mut op = OperatorProcess::spawn("op-1", cp.kubeconfig(), &ns, &emu.url, &flags)?;
@@ -319,15 +325,8 @@ async fn sigkill_in_the_middle_of_200_resources_then_restart() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_in_the_middle_of_200_resources() -> Result<()> {
-    let cp = control_plane().await?;
+    let (cp, ns, emu, api) = slow_updates("handover").await?;
     let client = cp.client().await?;
-    let ns = namespace(&client, "handover").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
-    set_faults(
-        &emu,
-        json!({"operations": {"UpdateClassificationJob": {"latencyMs": 40}}, "visibilityDelayMs": 3000}),
-    )?;
-    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
     let flags = [
         "--leader-elect",
         "--lease-namespace",

@@ -262,10 +262,13 @@ fn deadline_for(n: usize) -> Duration {
     Duration::from_secs(180) + Duration::from_millis(100) * n as u32
 }
 
+/// Name -> (generation, job status, first seen Ready so).
+type Seen = Arc<Mutex<HashMap<String, (i64, String, SystemTime)>>>;
+
 /// Per MacieJob: the first time the driver saw it Ready at (generation, job status).
 #[derive(Clone, Default)]
 struct ReadyWatch {
-    seen: Arc<Mutex<HashMap<String, (i64, String, SystemTime)>>>,
+    seen: Seen,
 }
 
 impl ReadyWatch {
@@ -465,6 +468,8 @@ async fn flip(
     let n = names.len();
     let calls_before = env.emu.state.lock().calls.len();
     let stats0 = op.stats()?;
+    let apiserver = system::find_process("kube-apiserver", &env.cp.dir().display().to_string());
+    let api0 = apiserver.and_then(|p| ProcStats::read(p).ok());
     let t = Instant::now();
     let applied: HashMap<String, SystemTime> = stream::iter(names)
         .map(|name| async move {
@@ -497,6 +502,8 @@ async fn flip(
     let total_s = t.elapsed().as_secs_f64();
     let ready = watch.matching(&want);
     let stats1 = op.stats()?;
+    let api1 = apiserver.and_then(|p| ProcStats::read(p).ok());
+    let apiserver_cpu_s = api0.zip(api1).map(|(a, b)| b.cpu_s - a.cpu_s);
 
     let calls = env.emu.state.lock().calls[calls_before..].to_vec();
     let updates: Vec<_> = calls
@@ -535,6 +542,7 @@ async fn flip(
         throttled: injected("ThrottlingException"),
         list_calls: calls.iter().filter(|c| c.operation == "ListClassificationJobs").count(),
         cpu_s: stats1.cpu_s - stats0.cpu_s,
+        apiserver_cpu_s,
         peak_rss_mib: stats1.peak_rss_mib,
     })
 }
@@ -629,24 +637,27 @@ async fn discovery_run(args: &Args, n: usize) -> Result<DiscoveryRun> {
     .await?;
     let total_s = t.elapsed().as_secs_f64();
     let list_calls = env.requests("ListAutomatedDiscoveryAccounts") - list0;
-    let mut e = env.emu.state.lock();
-    let enabled = e
-        .snapshot(None)
-        .get("accounts")
-        .and_then(Value::as_object)
-        .map_or(0, |m| m.values().filter(|a| a["status"] == "ENABLED").count());
-    let calls = &e.calls[calls_before..];
-    let batches: Vec<_> = calls
-        .iter()
-        .filter(|c| c.operation == "BatchUpdateAutomatedDiscoveryAccounts" && !c.injected)
-        .collect();
-    let sent: usize = batches.iter().map(|c| c.accounts.len()).sum();
-    let mut per_account: HashMap<&str, usize> = HashMap::new();
-    for c in &batches {
-        for a in &c.accounts {
-            *per_account.entry(a.account_id.as_str()).or_default() += 1;
+    let (enabled, batch_calls, sent, sent_twice) = {
+        let mut e = env.emu.state.lock();
+        let enabled = e
+            .snapshot(None)
+            .get("accounts")
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.values().filter(|a| a["status"] == "ENABLED").count());
+        let batches: Vec<_> = e.calls[calls_before..]
+            .iter()
+            .filter(|c| c.operation == "BatchUpdateAutomatedDiscoveryAccounts" && !c.injected)
+            .collect();
+        let sent: usize = batches.iter().map(|c| c.accounts.len()).sum();
+        let mut per_account: HashMap<&str, usize> = HashMap::new();
+        for c in &batches {
+            for a in &c.accounts {
+                *per_account.entry(a.account_id.as_str()).or_default() += 1;
+            }
         }
-    }
+        let twice = per_account.values().filter(|c| **c > 1).count();
+        (enabled, batches.len(), sent, twice)
+    };
     let mut per_resource: Vec<f64> = converged_at
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
@@ -658,16 +669,15 @@ async fn discovery_run(args: &Args, n: usize) -> Result<DiscoveryRun> {
         batch_size: args.batch_size,
         initial_sync_s,
         changes: n,
-        batch_calls: batches.len(),
+        batch_calls,
         ideal_batch_calls: n.div_ceil(args.batch_size),
         accounts_sent: sent,
-        sent_twice: per_account.values().filter(|c| **c > 1).count(),
+        sent_twice,
         enabled_in_macie: enabled,
         list_calls,
         total_s,
         per_resource: Percentiles::of(&mut per_resource),
     };
-    drop(e);
     eprintln!("bench: {run}");
     let _ = op.child.kill().await;
     Ok(run)

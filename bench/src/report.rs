@@ -102,7 +102,10 @@ pub struct Flip {
     /// Injected ThrottlingException answers.
     pub throttled: usize,
     pub list_calls: usize,
+    /// The operator's CPU seconds from the first apply to the last Ready.
     pub cpu_s: f64,
+    /// kube-apiserver's CPU seconds over the same time (the bottleneck on a small machine).
+    pub apiserver_cpu_s: Option<f64>,
     pub peak_rss_mib: f64,
 }
 
@@ -258,12 +261,21 @@ impl Report {
         line(String::new());
         line("Convergence (every desired status flipped at once; seconds p50/p99/max)".into());
         line(format!(
-            "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} |",
-            "MacieJobs", "faults", "apply -> Macie", "apply -> Ready", "total", "updates", "invalid", "repeated"
+            "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} | {:>14} | {:>19} |",
+            "MacieJobs",
+            "faults",
+            "apply -> Macie",
+            "apply -> Ready",
+            "total",
+            "updates",
+            "invalid",
+            "repeated",
+            "operator CPU s",
+            "kube-apiserver CPU s"
         ));
         for f in self.jobs.iter().flat_map(|j| &j.flips) {
             line(format!(
-                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} |",
+                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} | {:>14.1} | {:>19} |",
                 f.resources,
                 f.label(),
                 f.to_macie.to_string(),
@@ -271,7 +283,9 @@ impl Report {
                 f.total_s,
                 f.accepted,
                 f.invalid,
-                f.repeated
+                f.repeated,
+                f.cpu_s,
+                f.apiserver_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}"))
             ));
         }
         line(String::new());

@@ -83,6 +83,20 @@ impl ProcStats {
     }
 }
 
+/// The process whose program (argv[0]) ends with `program` and whose arguments mention `marker`
+/// (e.g. the control plane's directory), if any.
+pub fn find_process(program: &str, marker: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&raw);
+            let mut args = cmd.split('\0');
+            args.next().is_some_and(|a0| a0.ends_with(program)) && args.any(|a| a.contains(marker))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +107,10 @@ mod tests {
         assert!(s.rss_mib > 0.0 && s.peak_rss_mib >= s.rss_mib);
         assert!(s.cpu_s >= 0.0);
         assert!(Machine::read().cores >= 1);
+        // This test binary itself is found by its name (argv[0] is its path).
+        let me = std::env::current_exe().unwrap();
+        let name = me.file_name().unwrap().to_str().unwrap();
+        assert!(find_process(name, "").is_some());
+        assert_eq!(find_process("no-such-program-anywhere", ""), None);
     }
 }

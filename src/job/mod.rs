@@ -623,7 +623,6 @@ async fn set_finalizer(api: &Api<MacieJob>, obj: &MacieJob, present: bool) -> Re
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Writes the status unless it equals `prev` (what the resource holds); returns what it holds now.
 #[allow(clippy::too_many_arguments)]
 async fn write_status(
