@@ -467,6 +467,7 @@ async fn flip(
 ) -> Result<Flip> {
     let n = names.len();
     let calls_before = env.emu.state.lock().calls.len();
+    let lists_before = env.requests("ListClassificationJobs");
     let stats0 = op.stats()?;
     let apiserver = system::find_process("kube-apiserver", &env.cp.dir().display().to_string());
     let api0 = apiserver.and_then(|p| ProcStats::read(p).ok());
@@ -525,7 +526,12 @@ async fn flip(
         }
         to_ready.push(secs_between(at, ready[name]));
     }
-    let injected = |code: &str| calls.iter().filter(|c| c.injected && c.outcome == code).count();
+    let injected = |code: &str| {
+        calls
+            .iter()
+            .filter(|c| c.operation == "UpdateClassificationJob" && c.injected && c.outcome == code)
+            .count()
+    };
     Ok(Flip {
         resources: n,
         to: to.to_string(),
@@ -539,8 +545,8 @@ async fn flip(
         accepted: updates.iter().filter(|c| c.outcome == "OK").count(),
         invalid: updates.iter().filter(|c| c.valid == Some(false)).count(),
         repeated: updates.iter().filter(|c| c.repeated == Some(true)).count(),
-        throttled: injected("ThrottlingException"),
-        list_calls: calls.iter().filter(|c| c.operation == "ListClassificationJobs").count(),
+        updates_throttled: injected("ThrottlingException"),
+        list_calls: env.requests("ListClassificationJobs") - lists_before,
         cpu_s: stats1.cpu_s - stats0.cpu_s,
         apiserver_cpu_s,
         peak_rss_mib: stats1.peak_rss_mib,

@@ -99,9 +99,10 @@ pub struct Flip {
     pub accepted: usize,
     pub invalid: usize,
     pub repeated: usize,
-    /// Injected ThrottlingException answers.
-    pub throttled: usize,
-    pub list_calls: usize,
+    /// Injected ThrottlingException answers to UpdateClassificationJob (the SDK retries them).
+    pub updates_throttled: usize,
+    /// ListClassificationJobs requests during the flip (sweeps go on at their interval).
+    pub list_calls: u64,
     /// The operator's CPU seconds from the first apply to the last Ready.
     pub cpu_s: f64,
     /// kube-apiserver's CPU seconds over the same time (the bottleneck on a small machine).
