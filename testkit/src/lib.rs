@@ -39,8 +39,28 @@ pub fn assets_dir() -> PathBuf {
         })
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the usual small race is accepted).
+/// A free TCP port on 127.0.0.1 (bound and released). It is taken below the kernel's ephemeral
+/// range when possible, so that outgoing connections and `:0` listeners of other tests do not
+/// grab it before its user binds it; `ControlPlane::start` also retries on a bind race.
 pub fn free_port() -> Result<u16> {
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    if ephemeral_start > 20000 {
+        // A pseudo-random start (time and pid), then the first port that binds.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        let span = u32::from(ephemeral_start - 20000);
+        for i in 0..200 {
+            let port = 20000 + ((seed.wrapping_add(i * 7919)) % span) as u16;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                return Ok(l.local_addr()?.port());
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -241,8 +261,22 @@ fn b64(data: &str) -> String {
 }
 
 impl ControlPlane {
-    /// Starts etcd and kube-apiserver and waits (up to 90 s) until /readyz answers ok.
+    /// Starts etcd and kube-apiserver and waits (up to 90 s) until /readyz answers ok. A port
+    /// taken between choosing it and binding it is retried with new ports (up to 3 attempts).
     pub async fn start() -> Result<ControlPlane> {
+        let mut attempt = 1;
+        loop {
+            match ControlPlane::start_once().await {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                    eprintln!("testkit: control plane start-up lost a port race ({attempt}/3), retrying: {e:#}");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn start_once() -> Result<ControlPlane> {
         let bin = assets_dir();
         for b in ["etcd", "kube-apiserver"] {
             if !bin.join(b).is_file() {
@@ -331,12 +365,10 @@ impl ControlPlane {
         let start = Instant::now();
         loop {
             for g in [&mut self.etcd, &mut self.apiserver] {
-                if g.exited() {
-                    bail!(
-                        "{} exited during start-up; its log ends with:\n{}",
-                        g.name(),
-                        g.log_tail(30)
-                    );
+                // The guard outlives its child, so a child that failed to bind shows in its log.
+                let tail = g.log_tail(30);
+                if g.exited() || tail.contains("address already in use") {
+                    bail!("{} exited during start-up; its log ends with:\n{tail}", g.name());
                 }
             }
             let req = http::Request::get("/readyz").body(Vec::new())?;
