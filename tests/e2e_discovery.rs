@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use macie_emulator::Seed;
 use macie_operator::api::MacieDiscovery;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 use testkit::wait_for;
 
@@ -21,15 +20,8 @@ fn acct(i: usize) -> String {
 }
 
 async fn create(api: &Api<MacieDiscovery>, name: &str, accounts: &[(String, &str)]) -> Result<()> {
-    let accounts: Vec<Value> = accounts
-        .iter()
-        .map(|(a, s)| json!({"accountId": a, "status": s}))
-        .collect();
-    let obj: MacieDiscovery = serde_json::from_value(json!({
-        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieDiscovery",
-        "metadata": {"name": name}, "spec": {"accounts": accounts}
-    }))?;
-    api.create(&PostParams::default(), &obj).await?;
+    api.create(&PostParams::default(), &discovery_object(name, accounts)?)
+        .await?;
     Ok(())
 }
 
@@ -74,10 +66,7 @@ fn sent_counts(emu: &EmulatorHandle) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_resources_250_accounts_with_unknown_and_paused_ones() -> Result<()> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, "disc-batch").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { client, ns, emu, .. } = scene("disc-batch").await?;
     // 250 declared accounts: 0..200 known (150 to change, 50 already right), 200..210 paused,
     // 210..250 unknown to Macie.
     let mut want = BTreeMap::new();
@@ -153,10 +142,7 @@ async fn three_resources_250_accounts_with_unknown_and_paused_ones() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drift_is_corrected_and_conflicts_block_until_resolved() -> Result<()> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, "disc-conflict").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { client, ns, emu, .. } = scene("disc-conflict").await?;
     let (x, y, z) = (acct(1), acct(2), acct(3));
     for a in [&x, &y, &z] {
         emu.put_account(a, "DISABLED", false);
@@ -260,10 +246,7 @@ async fn drift_is_corrected_and_conflicts_block_until_resolved() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn converges_under_20_percent_throttling_without_losing_or_repeating() -> Result<()> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, "disc-throttle").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { client, ns, emu, .. } = scene("disc-throttle").await?;
     emu.state
         .lock()
         .set_faults(serde_json::from_value(

@@ -106,14 +106,8 @@ fn acct(i: usize) -> String {
 }
 
 async fn discovery(api: &Api<MacieDiscovery>, name: &str, accounts: &[String], status: &str) -> Result<()> {
-    let accounts: Vec<Value> = accounts
-        .iter()
-        .map(|a| json!({"accountId": a, "status": status}))
-        .collect();
-    let obj: MacieDiscovery = serde_json::from_value(json!({
-        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieDiscovery",
-        "metadata": {"name": name}, "spec": {"accounts": accounts}
-    }))?;
+    let pairs: Vec<(String, &str)> = accounts.iter().map(|a| (a.clone(), status)).collect();
+    let obj = discovery_object(name, &pairs)?;
     api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&obj))
         .await?;
     Ok(())
@@ -143,10 +137,7 @@ async fn wait_discovery(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn throttling_errors_latency_delayed_visibility_then_an_outage() -> Result<()> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, "faults").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { client, ns, emu, .. } = scene("faults").await?;
     set_faults(
         &emu,
         json!({
@@ -249,10 +240,7 @@ async fn throttling_errors_latency_delayed_visibility_then_an_outage() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unknown_job_status_is_a_condition_and_others_are_unaffected() -> Result<()> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, "unknown-status").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { client, ns, emu, .. } = scene("unknown-status").await?;
     let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
     let strange = jobs(&api, &emu, "strange", 1, "RUNNING", "USER_PAUSED").await?;
     let strange_id = strange["strange-0"].0.clone();
@@ -291,10 +279,7 @@ fn updates(emu: &EmulatorHandle) -> usize {
 /// with calls in flight and with accepted changes that reads do not show yet, so the process that
 /// takes over must rely on the recorded steps.
 async fn slow_updates(name: &str) -> Result<(&'static ControlPlane, String, EmulatorHandle, Api<MacieJob>)> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, name).await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { cp, client, ns, emu } = scene(name).await?;
     set_faults(
         &emu,
         json!({"operations": {"UpdateClassificationJob": {"latencyMs": 40}}, "visibilityDelayMs": 3000}),
@@ -413,10 +398,7 @@ async fn kube_apiserver_restart_watches_recover() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_change_shown_by_the_sweep_in_flight_is_confirmed_by_the_next_sweep() -> Result<()> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, "slow-sweeps").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { client, ns, emu, .. } = scene("slow-sweeps").await?;
     let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
     let mut want = jobs(&api, &emu, "slow", 5, "RUNNING", "RUNNING").await?;
     // Each page takes 2 s, so a sweep is nearly always in flight: an update lands after a sweep

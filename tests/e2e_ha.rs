@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
-use macie_emulator::Seed;
 use macie_operator::api::MacieJob;
 use serde_json::json;
 use support::*;
@@ -70,10 +69,7 @@ async fn holder(leases: &Api<Lease>) -> Result<Option<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_leader_acts_and_a_killed_leader_is_replaced_without_double_updates() -> Result<()> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, "ha").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { cp, client, ns, emu } = scene("ha").await?;
     // Status changes show up 8 s late: longer than the handover, so the new leader first sees
     // the old status and must rely on the recorded step.
     emu.state

@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use macie_emulator::Seed;
 use macie_operator::api::MacieJob;
 use serde_json::json;
 use support::*;
@@ -41,10 +40,7 @@ const DESIRED: [&str; 3] = ["RUNNING", "USER_PAUSED", "CANCELLED"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_cell_converges_without_invalid_or_repeated_calls_under_faults() -> Result<()> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, "cells").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { client, ns, emu, .. } = scene("cells").await?;
     // A list right after an update still shows the old status for 1.5 s, and 20% of all calls
     // are throttled.
     emu.state
@@ -124,10 +120,7 @@ fn days_ago(days: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drift_late_jobs_names_deletion_and_expiry() -> Result<()> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, "lifecycle").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { client, ns, emu, .. } = scene("lifecycle").await?;
     let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
 
     let drift = emu.put_job(json!({"jobId": "drift1", "name": "drift", "jobType": "ONE_TIME", "jobStatus": "RUNNING"}));
@@ -278,10 +271,7 @@ async fn drift_late_jobs_names_deletion_and_expiry() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_sweep_costs_pages_whatever_the_number_of_resources() -> Result<()> {
-    let cp = control_plane().await?;
-    let client = cp.client().await?;
-    let ns = namespace(&client, "scale").await?;
-    let emu = EmulatorHandle::start(Seed::default()).await?;
+    let Scene { client, ns, emu, .. } = scene("scale").await?;
     let mut ids = Vec::new();
     for i in 0..1000 {
         ids.push(emu.put_job(json!({"name": format!("job-{i:04}"), "jobType": "SCHEDULED", "jobStatus": "IDLE"})));

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use macie_emulator::{Background, Seed};
 use macie_operator::api::{MacieDiscovery, MacieJob};
@@ -133,16 +132,7 @@ impl Env {
         let cp = ControlPlane::start().await?;
         testkit::install_crds(&cp, macie_operator::api::crds()).await?;
         let client = cp.client().await?;
-        let ns = "bench".to_string();
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let obj = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.clone()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        namespaces.create(&PostParams::default(), &obj).await?;
+        let ns = testkit::create_namespace(&client, "bench").await?;
         let emu = Background::start(Seed::default(), REGION, ACCOUNT).await?;
         Ok(Env { cp, client, ns, emu })
     }

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -375,23 +374,18 @@ impl DiscoveryController {
     }
 
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-        self.controller
-            .reconcile_on(self.trigger_rx)
-            .graceful_shutdown_on(shutdown)
-            .run(reconcile, error_policy, self.ctx)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "reconcile failed");
-                }
-            })
-            .await;
+        crate::runtime::drive(
+            self.controller
+                .reconcile_on(self.trigger_rx)
+                .graceful_shutdown_on(shutdown)
+                .run(reconcile, error_policy, self.ctx),
+        )
+        .await;
     }
 }
 
 fn error_policy(obj: Arc<MacieDiscovery>, err: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.failures.record(&obj);
-    tracing::warn!(name = %obj.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    ctx.failures.retry(&obj, err)
 }
 
 async fn reconcile(obj: Arc<MacieDiscovery>, ctx: Arc<Context>) -> Result<Action, Error> {

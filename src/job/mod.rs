@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -109,6 +108,11 @@ impl Context {
             requested_at: t.requested_at.0,
             error: t.error_code.clone(),
         })
+    }
+
+    /// Reconcile `oref` after the first sweep of `region` that starts later than `after`.
+    fn wake_after_sweep(&self, oref: &ObjectRef<MacieJob>, region: &str, after: Timestamp) {
+        lock(&self.waiters).insert(oref.clone(), (region.to_string(), after));
     }
 
     fn forget(&self, obj: &MacieJob) {
@@ -229,23 +233,18 @@ impl JobController {
 
     /// Runs until `shutdown` resolves.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-        self.controller
-            .reconcile_on(self.trigger_rx)
-            .graceful_shutdown_on(shutdown)
-            .run(reconcile, error_policy, self.ctx)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "reconcile failed");
-                }
-            })
-            .await;
+        crate::runtime::drive(
+            self.controller
+                .reconcile_on(self.trigger_rx)
+                .graceful_shutdown_on(shutdown)
+                .run(reconcile, error_policy, self.ctx),
+        )
+        .await;
     }
 }
 
 fn error_policy(obj: Arc<MacieJob>, err: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.failures.record(&obj);
-    tracing::warn!(name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    ctx.failures.retry(&obj, err)
 }
 
 async fn reconcile(obj: Arc<MacieJob>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -295,8 +294,7 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
 
     if p.step == Some(StepOutcome::Waiting) {
         // Look again after the next sweep, whether or not it shows a change.
-        let seen = snapshot_at.unwrap_or(now);
-        lock(&ctx.waiters).insert(oref.clone(), (region.clone(), seen));
+        ctx.wake_after_sweep(&oref, &region, snapshot_at.unwrap_or(now));
     }
     // What the resource's status holds (after our own writes in this reconcile).
     let mut stored = obj.status.clone().unwrap_or_default();
@@ -338,7 +336,7 @@ async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Actio
         let outcome = act(&ctx, &obj, &region, &oref, job_id, from, *to, requested_at).await?;
         if matches!(lock(&ctx.steps).get(&oref), Some(Some(_))) {
             // A step in flight: only a sweep that started after the call can show its effect.
-            lock(&ctx.waiters).insert(oref.clone(), (region.clone(), requested_at));
+            ctx.wake_after_sweep(&oref, &region, requested_at);
         }
         summary = outcome.summary;
         last_transition = outcome.transition.or(last_transition);

@@ -174,11 +174,32 @@ impl<K: kube::Resource<DynamicType = ()>> Failures<K> {
         backoff(*n)
     }
 
+    /// The controllers' error policy: counts the failure, logs it, and retries after the backoff.
+    pub fn retry(&self, obj: &K, err: &dyn std::fmt::Display) -> kube::runtime::controller::Action {
+        use kube::ResourceExt as _;
+        let delay = self.record(obj);
+        tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, retry_in = ?delay, "reconcile failed");
+        kube::runtime::controller::Action::requeue(delay)
+    }
+
     /// `obj` reconciled successfully (or is gone): its next failure starts from the shortest wait.
     pub fn clear(&self, obj: &K) {
         self.counts()
             .remove(&kube::runtime::reflector::ObjectRef::from_obj(obj));
     }
+}
+
+/// Drives a controller's result stream to its end (graceful shutdown); failures were already
+/// logged by the error policy, so they are only traced here.
+pub async fn drive<T, E: std::fmt::Display>(results: impl futures::Stream<Item = Result<T, E>>) {
+    use futures::StreamExt as _;
+    results
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
 }
 
 /// Publishes a Kubernetes Event about `obj`; a failure is logged, never fatal.

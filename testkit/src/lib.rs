@@ -461,6 +461,24 @@ pub async fn install_crds(
     Ok(())
 }
 
+/// Creates a namespace; returns its name.
+pub async fn create_namespace(client: &kube::Client, name: &str) -> Result<String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, ObjectMeta, PostParams};
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .with_context(|| format!("create namespace {name}"))?;
+    Ok(name.to_string())
+}
+
 /// A plain HTTP/1.1 GET on 127.0.0.1:`port` (an operator's admin server): (status, body).
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

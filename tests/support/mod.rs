@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use aws_sdk_macie2::config::{BehaviorVersion, Credentials, Region};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, PostParams};
 use macie_emulator::seed::SeedJob;
 use macie_emulator::{Seed, Shared};
 use macie_operator::api::MacieJob;
@@ -33,6 +32,23 @@ pub async fn control_plane() -> Result<&'static ControlPlane> {
             Ok::<_, anyhow::Error>(cp)
         })
         .await
+}
+
+/// What most end-to-end tests start from: the shared control plane, an admin client, a fresh
+/// namespace and an emulator with the default seed.
+pub struct Scene {
+    pub cp: &'static ControlPlane,
+    pub client: kube::Client,
+    pub ns: String,
+    pub emu: EmulatorHandle,
+}
+
+pub async fn scene(namespace_name: &str) -> Result<Scene> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = namespace(&client, namespace_name).await?;
+    let emu = EmulatorHandle::start(Seed::default()).await?;
+    Ok(Scene { cp, client, ns, emu })
 }
 
 /// Applies the operator's CRDs and waits until they are established.
@@ -166,18 +182,19 @@ impl OperatorHandle {
 
 /// A fresh namespace.
 pub async fn namespace(client: &kube::Client, name: &str) -> Result<String> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    api.create(&PostParams::default(), &ns)
-        .await
-        .context("create namespace")?;
-    Ok(name.to_string())
+    testkit::create_namespace(client, name).await
+}
+
+/// A MacieDiscovery declaring (account id, status) pairs.
+pub fn discovery_object(name: &str, accounts: &[(String, &str)]) -> Result<macie_operator::api::MacieDiscovery> {
+    let accounts: Vec<Value> = accounts
+        .iter()
+        .map(|(a, s)| json!({"accountId": a, "status": s}))
+        .collect();
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieDiscovery",
+        "metadata": {"name": name}, "spec": {"accounts": accounts}
+    }))?)
 }
 
 /// Creates a MacieJob from a spec.
