@@ -22,10 +22,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::conditions::{self, Phase};
 use crate::api::{MacieDiscovery, MacieDiscoveryStatus};
-use crate::job::{Error, MANAGER};
 use crate::macie::{MacieClients, MacieError, discovery as calls};
 use crate::runtime::metrics::Metrics;
-use crate::runtime::{Failures, backoff};
+use crate::runtime::{Error, Failures, MANAGER, backoff};
 use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings};
 
 /// Settings of the MacieDiscovery controller.
@@ -456,7 +455,7 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
             } else {
                 EventType::Warning
             };
-            crate::runtime::publish_event(&ctx.recorder, &**obj, type_, &summary.reason, summary.message.clone()).await;
+            crate::runtime::publish_event(&ctx.recorder, &**obj, type_, &summary.reason, "Reconcile", summary.message.clone()).await;
         }
     }
     ctx.failures.clear(obj);

@@ -22,31 +22,11 @@ use crate::api::macie_job::{ObservedJob, RequestedTransition, TransitionOutcome}
 use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
 use crate::macie::jobs::{Changes, JobPoller, OnChange, RegionView};
 use crate::macie::{MacieClients, MacieError};
-use crate::runtime::Failures;
+use crate::runtime::{Error, Failures, MANAGER};
 use plan::{Act, Observation, Settings, Step, StepOutcome};
 
-/// Field manager of every status write and the Events' reporting controller.
-pub const MANAGER: &str = "macie-operator";
 /// Holds a MacieJob with `deletionPolicy: Cancel` until its job is cancelled.
 pub const FINALIZER: &str = "macie.kubeops.dev/cancel-job";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("Macie: {0}")]
-    Macie(MacieError),
-}
-
-impl Error {
-    /// A fixed label for metrics.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kubernetes",
-            Error::Macie(e) => e.category(),
-        }
-    }
-}
 
 /// Settings of the MacieJob controller.
 #[derive(Debug, Clone)]
@@ -674,5 +654,5 @@ async fn write_status(
 }
 
 async fn publish(ctx: &Context, obj: &MacieJob, type_: EventType, reason: &str, note: String) {
-    crate::runtime::publish_event(&ctx.recorder, obj, type_, reason, note).await;
+    crate::runtime::publish_event(&ctx.recorder, obj, type_, reason, "Reconcile", note).await;
 }

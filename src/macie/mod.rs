@@ -14,6 +14,7 @@ use aws_sdk_macie2::config::retry::RetryConfig;
 use aws_sdk_macie2::config::{BehaviorVersion, Region};
 use aws_sdk_macie2::error::{ProvideErrorMetadata, SdkError};
 
+use crate::runtime::gate::WriteGate;
 use crate::runtime::metrics::Metrics;
 
 /// Builds and caches one Macie client per region.
@@ -22,6 +23,7 @@ pub struct MacieClients {
     endpoint: Option<String>,
     clients: Mutex<HashMap<String, Client>>,
     metrics: Arc<Metrics>,
+    gate: WriteGate,
 }
 
 /// The HTTP client of every AWS call: hyper with rustls on ring, the TLS stack kube uses too.
@@ -49,7 +51,20 @@ impl MacieClients {
             endpoint,
             clients: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
+            gate: WriteGate::open(),
         }
+    }
+
+    /// Macie writes (UpdateClassificationJob, BatchUpdateAutomatedDiscoveryAccounts) pass this
+    /// gate (leader election closes it when the lease is not renewed in time).
+    pub fn with_gate(mut self, gate: WriteGate) -> MacieClients {
+        self.gate = gate;
+        self
+    }
+
+    /// Whether a Macie write may start now.
+    pub fn gate(&self) -> &WriteGate {
+        &self.gate
     }
 
     /// Uses `metrics` for the call counters (and everything else built on these clients).

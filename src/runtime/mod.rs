@@ -1,8 +1,33 @@
 //! Process plumbing: logging, metrics, the admin server (/livez, /readyz, /metrics), leader
 //! election, shutdown signals.
 
+pub mod gate;
 pub mod leader;
 pub mod metrics;
+
+use crate::macie::MacieError;
+
+/// Field manager of every status write and the Events' reporting controller.
+pub const MANAGER: &str = "macie-operator";
+
+/// Why a reconcile failed (either controller).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Macie: {0}")]
+    Macie(MacieError),
+}
+
+impl Error {
+    /// A fixed label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Macie(e) => e.category(),
+        }
+    }
+}
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -202,19 +227,38 @@ pub async fn drive<T, E: std::fmt::Display>(results: impl futures::Stream<Item =
         .await;
 }
 
-/// Publishes a Kubernetes Event about `obj`; a failure is logged, never fatal.
+/// Longest Event note the Events API accepts (events.k8s.io/v1: 1 KiB).
+pub const EVENT_NOTE_MAX: usize = 1024;
+
+/// Cuts `s` to at most `max` bytes on a character boundary, ending in an ellipsis when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    const MORE: &str = "…";
+    let mut end = max.saturating_sub(MORE.len());
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &s[..end])
+}
+
+/// Publishes a Kubernetes Event about `obj`; a failure is logged, never fatal. `action` is
+/// what the operator did or tried (e.g. `UpdateClassificationJob`, `Observe`); the note is cut
+/// to the API's 1 KiB so that a long message never loses the whole Event.
 pub async fn publish_event<K: kube::Resource<DynamicType = ()>>(
     recorder: &kube::runtime::events::Recorder,
     obj: &K,
     type_: kube::runtime::events::EventType,
     reason: &str,
+    action: &str,
     note: String,
 ) {
     let ev = kube::runtime::events::Event {
         type_,
         reason: reason.to_string(),
-        note: Some(note),
-        action: "Reconcile".into(),
+        note: Some(truncate(&note, EVENT_NOTE_MAX)),
+        action: action.to_string(),
         secondary: None,
     };
     if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
@@ -245,4 +289,21 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        let long = "é".repeat(600); // 1200 bytes, 2 bytes per char
+        let cut = truncate(&long, EVENT_NOTE_MAX);
+        assert!(cut.len() <= EVENT_NOTE_MAX, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.starts_with("éé"));
+        let exact = "a".repeat(EVENT_NOTE_MAX);
+        assert_eq!(truncate(&exact, EVENT_NOTE_MAX), exact);
+    }
 }
