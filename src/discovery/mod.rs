@@ -455,7 +455,15 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
             } else {
                 EventType::Warning
             };
-            crate::runtime::publish_event(&ctx.recorder, &**obj, type_, &summary.reason, "Reconcile", summary.message.clone()).await;
+            crate::runtime::publish_event(
+                &ctx.recorder,
+                &**obj,
+                type_,
+                &summary.reason,
+                "Reconcile",
+                summary.message.clone(),
+            )
+            .await;
         }
     }
     ctx.failures.clear(obj);

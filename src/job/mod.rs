@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -20,10 +20,13 @@ use serde_json::json;
 use crate::api::conditions::{self, Phase, Summary};
 use crate::api::macie_job::{ObservedJob, RequestedTransition, TransitionOutcome};
 use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
-use crate::macie::jobs::{Changes, JobPoller, OnChange, RegionView};
+use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView};
 use crate::macie::{MacieClients, MacieError};
 use crate::runtime::{Error, Failures, MANAGER};
-use plan::{Act, Observation, Settings, Step, StepOutcome};
+use plan::{
+    Act, Announce, CallEvent, CallVerdict, Declaration, Observation, Plan, Reason, Settings, Step, StepOutcome,
+    StepState,
+};
 
 /// Holds a MacieJob with `deletionPolicy: Cancel` until its job is cancelled.
 pub const FINALIZER: &str = "macie.kubeops.dev/cancel-job";
@@ -51,43 +54,54 @@ pub struct Context {
     pub poller: Arc<JobPoller>,
     pub config: Config,
     recorder: Recorder,
-    /// Steps in flight, by resource: the source of truth within this process (the status copy
-    /// can lag behind the watch), with the status as the fallback after a restart. `None`
-    /// records that no step is in flight, whatever an older status copy says.
-    steps: Mutex<HashMap<ObjectRef<MacieJob>, Option<Step>>>,
-    /// Consecutive failures, for backoff.
-    failures: Failures<MacieJob>,
+    /// Every MacieJob (the controller's cache): who else names a job.
+    store: Store<MacieJob>,
+    /// What this process knows of each resource's step: the source of truth within this
+    /// process (the status copy can lag behind the watch), with the status as the fallback
+    /// after a restart.
+    steps: Steps,
+    /// Consecutive reconcile failures, for backoff.
+    failures: Arc<Failures<MacieJob>>,
     /// Resources waiting for a sweep that started after the given time (a step in flight):
     /// woken by the first such sweep even if it shows no change.
     waiters: Waiters,
 }
 
+/// What this process knows of a resource's step.
+#[derive(Debug, Clone)]
+enum Known {
+    /// This step (in flight, or refused until its retry time).
+    Step(Step),
+    /// No step blocks the resource, whatever an older status copy says.
+    Cleared,
+}
+
+type Steps = Arc<Mutex<HashMap<ObjectRef<MacieJob>, Known>>>;
+
 /// Resource -> (region, wake after a sweep started later than this).
 type Waiters = Arc<Mutex<HashMap<ObjectRef<MacieJob>, (String, Timestamp)>>>;
 
+fn region_of<'a>(spec: &'a MacieJobSpec, default_region: &'a str) -> &'a str {
+    spec.region.as_deref().unwrap_or(default_region)
+}
+
 impl Context {
     fn region_of(&self, spec: &MacieJobSpec) -> String {
-        spec.region
-            .clone()
-            .unwrap_or_else(|| self.config.default_region.clone())
+        region_of(spec, &self.config.default_region).to_string()
     }
 
+    /// The resource's step: in memory, else the write-ahead status after a restart.
     fn step_for(&self, oref: &ObjectRef<MacieJob>, status: Option<&MacieJobStatus>) -> Option<Step> {
-        if let Some(s) = lock(&self.steps).get(oref) {
-            return s.clone();
+        match lock(&self.steps).get(oref) {
+            Some(Known::Step(s)) => return Some(s.clone()),
+            Some(Known::Cleared) => return None,
+            None => {}
         }
-        let status = status?;
-        let t = status.last_transition.as_ref()?;
-        if t.outcome != TransitionOutcome::Pending {
-            return None;
-        }
-        Some(Step {
-            job_id: t.job_id.clone(),
-            from: t.from.clone(),
-            to: parse_desired(&t.to)?,
-            requested_at: t.requested_at.0,
-            error: t.error_code.clone(),
-        })
+        step_from_status(status?.last_transition.as_ref()?, &self.config.plan)
+    }
+
+    fn remember(&self, oref: &ObjectRef<MacieJob>, known: Known) {
+        lock(&self.steps).insert(oref.clone(), known);
     }
 
     /// Reconcile `oref` after the first sweep of `region` that starts later than `after`.
@@ -96,9 +110,131 @@ impl Context {
     }
 
     fn forget(&self, obj: &MacieJob) {
-        lock(&self.steps).remove(&ObjectRef::from_obj(obj));
-        lock(&self.waiters).remove(&ObjectRef::from_obj(obj));
+        let oref = ObjectRef::from_obj(obj);
+        lock(&self.steps).remove(&oref);
+        lock(&self.waiters).remove(&oref);
         self.failures.clear(obj);
+    }
+
+    /// The other MacieJobs that name `job` in `region`, as the ownership decision sees them.
+    fn peers(
+        &self,
+        obj: &MacieJob,
+        region: &str,
+        job: &ObservedJob,
+        by_name: &HashMap<String, Vec<String>>,
+    ) -> Vec<Declaration> {
+        let me = ObjectRef::from_obj(obj);
+        let steps = lock(&self.steps);
+        self.store
+            .state()
+            .iter()
+            .filter(|o| ObjectRef::from_obj(&***o) != me)
+            .filter(|o| region_of(&o.spec, &self.config.default_region) == region)
+            .filter(|o| names_job(&o.spec, job, by_name))
+            .filter_map(|o| {
+                let desired = match lifecycle(o) {
+                    Lifecycle::Manage { desired, .. } => desired,
+                    _ => return None,
+                };
+                let in_flight = matches!(
+                    steps.get(&ObjectRef::from_obj(&**o)),
+                    Some(Known::Step(Step { job_id, state: StepState::InFlight { .. }, .. })) if *job_id == job.job_id
+                );
+                Some(Declaration {
+                    namespace: o.namespace().unwrap_or_default(),
+                    name: o.name_any(),
+                    desired,
+                    created: o.meta().creation_timestamp.as_ref().map(|t| t.0),
+                    in_flight,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Whether a MacieJob's spec names `job` (by id, or by a name that only this job carries).
+fn names_job(spec: &MacieJobSpec, job: &ObservedJob, by_name: &HashMap<String, Vec<String>>) -> bool {
+    if let Some(id) = &spec.job_id {
+        return *id == job.job_id;
+    }
+    spec.job_name
+        .as_ref()
+        .is_some_and(|n| job.name.as_ref() == Some(n) && by_name.get(n).is_some_and(|ids| ids.len() == 1))
+}
+
+/// The step a status records, for a process that has none in memory (after a restart or a
+/// takeover): a Pending transition is a call in flight; an AccessDenied one is held for the
+/// first retry delay from when it was made.
+fn step_from_status(t: &RequestedTransition, settings: &Settings) -> Option<Step> {
+    let _ = settings;
+    let to = parse_desired(&t.to)?;
+    let mut step = Step::new(&t.job_id, &t.from, to, t.requested_at.0);
+    match (t.outcome, t.error_code.as_deref()) {
+        (TransitionOutcome::Pending, code) => {
+            step.state = StepState::InFlight {
+                error: code.map(str::to_string),
+            };
+        }
+        (TransitionOutcome::Failed, Some(code @ "AccessDeniedException")) => {
+            let retry_at = t
+                .requested_at
+                .0
+                .checked_add(plan::retry_delay(Reason::AccessDenied, 1, 1.0))
+                .unwrap_or(Timestamp::MAX);
+            step.state = StepState::Refused {
+                reason: Reason::AccessDenied,
+                code: code.to_string(),
+                message: t.message.clone().unwrap_or_default(),
+                retry_at,
+                attempts: 1,
+            };
+        }
+        _ => return None,
+    }
+    Some(step)
+}
+
+/// What the resource's lifecycle asks of a reconcile.
+#[derive(Debug, Clone, PartialEq)]
+enum Lifecycle {
+    /// Deleted without our finalizer: drop what we know of it.
+    Forget,
+    /// Add (true) or remove (false) the finalizer, as deletionPolicy asks.
+    SetFinalizer(bool),
+    /// Being deleted with deletionPolicy Orphan (now): release it without any call.
+    Release(&'static str),
+    /// Keep the job in `desired` (CANCELLED while being deleted with deletionPolicy Cancel).
+    Manage { desired: DesiredJobStatus, deleting: bool },
+}
+
+/// Pure: what the resource's deletion state and (current) deletionPolicy ask for.
+fn lifecycle(obj: &MacieJob) -> Lifecycle {
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+    let cancel = obj.spec.deletion_policy == DeletionPolicy::Cancel;
+    match (obj.meta().deletion_timestamp.is_some(), has_finalizer, cancel) {
+        (true, false, _) => Lifecycle::Forget,
+        (true, true, false) => Lifecycle::Release("deletionPolicy is Orphan: the job is left as it is"),
+        (true, true, true) => Lifecycle::Manage {
+            desired: DesiredJobStatus::Cancelled,
+            deleting: true,
+        },
+        (false, has, wants) if has != wants => Lifecycle::SetFinalizer(wants),
+        (false, _, _) => Lifecycle::Manage {
+            desired: obj.spec.job_status,
+            deleting: false,
+        },
+    }
+}
+
+/// Pure: while deleting with deletionPolicy Cancel, whether the finalizer can go (nothing left
+/// to cancel, or the job cannot be cancelled) and why.
+fn release_after_cancel(observation: &Observation<'_>, p: &Plan) -> Option<String> {
+    match observation {
+        Observation::NotFound => Some("the job no longer exists; nothing to cancel".into()),
+        Observation::Ambiguous(_) => Some(format!("{}; nothing was cancelled", p.summary.message)),
+        Observation::Found(_) if p.summary.phase == Phase::Ready => Some(p.summary.message.clone()),
+        _ => None,
     }
 }
 
@@ -118,7 +254,10 @@ fn parse_desired(s: &str) -> Option<DesiredJobStatus> {
 /// What the region's latest sweep says about the job `spec` names.
 pub fn resolve<'a>(spec: &MacieJobSpec, view: &'a RegionView) -> Observation<'a> {
     if let Some(e) = &view.error {
-        return Observation::SweepFailed(e);
+        return Observation::SweepFailed {
+            error: e,
+            failures: view.failures,
+        };
     }
     let Some(snap) = &view.snapshot else {
         return Observation::NoSweepYet;
@@ -153,36 +292,62 @@ impl JobController {
         let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<MacieJob>>();
         let default_region = config.default_region.clone();
         let waiters: Waiters = Arc::default();
-        let sweep_waiters = waiters.clone();
-        // After a sweep: reconcile the resources that name the changed jobs, and those waiting
-        // for a sweep newer than the one they saw.
-        let on_change: OnChange = Arc::new(move |region: &str, changes: &Changes, swept_at: Option<Timestamp>| {
-            if !changes.is_empty() {
-                for obj in store.state() {
-                    let r = obj.spec.region.as_deref().unwrap_or(&default_region);
-                    if r == region && changes.affects(obj.spec.job_id.as_deref(), obj.spec.job_name.as_deref()) {
-                        let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(&*obj));
+        let steps: Steps = Arc::default();
+        let failures: Arc<Failures<MacieJob>> = Arc::default();
+        let on_change: OnChange = {
+            let (store, waiters, steps, failures) = (store.clone(), waiters.clone(), steps.clone(), failures.clone());
+            let default_region = default_region.clone();
+            // After a sweep: reconcile the resources that name the changed jobs and those
+            // waiting for a sweep newer than the one they saw; drop what is kept for deleted
+            // resources.
+            Arc::new(move |region: &str, changes: &Changes, swept_at: Option<Timestamp>| {
+                let objs = store.state();
+                if !changes.is_empty() {
+                    for obj in &objs {
+                        if region_of(&obj.spec, &default_region) == region
+                            && changes.affects(obj.spec.job_id.as_deref(), obj.spec.job_name.as_deref())
+                        {
+                            let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(&**obj));
+                        }
                     }
                 }
-            }
-            if let Some(t) = swept_at {
-                let mut w = lock(&sweep_waiters);
-                let due: Vec<ObjectRef<MacieJob>> = w
-                    .iter()
-                    .filter(|(_, (r, after))| r == region && *after < t)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in due {
-                    w.remove(&k);
-                    let _ = trigger_tx.unbounded_send(k);
+                if let Some(t) = swept_at {
+                    let mut w = lock(&waiters);
+                    let due: Vec<ObjectRef<MacieJob>> = w
+                        .iter()
+                        .filter(|(_, (r, after))| r == region && *after < t)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in due {
+                        w.remove(&k);
+                        let _ = trigger_tx.unbounded_send(k);
+                    }
                 }
-            }
-        });
+                if region == default_region {
+                    let live: std::collections::HashSet<ObjectRef<MacieJob>> =
+                        objs.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
+                    lock(&steps).retain(|k, _| live.contains(k));
+                    lock(&waiters).retain(|k, _| live.contains(k));
+                    failures.retain(|k| live.contains(k));
+                }
+            })
+        };
+        let in_use: InUse = {
+            let (store, default_region) = (store.clone(), default_region.clone());
+            Arc::new(move |region: &str| {
+                store
+                    .state()
+                    .iter()
+                    .any(|o| region_of(&o.spec, &default_region) == region)
+            })
+        };
         let poller = Arc::new(JobPoller::new(
             clients.clone(),
             config.page_size,
             config.poll_interval,
             on_change,
+            in_use,
+            &default_region,
         ));
         poller.subscribe(&config.default_region);
         let reporter = Reporter {
@@ -195,8 +360,9 @@ impl JobController {
             clients,
             poller,
             config,
-            steps: Mutex::new(HashMap::new()),
-            failures: Failures::default(),
+            store,
+            steps,
+            failures,
             waiters,
         });
         JobController {
@@ -229,123 +395,174 @@ fn error_policy(obj: Arc<MacieJob>, err: &Error, ctx: Arc<Context>) -> Action {
 
 async fn reconcile(obj: Arc<MacieJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let t = std::time::Instant::now();
-    let r = reconcile_inner(obj, &ctx).await;
+    let r = reconcile_inner(&obj, &ctx).await;
     ctx.clients
         .metrics()
         .reconciled("MacieJob", t.elapsed(), r.as_ref().err().map(Error::category));
     r
 }
 
-async fn reconcile_inner(obj: Arc<MacieJob>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let ctx = ctx.clone();
-    let oref = ObjectRef::from_obj(&*obj);
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<MacieJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
-
-    if obj.meta().deletion_timestamp.is_some() {
-        if !has_finalizer {
-            ctx.forget(&obj);
+/// One reconcile: lifecycle -> observe -> plan (pure) -> act -> status.
+async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error> {
+    let api: Api<MacieJob> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let (desired, deleting) = match lifecycle(obj) {
+        Lifecycle::Forget => {
+            ctx.forget(obj);
             return Ok(Action::await_change());
         }
-        return cleanup(&obj, &api, &ctx, &oref).await;
-    }
-    let wants_finalizer = obj.spec.deletion_policy == DeletionPolicy::Cancel;
-    if wants_finalizer != has_finalizer {
-        set_finalizer(&api, &obj, wants_finalizer).await?;
-        // The update triggers the next reconcile.
-        return Ok(Action::await_change());
-    }
+        Lifecycle::SetFinalizer(present) => {
+            // The update triggers the next reconcile.
+            set_finalizer(&api, obj, present).await?;
+            return Ok(Action::await_change());
+        }
+        Lifecycle::Release(why) => {
+            release(ctx, &api, obj, why.to_string()).await?;
+            return Ok(Action::await_change());
+        }
+        Lifecycle::Manage { desired, deleting } => (desired, deleting),
+    };
 
+    // Observe: the region's shared sweep, the step in flight, and who else names the job.
+    let oref = ObjectRef::from_obj(obj);
     let region = ctx.region_of(&obj.spec);
     let view = ctx.poller.view(&region);
     let observation = resolve(&obj.spec, &view);
     let snapshot_at = view.snapshot.as_ref().map(|s| s.started_at);
     let step = ctx.step_for(&oref, obj.status.as_ref());
     let now = Timestamp::now();
-    let p = plan::plan(
-        obj.spec.job_status,
-        observation,
-        snapshot_at,
-        step.as_ref(),
-        now,
-        &ctx.config.plan,
-    );
 
-    if p.step == Some(StepOutcome::Waiting) {
-        // Look again after the next sweep, whether or not it shows a change.
-        ctx.wake_after_sweep(&oref, &region, snapshot_at.unwrap_or(now));
+    // Plan (pure).
+    let mut p = plan::plan(desired, observation, snapshot_at, step.as_ref(), now, &ctx.config.plan);
+    if let (Observation::Found(job), Some(snap)) = (&observation, &view.snapshot) {
+        let peers = ctx.peers(obj, &region, job, &snap.by_name);
+        let me = Declaration {
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+            desired,
+            created: obj.meta().creation_timestamp.as_ref().map(|t| t.0),
+            in_flight: matches!(
+                &step,
+                Some(Step {
+                    state: StepState::InFlight { .. },
+                    ..
+                })
+            ),
+        };
+        p = plan::owned(p, &plan::ownership(&me, &peers));
     }
-    // What the resource's status holds (after our own writes in this reconcile).
+    if deleting {
+        if let Some(why) = release_after_cancel(&observation, &p) {
+            release(ctx, &api, obj, format!("deletionPolicy Cancel: {why}")).await?;
+            return Ok(Action::await_change());
+        }
+        p.summary.message = format!(
+            "deletionPolicy Cancel: the finalizer stays until the job is cancelled: {}",
+            p.summary.message
+        );
+    }
     let mut stored = obj.status.clone().unwrap_or_default();
     let mut last_transition = stored.last_transition.clone();
-    resolve_step(&ctx, &oref, step.as_ref(), p.step.as_ref(), &mut last_transition);
-
-    let mut summary = p.summary.clone();
-    let mut recheck_at = p.recheck_at;
+    let prev_attempts = step
+        .as_ref()
+        .filter(|s| s.to == desired && p.step == Some(StepOutcome::RetryDue))
+        .map_or(0, Step::attempts);
+    resolve_step(ctx, &oref, step.as_ref(), p.step.as_ref(), &mut last_transition);
+    if p.after_next_sweep {
+        ctx.wake_after_sweep(&oref, &region, snapshot_at.unwrap_or(now));
+    }
     let job = match observation {
         Observation::Found(j) => Some(j.clone()),
         Observation::NotFound | Observation::Ambiguous(_) => None,
-        Observation::NoSweepYet | Observation::SweepFailed(_) => stored.job.clone(),
+        Observation::NoSweepYet | Observation::SweepFailed { .. } => stored.job.clone(),
     };
+    let mut summary = p.summary.clone();
+    let mut recheck_at = p.recheck_at;
+
+    // Act: write-ahead, the call, and what its result means.
     if let Act::Update { job_id, from, to } = &p.act {
+        if !ctx.clients.gate().allows_writes() {
+            tracing::info!(name = %obj.name_any(), "not the leader any more: no UpdateClassificationJob");
+            return Ok(Action::requeue(ctx.poller.interval()));
+        }
+        let st = Step::new(job_id, from, *to, Timestamp::now());
         // Write-ahead: record the step in the status before the call, so that a replica that
         // takes over after a crash between the call and the status write does not repeat it.
-        let requested_at = Timestamp::now();
-        let intent = RequestedTransition {
-            job_id: job_id.clone(),
-            from: from.clone(),
-            to: to.as_str().to_string(),
-            requested_at: Time(requested_at),
-            outcome: TransitionOutcome::Pending,
-            error_code: None,
-            message: None,
-        };
+        let intent = transition_record(&st, TransitionOutcome::Pending, None);
         stored = write_status(
             &api,
-            &obj,
-            &ctx,
-            &stored,
-            &region,
-            job.clone(),
-            &summary,
-            Some(intent),
-            snapshot_at,
+            obj,
+            ctx,
+            StatusUpdate {
+                prev: &stored,
+                region: &region,
+                job: job.clone(),
+                summary: &summary,
+                last_transition: Some(intent),
+                snapshot_at,
+            },
         )
         .await?;
-        let outcome = act(&ctx, &obj, &region, &oref, job_id, from, *to, requested_at).await?;
-        if matches!(lock(&ctx.steps).get(&oref), Some(Some(_))) {
-            // A step in flight: only a sweep that started after the call can show its effect.
-            ctx.wake_after_sweep(&oref, &region, requested_at);
+        let verdict = act(ctx, obj, st, prev_attempts).await;
+        match &verdict.step.state {
+            StepState::InFlight { .. } => {
+                // Only a sweep that started after the call can show its effect.
+                ctx.wake_after_sweep(&oref, &region, verdict.step.requested_at);
+            }
+            StepState::Refused { retry_at, .. } => recheck_at = Some(*retry_at),
         }
-        summary = outcome.summary;
-        last_transition = outcome.transition.or(last_transition);
-        if let Some(t) = outcome.recheck_at {
-            recheck_at = Some(t);
+        let error = match &verdict.step.state {
+            StepState::InFlight { error } => error.clone(),
+            StepState::Refused { code, .. } => Some(code.clone()),
+        };
+        let mut record = transition_record(&verdict.step, verdict.outcome, error);
+        if record.error_code.is_some() {
+            record.message = Some(verdict.summary.message.clone());
         }
+        last_transition = Some(record);
+        ctx.remember(&oref, Known::Step(verdict.step));
+        summary = verdict.summary;
+    } else if p.hold && !stored.conditions.is_empty() {
+        // A transient sweep failure: the resource keeps its conditions.
+        return Ok(Action::await_change());
     }
 
+    // Status: one write when something changed, and an Event when the reason did.
     write_status(
         &api,
-        &obj,
-        &ctx,
-        &stored,
-        &region,
-        job,
-        &summary,
-        last_transition,
-        snapshot_at,
+        obj,
+        ctx,
+        StatusUpdate {
+            prev: &stored,
+            region: &region,
+            job,
+            summary: &summary,
+            last_transition,
+            snapshot_at,
+        },
     )
     .await?;
-    ctx.failures.clear(&obj);
+    ctx.failures.clear(obj);
 
     Ok(match recheck_at {
         Some(t) => {
-            let wait = now.duration_until(t).unsigned_abs();
+            let wait = Timestamp::now().duration_until(t).unsigned_abs();
             Action::requeue(wait.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)))
         }
+        None if deleting => Action::requeue(ctx.poller.interval()),
         None => Action::await_change(),
     })
+}
+
+fn transition_record(step: &Step, outcome: TransitionOutcome, error: Option<String>) -> RequestedTransition {
+    RequestedTransition {
+        job_id: step.job_id.clone(),
+        from: step.from.clone(),
+        to: step.to.as_str().to_string(),
+        requested_at: Time(step.requested_at),
+        outcome,
+        error_code: error,
+        message: None,
+    }
 }
 
 /// Records what became of the step in flight.
@@ -361,164 +578,71 @@ fn resolve_step(
     };
     let new_outcome = match outcome {
         StepOutcome::Waiting => return,
-        StepOutcome::Succeeded => TransitionOutcome::Succeeded,
-        StepOutcome::Superseded => TransitionOutcome::Superseded,
-        StepOutcome::TimedOut => TransitionOutcome::Failed,
+        StepOutcome::Succeeded => Some(TransitionOutcome::Succeeded),
+        StepOutcome::Superseded => Some(TransitionOutcome::Superseded),
+        StepOutcome::TimedOut => Some(TransitionOutcome::Failed),
+        StepOutcome::RetryDue => None,
     };
-    lock(&ctx.steps).insert(oref.clone(), None);
-    if let Some(t) = last_transition.as_mut()
-        && t.requested_at.0 == step.requested_at
+    ctx.remember(oref, Known::Cleared);
+    // Timestamps are compared at the precision the API stores (whole seconds).
+    if let (Some(new_outcome), Some(t)) = (new_outcome, last_transition.as_mut())
+        && t.requested_at.0.as_second() == step.requested_at.as_second()
         && t.outcome == TransitionOutcome::Pending
     {
         t.outcome = new_outcome;
         if *outcome == StepOutcome::TimedOut {
             t.message = Some(format!(
-                "no sweep showed the change within {:?}",
+                "no sweep that started within {:?} after the call showed the change",
                 ctx.config.plan.step_timeout
             ));
         }
     }
 }
 
-struct ActOutcome {
-    summary: Summary,
-    transition: Option<RequestedTransition>,
-    recheck_at: Option<Timestamp>,
-}
-
-/// Calls UpdateClassificationJob for a step the plan chose, and records the step.
-#[allow(clippy::too_many_arguments)]
-async fn act(
-    ctx: &Context,
-    obj: &MacieJob,
-    region: &str,
-    oref: &ObjectRef<MacieJob>,
-    job_id: &str,
-    from: &str,
-    to: DesiredJobStatus,
-    requested_at: Timestamp,
-) -> Result<ActOutcome, Error> {
-    let result = update_job(&ctx.clients.client(region), job_id, to).await;
+/// Calls UpdateClassificationJob for the step the plan chose, and judges the result.
+async fn act(ctx: &Context, obj: &MacieJob, step: Step, prev_attempts: u32) -> CallVerdict {
+    let region = ctx.region_of(&obj.spec);
+    let result = update_job(&ctx.clients.client(&region), &step.job_id, step.to).await;
     ctx.clients
         .metrics()
         .call("UpdateClassificationJob", MacieError::outcome(&result));
-    let mut step = Step {
-        job_id: job_id.to_string(),
-        from: from.to_string(),
-        to,
-        requested_at,
-        error: None,
-    };
-    let transition = |outcome, err: Option<&MacieError>| RequestedTransition {
-        job_id: job_id.to_string(),
-        from: from.to_string(),
-        to: to.as_str().to_string(),
-        requested_at: Time(requested_at),
-        outcome,
-        error_code: err.map(|e| e.code().to_string()),
-        message: err.map(|e| e.message().to_string()),
-    };
-    let recheck_at = Some(plan_deadline(requested_at, ctx.config.plan.step_timeout));
-    match result {
-        Ok(()) => {
-            lock(&ctx.steps).insert(oref.clone(), Some(step));
-            publish(
-                ctx,
-                obj,
-                EventType::Normal,
-                "UpdateRequested",
-                format!("UpdateClassificationJob {job_id}: {from} -> {}", to.as_str()),
-            )
-            .await;
-            Ok(ActOutcome {
-                summary: Summary::new(Phase::Reconciling, "Transitioning", plan::transitioning(from, to)),
-                transition: Some(transition(TransitionOutcome::Pending, None)),
-                recheck_at,
-            })
-        }
-        // Not processed: no step in flight (whatever the write-ahead status says); retry with
-        // backoff through the error policy.
-        Err(e @ MacieError::Throttled { .. }) => {
-            lock(&ctx.steps).insert(oref.clone(), None);
-            Err(Error::Macie(e))
-        }
-        Err(e) => {
+    let what = format!(
+        "UpdateClassificationJob {}: {} -> {}",
+        step.job_id,
+        step.from,
+        step.to.as_str()
+    );
+    let jitter = 0.5 + rand::random::<f64>() * 0.5;
+    let verdict = plan::after_call(
+        step,
+        result.as_ref().map(|_| ()),
+        prev_attempts,
+        Timestamp::now(),
+        jitter,
+    );
+    match (verdict.event, &result) {
+        (CallEvent::Requested, _) => publish(ctx, obj, EventType::Normal, "UpdateRequested", what).await,
+        (CallEvent::Failed, Err(e)) => {
             publish(
                 ctx,
                 obj,
                 EventType::Warning,
                 "UpdateFailed",
-                format!(
-                    "UpdateClassificationJob {job_id}: {from} -> {} failed: {e}",
-                    to.as_str()
-                ),
+                format!("{what} failed: {e}"),
             )
             .await;
-            let (summary, outcome) = match &e {
-                MacieError::AccessDenied { .. } => (
-                    Summary::new(
-                        Phase::Stalled,
-                        "AccessDenied",
-                        format!(
-                            "UpdateClassificationJob failed: {e}; check the operator's IAM role (macie2:UpdateClassificationJob)"
-                        ),
-                    ),
-                    TransitionOutcome::Failed,
-                ),
-                MacieError::NotFound { .. } => (
-                    Summary::new(
-                        Phase::Reconciling,
-                        "JobNotFound",
-                        format!("UpdateClassificationJob: {e}"),
-                    ),
-                    TransitionOutcome::Failed,
-                ),
-                MacieError::Uncertain { .. } => (
-                    Summary::new(
-                        Phase::Reconciling,
-                        "Transitioning",
-                        format!(
-                            "UpdateClassificationJob failed with {e}; it may have taken effect, so the operator waits for a sweep to show the job's status before trying again"
-                        ),
-                    ),
-                    TransitionOutcome::Pending,
-                ),
-                _ => (
-                    Summary::new(
-                        Phase::Reconciling,
-                        "UpdateRejected",
-                        format!(
-                            "Macie rejected UpdateClassificationJob {from} -> {}: {e}; the operator waits for a sweep to show the job's status before trying again",
-                            to.as_str()
-                        ),
-                    ),
-                    TransitionOutcome::Failed,
-                ),
-            };
-            if matches!(e, MacieError::AccessDenied { .. } | MacieError::NotFound { .. }) {
-                // Nothing was done; look again after a while.
-                lock(&ctx.steps).insert(oref.clone(), None);
-                return Ok(ActOutcome {
-                    summary,
-                    transition: Some(transition(outcome, Some(&e))),
-                    recheck_at: Some(plan_deadline(Timestamp::now(), ctx.poller.interval() * 5)),
-                });
-            }
-            // Block a repeat until a sweep shows the job (Macie applies changes asynchronously
-            // and a 5xx may hide a success).
-            step.error = Some(e.code().to_string());
-            lock(&ctx.steps).insert(oref.clone(), Some(step));
-            Ok(ActOutcome {
-                summary,
-                transition: Some(transition(outcome, Some(&e))),
-                recheck_at,
-            })
         }
+        _ => {}
     }
+    verdict
 }
 
-fn plan_deadline(t: Timestamp, d: Duration) -> Timestamp {
-    t.checked_add(d).unwrap_or(Timestamp::MAX)
+/// Releases the finalizer of a resource being deleted, with an Event saying why.
+async fn release(ctx: &Context, api: &Api<MacieJob>, obj: &MacieJob, why: String) -> Result<(), Error> {
+    publish(ctx, obj, EventType::Normal, "Released", why).await;
+    set_finalizer(api, obj, false).await?;
+    ctx.forget(obj);
+    Ok(())
 }
 
 /// UpdateClassificationJob without SDK retries: a retried call after a lost response could
@@ -538,56 +662,6 @@ pub async fn update_job(client: &aws_sdk_macie2::Client, job_id: &str, to: Desir
         .map_err(MacieError::from_sdk)
 }
 
-/// Deletion with `deletionPolicy: Cancel`: cancel the job (unless it is already CANCELLED,
-/// COMPLETE or gone), then release the finalizer.
-async fn cleanup(
-    obj: &MacieJob,
-    api: &Api<MacieJob>,
-    ctx: &Context,
-    oref: &ObjectRef<MacieJob>,
-) -> Result<Action, Error> {
-    let region = ctx.region_of(&obj.spec);
-    let view = ctx.poller.view(&region);
-    let observation = resolve(&obj.spec, &view);
-    let step = ctx.step_for(oref, obj.status.as_ref());
-    let snapshot_at = view.snapshot.as_ref().map(|s| s.started_at);
-    let p = plan::plan(
-        DesiredJobStatus::Cancelled,
-        observation,
-        snapshot_at,
-        step.as_ref(),
-        Timestamp::now(),
-        &ctx.config.plan,
-    );
-    let release = match observation {
-        Observation::NotFound => Some("job no longer exists; nothing to cancel".to_string()),
-        Observation::Ambiguous(_) => Some(format!("{}; nothing was cancelled", p.summary.message)),
-        Observation::Found(_) if p.summary.phase == Phase::Ready => Some(p.summary.message.clone()),
-        _ => None,
-    };
-    if let Some(msg) = release {
-        publish(
-            ctx,
-            obj,
-            EventType::Normal,
-            "Released",
-            format!("deletionPolicy Cancel: {msg}"),
-        )
-        .await;
-        set_finalizer(api, obj, false).await?;
-        ctx.forget(obj);
-        return Ok(Action::await_change());
-    }
-    if let Act::Update { job_id, from, to } = &p.act {
-        let out = act(ctx, obj, &region, oref, job_id, from, *to, Timestamp::now()).await?;
-        tracing::info!(name = %obj.name_any(), reason = %out.summary.reason, "cancelling job before deletion");
-    } else if p.step == Some(StepOutcome::Waiting) || step.is_none() {
-        tracing::debug!(name = %obj.name_any(), reason = %p.summary.reason, "waiting to release finalizer");
-    }
-    // The sweep that shows the job cancelled triggers the next reconcile; recheck anyway.
-    Ok(Action::requeue(ctx.poller.interval()))
-}
-
 async fn set_finalizer(api: &Api<MacieJob>, obj: &MacieJob, present: bool) -> Result<(), Error> {
     let mut finalizers: Vec<String> = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     if present {
@@ -601,19 +675,33 @@ async fn set_finalizer(api: &Api<MacieJob>, obj: &MacieJob, present: bool) -> Re
     Ok(())
 }
 
-/// Writes the status unless it equals `prev` (what the resource holds); returns what it holds now.
-#[allow(clippy::too_many_arguments)]
+/// What a status write is given.
+struct StatusUpdate<'a> {
+    /// What the resource holds now.
+    prev: &'a MacieJobStatus,
+    region: &'a str,
+    job: Option<ObservedJob>,
+    summary: &'a Summary,
+    last_transition: Option<RequestedTransition>,
+    snapshot_at: Option<Timestamp>,
+}
+
+/// Writes the status unless it equals what the resource holds; returns what it holds now.
+/// Entering a new reason is announced with an Event (as the reason says).
 async fn write_status(
     api: &Api<MacieJob>,
     obj: &MacieJob,
     ctx: &Context,
-    prev: &MacieJobStatus,
-    region: &str,
-    job: Option<ObservedJob>,
-    summary: &Summary,
-    last_transition: Option<RequestedTransition>,
-    snapshot_at: Option<Timestamp>,
+    u: StatusUpdate<'_>,
 ) -> Result<MacieJobStatus, Error> {
+    let StatusUpdate {
+        prev,
+        region,
+        job,
+        summary,
+        last_transition,
+        snapshot_at,
+    } = u;
     let mut status = MacieJobStatus {
         observed_generation: obj.meta().generation,
         conditions: conditions::conditions(summary, obj.meta().generation, &prev.conditions, Timestamp::now()),
@@ -640,19 +728,208 @@ async fn write_status(
     )
     .await?;
 
-    // An Event when the resource enters a new state.
     let before = conditions::find(&prev.conditions, conditions::READY).map(|c| c.reason.as_str());
-    if before != Some(summary.reason.as_str()) && summary.reason != "Transitioning" {
-        let kind = match (summary.phase, summary.reason.as_str()) {
-            (Phase::Ready, "Converged" | "TerminalState") => EventType::Normal,
-            (Phase::Reconciling, "WaitingForSweep") => EventType::Normal,
-            _ => EventType::Warning,
+    if before != Some(summary.reason.as_str()) {
+        let kind = match Reason::parse(&summary.reason).map(Reason::announce) {
+            Some(Announce::Silent) => None,
+            Some(Announce::Normal) => Some(EventType::Normal),
+            _ => Some(EventType::Warning),
         };
-        publish(ctx, obj, kind, &summary.reason, summary.message.clone()).await;
+        if let Some(kind) = kind {
+            publish(ctx, obj, kind, &summary.reason, summary.message.clone()).await;
+        }
     }
     Ok(status)
 }
 
 async fn publish(ctx: &Context, obj: &MacieJob, type_: EventType, reason: &str, note: String) {
-    crate::runtime::publish_event(&ctx.recorder, obj, type_, reason, "Reconcile", note).await;
+    let action = match reason {
+        "UpdateRequested" | "UpdateFailed" => "UpdateClassificationJob",
+        "Released" => "ReleaseFinalizer",
+        _ => "Observe",
+    };
+    crate::runtime::publish_event(&ctx.recorder, obj, type_, reason, action, note).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    fn obj(policy: DeletionPolicy, finalizer: bool, deleting: bool) -> MacieJob {
+        let mut o = MacieJob::new(
+            "m",
+            MacieJobSpec {
+                job_id: Some("j1".into()),
+                job_name: None,
+                job_status: DesiredJobStatus::UserPaused,
+                region: None,
+                deletion_policy: policy,
+            },
+        );
+        o.metadata = ObjectMeta {
+            name: Some("m".into()),
+            namespace: Some("ns".into()),
+            finalizers: finalizer.then(|| vec![FINALIZER.to_string()]),
+            deletion_timestamp: deleting.then(|| Time(Timestamp::now())),
+            ..Default::default()
+        };
+        o
+    }
+
+    #[test]
+    fn lifecycle_rows() {
+        use DeletionPolicy::*;
+        use DesiredJobStatus::*;
+        let rows = [
+            // (policy, finalizer, deleting) -> lifecycle
+            (
+                (Orphan, false, false),
+                Lifecycle::Manage {
+                    desired: UserPaused,
+                    deleting: false,
+                },
+            ),
+            ((Orphan, true, false), Lifecycle::SetFinalizer(false)),
+            ((Cancel, false, false), Lifecycle::SetFinalizer(true)),
+            (
+                (Cancel, true, false),
+                Lifecycle::Manage {
+                    desired: UserPaused,
+                    deleting: false,
+                },
+            ),
+            ((Orphan, false, true), Lifecycle::Forget),
+            ((Cancel, false, true), Lifecycle::Forget),
+            // Switched to Orphan while deleting: released, no call.
+            (
+                (Orphan, true, true),
+                Lifecycle::Release("deletionPolicy is Orphan: the job is left as it is"),
+            ),
+            (
+                (Cancel, true, true),
+                Lifecycle::Manage {
+                    desired: Cancelled,
+                    deleting: true,
+                },
+            ),
+        ];
+        for ((policy, finalizer, deleting), want) in rows {
+            assert_eq!(
+                lifecycle(&obj(policy, finalizer, deleting)),
+                want,
+                "{policy:?} {finalizer} {deleting}"
+            );
+        }
+    }
+
+    #[test]
+    fn release_after_cancel_rows() {
+        let settings = Settings {
+            step_timeout: Duration::from_secs(300),
+            expiry_warning: Duration::from_secs(86400),
+        };
+        let job = |s: &str| ObservedJob {
+            job_id: "j1".into(),
+            job_status: s.into(),
+            ..Default::default()
+        };
+        let t = Timestamp::now();
+        let err = MacieError::Uncertain {
+            code: "DispatchFailure".into(),
+            message: "dns error".into(),
+        };
+        let ids = vec!["a".to_string(), "b".to_string()];
+        let cases: Vec<(Observation<'_>, bool)> = vec![
+            (Observation::NotFound, true),
+            (Observation::Ambiguous(&ids), true),
+            (Observation::NoSweepYet, false),
+            (
+                Observation::SweepFailed {
+                    error: &err,
+                    failures: 5,
+                },
+                false,
+            ),
+        ];
+        for (o, released) in cases {
+            let p = plan::plan(DesiredJobStatus::Cancelled, o, Some(t), None, t, &settings);
+            assert_eq!(release_after_cancel(&o, &p).is_some(), released, "{o:?}");
+        }
+        for (status, released) in [
+            ("CANCELLED", true),
+            ("COMPLETE", true),
+            ("RUNNING", false),
+            ("USER_PAUSED", false),
+        ] {
+            let j = job(status);
+            let o = Observation::Found(&j);
+            let p = plan::plan(DesiredJobStatus::Cancelled, o, Some(t), None, t, &settings);
+            assert_eq!(release_after_cancel(&o, &p).is_some(), released, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_restarted_process_reads_the_step_from_the_status() {
+        let settings = Settings {
+            step_timeout: Duration::from_secs(300),
+            expiry_warning: Duration::from_secs(86400),
+        };
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut t = RequestedTransition {
+            job_id: "j1".into(),
+            from: "RUNNING".into(),
+            to: "USER_PAUSED".into(),
+            requested_at: Time(at),
+            outcome: TransitionOutcome::Pending,
+            error_code: None,
+            message: None,
+        };
+        let s = step_from_status(&t, &settings).expect("pending is in flight");
+        assert_eq!(s.state, StepState::InFlight { error: None });
+        assert_eq!(s.requested_at, at);
+        t.outcome = TransitionOutcome::Failed;
+        t.error_code = Some("AccessDeniedException".into());
+        let s = step_from_status(&t, &settings).expect("denied is held");
+        assert!(matches!(
+            s.state,
+            StepState::Refused {
+                reason: Reason::AccessDenied,
+                ..
+            }
+        ));
+        t.error_code = Some("ValidationException".into());
+        assert_eq!(step_from_status(&t, &settings), None);
+        t.outcome = TransitionOutcome::Succeeded;
+        t.error_code = None;
+        assert_eq!(step_from_status(&t, &settings), None);
+    }
+
+    #[test]
+    fn names_job_by_id_or_by_a_unique_name() {
+        let job = ObservedJob {
+            job_id: "j1".into(),
+            name: Some("nightly".into()),
+            job_status: "RUNNING".into(),
+            ..Default::default()
+        };
+        let mut by_name = HashMap::new();
+        by_name.insert("nightly".to_string(), vec!["j1".to_string()]);
+        let spec = |id: Option<&str>, name: Option<&str>| MacieJobSpec {
+            job_id: id.map(str::to_string),
+            job_name: name.map(str::to_string),
+            job_status: DesiredJobStatus::Running,
+            region: None,
+            deletion_policy: DeletionPolicy::Orphan,
+        };
+        assert!(names_job(&spec(Some("j1"), None), &job, &by_name));
+        assert!(!names_job(&spec(Some("j2"), None), &job, &by_name));
+        assert!(names_job(&spec(None, Some("nightly")), &job, &by_name));
+        assert!(!names_job(&spec(None, Some("other")), &job, &by_name));
+        by_name.insert("nightly".to_string(), vec!["j1".to_string(), "j9".to_string()]);
+        assert!(
+            !names_job(&spec(None, Some("nightly")), &job, &by_name),
+            "an ambiguous name names no job"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::DesiredJobStatus;
 use crate::api::conditions::{Phase, Summary};
-use crate::api::macie_job::ObservedJob;
+use crate::api::macie_job::{ObservedJob, TransitionOutcome};
 use crate::macie::MacieError;
 
 /// A Macie job status as the API reports it.
@@ -84,29 +84,195 @@ impl fmt::Display for JobStatus {
 pub enum Observation<'a> {
     /// No sweep of the region has finished yet.
     NoSweepYet,
-    /// The latest sweep failed.
-    SweepFailed(&'a MacieError),
+    /// The latest sweeps failed (`failures` in a row, after page retries); the last good
+    /// snapshot is not used to act on.
+    SweepFailed {
+        error: &'a MacieError,
+        failures: u32,
+    },
     NotFound,
     /// Several jobs carry the name.
     Ambiguous(&'a [String]),
     Found(&'a ObservedJob),
 }
 
-/// The last UpdateClassificationJob call for this resource, while it blocks another.
+/// Sweeps that must fail in a row before the resources of the region say so: one failed sweep
+/// (a page that failed after its retries) leaves every resource's condition as it was.
+pub const SWEEP_FAILURES_REPORTED: u32 = 3;
+
+/// Why a resource is in its state: the condition reason, its phase, and whether entering it is
+/// announced with an Event (and of which type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Converged,
+    Transitioning,
+    TerminalState,
+    JobNotFound,
+    AmbiguousName,
+    PausedByMacie,
+    ExpiringSoon,
+    AccessDenied,
+    Throttled,
+    UpdateRejected,
+    UnknownJobStatus,
+    WaitingForSweep,
+    MacieError,
+    /// Several MacieJobs name the job and declare different statuses.
+    Conflict,
+}
+
+/// The type of Event a reason is announced with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    Normal,
+    Warning,
+    /// Not announced (the call's own Event already said it).
+    Silent,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Converged => "Converged",
+            Reason::Transitioning => "Transitioning",
+            Reason::TerminalState => "TerminalState",
+            Reason::JobNotFound => "JobNotFound",
+            Reason::AmbiguousName => "AmbiguousName",
+            Reason::PausedByMacie => "PausedByMacie",
+            Reason::ExpiringSoon => "ExpiringSoon",
+            Reason::AccessDenied => "AccessDenied",
+            Reason::Throttled => "Throttled",
+            Reason::UpdateRejected => "UpdateRejected",
+            Reason::UnknownJobStatus => "UnknownJobStatus",
+            Reason::WaitingForSweep => "WaitingForSweep",
+            Reason::MacieError => "MacieError",
+            Reason::Conflict => "Conflict",
+        }
+    }
+
+    /// The reason of a stored condition, if it is one of ours.
+    pub fn parse(s: &str) -> Option<Reason> {
+        ALL_REASONS.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Which of Ready, Reconciling, Stalled is True with this reason.
+    pub fn phase(self) -> Phase {
+        match self {
+            Reason::Converged | Reason::TerminalState | Reason::ExpiringSoon => Phase::Ready,
+            Reason::Transitioning
+            | Reason::JobNotFound
+            | Reason::Throttled
+            | Reason::UpdateRejected
+            | Reason::WaitingForSweep
+            | Reason::MacieError => Phase::Reconciling,
+            Reason::AmbiguousName
+            | Reason::PausedByMacie
+            | Reason::AccessDenied
+            | Reason::UnknownJobStatus
+            | Reason::Conflict => Phase::Stalled,
+        }
+    }
+
+    /// How entering this reason is announced.
+    pub fn announce(self) -> Announce {
+        match self {
+            Reason::Transitioning => Announce::Silent,
+            Reason::Converged | Reason::TerminalState | Reason::WaitingForSweep => Announce::Normal,
+            _ => Announce::Warning,
+        }
+    }
+
+    pub fn summary(self, message: impl Into<String>) -> Summary {
+        Summary::new(self.phase(), self.as_str(), message)
+    }
+}
+
+const ALL_REASONS: [Reason; 14] = [
+    Reason::Converged,
+    Reason::Transitioning,
+    Reason::TerminalState,
+    Reason::JobNotFound,
+    Reason::AmbiguousName,
+    Reason::PausedByMacie,
+    Reason::ExpiringSoon,
+    Reason::AccessDenied,
+    Reason::Throttled,
+    Reason::UpdateRejected,
+    Reason::UnknownJobStatus,
+    Reason::WaitingForSweep,
+    Reason::MacieError,
+    Reason::Conflict,
+];
+
+/// The step: the last UpdateClassificationJob call of a resource, for as long as it decides
+/// what the resource may do next. One type for the in-memory record, the write-ahead status
+/// (`status.lastTransition` with outcome Pending) and a call's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub job_id: String,
     /// Status observed when the call was made.
     pub from: String,
     pub to: DesiredJobStatus,
+    /// When the call was made, in whole seconds rounded up (the precision the API stores, and
+    /// never earlier than the call: a sweep counts as "after the call" only if it is).
     pub requested_at: Timestamp,
-    /// The call failed with this code (rejected or uncertain); None when Macie accepted it.
-    pub error: Option<String>,
+    pub state: StepState,
+}
+
+/// What is known of a step's call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepState {
+    /// Macie accepted the call, or its outcome is unknown (5xx, lost response, timeout) or it
+    /// was refused for a reason a sweep will explain (the job moved or vanished): `error` holds
+    /// the code then. Blocks any new call until a sweep that started after the call shows the
+    /// job moved, or a sweep that started after `requested_at + step_timeout` still shows it
+    /// where it was (timed out): never wall clock alone.
+    InFlight { error: Option<String> },
+    /// Not processed (throttled, access denied, another refusal): no call for this transition
+    /// before `retry_at`; `attempts` in a row so far drive the backoff.
+    Refused {
+        reason: Reason,
+        code: String,
+        message: String,
+        retry_at: Timestamp,
+        attempts: u32,
+    },
+}
+
+impl Step {
+    /// A step for a call made now (time rounded up to whole seconds).
+    pub fn new(job_id: &str, from: &str, to: DesiredJobStatus, now: Timestamp) -> Step {
+        Step {
+            job_id: job_id.to_string(),
+            from: from.to_string(),
+            to,
+            requested_at: ceil_second(now),
+            state: StepState::InFlight { error: None },
+        }
+    }
+
+    pub fn attempts(&self) -> u32 {
+        match &self.state {
+            StepState::Refused { attempts, .. } => *attempts,
+            StepState::InFlight { .. } => 0,
+        }
+    }
+}
+
+/// `t` rounded up to a whole second (what metav1.Time keeps).
+pub fn ceil_second(t: Timestamp) -> Timestamp {
+    let floor = Timestamp::from_second(t.as_second()).unwrap_or(t);
+    if floor == t {
+        t
+    } else {
+        floor.checked_add(SignedDuration::from_secs(1)).unwrap_or(t)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// After this long without the change showing, the step no longer blocks a new call.
+    /// A sweep that started this long after a call and still shows the job unmoved ends the
+    /// step (the call is then taken as lost).
     pub step_timeout: Duration,
     /// Warn when a USER_PAUSED job is this close to `jobExpiresAt`.
     pub expiry_warning: Duration,
@@ -126,24 +292,45 @@ pub enum Act {
 /// What happened to the step the plan was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepOutcome {
-    /// Still waiting for a sweep to show the change.
+    /// Still waiting for a sweep to show the change (or for the retry time of a refusal).
     Waiting,
     /// A sweep shows a status the call leads to.
     Succeeded,
-    /// A sweep shows the job changed, but not to what was asked (someone else changed it).
+    /// A sweep shows the job changed, but not to what was asked (someone else changed it), or
+    /// the resource no longer asks for it.
     Superseded,
-    /// Nothing showed within the step timeout.
+    /// A sweep that started past the step timeout still shows the job unmoved.
     TimedOut,
+    /// A refused call's retry time has come (or the resource asks for something else).
+    RetryDue,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub act: Act,
     pub summary: Summary,
+    /// Leave the stored conditions as they are (a transient sweep failure): `summary` is used
+    /// only when the resource has none yet.
+    pub hold: bool,
     /// Some when a step was given: what became of it.
     pub step: Option<StepOutcome>,
-    /// Reconcile again at this time even if nothing changes (expiry warning, step timeout).
+    /// Reconcile again at this time even if nothing changes (expiry warning, retry time).
     pub recheck_at: Option<Timestamp>,
+    /// Reconcile again after the next sweep of the region, even if it shows no change.
+    pub after_next_sweep: bool,
+}
+
+impl Plan {
+    fn report(summary: Summary) -> Plan {
+        Plan {
+            act: Act::Nothing,
+            summary,
+            hold: false,
+            step: None,
+            recheck_at: None,
+            after_next_sweep: false,
+        }
+    }
 }
 
 fn add(t: Timestamp, d: Duration) -> Timestamp {
@@ -156,9 +343,25 @@ fn sub(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MIN)
 }
 
+/// What a sweep failure means for the resources of its region.
+fn sweep_failed(e: &MacieError) -> Summary {
+    match e {
+        MacieError::AccessDenied { .. } => Reason::AccessDenied.summary(format!(
+            "ListClassificationJobs failed: {e}. Check that Macie is enabled in the region and that the operator's IAM role allows macie2:ListClassificationJobs"
+        )),
+        MacieError::Throttled { .. } => Reason::Throttled.summary(format!(
+            "ListClassificationJobs was throttled: {e}; retrying at the next sweep"
+        )),
+        _ => Reason::MacieError.summary(format!(
+            "ListClassificationJobs failed: {e}; retrying at the next sweep"
+        )),
+    }
+}
+
 /// Decides what to do for one resource.
 ///
-/// `snapshot_at` is when the sweep behind `observed` started; `now` is the current time.
+/// `snapshot_at` is when the sweep behind `observed` started; `now` is the current time (used
+/// for retry times and the expiry warning; a step in flight is judged by sweeps alone).
 pub fn plan(
     desired: DesiredJobStatus,
     observed: Observation<'_>,
@@ -169,107 +372,117 @@ pub fn plan(
 ) -> Plan {
     let job = match observed {
         Observation::NoSweepYet => {
-            return waiting(
-                step,
-                Summary::new(
-                    Phase::Reconciling,
-                    "WaitingForSweep",
-                    "waiting for the first ListClassificationJobs sweep of the region",
-                ),
+            let mut p = Plan::report(
+                Reason::WaitingForSweep.summary("waiting for the first ListClassificationJobs sweep of the region"),
             );
+            p.step = step.map(|_| StepOutcome::Waiting);
+            return p;
         }
-        Observation::SweepFailed(e) => {
-            let summary = match e {
-                MacieError::AccessDenied { .. } => Summary::new(
-                    Phase::Stalled,
-                    "AccessDenied",
-                    format!(
-                        "ListClassificationJobs failed: {e}. Check that Macie is enabled in the region and that the operator's IAM role allows macie2:ListClassificationJobs"
-                    ),
-                ),
-                MacieError::Throttled { .. } => Summary::new(
-                    Phase::Reconciling,
-                    "Throttled",
-                    format!("ListClassificationJobs was throttled: {e}; retrying at the next sweep"),
-                ),
-                _ => Summary::new(
-                    Phase::Reconciling,
-                    "MacieError",
-                    format!("ListClassificationJobs failed: {e}; retrying at the next sweep"),
-                ),
-            };
-            return waiting(step, summary);
+        Observation::SweepFailed { error, failures } => {
+            let mut p = Plan::report(sweep_failed(error));
+            p.hold = failures < SWEEP_FAILURES_REPORTED;
+            p.step = step.map(|_| StepOutcome::Waiting);
+            return p;
         }
         Observation::NotFound => {
-            return Plan {
-                act: Act::Nothing,
-                summary: Summary::new(
-                    Phase::Reconciling,
-                    "JobNotFound",
-                    "no classification job with this id or name in the region; checked again at every sweep",
-                ),
-                step: step.map(|_| StepOutcome::Superseded),
-                recheck_at: None,
-            };
+            let mut p = Plan::report(
+                Reason::JobNotFound
+                    .summary("no classification job with this id or name in the region; checked again at every sweep"),
+            );
+            p.step = step.map(|_| StepOutcome::Superseded);
+            return p;
         }
         Observation::Ambiguous(ids) => {
-            return Plan {
-                act: Act::Nothing,
-                summary: Summary::new(
-                    Phase::Stalled,
-                    "AmbiguousName",
-                    format!(
-                        "{} jobs have this name ({}); use spec.jobId to pick one",
-                        ids.len(),
-                        ids.join(", ")
-                    ),
-                ),
-                step: step.map(|_| StepOutcome::Superseded),
-                recheck_at: None,
-            };
+            let mut p = Plan::report(Reason::AmbiguousName.summary(ambiguous(ids)));
+            p.step = step.map(|_| StepOutcome::Superseded);
+            return p;
         }
         Observation::Found(job) => job,
     };
     let actual = JobStatus::parse(&job.job_status);
 
-    // A previous call blocks a new one until a sweep that started after it shows the job moved
-    // (or the step times out): Macie applies pause and cancel asynchronously, so a list right
-    // after the call can still show the old status.
     let mut outcome = None;
-    if let Some(s) = step.filter(|s| s.job_id == job.job_id) {
-        let deadline = add(s.requested_at, settings.step_timeout);
-        let seen_after = snapshot_at.is_some_and(|t| t > s.requested_at);
-        if seen_after && job.job_status != s.from {
-            outcome = Some(if JobStatus::results_of(s.to).contains(&job.job_status.as_str()) {
-                StepOutcome::Succeeded
-            } else {
-                StepOutcome::Superseded
-            });
-        } else if now >= deadline {
-            outcome = Some(StepOutcome::TimedOut);
-        } else {
-            let msg = match &s.error {
-                None => transitioning(&s.from, s.to),
-                Some(code) => format!(
-                    "UpdateClassificationJob {} -> {} failed with {code}; waiting for a sweep to show the job's status before trying again",
-                    s.from,
-                    s.to.as_str()
-                ),
-            };
-            return Plan {
-                act: Act::Nothing,
-                summary: Summary::new(Phase::Reconciling, "Transitioning", msg),
-                step: Some(StepOutcome::Waiting),
-                recheck_at: Some(deadline),
-            };
+    if let Some(s) = step {
+        match &s.state {
+            StepState::InFlight { error } if s.job_id == job.job_id => {
+                // A call blocks a new one until a sweep that started after it shows the job
+                // moved: Macie applies pause and cancel asynchronously, so a list right after
+                // the call can still show the old status. Only a sweep that started past the
+                // step timeout and still shows the job unmoved ends the wait.
+                let seen_after = snapshot_at.is_some_and(|t| t > s.requested_at);
+                let deadline = add(s.requested_at, settings.step_timeout);
+                if seen_after && job.job_status != s.from {
+                    outcome = Some(if JobStatus::results_of(s.to).contains(&job.job_status.as_str()) {
+                        StepOutcome::Succeeded
+                    } else {
+                        StepOutcome::Superseded
+                    });
+                } else if snapshot_at.is_some_and(|t| t > deadline) {
+                    outcome = Some(StepOutcome::TimedOut);
+                } else {
+                    let msg = match error {
+                        None => transitioning(&s.from, s.to),
+                        Some(code) => format!(
+                            "UpdateClassificationJob {} -> {} failed with {code}; waiting for a sweep to show the job's status before trying again",
+                            s.from,
+                            s.to.as_str()
+                        ),
+                    };
+                    let mut p = Plan::report(Reason::Transitioning.summary(msg));
+                    p.step = Some(StepOutcome::Waiting);
+                    p.after_next_sweep = true;
+                    return p;
+                }
+            }
+            StepState::Refused {
+                reason,
+                code,
+                message,
+                retry_at,
+                ..
+            } if s.job_id == job.job_id && s.to == desired && job.job_status == s.from => {
+                if now < *retry_at {
+                    let mut p = Plan::report(reason.summary(refused_message(s, code, message, *retry_at)));
+                    p.step = Some(StepOutcome::Waiting);
+                    p.recheck_at = Some(*retry_at);
+                    return p;
+                }
+                outcome = Some(StepOutcome::RetryDue);
+            }
+            StepState::Refused { .. } => outcome = Some(StepOutcome::RetryDue),
+            StepState::InFlight { .. } => outcome = Some(StepOutcome::Superseded),
         }
-    } else if step.is_some() {
-        outcome = Some(StepOutcome::Superseded);
     }
 
     let mut p = cell(desired, &actual, job, now, settings);
     p.step = outcome;
     p
+}
+
+/// The AmbiguousName message: the count and the first few ids (a name can match hundreds).
+fn ambiguous(ids: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut shown = ids.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > SHOWN {
+        shown.push_str(&format!(" and {} more", ids.len() - SHOWN));
+    }
+    format!(
+        "{} jobs have this name ({shown}); use spec.jobId to pick one",
+        ids.len()
+    )
+}
+
+fn refused_message(s: &Step, code: &str, message: &str, retry_at: Timestamp) -> String {
+    let hint = if code == "AccessDeniedException" {
+        "; check the operator's IAM role (macie2:UpdateClassificationJob)"
+    } else {
+        ""
+    };
+    format!(
+        "UpdateClassificationJob {} -> {} failed: {code}: {message}{hint}; next try at {retry_at}",
+        s.from,
+        s.to.as_str()
+    )
 }
 
 /// The Ready message while an UpdateClassificationJob call is in flight or not yet visible.
@@ -280,12 +493,221 @@ pub fn transitioning(from: &str, to: DesiredJobStatus) -> String {
     )
 }
 
-fn waiting(step: Option<&Step>, summary: Summary) -> Plan {
-    Plan {
-        act: Act::Nothing,
-        summary,
-        step: step.map(|_| StepOutcome::Waiting),
-        recheck_at: None,
+/// How long to wait before trying a refused call again: a base per kind of refusal, doubled
+/// per attempt, capped, times `jitter` (0.5..=1.0, drawn by the caller).
+pub fn retry_delay(reason: Reason, attempts: u32, jitter: f64) -> Duration {
+    let (base, cap) = match reason {
+        // Needs a person (IAM, SCPs): try again rarely.
+        Reason::AccessDenied => (Duration::from_secs(60), Duration::from_secs(30 * 60)),
+        _ => (Duration::from_secs(1), Duration::from_secs(5 * 60)),
+    };
+    let doubled = base.saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
+    doubled.min(cap).mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+/// What one UpdateClassificationJob call's result means: the step it leaves, the resource's
+/// summary, and the outcome recorded in `status.lastTransition`. `step` is the write-ahead
+/// step (state InFlight, no error); `previous_attempts` are the refusals in a row before it.
+pub fn after_call(
+    mut step: Step,
+    result: Result<(), &MacieError>,
+    previous_attempts: u32,
+    now: Timestamp,
+    jitter: f64,
+) -> CallVerdict {
+    let to = step.to.as_str();
+    let from = step.from.clone();
+    let refused = |reason: Reason, e: &MacieError, step: &mut Step| {
+        let attempts = previous_attempts + 1;
+        let retry_at = add(now, retry_delay(reason, attempts, jitter));
+        step.state = StepState::Refused {
+            reason,
+            code: e.code().to_string(),
+            message: e.message().to_string(),
+            retry_at,
+            attempts,
+        };
+        retry_at
+    };
+    match result {
+        Ok(()) => CallVerdict {
+            summary: Reason::Transitioning.summary(transitioning(&from, step.to)),
+            outcome: TransitionOutcome::Pending,
+            event: CallEvent::Requested,
+            step,
+        },
+        Err(e @ MacieError::Throttled { .. }) => {
+            let retry_at = refused(Reason::Throttled, e, &mut step);
+            CallVerdict {
+                summary: Reason::Throttled.summary(format!(
+                    "UpdateClassificationJob {from} -> {to} was throttled ({e}); next try at {retry_at}"
+                )),
+                outcome: TransitionOutcome::Failed,
+                event: CallEvent::None,
+                step,
+            }
+        }
+        Err(e @ MacieError::AccessDenied { .. }) => {
+            let retry_at = refused(Reason::AccessDenied, e, &mut step);
+            let summary = Reason::AccessDenied.summary(refused_message(&step, e.code(), e.message(), retry_at));
+            CallVerdict {
+                summary,
+                outcome: TransitionOutcome::Failed,
+                event: CallEvent::Failed,
+                step,
+            }
+        }
+        Err(e @ MacieError::Other { .. }) => {
+            let retry_at = refused(Reason::UpdateRejected, e, &mut step);
+            let summary = Reason::UpdateRejected.summary(refused_message(&step, e.code(), e.message(), retry_at));
+            CallVerdict {
+                summary,
+                outcome: TransitionOutcome::Failed,
+                event: CallEvent::Failed,
+                step,
+            }
+        }
+        Err(e @ (MacieError::Rejected { .. } | MacieError::NotFound { .. })) => {
+            // The job is not where the sweep showed it (moved or gone): the next sweep says.
+            step.state = StepState::InFlight {
+                error: Some(e.code().to_string()),
+            };
+            CallVerdict {
+                summary: Reason::UpdateRejected.summary(format!(
+                    "Macie rejected UpdateClassificationJob {from} -> {to}: {e}; the operator waits for a sweep to show the job's status before trying again"
+                )),
+                outcome: TransitionOutcome::Failed,
+                event: CallEvent::Failed,
+                step,
+            }
+        }
+        Err(e @ MacieError::Uncertain { .. }) => {
+            // It may have taken effect: never repeat it before a sweep shows the job.
+            step.state = StepState::InFlight {
+                error: Some(e.code().to_string()),
+            };
+            CallVerdict {
+                summary: Reason::Transitioning.summary(format!(
+                    "UpdateClassificationJob {from} -> {to} failed with {e}; it may have taken effect, so the operator waits for a sweep to show the job's status before trying again"
+                )),
+                outcome: TransitionOutcome::Pending,
+                event: CallEvent::Failed,
+                step,
+            }
+        }
+    }
+}
+
+/// The verdict on one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallVerdict {
+    pub step: Step,
+    pub summary: Summary,
+    pub outcome: TransitionOutcome,
+    pub event: CallEvent,
+}
+
+/// The Event a call deserves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallEvent {
+    /// Normal `UpdateRequested`.
+    Requested,
+    /// Warning `UpdateFailed` with the AWS error code.
+    Failed,
+    /// None (throttling is routine; the condition says it).
+    None,
+}
+
+/// A MacieJob that names a job, as the ownership decision sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declaration {
+    pub namespace: String,
+    pub name: String,
+    pub desired: DesiredJobStatus,
+    /// Creation time: the oldest agreeing declaration acts.
+    pub created: Option<Timestamp>,
+    /// It has a step in flight for the job.
+    pub in_flight: bool,
+}
+
+/// Who acts for a job that several MacieJobs name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ownership {
+    /// This resource acts (alone, or the oldest of those that agree).
+    Acts,
+    /// Another agreeing resource acts (or has a call in flight); this one only reports.
+    Follows { by: String },
+    /// The declarations disagree: nobody acts until they do.
+    Conflict { message: String },
+}
+
+/// Decides who acts for one job: `me` and the other MacieJobs naming the same job in the same
+/// region. Names of resources in other namespaces are never shown, only counted.
+pub fn ownership(me: &Declaration, peers: &[Declaration]) -> Ownership {
+    if peers.is_empty() {
+        return Ownership::Acts;
+    }
+    let label = |d: &Declaration| {
+        if d.namespace == me.namespace {
+            d.name.clone()
+        } else {
+            "a MacieJob in another namespace".to_string()
+        }
+    };
+    if peers.iter().any(|p| p.desired != me.desired) {
+        let mut local: Vec<String> = peers
+            .iter()
+            .filter(|p| p.namespace == me.namespace)
+            .map(|p| format!("{} ({})", p.name, p.desired.as_str()))
+            .collect();
+        local.sort();
+        let elsewhere = peers.iter().filter(|p| p.namespace != me.namespace).count();
+        let mut others = local.join(", ");
+        if elsewhere > 0 {
+            if !others.is_empty() {
+                others.push_str(" and ");
+            }
+            others.push_str(&format!("{elsewhere} in other namespaces"));
+        }
+        return Ownership::Conflict {
+            message: format!(
+                "this MacieJob declares {} but other MacieJobs name the same job: {others}; nothing is changed until they agree",
+                me.desired.as_str()
+            ),
+        };
+    }
+    if let Some(p) = peers.iter().find(|p| p.in_flight) {
+        return Ownership::Follows { by: label(p) };
+    }
+    let key = |d: &Declaration| (d.created, d.namespace.clone(), d.name.clone());
+    let owner = peers.iter().min_by_key(|p| key(p)).filter(|p| key(p) < key(me));
+    match owner {
+        Some(p) => Ownership::Follows { by: label(p) },
+        None => Ownership::Acts,
+    }
+}
+
+/// Applies the ownership decision to a plan.
+pub fn owned(mut p: Plan, own: &Ownership) -> Plan {
+    match own {
+        Ownership::Acts => p,
+        Ownership::Conflict { message } => {
+            p.act = Act::Nothing;
+            p.summary = Reason::Conflict.summary(message.clone());
+            p.after_next_sweep = false;
+            p
+        }
+        Ownership::Follows { by } => {
+            if let Act::Update { from, to, .. } = &p.act {
+                p.summary = Reason::Transitioning.summary(format!(
+                    "{from} -> {}: {by} declares the same status and acts for this job",
+                    to.as_str()
+                ));
+                p.act = Act::Nothing;
+                p.after_next_sweep = true;
+            }
+            p
+        }
     }
 }
 
@@ -293,18 +715,10 @@ fn waiting(step: Option<&Step>, summary: Summary) -> Plan {
 fn cell(desired: DesiredJobStatus, actual: &JobStatus, job: &ObservedJob, now: Timestamp, s: &Settings) -> Plan {
     use DesiredJobStatus as D;
     use JobStatus as A;
-    let done = |reason: &str, msg: String| Plan {
-        act: Act::Nothing,
-        summary: Summary::new(Phase::Ready, reason, msg),
-        step: None,
-        recheck_at: None,
-    };
-    let stalled = |reason: &str, msg: String| Plan {
-        act: Act::Nothing,
-        summary: Summary::new(Phase::Stalled, reason, msg),
-        step: None,
-        recheck_at: None,
-    };
+    let done = |reason: Reason, msg: String| Plan::report(reason.summary(msg));
+    // A terminal job that was asked to run needs a person: Stalled, whatever the reason's
+    // usual phase.
+    let stalled = |reason: Reason, msg: String| Plan::report(Summary::new(Phase::Stalled, reason.as_str(), msg));
     let update = |to: D| Plan {
         act: Act::Update {
             job_id: job.job_id.clone(),
@@ -313,43 +727,37 @@ fn cell(desired: DesiredJobStatus, actual: &JobStatus, job: &ObservedJob, now: T
         },
         // The same words before and after the call: the write-ahead status is then already
         // what a successful call leaves, and needs no second write.
-        summary: Summary::new(
-            Phase::Reconciling,
-            "Transitioning",
-            transitioning(&actual.to_string(), to),
-        ),
-        step: None,
-        recheck_at: None,
+        ..Plan::report(Reason::Transitioning.summary(transitioning(&actual.to_string(), to)))
     };
     match (desired, actual) {
         (_, A::Unknown(v)) => stalled(
-            "UnknownJobStatus",
+            Reason::UnknownJobStatus,
             format!("Macie reports job status {v:?}, which this operator version does not know; nothing is changed"),
         ),
-        (D::Running, A::Running) => done("Converged", "job is RUNNING".into()),
-        (D::Running, A::Idle) => done("Converged", "scheduled job is IDLE between runs".into()),
-        (D::Running, A::Complete) => done("Converged", "one-time job has run and is COMPLETE".into()),
+        (D::Running, A::Running) => done(Reason::Converged, "job is RUNNING".into()),
+        (D::Running, A::Idle) => done(Reason::Converged, "scheduled job is IDLE between runs".into()),
+        (D::Running, A::Complete) => done(Reason::Converged, "one-time job has run and is COMPLETE".into()),
         (D::Running, A::UserPaused) => update(D::Running),
         (D::Running, A::Paused) => stalled(
-            "PausedByMacie",
+            Reason::PausedByMacie,
             "Macie paused the job because the account's monthly sensitive data discovery quota would be exceeded; it resumes when quota is available (no API call can resume it)".into(),
         ),
         (D::Running, A::Cancelled) => stalled(
-            "TerminalState",
+            Reason::TerminalState,
             "job is CANCELLED and can never run again; create a new job (and a MacieJob for it)".into(),
         ),
         (D::UserPaused, A::Running | A::Idle | A::Paused) => update(D::UserPaused),
         (D::UserPaused, A::UserPaused) => paused(job, now, s),
         (D::UserPaused | D::Cancelled, A::Complete) => done(
-            "TerminalState",
+            Reason::TerminalState,
             "job is COMPLETE and will not run again; nothing to change".into(),
         ),
         (D::UserPaused, A::Cancelled) => done(
-            "TerminalState",
+            Reason::TerminalState,
             "job is CANCELLED and will not run again; nothing to change".into(),
         ),
         (D::Cancelled, A::Idle | A::Paused | A::Running | A::UserPaused) => update(D::Cancelled),
-        (D::Cancelled, A::Cancelled) => done("Converged", "job is CANCELLED".into()),
+        (D::Cancelled, A::Cancelled) => done(Reason::Converged, "job is CANCELLED".into()),
     }
 }
 
@@ -361,30 +769,14 @@ fn paused(job: &ObservedJob, now: Timestamp, s: &Settings) -> Plan {
         .and_then(|d| d.job_expires_at.as_ref())
         .map(|t| t.0);
     match expires {
-        Some(at) if now >= sub(at, s.expiry_warning) => Plan {
-            act: Act::Nothing,
-            summary: Summary::new(
-                Phase::Ready,
-                "ExpiringSoon",
-                format!(
-                    "job is USER_PAUSED and Macie will cancel it (or its paused run) at {at}; set jobStatus RUNNING before then to keep it"
-                ),
-            ),
-            step: None,
-            recheck_at: None,
-        },
+        Some(at) if now >= sub(at, s.expiry_warning) => Plan::report(Reason::ExpiringSoon.summary(format!(
+            "job is USER_PAUSED and Macie will cancel it (or its paused run) at {at}; set jobStatus RUNNING before then to keep it"
+        ))),
         Some(at) => Plan {
-            act: Act::Nothing,
-            summary: Summary::new(Phase::Ready, "Converged", format!("job is USER_PAUSED until {at}")),
-            step: None,
             recheck_at: Some(sub(at, s.expiry_warning)),
+            ..Plan::report(Reason::Converged.summary(format!("job is USER_PAUSED until {at}")))
         },
-        None => Plan {
-            act: Act::Nothing,
-            summary: Summary::new(Phase::Ready, "Converged", "job is USER_PAUSED".to_string()),
-            step: None,
-            recheck_at: None,
-        },
+        None => Plan::report(Reason::Converged.summary("job is USER_PAUSED")),
     }
 }
 
@@ -533,7 +925,10 @@ mod tests {
         };
         let p = plan(
             DesiredJobStatus::Running,
-            Observation::SweepFailed(&denied),
+            Observation::SweepFailed {
+                error: &denied,
+                failures: SWEEP_FAILURES_REPORTED,
+            },
             None,
             None,
             now(),
@@ -550,7 +945,10 @@ mod tests {
         };
         let p = plan(
             DesiredJobStatus::Running,
-            Observation::SweepFailed(&throttled),
+            Observation::SweepFailed {
+                error: &throttled,
+                failures: SWEEP_FAILURES_REPORTED,
+            },
             None,
             None,
             now(),
@@ -572,13 +970,7 @@ mod tests {
     }
 
     fn step(from: &str, to: DesiredJobStatus, at: Timestamp) -> Step {
-        Step {
-            job_id: "j1".into(),
-            from: from.into(),
-            to,
-            requested_at: at,
-            error: None,
-        }
+        Step::new("j1", from, to, at)
     }
 
     #[test]
@@ -599,7 +991,7 @@ mod tests {
         assert_eq!(p.act, Act::Nothing);
         assert_eq!(p.step, Some(StepOutcome::Waiting));
         assert_eq!(p.summary.reason, "Transitioning");
-        assert_eq!(p.recheck_at, Some(t_call + SignedDuration::from_secs(300)));
+        assert!(p.after_next_sweep, "woken by the next sweep");
         // Snapshot after the call still shows RUNNING (Macie is slow to show it): still wait.
         let p = plan(
             DesiredJobStatus::UserPaused,
@@ -622,7 +1014,20 @@ mod tests {
         );
         assert_eq!(p.step, Some(StepOutcome::Succeeded));
         assert_eq!(p.summary.reason, "Converged");
-        // Nothing shows within the timeout: the step stops blocking, and the plan may act again.
+        // Wall clock past the timeout, but the newest sweep started before the deadline (a slow
+        // sweep): still waiting, never a second call.
+        let p = plan(
+            DesiredJobStatus::UserPaused,
+            Observation::Found(&running),
+            Some(t_call + SignedDuration::from_secs(299)),
+            Some(&st),
+            t_call + SignedDuration::from_secs(3600),
+            &s,
+        );
+        assert_eq!(p.step, Some(StepOutcome::Waiting));
+        assert_eq!(p.act, Act::Nothing);
+        // A sweep that started past the deadline still shows nothing: the step stops blocking,
+        // and the plan may act again.
         let p = plan(
             DesiredJobStatus::UserPaused,
             Observation::Found(&running),
@@ -696,5 +1101,346 @@ mod tests {
             (p.summary.phase, p.summary.reason.as_str()),
             (Phase::Ready, "ExpiringSoon")
         );
+    }
+
+    fn err(kind: &str) -> MacieError {
+        let (code, message) = (kind.to_string(), "m".to_string());
+        match kind {
+            "ThrottlingException" => MacieError::Throttled { code, message },
+            "AccessDeniedException" => MacieError::AccessDenied { code, message },
+            "ResourceNotFoundException" => MacieError::NotFound { code, message },
+            "ValidationException" => MacieError::Rejected { code, message },
+            "InternalServerException" | "Timeout" | "DispatchFailure" => MacieError::Uncertain { code, message },
+            _ => MacieError::Other { code, message },
+        }
+    }
+
+    /// Every kind of call result: the resource's reason, the recorded outcome, the Event, and
+    /// whether (and when) the step may be retried.
+    #[test]
+    fn every_call_outcome_row() {
+        use StepOutcome as O;
+        let t = now();
+        let s = settings();
+        // (result code or "ok", reason, lastTransition outcome, event, state after,
+        //  outcome of a plan 10 s later with the job still unmoved)
+        let rows: [(&str, &str, TransitionOutcome, CallEvent, &str, O); 8] = [
+            (
+                "ok",
+                "Transitioning",
+                TransitionOutcome::Pending,
+                CallEvent::Requested,
+                "in-flight",
+                O::Waiting,
+            ),
+            (
+                "ThrottlingException",
+                "Throttled",
+                TransitionOutcome::Failed,
+                CallEvent::None,
+                "refused",
+                O::RetryDue,
+            ),
+            (
+                "AccessDeniedException",
+                "AccessDenied",
+                TransitionOutcome::Failed,
+                CallEvent::Failed,
+                "refused",
+                O::Waiting,
+            ),
+            (
+                "ResourceNotFoundException",
+                "UpdateRejected",
+                TransitionOutcome::Failed,
+                CallEvent::Failed,
+                "in-flight",
+                O::Waiting,
+            ),
+            (
+                "ValidationException",
+                "UpdateRejected",
+                TransitionOutcome::Failed,
+                CallEvent::Failed,
+                "in-flight",
+                O::Waiting,
+            ),
+            (
+                "InternalServerException",
+                "Transitioning",
+                TransitionOutcome::Pending,
+                CallEvent::Failed,
+                "in-flight",
+                O::Waiting,
+            ),
+            (
+                "Timeout",
+                "Transitioning",
+                TransitionOutcome::Pending,
+                CallEvent::Failed,
+                "in-flight",
+                O::Waiting,
+            ),
+            (
+                "ConflictException",
+                "UpdateRejected",
+                TransitionOutcome::Failed,
+                CallEvent::Failed,
+                "refused",
+                O::RetryDue,
+            ),
+        ];
+        for (code, reason, outcome, event, state, later) in rows {
+            let e = err(code);
+            let result = if code == "ok" { Ok(()) } else { Err(&e) };
+            let st = Step::new("j1", "RUNNING", DesiredJobStatus::UserPaused, t);
+            let v = after_call(st, result, 0, t, 1.0);
+            assert_eq!(v.summary.reason, reason, "{code}");
+            assert_eq!(v.outcome, outcome, "{code}");
+            assert_eq!(v.event, event, "{code}");
+            let is_refused = matches!(v.step.state, StepState::Refused { .. });
+            assert_eq!(is_refused, state == "refused", "{code}");
+            if code != "ok" {
+                assert!(v.summary.message.contains(code), "{code}: the AWS error code is shown");
+            }
+            // 10 s later, a sweep that started after the call still shows RUNNING.
+            let running = job("RUNNING");
+            let later_t = t + SignedDuration::from_secs(10);
+            let p = plan(
+                DesiredJobStatus::UserPaused,
+                Observation::Found(&running),
+                Some(later_t),
+                Some(&v.step),
+                later_t,
+                &s,
+            );
+            assert_eq!(p.step, Some(later.clone()), "{code}");
+            // Never a second call while the step blocks.
+            if later == O::Waiting {
+                assert_eq!(p.act, Act::Nothing, "{code}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_call_is_retried_only_at_its_retry_time_with_growing_backoff() {
+        let t = now();
+        let s = settings();
+        let denied = err("AccessDeniedException");
+        let running = job("RUNNING");
+        let mut st = Step::new("j1", "RUNNING", DesiredJobStatus::UserPaused, t);
+        let mut last_delay = Duration::ZERO;
+        for attempt in 1..=4u32 {
+            let v = after_call(st.clone(), Err(&denied), attempt - 1, t, 1.0);
+            let StepState::Refused { retry_at, attempts, .. } = v.step.state.clone() else {
+                panic!("refused")
+            };
+            assert_eq!(attempts, attempt);
+            let delay = t.duration_until(retry_at).unsigned_abs();
+            assert!(delay > last_delay, "backoff grows: {delay:?} after {last_delay:?}");
+            assert!(
+                delay >= Duration::from_secs(60),
+                "access denied waits at least a minute"
+            );
+            last_delay = delay;
+            // Any number of reconciles before the retry time (status writes, sweeps): no call.
+            let before = retry_at - SignedDuration::from_secs(1);
+            let p = plan(
+                DesiredJobStatus::UserPaused,
+                Observation::Found(&running),
+                Some(before),
+                Some(&v.step),
+                before,
+                &s,
+            );
+            assert_eq!(p.act, Act::Nothing);
+            assert_eq!(
+                (p.summary.phase, p.summary.reason.as_str()),
+                (Phase::Stalled, "AccessDenied")
+            );
+            assert_eq!(p.recheck_at, Some(retry_at));
+            // At the retry time: one call.
+            let p = plan(
+                DesiredJobStatus::UserPaused,
+                Observation::Found(&running),
+                Some(retry_at),
+                Some(&v.step),
+                retry_at,
+                &s,
+            );
+            assert_eq!(p.step, Some(StepOutcome::RetryDue));
+            assert!(matches!(p.act, Act::Update { .. }));
+            st = Step::new("j1", "RUNNING", DesiredJobStatus::UserPaused, retry_at);
+        }
+        // A new desired status is a new request: not held by the old refusal.
+        let v = after_call(st, Err(&denied), 0, t, 1.0);
+        let p = plan(
+            DesiredJobStatus::Cancelled,
+            Observation::Found(&running),
+            Some(t),
+            Some(&v.step),
+            t,
+            &s,
+        );
+        assert!(matches!(
+            p.act,
+            Act::Update {
+                to: DesiredJobStatus::Cancelled,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn retry_delay_is_jittered_and_capped() {
+        assert_eq!(retry_delay(Reason::Throttled, 1, 1.0), Duration::from_secs(1));
+        assert_eq!(retry_delay(Reason::Throttled, 3, 1.0), Duration::from_secs(4));
+        assert_eq!(retry_delay(Reason::Throttled, 3, 0.5), Duration::from_secs(2));
+        assert_eq!(retry_delay(Reason::Throttled, 40, 1.0), Duration::from_secs(300));
+        assert_eq!(retry_delay(Reason::AccessDenied, 40, 1.0), Duration::from_secs(1800));
+        assert_eq!(
+            retry_delay(Reason::AccessDenied, 1, 0.1),
+            Duration::from_secs(30),
+            "jitter is clamped"
+        );
+    }
+
+    #[test]
+    fn sweep_failures_hold_the_conditions_until_they_repeat() {
+        let e = err("InternalServerException");
+        for failures in 1..=5 {
+            let p = plan(
+                DesiredJobStatus::Running,
+                Observation::SweepFailed { error: &e, failures },
+                None,
+                None,
+                now(),
+                &settings(),
+            );
+            assert_eq!(p.act, Act::Nothing);
+            assert_eq!(p.hold, failures < SWEEP_FAILURES_REPORTED, "{failures}");
+            assert_eq!(p.summary.reason, "MacieError");
+        }
+    }
+
+    #[test]
+    fn requested_at_is_rounded_up_to_the_second() {
+        let t = Timestamp::from_second(100).unwrap() + SignedDuration::from_millis(1);
+        assert_eq!(ceil_second(t), Timestamp::from_second(101).unwrap());
+        let whole = Timestamp::from_second(100).unwrap();
+        assert_eq!(ceil_second(whole), whole);
+        // What the status stores (whole seconds) equals the in-memory step.
+        let st = Step::new("j1", "RUNNING", DesiredJobStatus::UserPaused, t);
+        assert_eq!(st.requested_at.subsec_nanosecond(), 0);
+    }
+
+    #[test]
+    fn an_ambiguous_name_message_stays_short() {
+        let ids: Vec<String> = (0..60).map(|i| format!("{i:032x}")).collect();
+        let p = plan(
+            DesiredJobStatus::Running,
+            Observation::Ambiguous(&ids),
+            None,
+            None,
+            now(),
+            &settings(),
+        );
+        assert!(p.summary.message.starts_with("60 jobs have this name"));
+        assert!(p.summary.message.contains("and 55 more"));
+        assert!(p.summary.message.len() < 400, "{}", p.summary.message.len());
+    }
+
+    #[test]
+    fn every_reason_round_trips_and_has_one_phase() {
+        for r in ALL_REASONS {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+            assert_eq!(r.summary("m").phase, r.phase());
+            assert_eq!(r.summary("m").reason, r.as_str());
+        }
+        assert_eq!(Reason::Transitioning.announce(), Announce::Silent);
+        assert_eq!(Reason::Conflict.announce(), Announce::Warning);
+        assert_eq!(Reason::Converged.announce(), Announce::Normal);
+    }
+
+    fn decl(ns: &str, name: &str, desired: DesiredJobStatus, created: i64) -> Declaration {
+        Declaration {
+            namespace: ns.into(),
+            name: name.into(),
+            desired,
+            created: Some(Timestamp::from_second(created).unwrap()),
+            in_flight: false,
+        }
+    }
+
+    #[test]
+    fn ownership_rows() {
+        use DesiredJobStatus::*;
+        let me = decl("a", "mine", UserPaused, 10);
+        // Alone: acts.
+        assert_eq!(ownership(&me, &[]), Ownership::Acts);
+        // Agreeing, I am the oldest: acts; a younger peer follows me.
+        let younger = decl("a", "young", UserPaused, 20);
+        assert_eq!(ownership(&me, std::slice::from_ref(&younger)), Ownership::Acts);
+        assert_eq!(
+            ownership(&younger, std::slice::from_ref(&me)),
+            Ownership::Follows { by: "mine".into() }
+        );
+        // Same age: the name breaks the tie, so exactly one acts.
+        let twin = decl("a", "twin", UserPaused, 10);
+        let acts = [
+            ownership(&me, std::slice::from_ref(&twin)),
+            ownership(&twin, std::slice::from_ref(&me)),
+        ]
+        .iter()
+        .filter(|o| **o == Ownership::Acts)
+        .count();
+        assert_eq!(acts, 1);
+        // An older peer in another namespace acts; its name is not shown.
+        let foreign = decl("b", "secret-name", UserPaused, 1);
+        let o = ownership(&me, std::slice::from_ref(&foreign));
+        assert_eq!(
+            o,
+            Ownership::Follows {
+                by: "a MacieJob in another namespace".into()
+            }
+        );
+        // A peer with a call in flight: follow it, even if I am older.
+        let mut busy = younger.clone();
+        busy.in_flight = true;
+        assert!(matches!(ownership(&me, &[busy]), Ownership::Follows { .. }));
+        // Disagreeing: a conflict on both sides, naming local peers only.
+        let other = decl("a", "other", Running, 30);
+        let Ownership::Conflict { message } = ownership(&me, &[other.clone(), foreign.clone()]) else {
+            panic!("conflict")
+        };
+        assert!(message.contains("other (RUNNING)"), "{message}");
+        assert!(message.contains("1 in other namespaces"), "{message}");
+        assert!(!message.contains("secret-name"), "{message}");
+        assert!(matches!(
+            ownership(&other, std::slice::from_ref(&me)),
+            Ownership::Conflict { .. }
+        ));
+        let Ownership::Conflict { message } = ownership(&decl("b", "x", Running, 1), &[me]) else {
+            panic!("conflict")
+        };
+        assert!(!message.contains("mine"), "{message}");
+    }
+
+    #[test]
+    fn a_conflict_or_a_follower_never_calls() {
+        for d in DESIRED {
+            for a in ALL {
+                let conflict = owned(run(d, a), &Ownership::Conflict { message: "m".into() });
+                assert_eq!(conflict.act, Act::Nothing);
+                assert_eq!(
+                    (conflict.summary.phase, conflict.summary.reason.as_str()),
+                    (Phase::Stalled, "Conflict")
+                );
+                let follower = owned(run(d, a), &Ownership::Follows { by: "x".into() });
+                assert_eq!(follower.act, Act::Nothing);
+                let owner = owned(run(d, a), &Ownership::Acts);
+                assert_eq!(owner, run(d, a));
+            }
+        }
     }
 }

@@ -55,8 +55,10 @@ impl Snapshot {
 pub struct RegionView {
     /// The last successful sweep.
     pub snapshot: Option<Arc<Snapshot>>,
-    /// Set when the latest sweep failed (after the SDK's retries).
+    /// Set when the latest sweep failed (after the SDK's retries and the page retries).
     pub error: Option<MacieError>,
+    /// Sweeps that failed in a row (0 after a success).
+    pub failures: u32,
     /// Completed sweeps, successful or not.
     pub sweeps: u64,
 }
@@ -151,21 +153,7 @@ pub async fn list_all_jobs(
     let mut jobs = Vec::new();
     let mut pages = 0u32;
     loop {
-        let resp = client
-            .list_classification_jobs()
-            .max_results(page_size)
-            .sort_criteria(
-                ListJobsSortCriteria::builder()
-                    .attribute_name(ListJobsSortAttributeName::CreatedAt)
-                    .order_by(OrderBy::Asc)
-                    .build(),
-            )
-            .set_next_token(token.take())
-            .send()
-            .await
-            .map_err(MacieError::from_sdk);
-        metrics.call("ListClassificationJobs", MacieError::outcome(&resp));
-        let resp = resp?;
+        let resp = list_page(client, page_size, token.clone(), metrics).await?;
         pages += 1;
         jobs.extend(resp.items().iter().filter(|j| j.job_id().is_some()).map(observed));
         match resp.next_token() {
@@ -176,32 +164,107 @@ pub async fn list_all_jobs(
     Ok((jobs, pages))
 }
 
+/// Extra tries of one failed page (after the SDK's own retries) before the sweep fails: a
+/// failed page is retried, not the whole sweep.
+pub const PAGE_RETRIES: u32 = 2;
+
+/// One page, retried on throttling and uncertain failures with a jittered backoff.
+async fn list_page(
+    client: &Client,
+    page_size: i32,
+    token: Option<String>,
+    metrics: &Metrics,
+) -> Result<aws_sdk_macie2::operation::list_classification_jobs::ListClassificationJobsOutput, MacieError> {
+    let mut tries = 0u32;
+    loop {
+        let resp = client
+            .list_classification_jobs()
+            .max_results(page_size)
+            .sort_criteria(
+                ListJobsSortCriteria::builder()
+                    .attribute_name(ListJobsSortAttributeName::CreatedAt)
+                    .order_by(OrderBy::Asc)
+                    .build(),
+            )
+            .set_next_token(token.clone())
+            .send()
+            .await
+            .map_err(MacieError::from_sdk);
+        metrics.call("ListClassificationJobs", MacieError::outcome(&resp));
+        match resp {
+            Err(e @ (MacieError::Throttled { .. } | MacieError::Uncertain { .. })) if tries < PAGE_RETRIES => {
+                tries += 1;
+                let wait = crate::runtime::backoff(tries) / 2;
+                tracing::debug!(error = %e, ?wait, "ListClassificationJobs page failed; retrying the page");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Called after each sweep with the region, what changed, and when the sweep started if it
 /// succeeded (so that resources waiting for a sweep newer than the one they saw can be woken
 /// even when nothing changed).
 pub type OnChange = Arc<dyn Fn(&str, &Changes, Option<Timestamp>) + Send + Sync>;
 
+/// Whether any resource still names a region (checked after each sweep, under the poller's
+/// lock, so that a resource created meanwhile either is seen here or starts a new sweeper).
+pub type InUse = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// A region's sweeper task and its results.
 type Sweeper = (watch::Receiver<RegionView>, JoinHandle<()>);
+type Sweepers = Arc<Mutex<HashMap<String, Sweeper>>>;
 
-/// Runs one sweeper task per region, started on first use.
+/// Runs one sweeper task per region, started on first use and stopped after a sweep when no
+/// resource names the region any more (except `keep`, the default region).
 pub struct JobPoller {
     clients: Arc<MacieClients>,
     page_size: i32,
     interval: Duration,
     on_change: OnChange,
-    regions: Mutex<HashMap<String, Sweeper>>,
+    in_use: InUse,
+    keep: String,
+    regions: Sweepers,
+}
+
+/// What a sweeper needs to stop itself.
+struct Retire {
+    regions: Sweepers,
+    in_use: InUse,
 }
 
 impl JobPoller {
-    pub fn new(clients: Arc<MacieClients>, page_size: i32, interval: Duration, on_change: OnChange) -> JobPoller {
+    pub fn new(
+        clients: Arc<MacieClients>,
+        page_size: i32,
+        interval: Duration,
+        on_change: OnChange,
+        in_use: InUse,
+        keep: &str,
+    ) -> JobPoller {
         JobPoller {
             clients,
             page_size,
             interval,
             on_change,
-            regions: Mutex::new(HashMap::new()),
+            in_use,
+            keep: keep.to_string(),
+            regions: Arc::default(),
         }
+    }
+
+    /// Regions with a running sweeper.
+    pub fn regions(&self) -> Vec<String> {
+        let mut r: Vec<String> = self
+            .regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        r.sort();
+        r
     }
 
     pub fn interval(&self) -> Duration {
@@ -215,14 +278,21 @@ impl JobPoller {
             return rx.clone();
         }
         let (tx, rx) = watch::channel(RegionView::default());
+        let retire = (region != self.keep).then(|| Retire {
+            regions: self.regions.clone(),
+            in_use: self.in_use.clone(),
+        });
         let task = tokio::spawn(sweep_loop(
-            region.to_string(),
-            self.clients.client(region),
-            self.clients.metrics().clone(),
-            self.page_size,
-            self.interval,
+            Sweep {
+                region: region.to_string(),
+                client: self.clients.client(region),
+                metrics: self.clients.metrics().clone(),
+                page_size: self.page_size,
+                interval: self.interval,
+                on_change: self.on_change.clone(),
+                retire,
+            },
             tx,
-            self.on_change.clone(),
         ));
         regions.insert(region.to_string(), (rx.clone(), task));
         rx
@@ -242,15 +312,40 @@ impl Drop for JobPoller {
     }
 }
 
-async fn sweep_loop(
+/// One region's sweeper.
+struct Sweep {
     region: String,
     client: Client,
     metrics: Arc<Metrics>,
     page_size: i32,
     interval: Duration,
-    tx: watch::Sender<RegionView>,
     on_change: OnChange,
-) {
+    retire: Option<Retire>,
+}
+
+/// Which resources a failed sweep affects: none until the failures are reported (the
+/// resources keep their conditions), all when they start to be.
+pub fn changes_after_failure(failures: u32) -> Changes {
+    if failures == crate::job::plan::SWEEP_FAILURES_REPORTED {
+        Changes::All
+    } else {
+        Changes::Jobs {
+            ids: HashSet::new(),
+            names: HashSet::new(),
+        }
+    }
+}
+
+async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
+    let Sweep {
+        region,
+        client,
+        metrics,
+        page_size,
+        interval,
+        on_change,
+        retire,
+    } = sweep;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -273,37 +368,41 @@ async fn sweep_loop(
                 let counts: Vec<(String, i64)> = by_status.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
                 metrics.set_jobs(&region, &counts);
                 let snap = Snapshot::new(started_at, jobs, pages);
-                let changes = match (&prev.snapshot, &prev.error) {
-                    (Some(old), None) => diff(old, &snap),
+                let reported = prev.failures >= crate::job::plan::SWEEP_FAILURES_REPORTED;
+                let changes = match &prev.snapshot {
+                    Some(old) if !reported => diff(old, &snap),
                     _ => Changes::All,
                 };
                 tracing::debug!(%region, jobs = snap.jobs.len(), pages, elapsed = ?t.elapsed(), "sweep");
                 next.snapshot = Some(Arc::new(snap));
                 next.error = None;
+                next.failures = 0;
                 changes
             }
             Err(e) => {
-                let changed = prev.error.as_ref().map(MacieError::code) != Some(e.code());
-                if changed {
-                    tracing::warn!(%region, error = %e, "ListClassificationJobs sweep failed");
+                next.failures = prev.failures + 1;
+                // One log line per failure streak (and one when it starts to be reported).
+                if next.failures == 1 || next.failures == crate::job::plan::SWEEP_FAILURES_REPORTED {
+                    tracing::warn!(%region, error = %e, failures = next.failures, "ListClassificationJobs sweep failed");
                 } else {
-                    tracing::debug!(%region, error = %e, "ListClassificationJobs sweep failed again");
+                    tracing::debug!(%region, error = %e, failures = next.failures, "ListClassificationJobs sweep failed again");
                 }
                 next.error = Some(e);
-                if changed {
-                    Changes::All
-                } else {
-                    Changes::Jobs {
-                        ids: HashSet::new(),
-                        names: HashSet::new(),
-                    }
-                }
+                changes_after_failure(next.failures)
             }
         };
         let swept_at = next.error.is_none().then_some(started_at);
         // Publish before triggering, so the triggered reconciles read this sweep.
         tx.send_replace(next);
         on_change(&region, &changes, swept_at);
+        if let Some(r) = &retire {
+            let mut regions = r.regions.lock().unwrap_or_else(|p| p.into_inner());
+            if !(r.in_use)(&region) {
+                regions.remove(&region);
+                tracing::info!(%region, "no MacieJob names the region any more; its sweeper stops");
+                return;
+            }
+        }
     }
 }
 

@@ -96,7 +96,10 @@ mod tests {
         assert!(!g.allows_writes_at(t0), "closed before the first renewal");
         g.extend(t0, Duration::from_secs(10));
         assert!(g.allows_writes_at(t0 + Duration::from_secs(9)));
-        assert!(!g.allows_writes_at(t0 + Duration::from_secs(10)), "closed at the deadline");
+        assert!(
+            !g.allows_writes_at(t0 + Duration::from_secs(10)),
+            "closed at the deadline"
+        );
         // An older renewal finishing late never shortens the window.
         g.extend(t0 + Duration::from_secs(5), Duration::from_secs(10));
         g.extend(t0, Duration::from_secs(1));

@@ -207,6 +207,11 @@ impl<K: kube::Resource<DynamicType = ()>> Failures<K> {
         kube::runtime::controller::Action::requeue(delay)
     }
 
+    /// Keeps only the entries `keep` accepts (drops those of deleted objects).
+    pub fn retain(&self, keep: impl Fn(&kube::runtime::reflector::ObjectRef<K>) -> bool) {
+        self.counts().retain(|k, _| keep(k));
+    }
+
     /// `obj` reconciled successfully (or is gone): its next failure starts from the shortest wait.
     pub fn clear(&self, obj: &K) {
         self.counts()
