@@ -14,92 +14,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use macie_emulator::Seed;
 use macie_operator::api::{MacieDiscovery, MacieJob};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 use testkit::{ControlPlane, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(180);
-
-fn set_faults(emu: &EmulatorHandle, faults: Value) -> Result<()> {
-    emu.state
-        .lock()
-        .set_faults(serde_json::from_value(faults)?)
-        .map_err(anyhow::Error::msg)
-}
-
-/// Checks every UpdateClassificationJob call Macie processed: each was accepted, valid and not
-/// a repeat. Returns how many there were.
-fn accepted_updates(emu: &EmulatorHandle) -> usize {
-    let calls = emu.update_calls();
-    for c in &calls {
-        assert_eq!(c["outcome"], "OK", "a processed update was refused: {c}");
-        assert_eq!(c["valid"], true, "invalid transition: {c}");
-        assert_eq!(c["repeated"], false, "repeated update: {c}");
-    }
-    calls.len()
-}
-
-/// Waits until every MacieJob in `want` (name -> (job id, status)) reports Converged at that
-/// status, and Macie shows it too.
-async fn wait_converged(
-    api: &Api<MacieJob>,
-    emu: &EmulatorHandle,
-    want: &BTreeMap<String, (String, String)>,
-) -> Result<()> {
-    wait_for(&format!("{} MacieJobs to converge", want.len()), DEADLINE, || async {
-        let list = api.list(&ListParams::default()).await?;
-        let done = list
-            .items
-            .iter()
-            .filter(|o| {
-                let name = o.metadata.name.as_deref().unwrap_or_default();
-                let Some((id, status)) = want.get(name) else {
-                    return false;
-                };
-                let at = o
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.job.as_ref())
-                    .map(|j| j.job_status.as_str());
-                ready(o).is_some_and(|(_, r)| r == "Converged")
-                    && at == Some(status.as_str())
-                    && emu.status(id).as_deref() == Some(status.as_str())
-            })
-            .count();
-        Ok((done == want.len()).then_some(()))
-    })
-    .await
-}
-
-/// Adds `n` ONE_TIME jobs in status `from` and a MacieJob `<prefix>-<i>` for each asking for
-/// `to`. Returns name -> (job id, to).
-async fn jobs(
-    api: &Api<MacieJob>,
-    emu: &EmulatorHandle,
-    prefix: &str,
-    n: usize,
-    from: &str,
-    to: &str,
-) -> Result<BTreeMap<String, (String, String)>> {
-    let mut want = BTreeMap::new();
-    for i in 0..n {
-        let name = format!("{prefix}-{i}");
-        let id = emu.put_job(json!({"name": name, "jobType": "ONE_TIME", "jobStatus": from}));
-        create_job(api, &name, json!({"jobId": id, "jobStatus": to})).await?;
-        want.insert(name, (id, to.to_string()));
-    }
-    Ok(want)
-}
-
-async fn set_desired(api: &Api<MacieJob>, name: &str, status: &str) -> Result<()> {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"jobStatus": status}})),
-    )
-    .await?;
-    Ok(())
-}
 
 fn acct(i: usize) -> String {
     format!("{:012}", 600_000_000_000usize + i)
