@@ -979,6 +979,115 @@ async fn fault_injection_throttling_errors_latency_and_delayed_visibility() {
 }
 
 #[tokio::test]
+async fn error_fault_answers_a_chosen_code_for_chosen_jobs_only() {
+    let env = start(base_seed()).await;
+    let denied = env.put(job("denied", JobType::OneTime, JobStatus::Running));
+    let other = env.put(job("other", JobType::OneTime, JobStatus::Running));
+    let (code, body) = env
+        .admin(
+            "PUT",
+            "/__admin/faults",
+            Some(json!({"errors": [
+                {"operations": ["UpdateClassificationJob"], "jobIds": [&denied], "code": "AccessDeniedException"},
+                {"operations": ["DescribeClassificationJob"], "jobIds": [&other], "code": "ConflictException",
+                 "message": "busy"},
+            ]})),
+        )
+        .await;
+    assert_eq!(code, 204, "{body}");
+    let (_, faults) = env.admin("GET", "/__admin/faults", None).await;
+    assert_eq!(faults["errors"][0]["jobIds"][0], json!(denied));
+
+    // UpdateClassificationJob on the named job: AccessDeniedException with its model status.
+    let err = env
+        .client
+        .update_classification_job()
+        .job_id(&denied)
+        .job_status(SdkStatus::Cancelled)
+        .send()
+        .await
+        .unwrap_err();
+    let raw = err.raw_response().unwrap();
+    assert_eq!(raw.status().as_u16(), 403);
+    assert_eq!(raw.headers().get("x-amzn-errortype"), Some("AccessDeniedException"));
+    let svc = err.into_service_error();
+    assert!(svc.is_access_denied_exception(), "{svc:?}");
+    assert_eq!(svc.code(), Some("AccessDeniedException"));
+    assert_eq!(env.status_of_raw(&denied), JobStatus::Running, "nothing changed");
+    // Other operations on that job, and the same operation on another job, are served.
+    assert_eq!(env.status_of(&denied).await, SdkStatus::Running);
+    env.client
+        .update_classification_job()
+        .job_id(&other)
+        .job_status(SdkStatus::Cancelled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(env.status_of_raw(&other), JobStatus::Cancelled);
+    // A rule's own message, and the status of its code (ConflictException 409).
+    let err = env
+        .client
+        .describe_classification_job()
+        .job_id(&other)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 409);
+    let svc = err.into_service_error();
+    assert_eq!(svc.code(), Some("ConflictException"));
+    assert_eq!(svc.message(), Some("busy"));
+
+    // Counted as injected; the write is in the call log with its job id.
+    let counters = env.admin("GET", "/__admin/counters", None).await.1;
+    let update = &counters["UpdateClassificationJob"];
+    assert_eq!(
+        (&update["requests"], &update["ok"], &update["injected"]),
+        (&json!(2), &json!(1), &json!(1))
+    );
+    assert_eq!(update["errors"]["AccessDeniedException"], 1);
+    assert_eq!(counters["DescribeClassificationJob"]["injected"], 1);
+    let calls = env.admin("GET", "/__admin/calls", None).await.1;
+    let calls = calls["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["operation"], "UpdateClassificationJob");
+    assert_eq!(calls[0]["jobId"], json!(denied));
+    assert_eq!(calls[0]["outcome"], "AccessDeniedException");
+    assert_eq!(calls[0]["injected"], true);
+    assert_eq!(calls[1]["jobId"], json!(other));
+    assert_eq!(calls[1]["outcome"], "OK");
+    assert_eq!(calls[1]["injected"], false);
+
+    // Unknown codes and operations are refused with the field named; the rules in force stay.
+    for (rule, field) in [
+        (
+            json!({"operations": ["UpdateClassificationJob"], "code": "AccessDenied"}),
+            "errors[0].code",
+        ),
+        (
+            json!({"operations": ["UpdateJob"], "code": "ValidationException"}),
+            "errors[0].operations",
+        ),
+        (
+            json!({"operations": [], "code": "ValidationException"}),
+            "errors[0].operations",
+        ),
+        (
+            json!({"operations": ["ListClassificationJobs"], "jobIds": ["x"], "code": "ValidationException"}),
+            "errors[0].jobIds",
+        ),
+    ] {
+        let (code, body) = env
+            .admin("PUT", "/__admin/faults", Some(json!({ "errors": [rule] })))
+            .await;
+        assert_eq!(code, 400, "{rule}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(field), "{rule}: {message}");
+    }
+    let (_, faults) = env.admin("GET", "/__admin/faults", None).await;
+    assert_eq!(faults["errors"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn admin_service_side_changes() {
     let env = start(base_seed()).await;
     let one = env.put(job("one", JobType::OneTime, JobStatus::Running));

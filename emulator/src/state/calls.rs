@@ -62,8 +62,15 @@ pub struct CallRecord {
 
 impl Emulator {
     /// Records the outcome of a call in the counters (and, for the write operations, in the
-    /// call log when the call never reached the handler).
-    pub fn record(&mut self, op: &str, region: &str, result: &Result<(), &ApiError>, injected: bool) {
+    /// call log when the call never reached the handler; `job_id` is the job the path names).
+    pub fn record(
+        &mut self,
+        op: &str,
+        region: &str,
+        job_id: Option<&str>,
+        result: &Result<(), &ApiError>,
+        injected: bool,
+    ) {
         let c = self.counters.entry(op.to_string()).or_default();
         match result {
             Ok(()) => c.ok += 1,
@@ -75,7 +82,8 @@ impl Emulator {
         if let (Err(e), true) = (result, injected || !self.macie_enabled)
             && (op == "UpdateClassificationJob" || op == "BatchUpdateAutomatedDiscoveryAccounts")
         {
-            let rec = self.new_record(region, op, e.code.as_str(), Some(e.message.clone()), injected);
+            let mut rec = self.new_record(region, op, e.code.as_str(), Some(e.message.clone()), injected);
+            rec.job_id = job_id.map(str::to_string);
             self.calls.push(rec);
         }
     }

@@ -25,6 +25,69 @@ pub struct Fault {
     pub latency_ms: u64,
 }
 
+/// The operations that concern one job, named by the job id in their path: an [`ErrorRule`]'s
+/// `jobIds` narrows these.
+pub const JOB_OPERATIONS: [&str; 2] = ["DescribeClassificationJob", "UpdateClassificationJob"];
+
+/// Calls to these operations (for the job operations, to these jobs) are answered with this
+/// error instead of being processed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ErrorRule {
+    /// Operation names, as in `operations`.
+    pub operations: Vec<String>,
+    /// Only calls for these job ids, for the operations in [`JOB_OPERATIONS`]; other operations
+    /// of the rule fail whatever the job. Omitted: every job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_ids: Option<Vec<String>>,
+    /// A Macie error code (`AccessDeniedException`, ...), answered with the HTTP status the
+    /// service model gives it.
+    pub code: String,
+    /// The error message; a generic one naming the operation when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl ErrorRule {
+    /// Whether a call to `op` (about `job_id` for a job operation) is answered by this rule.
+    fn applies(&self, op: &str, job_id: Option<&str>) -> bool {
+        if !self.operations.iter().any(|o| o == op) {
+            return false;
+        }
+        match (&self.job_ids, job_id) {
+            (Some(ids), Some(id)) if JOB_OPERATIONS.contains(&op) => ids.iter().any(|j| j == id),
+            _ => true,
+        }
+    }
+
+    fn check(&self, i: usize) -> Result<(), String> {
+        if self.operations.is_empty() {
+            return Err(format!("errors[{i}].operations: name at least one operation"));
+        }
+        for op in &self.operations {
+            if !OPERATIONS.contains(&op.as_str()) {
+                return Err(format!(
+                    "errors[{i}].operations: {op:?} is not an operation the emulator serves ({OPERATIONS:?})"
+                ));
+            }
+        }
+        if let Some(ids) = &self.job_ids {
+            if ids.is_empty() {
+                return Err(format!("errors[{i}].jobIds: empty; omit jobIds to match every job"));
+            }
+            if !self.operations.iter().any(|o| JOB_OPERATIONS.contains(&o.as_str())) {
+                return Err(format!(
+                    "errors[{i}].jobIds: only {JOB_OPERATIONS:?} concern one job, and the rule names neither"
+                ));
+            }
+        }
+        self.code
+            .parse::<ErrorCode>()
+            .map(|_| ())
+            .map_err(|e| format!("errors[{i}].code: {e}"))
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Faults {
@@ -46,6 +109,10 @@ pub struct Faults {
     /// status: a value newer than the client knows. Updates still follow the real status.
     #[serde(default)]
     pub reported_status: BTreeMap<String, String>,
+    /// Calls answered with a given error code instead of being processed (the first rule that
+    /// applies wins).
+    #[serde(default)]
+    pub errors: Vec<ErrorRule>,
 }
 
 impl Emulator {
@@ -72,6 +139,9 @@ impl Emulator {
                 }
             }
         }
+        for (i, rule) in faults.errors.iter().enumerate() {
+            rule.check(i)?;
+        }
         self.rng = StdRng::seed_from_u64(faults.seed);
         self.faults = faults;
         Ok(())
@@ -83,8 +153,9 @@ impl Emulator {
     }
 
     /// Counts the request and decides whether it is answered with an injected fault or with
-    /// "Macie is not enabled".
-    pub fn admit(&mut self, op: &str) -> Result<(), (ApiError, bool)> {
+    /// "Macie is not enabled". `job_id` is the job a job operation's path names: the `errors`
+    /// rules are checked against it here, before the handler can change anything.
+    pub fn admit(&mut self, op: &str, job_id: Option<&str>) -> Result<(), (ApiError, bool)> {
         self.counters.entry(op.to_string()).or_default().requests += 1;
         let f = self.fault_for(op);
         if f.throttle_rate > 0.0 && self.rng.random_bool(f.throttle_rate) {
@@ -95,6 +166,15 @@ impl Emulator {
                 ApiError::new(ErrorCode::InternalServerException, "Internal server error (injected)"),
                 true,
             ));
+        }
+        if let Some(rule) = self.faults.errors.iter().find(|r| r.applies(op, job_id))
+            && let Ok(code) = rule.code.parse::<ErrorCode>()
+        {
+            let message = rule
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("{} for {op} (injected)", code.as_str()));
+            return Err((ApiError::new(code, message), true));
         }
         if !self.macie_enabled {
             let mut e = ApiError::new(

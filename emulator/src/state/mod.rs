@@ -26,7 +26,7 @@ use jobs::summary;
 
 pub use calls::{AccountCall, CallRecord, OpCounters};
 pub use discovery::{Account, DEFAULT_ACCOUNTS_PAGE};
-pub use faults::{Fault, Faults};
+pub use faults::{ErrorRule, Fault, Faults, JOB_OPERATIONS};
 pub use jobs::{DEFAULT_JOBS_PAGE, HEALTH_EVENT_AFTER, Job, PAUSE_EXPIRY, Paused};
 
 /// The operations the emulator serves, by their service-model names.
