@@ -758,6 +758,129 @@ async fn discovery_accounts_list_batch_and_configuration() {
     assert_eq!(cfg.auto_enable_organization_members().map(|s| s.as_str()), Some("NONE"));
 }
 
+impl Env {
+    /// ListAutomatedDiscoveryAccounts as the SDK sees it: (accountId, status), every page.
+    async fn account_statuses(&self) -> Vec<(String, String)> {
+        self.client
+            .list_automated_discovery_accounts()
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a.account_id().unwrap().to_string(),
+                    a.status().unwrap().as_str().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn statuses(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(a, s)| (a.to_string(), s.to_string())).collect()
+}
+
+#[tokio::test]
+async fn discovery_visibility_delay_shows_the_previous_status_until_the_clock_passes_it() {
+    let env = start(accounts_seed(3)).await;
+    let before = statuses(&[
+        ("000000100000", "ENABLED"),
+        ("000000100001", "DISABLED"),
+        ("000000100002", "ENABLED"),
+    ]);
+    assert_eq!(env.account_statuses().await, before);
+    let (code, body) = env
+        .admin(
+            "PUT",
+            "/__admin/faults",
+            Some(json!({"discoveryVisibilityDelayMs": 600000})),
+        )
+        .await;
+    assert_eq!(code, 204, "{body}");
+    let upd = |id: &str, st: AutomatedDiscoveryAccountStatus| {
+        AutomatedDiscoveryAccountUpdate::builder()
+            .account_id(id)
+            .status(st)
+            .build()
+    };
+    let r = env
+        .client
+        .batch_update_automated_discovery_accounts()
+        .accounts(upd("000000100000", AutomatedDiscoveryAccountStatus::Disabled))
+        .accounts(upd("000000100001", AutomatedDiscoveryAccountStatus::Enabled))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.errors().is_empty());
+
+    // Reads still show the previous statuses; the admin state shows both.
+    assert_eq!(env.account_statuses().await, before);
+    let state = env.admin("GET", "/__admin/state", None).await.1;
+    let a1 = &state["accounts"]["000000100001"];
+    assert_eq!(
+        (&a1["status"], &a1["visibleStatus"]),
+        (&json!("ENABLED"), &json!("DISABLED"))
+    );
+    let a2 = &state["accounts"]["000000100002"];
+    assert_eq!(
+        (&a2["status"], &a2["visibleStatus"]),
+        (&json!("ENABLED"), &json!("ENABLED"))
+    );
+    // A second call judged by what it sees: the log's `previous` is the real status.
+    env.client
+        .batch_update_automated_discovery_accounts()
+        .accounts(upd("000000100001", AutomatedDiscoveryAccountStatus::Enabled))
+        .send()
+        .await
+        .unwrap();
+    let calls = env.admin("GET", "/__admin/calls", None).await.1;
+    let previous: Vec<_> = calls["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["accounts"].as_array().unwrap().clone())
+        .map(|a| (a["accountId"].clone(), a["previous"].clone()))
+        .collect();
+    assert_eq!(
+        previous,
+        [
+            (json!("000000100000"), json!("ENABLED")),
+            (json!("000000100001"), json!("DISABLED")),
+            (json!("000000100001"), json!("ENABLED")),
+        ]
+    );
+
+    // Until the emulator clock passes the delay, then the new statuses.
+    env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 590})))
+        .await;
+    assert_eq!(env.account_statuses().await, before);
+    env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 11})))
+        .await;
+    assert_eq!(
+        env.account_statuses().await,
+        statuses(&[
+            ("000000100000", "DISABLED"),
+            ("000000100001", "ENABLED"),
+            ("000000100002", "ENABLED"),
+        ])
+    );
+    let state = env.admin("GET", "/__admin/state", None).await.1;
+    assert_eq!(state["accounts"]["000000100000"]["visibleStatus"], "DISABLED");
+
+    // An out-of-band (admin) change is visible at once.
+    env.admin(
+        "PUT",
+        "/__admin/accounts/000000100002",
+        Some(json!({"status": "DISABLED"})),
+    )
+    .await;
+    assert_eq!(env.account_statuses().await[2].1, "DISABLED");
+}
+
 #[tokio::test]
 async fn macie_not_enabled_is_access_denied_with_401() {
     let env = start(Seed::parse("macieEnabled: false").unwrap()).await;

@@ -1,12 +1,14 @@
 //! Automated sensitive data discovery: member accounts, BatchUpdateAutomatedDiscoveryAccounts,
 //! ListAutomatedDiscoveryAccounts and GetAutomatedDiscoveryConfiguration.
 
+use std::time::{Duration, SystemTime};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::calls::AccountCall;
 use super::paging::{decode_token, encode_token, fingerprint};
-use super::{ApiResult, Emulator, decode};
+use super::{ApiResult, Emulator, Region, decode};
 use crate::model::*;
 use crate::seed::is_account_id;
 
@@ -20,17 +22,46 @@ pub struct Account {
     pub paused: bool,
 }
 
+/// An account status change not yet visible to reads (delayed-visibility fault): the status
+/// shown until then.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct ShownAccount {
+    status: DiscoveryStatus,
+    pub(super) until: SystemTime,
+}
+
+impl Region {
+    /// The status ListAutomatedDiscoveryAccounts shows (the previous one while a visibility
+    /// delay runs).
+    pub(super) fn visible_account_status(
+        &self,
+        account_id: &str,
+        account: &Account,
+        now: Timestamp,
+    ) -> DiscoveryStatus {
+        match self.shown_accounts.get(account_id) {
+            Some(s) if now.0 < s.until => s.status,
+            _ => account.status,
+        }
+    }
+}
+
 impl Emulator {
     pub fn put_account(&mut self, region: Option<&str>, account_id: &str, account: Account) -> Result<(), String> {
         if !is_account_id(account_id) {
             return Err(format!("accountId: {account_id:?} is not a 12-digit AWS account id"));
         }
-        self.region_mut(region).accounts.insert(account_id.to_string(), account);
+        let r = self.region_mut(region);
+        // An out-of-band change is visible at once.
+        r.shown_accounts.remove(account_id);
+        r.accounts.insert(account_id.to_string(), account);
         Ok(())
     }
 
     pub fn remove_account(&mut self, region: Option<&str>, account_id: &str) -> bool {
-        self.region_mut(region).accounts.remove(account_id).is_some()
+        let r = self.region_mut(region);
+        r.shown_accounts.remove(account_id);
+        r.accounts.remove(account_id).is_some()
     }
 
     pub fn batch_update_accounts(&mut self, region: &str, body: Value) -> ApiResult {
@@ -44,6 +75,8 @@ impl Emulator {
                 )));
             }
         }
+        let now = self.now();
+        let delay = Duration::from_millis(self.faults.discovery_visibility_delay_ms);
         let mut rec = self.new_record(region, "BatchUpdateAutomatedDiscoveryAccounts", "OK", None, false);
         let r = self.region_mut(Some(region));
         let mut errors = Vec::new();
@@ -54,6 +87,16 @@ impl Emulator {
                 Some(acc) => {
                     let prev = acc.status;
                     acc.status = a.status;
+                    // Reads keep showing the previous status for a while; a change made while
+                    // one is still showing keeps showing that one until it runs out.
+                    let showing = r.shown_accounts.get(&a.account_id).is_some_and(|s| now.0 < s.until);
+                    if !delay.is_zero() && prev != a.status && !showing {
+                        let shown = ShownAccount {
+                            status: prev,
+                            until: now.0 + delay,
+                        };
+                        r.shown_accounts.insert(a.account_id.clone(), shown);
+                    }
                     (Some(prev), "OK")
                 }
             };
@@ -107,12 +150,13 @@ impl Emulator {
             Some(t) => decode_token(t, fp)?,
             None => 0,
         };
+        let now = self.now();
         let r = self.region_mut(Some(region));
         let all: Vec<Value> = r
             .accounts
             .iter()
             .filter(|(id, _)| wanted.is_empty() || wanted.binary_search(id).is_ok())
-            .map(|(id, a)| json!({ "accountId": id, "status": a.status }))
+            .map(|(id, a)| json!({ "accountId": id, "status": r.visible_account_status(id, a, now) }))
             .collect();
         let end = (offset + page).min(all.len());
         let items = all.get(offset.min(all.len())..end).unwrap_or_default().to_vec();

@@ -98,6 +98,10 @@ pub struct Faults {
     /// many milliseconds (of emulator clock): a list right after an update shows the old status.
     #[serde(default)]
     pub visibility_delay_ms: u64,
+    /// Status changes made by BatchUpdateAutomatedDiscoveryAccounts become visible to
+    /// ListAutomatedDiscoveryAccounts only after this many milliseconds (of emulator clock).
+    #[serde(default)]
+    pub discovery_visibility_delay_ms: u64,
     /// Seed of the random draws for throttle and error rates (repeatable runs).
     #[serde(default)]
     pub seed: u64,

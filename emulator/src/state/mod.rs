@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::model::*;
 use crate::seed::Seed;
+use discovery::ShownAccount;
 use jobs::summary;
 
 pub use calls::{AccountCall, CallRecord, OpCounters};
@@ -49,6 +50,8 @@ pub struct Region {
     pub discovery_first_enabled: Timestamp,
     pub discovery_updated: Timestamp,
     client_tokens: HashMap<String, String>,
+    /// Account status changes not yet visible to ListAutomatedDiscoveryAccounts.
+    shown_accounts: BTreeMap<String, ShownAccount>,
 }
 
 impl Region {
@@ -61,6 +64,7 @@ impl Region {
             discovery_first_enabled: now,
             discovery_updated: now,
             client_tokens: HashMap::new(),
+            shown_accounts: BTreeMap::new(),
         }
     }
 }
@@ -155,6 +159,7 @@ impl Emulator {
     pub fn tick(&mut self) {
         let now = self.now();
         for region in self.regions.values_mut() {
+            region.shown_accounts.retain(|_, s| now.0 < s.until);
             for job in region.jobs.values_mut() {
                 if job.shown.as_ref().is_some_and(|s| now.0 >= s.until) {
                     job.shown = None;
@@ -189,7 +194,16 @@ impl Emulator {
                 v
             })
             .collect();
-        json!({ "jobs": jobs, "accounts": r.accounts, "discoveryStatus": r.discovery_status })
+        let accounts: serde_json::Map<String, Value> = r
+            .accounts
+            .iter()
+            .map(|(id, a)| {
+                let mut v = serde_json::to_value(a).unwrap_or_default();
+                v["visibleStatus"] = json!(r.visible_account_status(id, a, now));
+                (id.clone(), v)
+            })
+            .collect();
+        json!({ "jobs": jobs, "accounts": accounts, "discoveryStatus": r.discovery_status })
     }
 }
 
