@@ -202,6 +202,17 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::ValidationException,
+        ErrorCode::ServiceQuotaExceededException,
+        ErrorCode::AccessDeniedException,
+        ErrorCode::ResourceNotFoundException,
+        ErrorCode::ConflictException,
+        ErrorCode::ThrottlingException,
+        ErrorCode::InternalServerException,
+        ErrorCode::UnprocessableEntityException,
+    ];
+
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::ValidationException => 400,
@@ -226,6 +237,16 @@ impl ErrorCode {
             ErrorCode::InternalServerException => "InternalServerException",
             ErrorCode::UnprocessableEntityException => "UnprocessableEntityException",
         }
+    }
+}
+
+impl FromStr for ErrorCode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+            format!("{s:?} is not a Macie error code (one of {})", known.join(", "))
+        })
     }
 }
 
@@ -268,6 +289,19 @@ mod tests {
             "2026-01-02T03:04:05.000Z"
         );
         assert!(Timestamp::parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn error_codes_parse_from_their_names_with_the_model_status() {
+        for c in ErrorCode::ALL {
+            assert_eq!(c.as_str().parse::<ErrorCode>(), Ok(c));
+        }
+        assert_eq!(
+            "AccessDeniedException".parse::<ErrorCode>().map(ErrorCode::http_status),
+            Ok(403)
+        );
+        let err = "AccessDenied".parse::<ErrorCode>().unwrap_err();
+        assert!(err.contains("\"AccessDenied\" is not a Macie error code"), "{err}");
     }
 
     #[test]

@@ -111,10 +111,12 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 /// Runs one API operation: counting, fault injection, "Macie not enabled", then the handler.
+/// `job_id` is the job named by the path of the operations on one job.
 async fn call(
     shared: &Shared,
     op: &'static str,
     headers: &HeaderMap,
+    job_id: Option<&str>,
     handler: impl FnOnce(&mut Emulator, &str) -> Result<Value, ApiError>,
 ) -> Response {
     let (latency, region) = {
@@ -125,14 +127,14 @@ async fn call(
         tokio::time::sleep(latency).await;
     }
     let mut e = shared.lock();
-    let result = match e.admit(op) {
+    let result = match e.admit(op, job_id) {
         Err((err, injected)) => {
-            e.record(op, &region, &Err(&err), injected);
+            e.record(op, &region, job_id, &Err(&err), injected);
             Err(err)
         }
         Ok(()) => {
             let r = handler(&mut e, &region);
-            e.record(op, &region, &r.as_ref().map(|_| ()), false);
+            e.record(op, &region, job_id, &r.as_ref().map(|_| ()), false);
             r
         }
     };
@@ -145,35 +147,35 @@ async fn call(
 }
 
 async fn create_job(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    call(&s, "CreateClassificationJob", &headers, |e, r| {
+    call(&s, "CreateClassificationJob", &headers, None, |e, r| {
         e.create_job(r, parse_body(&body)?)
     })
     .await
 }
 
 async fn list_jobs(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    call(&s, "ListClassificationJobs", &headers, |e, r| {
+    call(&s, "ListClassificationJobs", &headers, None, |e, r| {
         e.list_jobs(r, parse_body(&body)?)
     })
     .await
 }
 
 async fn describe_job(State(s): State<Shared>, headers: HeaderMap, Path(job_id): Path<String>) -> Response {
-    call(&s, "DescribeClassificationJob", &headers, |e, r| {
+    call(&s, "DescribeClassificationJob", &headers, Some(&job_id), |e, r| {
         e.describe_job(r, &job_id)
     })
     .await
 }
 
 async fn update_job(State(s): State<Shared>, headers: HeaderMap, Path(job_id): Path<String>, body: Bytes) -> Response {
-    call(&s, "UpdateClassificationJob", &headers, |e, r| {
+    call(&s, "UpdateClassificationJob", &headers, Some(&job_id), |e, r| {
         e.update_job(r, &job_id, parse_body(&body)?)
     })
     .await
 }
 
 async fn batch_update_accounts(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    call(&s, "BatchUpdateAutomatedDiscoveryAccounts", &headers, |e, r| {
+    call(&s, "BatchUpdateAutomatedDiscoveryAccounts", &headers, None, |e, r| {
         e.batch_update_accounts(r, parse_body(&body)?)
     })
     .await
@@ -187,14 +189,14 @@ async fn list_accounts(State(s): State<Shared>, headers: HeaderMap, RawQuery(q):
         .map(|(_, v)| v.clone())
         .collect();
     let one = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    call(&s, "ListAutomatedDiscoveryAccounts", &headers, |e, r| {
+    call(&s, "ListAutomatedDiscoveryAccounts", &headers, None, |e, r| {
         e.list_accounts(r, &ids, one("maxResults"), one("nextToken"))
     })
     .await
 }
 
 async fn get_configuration(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    call(&s, "GetAutomatedDiscoveryConfiguration", &headers, |e, r| {
+    call(&s, "GetAutomatedDiscoveryConfiguration", &headers, None, |e, r| {
         e.get_discovery_configuration(r)
     })
     .await

@@ -758,6 +758,129 @@ async fn discovery_accounts_list_batch_and_configuration() {
     assert_eq!(cfg.auto_enable_organization_members().map(|s| s.as_str()), Some("NONE"));
 }
 
+impl Env {
+    /// ListAutomatedDiscoveryAccounts as the SDK sees it: (accountId, status), every page.
+    async fn account_statuses(&self) -> Vec<(String, String)> {
+        self.client
+            .list_automated_discovery_accounts()
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a.account_id().unwrap().to_string(),
+                    a.status().unwrap().as_str().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn statuses(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(a, s)| (a.to_string(), s.to_string())).collect()
+}
+
+#[tokio::test]
+async fn discovery_visibility_delay_shows_the_previous_status_until_the_clock_passes_it() {
+    let env = start(accounts_seed(3)).await;
+    let before = statuses(&[
+        ("000000100000", "ENABLED"),
+        ("000000100001", "DISABLED"),
+        ("000000100002", "ENABLED"),
+    ]);
+    assert_eq!(env.account_statuses().await, before);
+    let (code, body) = env
+        .admin(
+            "PUT",
+            "/__admin/faults",
+            Some(json!({"discoveryVisibilityDelayMs": 600000})),
+        )
+        .await;
+    assert_eq!(code, 204, "{body}");
+    let upd = |id: &str, st: AutomatedDiscoveryAccountStatus| {
+        AutomatedDiscoveryAccountUpdate::builder()
+            .account_id(id)
+            .status(st)
+            .build()
+    };
+    let r = env
+        .client
+        .batch_update_automated_discovery_accounts()
+        .accounts(upd("000000100000", AutomatedDiscoveryAccountStatus::Disabled))
+        .accounts(upd("000000100001", AutomatedDiscoveryAccountStatus::Enabled))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.errors().is_empty());
+
+    // Reads still show the previous statuses; the admin state shows both.
+    assert_eq!(env.account_statuses().await, before);
+    let state = env.admin("GET", "/__admin/state", None).await.1;
+    let a1 = &state["accounts"]["000000100001"];
+    assert_eq!(
+        (&a1["status"], &a1["visibleStatus"]),
+        (&json!("ENABLED"), &json!("DISABLED"))
+    );
+    let a2 = &state["accounts"]["000000100002"];
+    assert_eq!(
+        (&a2["status"], &a2["visibleStatus"]),
+        (&json!("ENABLED"), &json!("ENABLED"))
+    );
+    // A second call judged by what it sees: the log's `previous` is the real status.
+    env.client
+        .batch_update_automated_discovery_accounts()
+        .accounts(upd("000000100001", AutomatedDiscoveryAccountStatus::Enabled))
+        .send()
+        .await
+        .unwrap();
+    let calls = env.admin("GET", "/__admin/calls", None).await.1;
+    let previous: Vec<_> = calls["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["accounts"].as_array().unwrap().clone())
+        .map(|a| (a["accountId"].clone(), a["previous"].clone()))
+        .collect();
+    assert_eq!(
+        previous,
+        [
+            (json!("000000100000"), json!("ENABLED")),
+            (json!("000000100001"), json!("DISABLED")),
+            (json!("000000100001"), json!("ENABLED")),
+        ]
+    );
+
+    // Until the emulator clock passes the delay, then the new statuses.
+    env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 590})))
+        .await;
+    assert_eq!(env.account_statuses().await, before);
+    env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 11})))
+        .await;
+    assert_eq!(
+        env.account_statuses().await,
+        statuses(&[
+            ("000000100000", "DISABLED"),
+            ("000000100001", "ENABLED"),
+            ("000000100002", "ENABLED"),
+        ])
+    );
+    let state = env.admin("GET", "/__admin/state", None).await.1;
+    assert_eq!(state["accounts"]["000000100000"]["visibleStatus"], "DISABLED");
+
+    // An out-of-band (admin) change is visible at once.
+    env.admin(
+        "PUT",
+        "/__admin/accounts/000000100002",
+        Some(json!({"status": "DISABLED"})),
+    )
+    .await;
+    assert_eq!(env.account_statuses().await[2].1, "DISABLED");
+}
+
 #[tokio::test]
 async fn macie_not_enabled_is_access_denied_with_401() {
     let env = start(Seed::parse("macieEnabled: false").unwrap()).await;
@@ -976,6 +1099,115 @@ async fn fault_injection_throttling_errors_latency_and_delayed_visibility() {
     );
     let counters = env.admin("GET", "/__admin/counters", None).await.1;
     assert_eq!(counters["ListClassificationJobs"]["requests"], 1);
+}
+
+#[tokio::test]
+async fn error_fault_answers_a_chosen_code_for_chosen_jobs_only() {
+    let env = start(base_seed()).await;
+    let denied = env.put(job("denied", JobType::OneTime, JobStatus::Running));
+    let other = env.put(job("other", JobType::OneTime, JobStatus::Running));
+    let (code, body) = env
+        .admin(
+            "PUT",
+            "/__admin/faults",
+            Some(json!({"errors": [
+                {"operations": ["UpdateClassificationJob"], "jobIds": [&denied], "code": "AccessDeniedException"},
+                {"operations": ["DescribeClassificationJob"], "jobIds": [&other], "code": "ConflictException",
+                 "message": "busy"},
+            ]})),
+        )
+        .await;
+    assert_eq!(code, 204, "{body}");
+    let (_, faults) = env.admin("GET", "/__admin/faults", None).await;
+    assert_eq!(faults["errors"][0]["jobIds"][0], json!(denied));
+
+    // UpdateClassificationJob on the named job: AccessDeniedException with its model status.
+    let err = env
+        .client
+        .update_classification_job()
+        .job_id(&denied)
+        .job_status(SdkStatus::Cancelled)
+        .send()
+        .await
+        .unwrap_err();
+    let raw = err.raw_response().unwrap();
+    assert_eq!(raw.status().as_u16(), 403);
+    assert_eq!(raw.headers().get("x-amzn-errortype"), Some("AccessDeniedException"));
+    let svc = err.into_service_error();
+    assert!(svc.is_access_denied_exception(), "{svc:?}");
+    assert_eq!(svc.code(), Some("AccessDeniedException"));
+    assert_eq!(env.status_of_raw(&denied), JobStatus::Running, "nothing changed");
+    // Other operations on that job, and the same operation on another job, are served.
+    assert_eq!(env.status_of(&denied).await, SdkStatus::Running);
+    env.client
+        .update_classification_job()
+        .job_id(&other)
+        .job_status(SdkStatus::Cancelled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(env.status_of_raw(&other), JobStatus::Cancelled);
+    // A rule's own message, and the status of its code (ConflictException 409).
+    let err = env
+        .client
+        .describe_classification_job()
+        .job_id(&other)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 409);
+    let svc = err.into_service_error();
+    assert_eq!(svc.code(), Some("ConflictException"));
+    assert_eq!(svc.message(), Some("busy"));
+
+    // Counted as injected; the write is in the call log with its job id.
+    let counters = env.admin("GET", "/__admin/counters", None).await.1;
+    let update = &counters["UpdateClassificationJob"];
+    assert_eq!(
+        (&update["requests"], &update["ok"], &update["injected"]),
+        (&json!(2), &json!(1), &json!(1))
+    );
+    assert_eq!(update["errors"]["AccessDeniedException"], 1);
+    assert_eq!(counters["DescribeClassificationJob"]["injected"], 1);
+    let calls = env.admin("GET", "/__admin/calls", None).await.1;
+    let calls = calls["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["operation"], "UpdateClassificationJob");
+    assert_eq!(calls[0]["jobId"], json!(denied));
+    assert_eq!(calls[0]["outcome"], "AccessDeniedException");
+    assert_eq!(calls[0]["injected"], true);
+    assert_eq!(calls[1]["jobId"], json!(other));
+    assert_eq!(calls[1]["outcome"], "OK");
+    assert_eq!(calls[1]["injected"], false);
+
+    // Unknown codes and operations are refused with the field named; the rules in force stay.
+    for (rule, field) in [
+        (
+            json!({"operations": ["UpdateClassificationJob"], "code": "AccessDenied"}),
+            "errors[0].code",
+        ),
+        (
+            json!({"operations": ["UpdateJob"], "code": "ValidationException"}),
+            "errors[0].operations",
+        ),
+        (
+            json!({"operations": [], "code": "ValidationException"}),
+            "errors[0].operations",
+        ),
+        (
+            json!({"operations": ["ListClassificationJobs"], "jobIds": ["x"], "code": "ValidationException"}),
+            "errors[0].jobIds",
+        ),
+    ] {
+        let (code, body) = env
+            .admin("PUT", "/__admin/faults", Some(json!({ "errors": [rule] })))
+            .await;
+        assert_eq!(code, 400, "{rule}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(field), "{rule}: {message}");
+    }
+    let (_, faults) = env.admin("GET", "/__admin/faults", None).await;
+    assert_eq!(faults["errors"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test]
