@@ -393,3 +393,113 @@ async fn a_regions_sweeper_stops_with_its_last_resource() -> Result<()> {
     op.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_denied_update_is_stalled_and_retried_rarely() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("denied").await?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let want = jobs(&api, &emu, "den", 2, "RUNNING", "USER_PAUSED").await?;
+    let denied = want["den-0"].0.clone();
+    set_faults(
+        &emu,
+        json!({"errors": [{"operations": ["UpdateClassificationJob"], "jobIds": [denied],
+            "code": "AccessDeniedException", "message": "not authorized to perform macie2:UpdateClassificationJob"}]}),
+    )?;
+    let op = OperatorHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    // Stalled/AccessDenied within two sweeps of the first call.
+    wait_for("the first denied call", DEADLINE, || async {
+        Ok((!attempts_for(&emu, &denied).is_empty()).then_some(()))
+    })
+    .await?;
+    let mut rx = op.poller.subscribe(REGION);
+    let k = rx.borrow().sweeps;
+    let o = wait_reason(&api, "den-0", "AccessDenied", DEADLINE).await?;
+    assert!(rx.borrow_and_update().sweeps <= k + 2, "reported within two sweeps");
+    let c = o
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap()
+        .clone();
+    assert_eq!(c.status, "True");
+    assert!(c.message.contains("AccessDeniedException"), "{}", c.message);
+    // At most 2 further calls in the next 20 s (the operator's own status writes and the
+    // sweeps must not re-trigger it).
+    let at = attempts_for(&emu, &denied).len();
+    let t = Instant::now();
+    sweeps(&op, 4).await?;
+    tokio::time::sleep_until((t + Duration::from_secs(20)).into()).await;
+    let further = attempts_for(&emu, &denied).len() - at;
+    assert!(further <= 2, "{further} denied calls in 20 s");
+    // The other job is unaffected.
+    wait_reason(&api, "den-1", "Converged", DEADLINE).await?;
+    let evs = events(&client, &ns).await?;
+    assert!(
+        evs.iter()
+            .any(|(o, r, m)| o == "den-0" && r == "UpdateFailed" && m.contains("AccessDeniedException")),
+        "{evs:?}"
+    );
+    op.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_finalizer_held_by_an_unreachable_region_says_why() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("bad-region").await?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    // A region nobody serves: every call signed for it fails.
+    set_faults(
+        &emu,
+        json!({"errors": [{"operations": ["ListClassificationJobs"], "regions": ["us-eats-1"],
+            "code": "UnprocessableEntityException", "message": "no such region"}]}),
+    )?;
+    create_job(
+        &api,
+        "typo",
+        json!({"jobId": "j1", "jobStatus": "RUNNING", "region": "us-eats-1", "deletionPolicy": "Cancel"}),
+    )
+    .await?;
+    let op = OperatorHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    wait_for("the finalizer", DEADLINE, || async {
+        let o = api.get("typo").await?;
+        Ok((!o.metadata.finalizers.unwrap_or_default().is_empty()).then_some(()))
+    })
+    .await?;
+    api.delete("typo", &DeleteParams::default()).await?;
+    let o = wait_reason(&api, "typo", "MacieError", DEADLINE).await?;
+    let c = o
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .clone();
+    assert!(c.message.contains("finalizer stays"), "{}", c.message);
+    assert!(c.message.contains("UnprocessableEntityException"), "{}", c.message);
+    let ev = wait_for("an Event saying why", DEADLINE, || async {
+        let evs = events(&client, &ns).await?;
+        Ok(evs.into_iter().find(|(o, r, _)| o == "typo" && r == "MacieError"))
+    })
+    .await?;
+    assert!(ev.2.contains("finalizer stays"), "{}", ev.2);
+    assert!(emu.update_calls().is_empty());
+    // Switching to Orphan lets it go, with no call.
+    api.patch(
+        "typo",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deletionPolicy": "Orphan"}})),
+    )
+    .await?;
+    wait_for("typo to be gone", DEADLINE, || async {
+        Ok(api.get_opt("typo").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert!(emu.update_calls().is_empty());
+    op.stop().await;
+    Ok(())
+}

@@ -127,7 +127,7 @@ async fn call(
         tokio::time::sleep(latency).await;
     }
     let mut e = shared.lock();
-    let result = match e.admit(op, job_id) {
+    let result = match e.admit(op, &region, job_id) {
         Err((err, injected)) => {
             e.record(op, &region, job_id, &Err(&err), injected);
             Err(err)

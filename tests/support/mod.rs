@@ -92,6 +92,16 @@ impl EmulatorHandle {
             .map(|j| j["jobStatus"].as_str().unwrap_or_default().to_string())
     }
 
+    /// Every UpdateClassificationJob call that reached the emulator, injected failures included.
+    pub fn update_attempts(&self) -> Vec<Value> {
+        let e = self.state.lock();
+        e.calls
+            .iter()
+            .filter(|c| c.operation == "UpdateClassificationJob")
+            .map(|c| serde_json::to_value(c).unwrap())
+            .collect()
+    }
+
     /// UpdateClassificationJob calls from the log (injected failures excluded).
     pub fn update_calls(&self) -> Vec<Value> {
         let e = self.state.lock();

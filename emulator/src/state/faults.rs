@@ -40,6 +40,10 @@ pub struct ErrorRule {
     /// of the rule fail whatever the job. Omitted: every job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_ids: Option<Vec<String>>,
+    /// Only calls signed for these regions (e.g. a region the service does not run in).
+    /// Omitted: every region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<Vec<String>>,
     /// A Macie error code (`AccessDeniedException`, ...), answered with the HTTP status the
     /// service model gives it.
     pub code: String,
@@ -50,8 +54,11 @@ pub struct ErrorRule {
 
 impl ErrorRule {
     /// Whether a call to `op` (about `job_id` for a job operation) is answered by this rule.
-    fn applies(&self, op: &str, job_id: Option<&str>) -> bool {
+    fn applies(&self, op: &str, region: &str, job_id: Option<&str>) -> bool {
         if !self.operations.iter().any(|o| o == op) {
+            return false;
+        }
+        if self.regions.as_ref().is_some_and(|rs| !rs.iter().any(|r| r == region)) {
             return false;
         }
         match (&self.job_ids, job_id) {
@@ -159,7 +166,7 @@ impl Emulator {
     /// Counts the request and decides whether it is answered with an injected fault or with
     /// "Macie is not enabled". `job_id` is the job a job operation's path names: the `errors`
     /// rules are checked against it here, before the handler can change anything.
-    pub fn admit(&mut self, op: &str, job_id: Option<&str>) -> Result<(), (ApiError, bool)> {
+    pub fn admit(&mut self, op: &str, region: &str, job_id: Option<&str>) -> Result<(), (ApiError, bool)> {
         self.counters.entry(op.to_string()).or_default().requests += 1;
         let f = self.fault_for(op);
         if f.throttle_rate > 0.0 && self.rng.random_bool(f.throttle_rate) {
@@ -171,7 +178,7 @@ impl Emulator {
                 true,
             ));
         }
-        if let Some(rule) = self.faults.errors.iter().find(|r| r.applies(op, job_id))
+        if let Some(rule) = self.faults.errors.iter().find(|r| r.applies(op, region, job_id))
             && let Ok(code) = rule.code.parse::<ErrorCode>()
         {
             let message = rule
