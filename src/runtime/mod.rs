@@ -41,11 +41,13 @@ pub enum LogFormat {
 }
 
 /// Installs the tracing subscriber. `filter` uses the RUST_LOG syntax (e.g. `info,kube=warn`).
+/// Text logs carry ANSI colours only when stderr is a terminal.
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
