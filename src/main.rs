@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use macie_operator::job::plan::Settings;
-use macie_operator::macie::MacieClients;
+use macie_operator::macie::{AwsTimeouts, MacieClients};
 use macie_operator::runtime::leader::{LeaderElector, LeaseConfig};
 use macie_operator::runtime::metrics::Metrics;
 use macie_operator::runtime::{self, Health, LogFormat};
@@ -50,6 +50,14 @@ struct RunArgs {
     /// Address of the admin server (/livez, /readyz).
     #[arg(long, env = "MACIE_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Longest time one HTTP attempt of an AWS call may take (connect, send, wait for and read
+    /// the answer); a timed-out attempt is retried within --aws-operation-timeout.
+    #[arg(long, env = "MACIE_OPERATOR_AWS_ATTEMPT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    aws_attempt_timeout: Duration,
+    /// Longest time one AWS call may take, retries and their backoff included. A call that
+    /// runs out is reported as Uncertain (code Timeout): it may or may not have taken effect.
+    #[arg(long, env = "MACIE_OPERATOR_AWS_OPERATION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    aws_operation_timeout: Duration,
     /// ListClassificationJobs page size (maxResults). Macie publishes no limit; pages of any size
     /// the service returns are followed.
     #[arg(long, env = "MACIE_OPERATOR_PAGE_SIZE", default_value_t = macie_operator::macie::jobs::DEFAULT_PAGE_SIZE,
@@ -158,13 +166,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
+    let timeouts = AwsTimeouts {
+        attempt: args.aws_attempt_timeout,
+        operation: args.aws_operation_timeout,
+    };
     let listener = runtime::bind(args.metrics_addr).await?;
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach Kubernetes: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let clients = Arc::new(
-        MacieClients::from_env(args.macie_endpoint.clone())
+        MacieClients::from_env(args.macie_endpoint.clone(), timeouts)
             .await
             .with_metrics(metrics.clone()),
     );
