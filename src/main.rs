@@ -47,7 +47,7 @@ struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "MACIE_OPERATOR_NAMESPACE")]
     namespace: Option<String>,
-    /// Address of the admin server (/livez, /readyz).
+    /// Address of the admin server (/metrics, and the probes /livez and /readyz).
     #[arg(long, env = "MACIE_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
     /// Longest time one HTTP attempt of an AWS call may take (connect, send, wait for and read
@@ -236,15 +236,19 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let health = Health::default();
+    let health = Health::new(
+        metrics.clone(),
+        runtime::sweep_stale_after(args.poll_interval, args.aws_operation_timeout),
+    );
     let admin = tokio::spawn(runtime::serve_admin(
         listener,
         health.clone(),
         metrics.clone(),
         stopped(stop_rx.clone()),
     ));
-    // Ready once the CRDs are established and listable (followers too: they serve health and metrics).
-    tokio::spawn(runtime::wait_for_crds(
+    // Ready while the CRDs are established and listable (followers too: they serve health and
+    // metrics) and every region's sweeper keeps finishing sweeps.
+    tokio::spawn(runtime::check_kube(
         client.clone(),
         args.namespace.clone(),
         health.clone(),

@@ -1,6 +1,6 @@
 //! Two operator processes with leader election against the local control plane: one leader
 //! acts, a killed leader is replaced within the lease duration, no update is made twice across
-//! the handover, and /metrics parses and moves.
+//! the handover, and /metrics parses and moves; /readyz follows the API server.
 
 mod support;
 
@@ -197,5 +197,45 @@ async fn one_leader_acts_and_a_killed_leader_is_replaced_without_double_updates(
     let status = tokio::time::timeout(Duration::from_secs(30), f.wait()).await??;
     assert!(status.success(), "graceful exit: {status:?}");
     assert_eq!(holder(&leases).await?, None, "lease released on shutdown");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_follows_the_api_server() -> Result<()> {
+    // A control plane of its own: this test stops its API server.
+    let mut cp = testkit::ControlPlane::start().await?;
+    install_crds(&cp).await?;
+    let client = cp.client().await?;
+    let ns = namespace(&client, "ha-readyz").await?;
+    let emu = EmulatorHandle::start(Default::default()).await?;
+    let op = OperatorProcess::spawn("op-readyz", cp.kubeconfig(), &ns, &emu.url, &[])?;
+    let ready = |want: u16| {
+        let port = op.port;
+        move || async move {
+            let (status, body) = admin_get(port, "/readyz").await?;
+            Ok((status == want).then_some(body))
+        }
+    };
+    wait_for("ready", Duration::from_secs(60), ready(200)).await?;
+
+    cp.stop_apiserver();
+    let body = wait_for(
+        "not ready while the API server is down",
+        macie_operator::runtime::KUBE_CHECK_PERIOD
+            + macie_operator::runtime::KUBE_CHECK_TIMEOUT
+            + Duration::from_secs(5),
+        ready(503),
+    )
+    .await?;
+    assert!(body.contains("cannot list the watched resources"), "{body}");
+    assert_eq!(admin_get(op.port, "/livez").await?.0, 200, "still live");
+
+    cp.start_apiserver().await?;
+    wait_for(
+        "ready again",
+        macie_operator::runtime::KUBE_CHECK_PERIOD + Duration::from_secs(10),
+        ready(200),
+    )
+    .await?;
     Ok(())
 }
