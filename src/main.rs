@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use macie_operator::job::plan::Settings;
-use macie_operator::macie::MacieClients;
-use macie_operator::runtime::leader::{LeaderElector, LeaseConfig};
+use macie_operator::macie::{AwsTimeouts, MacieClients};
+use macie_operator::runtime::gate::WriteGate;
+use macie_operator::runtime::leader::{self, LeaderElector, LeaseConfig};
 use macie_operator::runtime::metrics::Metrics;
 use macie_operator::runtime::{self, Health, LogFormat};
 use macie_operator::{discovery, job};
@@ -47,9 +48,17 @@ struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "MACIE_OPERATOR_NAMESPACE")]
     namespace: Option<String>,
-    /// Address of the admin server (/livez, /readyz).
+    /// Address of the admin server (/metrics, and the probes /livez and /readyz).
     #[arg(long, env = "MACIE_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Longest time one HTTP attempt of an AWS call may take (connect, send, wait for and read
+    /// the answer); a timed-out attempt is retried within --aws-operation-timeout.
+    #[arg(long, env = "MACIE_OPERATOR_AWS_ATTEMPT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    aws_attempt_timeout: Duration,
+    /// Longest time one AWS call may take, retries and their backoff included. A call that
+    /// runs out is reported as Uncertain (code Timeout): it may or may not have taken effect.
+    #[arg(long, env = "MACIE_OPERATOR_AWS_OPERATION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    aws_operation_timeout: Duration,
     /// ListClassificationJobs page size (maxResults). Macie publishes no limit; pages of any size
     /// the service returns are followed.
     #[arg(long, env = "MACIE_OPERATOR_PAGE_SIZE", default_value_t = macie_operator::macie::jobs::DEFAULT_PAGE_SIZE,
@@ -85,10 +94,18 @@ struct RunArgs {
     /// Namespace of the leader election Lease (in a cluster: the operator's own namespace).
     #[arg(long, env = "MACIE_OPERATOR_LEASE_NAMESPACE", default_value = "default")]
     lease_namespace: String,
-    /// How long a leader's Lease lasts without renewal; a follower takes over after it.
+    /// How long a leader's Lease lasts without renewal: a follower takes over once it has seen
+    /// the Lease unchanged for this long (measured on its own clock, never by comparing the
+    /// leader's renewTime with it). Replicas retry every 2/15 of it (2s for 15s).
     #[arg(long, env = "MACIE_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
-    /// This replica's name in the Lease and in Events (default: the POD_NAME env var).
+    /// How long a leader keeps trying to renew its Lease before it gives up; it makes no Macie
+    /// write past this deadline after its last successful renewal. Must be shorter than
+    /// --lease-duration [default: two thirds of --lease-duration, 10s for 15s]
+    #[arg(long, env = "MACIE_OPERATOR_LEASE_RENEW_DEADLINE", value_parser = parse_duration)]
+    lease_renew_deadline: Option<Duration>,
+    /// This replica's name in the Lease and in Events (default: the POD_NAME env var, else the
+    /// host name and a random suffix).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     /// Log format.
@@ -158,25 +175,47 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
+    let identity = args.identity.clone().unwrap_or_else(leader::default_identity);
+    let lease = LeaseConfig {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration: args.lease_duration,
+        renew_deadline: args
+            .lease_renew_deadline
+            .unwrap_or_else(|| LeaseConfig::default_renew_deadline(args.lease_duration)),
+        retry_period: LeaseConfig::default_retry_period(args.lease_duration),
+    };
+    if args.leader_elect {
+        lease.validate()?;
+    }
+    let timeouts = AwsTimeouts {
+        attempt: args.aws_attempt_timeout,
+        operation: args.aws_operation_timeout,
+    };
     let listener = runtime::bind(args.metrics_addr).await?;
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach Kubernetes: {e}"))?;
     let metrics = Arc::new(Metrics::new());
+    // With leader election, Macie writes wait for the first renewal and stop at each renewal's
+    // deadline; without it, they are always allowed.
+    let gate = if args.leader_elect {
+        WriteGate::closed()
+    } else {
+        WriteGate::open()
+    };
     let clients = Arc::new(
-        MacieClients::from_env(args.macie_endpoint.clone())
+        MacieClients::from_env(args.macie_endpoint.clone(), timeouts)
             .await
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_gate(gate.clone()),
     );
     let region = args
         .region
         .clone()
         .or_else(|| clients.default_region())
         .ok_or("no AWS Region: set --region (MACIE_OPERATOR_REGION) or AWS_REGION")?;
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("macie-operator-{}", std::process::id()));
     tracing::info!(
         %region,
         endpoint = args.macie_endpoint.as_deref().unwrap_or("AWS"),
@@ -224,32 +263,27 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let health = Health::default();
+    let health = Health::new(
+        metrics.clone(),
+        runtime::sweep_stale_after(args.poll_interval, args.aws_operation_timeout),
+    );
     let admin = tokio::spawn(runtime::serve_admin(
         listener,
         health.clone(),
         metrics.clone(),
         stopped(stop_rx.clone()),
     ));
-    // Ready once the CRDs are established and listable (followers too: they serve health and metrics).
-    tokio::spawn(runtime::wait_for_crds(
+    // Ready while the CRDs are established and listable (followers too: they serve health and
+    // metrics) and every region's sweeper keeps finishing sweeps.
+    tokio::spawn(runtime::check_kube(
         client.clone(),
         args.namespace.clone(),
         health.clone(),
     ));
 
-    let elector = args.leader_elect.then(|| {
-        LeaderElector::new(
-            client.clone(),
-            LeaseConfig {
-                namespace: args.lease_namespace.clone(),
-                name: args.lease_name.clone(),
-                identity: identity.clone(),
-                lease_duration: args.lease_duration,
-                retry_period: (args.lease_duration / 5).max(Duration::from_millis(200)),
-            },
-        )
-    });
+    let elector = args
+        .leader_elect
+        .then(|| LeaderElector::new(client.clone(), lease, gate));
     let mut lost = false;
     if let Some(elector) = &elector {
         tokio::select! {

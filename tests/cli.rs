@@ -25,6 +25,12 @@ fn help_lists_the_subcommands_and_run_flags() {
         "--namespace",
         "--metrics-addr",
         "MACIE_OPERATOR_REGION",
+        "--lease-renew-deadline",
+        "MACIE_OPERATOR_LEASE_RENEW_DEADLINE",
+        "--aws-attempt-timeout",
+        "MACIE_OPERATOR_AWS_ATTEMPT_TIMEOUT",
+        "--aws-operation-timeout",
+        "MACIE_OPERATOR_AWS_OPERATION_TIMEOUT",
     ] {
         assert!(text.contains(flag), "run --help lacks {flag}");
     }
@@ -49,6 +55,30 @@ fn bad_flags_are_clear_errors_not_panics() {
         (vec!["run", "--log-format", "xml"], "--log-format"),
         (vec!["run", "--metrics-addr", "nowhere"], "--metrics-addr"),
         (vec!["run", "--log", "info,=[bad"], "log filter"),
+        (vec!["run", "--aws-attempt-timeout", "0"], "--aws-attempt-timeout"),
+        (
+            vec!["run", "--aws-operation-timeout", "later"],
+            "--aws-operation-timeout",
+        ),
+        (
+            vec!["run", "--leader-elect", "--lease-renew-deadline", "15s"],
+            "--lease-renew-deadline (15s) must be shorter than --lease-duration (15s)",
+        ),
+        (
+            vec![
+                "run",
+                "--leader-elect",
+                "--lease-duration",
+                "6s",
+                "--lease-renew-deadline",
+                "8s",
+            ],
+            "must be shorter than --lease-duration (6s)",
+        ),
+        (
+            vec!["run", "--leader-elect", "--lease-renew-deadline", "1s"],
+            "must be longer than the retry period",
+        ),
     ] {
         let out = operator(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -63,6 +93,9 @@ fn bad_flags_are_clear_errors_not_panics() {
         ("MACIE_OPERATOR_DISCOVERY_BATCH_SIZE", "0", "--discovery-batch-size"),
         ("MACIE_OPERATOR_LOG_FORMAT", "yaml", "--log-format"),
         ("MACIE_OPERATOR_LEASE_DURATION", "forever", "--lease-duration"),
+        ("MACIE_OPERATOR_LEASE_RENEW_DEADLINE", "soon", "--lease-renew-deadline"),
+        ("MACIE_OPERATOR_AWS_ATTEMPT_TIMEOUT", "-1", "--aws-attempt-timeout"),
+        ("MACIE_OPERATOR_AWS_OPERATION_TIMEOUT", "0s", "--aws-operation-timeout"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_macie-operator"))
             .arg("run")

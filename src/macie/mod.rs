@@ -11,16 +11,42 @@ use std::time::Duration;
 use aws_sdk_macie2::Client;
 use aws_sdk_macie2::config::http::HttpResponse;
 use aws_sdk_macie2::config::retry::RetryConfig;
+use aws_sdk_macie2::config::timeout::TimeoutConfig;
 use aws_sdk_macie2::config::{BehaviorVersion, Region};
 use aws_sdk_macie2::error::{ProvideErrorMetadata, SdkError};
 
 use crate::runtime::gate::WriteGate;
 use crate::runtime::metrics::Metrics;
 
+/// Time budgets of every AWS call (`--aws-attempt-timeout`, `--aws-operation-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwsTimeouts {
+    /// One HTTP attempt (connect, send, wait for and read the response).
+    pub attempt: Duration,
+    /// The whole call, retries and their backoff included.
+    pub operation: Duration,
+}
+
+impl AwsTimeouts {
+    /// The AWS SDK's connect timeout (behavior version 2026-01-12 and later), kept when the
+    /// loaded configuration sets none.
+    pub const CONNECT: Duration = Duration::from_millis(3100);
+}
+
+impl Default for AwsTimeouts {
+    fn default() -> Self {
+        AwsTimeouts {
+            attempt: Duration::from_secs(10),
+            operation: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Builds and caches one Macie client per region.
 pub struct MacieClients {
     base: aws_config::SdkConfig,
     endpoint: Option<String>,
+    timeouts: AwsTimeouts,
     clients: Mutex<HashMap<String, Client>>,
     metrics: Arc<Metrics>,
     gate: WriteGate,
@@ -36,23 +62,36 @@ pub fn http_client() -> aws_sdk_macie2::config::SharedHttpClient {
 
 impl MacieClients {
     /// Loads credentials and settings the standard AWS way (environment, IRSA web identity,
-    /// EKS Pod Identity, profile, instance metadata).
-    pub async fn from_env(endpoint: Option<String>) -> MacieClients {
+    /// EKS Pod Identity, profile, instance metadata); every Macie call has the `timeouts`.
+    pub async fn from_env(endpoint: Option<String>, timeouts: AwsTimeouts) -> MacieClients {
         let base = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client())
             .load()
             .await;
-        MacieClients::new(base, endpoint)
+        MacieClients::new(base, endpoint).with_timeouts(timeouts)
     }
 
+    /// Clients on `base`, with the default `AwsTimeouts` (see `with_timeouts`).
     pub fn new(base: aws_config::SdkConfig, endpoint: Option<String>) -> MacieClients {
         MacieClients {
             base,
             endpoint,
+            timeouts: AwsTimeouts::default(),
             clients: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
             gate: WriteGate::open(),
         }
+    }
+
+    /// Sets the per-attempt and per-operation timeouts of every Macie call.
+    pub fn with_timeouts(mut self, timeouts: AwsTimeouts) -> MacieClients {
+        self.timeouts = timeouts;
+        self.clients.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
+        self
+    }
+
+    pub fn timeouts(&self) -> AwsTimeouts {
+        self.timeouts
     }
 
     /// Macie writes (UpdateClassificationJob, BatchUpdateAutomatedDiscoveryAccounts) pass this
@@ -100,6 +139,20 @@ impl MacieClients {
                 if let Some(e) = &self.endpoint {
                     conf = conf.endpoint_url(e);
                 }
+                // Every call has a budget: an attempt that gets no answer (a connection that
+                // is accepted but never answered) ends as SdkError::TimeoutError, which
+                // `MacieError::from_sdk` sorts as Uncertain (code "Timeout").
+                let mut timeouts = TimeoutConfig::builder()
+                    .operation_attempt_timeout(self.timeouts.attempt)
+                    .operation_timeout(self.timeouts.operation)
+                    .build();
+                if let Some(base) = self.base.timeout_config() {
+                    timeouts.take_defaults_from(base);
+                }
+                if timeouts.connect_timeout().is_none() {
+                    timeouts = timeouts.to_builder().connect_timeout(AwsTimeouts::CONNECT).build();
+                }
+                conf = conf.timeout_config(timeouts);
                 Client::from_conf(conf.build())
             })
             .clone()

@@ -1,7 +1,8 @@
 //! Prometheus metrics (prometheus-client), served as text on `/metrics`.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,10 +50,14 @@ pub struct Metrics {
     pub sweep_duration: Family<RegionLabels, Histogram>,
     pub sweep_pages: Family<RegionLabels, Counter>,
     pub sweeps: Family<RegionLabels, Counter>,
+    pub sweep_failures: Family<RegionLabels, Counter>,
     pub jobs: Family<JobStatusLabels, Gauge>,
     pub leader: Gauge,
     /// Statuses last exported per region, so vanished ones go back to 0.
     job_statuses: Mutex<Vec<JobStatusLabels>>,
+    /// Per region with a running sweeper: when it last finished a sweep (or started), for
+    /// /readyz.
+    sweepers: Mutex<HashMap<String, Instant>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -102,6 +107,12 @@ impl Metrics {
         );
         let sweeps = Family::<RegionLabels, Counter>::default();
         registry.register("job_sweeps", "ListClassificationJobs sweeps completed", sweeps.clone());
+        let sweep_failures = Family::<RegionLabels, Counter>::default();
+        registry.register(
+            "job_sweep_failures",
+            "ListClassificationJobs sweeps that failed",
+            sweep_failures.clone(),
+        );
         let jobs = Family::<JobStatusLabels, Gauge>::default();
         registry.register(
             "jobs",
@@ -123,9 +134,11 @@ impl Metrics {
             sweep_duration,
             sweep_pages,
             sweeps,
+            sweep_failures,
             jobs,
             leader,
             job_statuses: Mutex::new(Vec::new()),
+            sweepers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -153,6 +166,48 @@ impl Metrics {
         self.sweeps.get_or_create(&r).inc();
         self.sweep_pages.get_or_create(&r).inc_by(u64::from(pages));
         self.sweep_duration.get_or_create(&r).observe(took.as_secs_f64());
+    }
+
+    fn sweepers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.sweepers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A region's sweeper started: /readyz expects its first sweep to finish in time too.
+    /// (Optional: `sweep_finished` also registers the region.)
+    pub fn region_started(&self, region: &str) {
+        self.sweepers().entry(region.to_string()).or_insert_with(Instant::now);
+    }
+
+    /// A region's sweeper finished a sweep, successful or not (call it after every sweep,
+    /// besides `swept` for the successful ones). /readyz reports not ready while a running
+    /// sweeper has not finished one for too long (see `runtime::readiness`).
+    pub fn sweep_finished(&self, region: &str, ok: bool) {
+        self.sweepers().insert(region.to_string(), Instant::now());
+        if !ok {
+            self.sweep_failures
+                .get_or_create(&RegionLabels {
+                    region: region.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// A region's sweeper stopped on purpose (no resource uses the region any more): /readyz
+    /// no longer waits for its sweeps.
+    pub fn region_stopped(&self, region: &str) {
+        self.sweepers().remove(region);
+    }
+
+    /// For each region with a running sweeper, how long ago it last finished a sweep (or
+    /// started), as of `now`.
+    pub fn sweep_ages(&self, now: Instant) -> Vec<(String, Duration)> {
+        let mut ages: Vec<(String, Duration)> = self
+            .sweepers()
+            .iter()
+            .map(|(r, t)| (r.clone(), now.saturating_duration_since(*t)))
+            .collect();
+        ages.sort();
+        ages
     }
 
     /// Sets the job gauges of a region from a sweep's counts by status.
@@ -193,6 +248,8 @@ mod tests {
         m.call("UpdateClassificationJob", "throttled");
         m.reconciled("MacieJob", Duration::from_millis(3), Some("kubernetes"));
         m.swept("us-east-1", Duration::from_millis(20), 3);
+        m.sweep_finished("us-east-1", true);
+        m.sweep_finished("eu-west-1", false);
         m.set_jobs("us-east-1", &[("RUNNING".into(), 2)]);
         m.set_jobs("us-east-1", &[("IDLE".into(), 1)]);
         m.leader.set(1);
@@ -201,6 +258,7 @@ mod tests {
             r#"macie_operator_macie_api_calls_total{operation="UpdateClassificationJob",outcome="throttled"} 1"#,
             r#"macie_operator_reconcile_errors_total{kind="MacieJob",category="kubernetes"} 1"#,
             r#"macie_operator_job_sweep_pages_total{region="us-east-1"} 3"#,
+            r#"macie_operator_job_sweep_failures_total{region="eu-west-1"} 1"#,
             r#"macie_operator_jobs{region="us-east-1",status="RUNNING"} 0"#,
             r#"macie_operator_jobs{region="us-east-1",status="IDLE"} 1"#,
             "macie_operator_leader 1",
@@ -208,5 +266,23 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn sweep_progress_is_tracked_per_running_region() {
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        m.region_started("us-east-1");
+        m.sweep_finished("eu-west-1", false);
+        m.region_started("eu-west-1"); // already known: keeps its last sweep
+        let later = t0 + Duration::from_secs(3600);
+        let ages = m.sweep_ages(later);
+        assert_eq!(
+            ages.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+            ["eu-west-1", "us-east-1"]
+        );
+        assert!(ages.iter().all(|(_, a)| *a <= Duration::from_secs(3600)));
+        m.region_stopped("us-east-1");
+        assert_eq!(m.sweep_ages(later).len(), 1);
     }
 }

@@ -30,8 +30,8 @@ impl Error {
 }
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,11 +41,13 @@ pub enum LogFormat {
 }
 
 /// Installs the tracing subscriber. `filter` uses the RUST_LOG syntax (e.g. `info,kube=warn`).
+/// Text logs carry ANSI colours only when stderr is a terminal.
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
@@ -54,23 +56,97 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     result.map_err(|e| e.to_string())
 }
 
-/// Readiness shared between the controllers and the admin server.
-#[derive(Clone, Default)]
+/// The Kubernetes side of readiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeState {
+    /// Not checked yet, or the CRDs are not installed and Established yet.
+    Starting(String),
+    /// Both kinds could be listed in the watched scope at the last check.
+    Ok,
+    /// The last check could not list them (the API server is unreachable, the CRDs are gone,
+    /// a permission was revoked): the controllers' watches are not being served either.
+    Lost(String),
+}
+
+/// A region's job sweeper counts as stuck when it has not finished a sweep (successful or not)
+/// for this many poll intervals.
+pub const SWEEP_STALE_INTERVALS: u32 = 3;
+
+/// How long a region's sweeper may go without finishing a sweep before /readyz reports not
+/// ready: three poll intervals, but at least one interval plus one AWS operation timeout, so
+/// that a single slow call still within its budget does not flip readiness when the poll
+/// interval is short.
+pub fn sweep_stale_after(poll_interval: Duration, aws_operation_timeout: Duration) -> Duration {
+    (poll_interval * SWEEP_STALE_INTERVALS).max(poll_interval + aws_operation_timeout)
+}
+
+/// The /readyz judgement: ready when the watched scope can be listed and every running region
+/// sweeper finished a sweep within `stale_after`. `sweep_ages` is, per region, the time since
+/// its last finished sweep (or since it started).
+pub fn readiness(kube: &KubeState, sweep_ages: &[(String, Duration)], stale_after: Duration) -> Result<(), String> {
+    match kube {
+        KubeState::Ok => {}
+        KubeState::Starting(why) => return Err(format!("starting: {why}")),
+        KubeState::Lost(why) => return Err(format!("cannot list the watched resources: {why}")),
+    }
+    let stuck: Vec<String> = sweep_ages
+        .iter()
+        .filter(|(_, age)| *age > stale_after)
+        .map(|(region, age)| format!("{region} (last sweep finished {}s ago)", age.as_secs()))
+        .collect();
+    if stuck.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "job sweeper stuck in {} (limit {}s)",
+            stuck.join(", "),
+            stale_after.as_secs()
+        ))
+    }
+}
+
+/// Readiness shared between the Kubernetes check, the job sweepers (through `Metrics`) and the
+/// admin server.
+#[derive(Clone)]
 pub struct Health {
-    ready: Arc<AtomicBool>,
+    kube: Arc<Mutex<KubeState>>,
+    metrics: Arc<metrics::Metrics>,
+    sweep_stale_after: Duration,
 }
 
 impl Health {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// Reads the sweepers' progress from `metrics` (`Metrics::sweep_finished`).
+    pub fn new(metrics: Arc<metrics::Metrics>, sweep_stale_after: Duration) -> Health {
+        Health {
+            kube: Arc::new(Mutex::new(KubeState::Starting("not checked yet".into()))),
+            metrics,
+            sweep_stale_after,
+        }
+    }
+
+    /// Records the outcome of a Kubernetes check; returns the previous state.
+    pub fn set_kube(&self, state: KubeState) -> KubeState {
+        std::mem::replace(&mut *self.kube.lock().unwrap_or_else(|p| p.into_inner()), state)
+    }
+
+    /// Ok, or why the process is not ready.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&self, now: Instant) -> Result<(), String> {
+        let kube = self.kube.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        readiness(&kube, &self.metrics.sweep_ages(now), self.sweep_stale_after)
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.check().is_ok()
     }
 }
 
-/// Serves `/livez`, `/readyz` and `/metrics` until `shutdown` resolves.
+/// Serves `/livez`, `/readyz` and `/metrics` until `shutdown` resolves. `/livez` answers while
+/// the process (and its async runtime) runs; `/readyz` answers 503 with the reason when
+/// `Health::check` fails.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
     health: Health,
@@ -101,10 +177,9 @@ pub async fn serve_admin(
             get(move || {
                 let h = health.clone();
                 async move {
-                    if h.is_ready() {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    match h.check() {
+                        Ok(()) => (StatusCode::OK, "ok".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
                     }
                 }
             }),
@@ -112,9 +187,27 @@ pub async fn serve_admin(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
-/// Marks the process ready once both CRDs are installed and Established and both kinds can be
-/// listed in the watched scope (what the controllers' watches need); checked every 2 s.
-pub async fn wait_for_crds(client: kube::Client, namespace: Option<String>, health: Health) {
+/// How often the Kubernetes side of readiness is checked once it passed (every 2 s before).
+pub const KUBE_CHECK_PERIOD: Duration = Duration::from_secs(5);
+/// How long one list of the Kubernetes check may take.
+pub const KUBE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One call of the Kubernetes check, bounded by `KUBE_CHECK_TIMEOUT`.
+async fn bounded<T>(what: &str, call: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<(), String> {
+    match tokio::time::timeout(KUBE_CHECK_TIMEOUT, call).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {KUBE_CHECK_TIMEOUT:?}")),
+    }
+}
+
+/// Keeps the Kubernetes side of readiness up to date, for ever: first until both CRDs are
+/// installed and Established (checked every 2 s), then every `KUBE_CHECK_PERIOD` by listing
+/// one object of each kind in the watched scope (what the controllers' watches need to
+/// (re)start). A failed or timed-out list reports not ready until a list succeeds again. This
+/// does not look inside the controllers' watch streams (kube-runtime re-establishes them with
+/// backoff once the API server answers again); it tells whether they can be served.
+pub async fn check_kube(client: kube::Client, namespace: Option<String>, health: Health) {
     use crate::api::{MacieDiscovery, MacieJob};
     let jobs: kube::Api<MacieJob> = match &namespace {
         Some(ns) => kube::Api::namespaced(client.clone(), ns),
@@ -127,38 +220,54 @@ pub async fn wait_for_crds(client: kube::Client, namespace: Option<String>, heal
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
     let names: Vec<String> = crate::api::crds().into_iter().filter_map(|c| c.metadata.name).collect();
+    let mut established = false;
     loop {
-        let mut missing = Vec::new();
-        for n in &names {
-            let established = match api.get_opt(n).await {
-                Ok(Some(crd)) => crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True"),
-                _ => false,
-            };
-            if !established {
-                missing.push(n.clone());
-            }
-        }
-        if missing.is_empty() {
+        let state = if established {
             let lp = kube::api::ListParams::default().limit(1);
-            match (jobs.list_metadata(&lp).await, discoveries.list_metadata(&lp).await) {
-                (Ok(_), Ok(_)) => {
-                    health.set_ready(true);
-                    return;
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "cannot list the operator's resources yet");
+            let listed = async {
+                bounded("list MacieJobs", jobs.list_metadata(&lp)).await?;
+                bounded("list MacieDiscoveries", discoveries.list_metadata(&lp)).await
+            };
+            match listed.await {
+                Ok(()) => KubeState::Ok,
+                Err(e) => KubeState::Lost(e),
+            }
+        } else {
+            let mut missing = Vec::new();
+            for n in &names {
+                let ok = match tokio::time::timeout(KUBE_CHECK_TIMEOUT, api.get_opt(n)).await {
+                    Ok(Ok(Some(crd))) => crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True"),
+                    _ => false,
+                };
+                if !ok {
+                    missing.push(n.clone());
                 }
             }
+            if missing.is_empty() {
+                established = true;
+                continue;
+            }
+            KubeState::Starting(format!("CRDs not installed or not Established: {}", missing.join(", ")))
+        };
+        let previous = health.set_kube(state.clone());
+        if previous != state {
+            match &state {
+                KubeState::Ok => tracing::info!("the watched resources can be listed: ready"),
+                KubeState::Starting(why) => tracing::warn!("waiting: {why}"),
+                KubeState::Lost(why) => tracing::warn!("not ready: cannot list the watched resources: {why}"),
+            }
         }
-        if !missing.is_empty() {
-            tracing::warn!(?missing, "waiting for CRDs to be installed and established");
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let period = if state == KubeState::Ok {
+            KUBE_CHECK_PERIOD
+        } else {
+            Duration::from_secs(2)
+        };
+        tokio::time::sleep(period).await;
     }
 }
 
@@ -299,6 +408,92 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_needs_the_watched_scope_and_sweepers_that_keep_finishing() {
+        let s = Duration::from_secs;
+        let ok = KubeState::Ok;
+        let lost = KubeState::Lost("connection refused".into());
+        let starting = KubeState::Starting("CRDs not installed".into());
+        let limit = sweep_stale_after(s(60), s(30));
+        let ages =
+            |v: &[(&str, u64)]| -> Vec<(String, Duration)> { v.iter().map(|(r, a)| (r.to_string(), s(*a))).collect() };
+        /// Case, Kubernetes state, per region the time since its last finished sweep, and a
+        /// substring of the expected error (None: ready).
+        type Row<'a> = (
+            &'static str,
+            &'a KubeState,
+            Vec<(String, Duration)>,
+            Option<&'static str>,
+        );
+        let table: Vec<Row> = vec![
+            ("no sweeper yet (a follower, or no resources)", &ok, ages(&[]), None),
+            (
+                "sweeps finishing each interval",
+                &ok,
+                ages(&[("us-east-1", 59), ("eu-west-1", 1)]),
+                None,
+            ),
+            ("exactly three intervals", &ok, ages(&[("us-east-1", 180)]), None),
+            (
+                "one region stuck past three intervals",
+                &ok,
+                ages(&[("us-east-1", 10), ("eu-west-1", 181)]),
+                Some("eu-west-1 (last sweep finished 181s ago)"),
+            ),
+            (
+                "watches lost, sweepers fine",
+                &lost,
+                ages(&[("us-east-1", 1)]),
+                Some("connection refused"),
+            ),
+            (
+                "CRDs not there yet",
+                &starting,
+                ages(&[]),
+                Some("starting: CRDs not installed"),
+            ),
+        ];
+        for (case, kube, ages, want) in table {
+            let got = readiness(kube, &ages, limit);
+            match want {
+                None => assert_eq!(got, Ok(()), "{case}"),
+                Some(needle) => {
+                    let err = got.expect_err(case);
+                    assert!(err.contains(needle), "{case}: {err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sweep_staleness_is_three_poll_intervals_but_never_less_than_one_call_budget() {
+        let s = Duration::from_secs;
+        // (poll interval, AWS operation timeout, limit)
+        for (poll, op, want) in [
+            (s(60), s(30), s(180)),
+            (s(10), s(30), s(40)),
+            (Duration::from_millis(500), s(30), Duration::from_millis(30_500)),
+            (s(300), s(30), s(900)),
+        ] {
+            assert_eq!(sweep_stale_after(poll, op), want, "poll {poll:?}, op {op:?}");
+        }
+    }
+
+    #[test]
+    fn health_reads_the_sweepers_from_metrics() {
+        let m = Arc::new(metrics::Metrics::new());
+        let h = Health::new(m.clone(), Duration::from_secs(180));
+        assert!(h.check().unwrap_err().contains("not checked yet"));
+        h.set_kube(KubeState::Ok);
+        m.sweep_finished("us-east-1", false);
+        let t = Instant::now();
+        assert_eq!(h.check_at(t), Ok(()));
+        let later = t + Duration::from_secs(181);
+        assert!(h.check_at(later).unwrap_err().contains("us-east-1"));
+        m.region_stopped("us-east-1");
+        assert_eq!(h.check_at(later), Ok(()));
+    }
 
     #[test]
     fn truncate_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
