@@ -28,6 +28,14 @@ fn calls_for(emu: &EmulatorHandle, job_id: &str) -> Vec<Value> {
         .collect()
 }
 
+/// UpdateClassificationJob calls for one job that reached the emulator, refused ones included.
+fn attempts_for(emu: &EmulatorHandle, job_id: &str) -> Vec<Value> {
+    emu.update_attempts()
+        .into_iter()
+        .filter(|c| c["jobId"] == job_id)
+        .collect()
+}
+
 /// Waits until the region's sweeper has completed `n` more sweeps.
 async fn sweeps(op: &OperatorHandle, n: u64) -> Result<()> {
     let mut rx = op.poller.subscribe(REGION);

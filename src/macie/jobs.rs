@@ -278,6 +278,7 @@ impl JobPoller {
             return rx.clone();
         }
         let (tx, rx) = watch::channel(RegionView::default());
+        self.clients.metrics().region_started(region);
         let retire = (region != self.keep).then(|| Retire {
             regions: self.regions.clone(),
             in_use: self.in_use.clone(),
@@ -391,6 +392,7 @@ async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
                 changes_after_failure(next.failures)
             }
         };
+        metrics.sweep_finished(&region, next.error.is_none());
         let swept_at = next.error.is_none().then_some(started_at);
         // Publish before triggering, so the triggered reconciles read this sweep.
         tx.send_replace(next);
@@ -399,6 +401,7 @@ async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
             let mut regions = r.regions.lock().unwrap_or_else(|p| p.into_inner());
             if !(r.in_use)(&region) {
                 regions.remove(&region);
+                metrics.region_stopped(&region);
                 tracing::info!(%region, "no MacieJob names the region any more; its sweeper stops");
                 return;
             }
