@@ -558,7 +558,8 @@ fn transition_record(step: &Step, outcome: TransitionOutcome, error: Option<Stri
         job_id: step.job_id.clone(),
         from: step.from.clone(),
         to: step.to.as_str().to_string(),
-        requested_at: Time(step.requested_at),
+        // Whole seconds, rounded up: what the API stores, and never before the call.
+        requested_at: Time(plan::ceil_second(step.requested_at)),
         outcome,
         error_code: error,
         message: None,
@@ -586,7 +587,7 @@ fn resolve_step(
     ctx.remember(oref, Known::Cleared);
     // Timestamps are compared at the precision the API stores (whole seconds).
     if let (Some(new_outcome), Some(t)) = (new_outcome, last_transition.as_mut())
-        && t.requested_at.0.as_second() == step.requested_at.as_second()
+        && t.requested_at.0.as_second() == plan::ceil_second(step.requested_at).as_second()
         && t.outcome == TransitionOutcome::Pending
     {
         t.outcome = new_outcome;
@@ -602,7 +603,7 @@ fn resolve_step(
 /// Calls UpdateClassificationJob for the step the plan chose, and judges the result.
 async fn act(ctx: &Context, obj: &MacieJob, step: Step, prev_attempts: u32) -> CallVerdict {
     let region = ctx.region_of(&obj.spec);
-    let result = update_job(&ctx.clients.client(&region), &step.job_id, step.to).await;
+    let result = ctx.clients.api().update_job(&region, &step.job_id, step.to).await;
     ctx.clients
         .metrics()
         .call("UpdateClassificationJob", MacieError::outcome(&result));
@@ -643,23 +644,6 @@ async fn release(ctx: &Context, api: &Api<MacieJob>, obj: &MacieJob, why: String
     set_finalizer(api, obj, false).await?;
     ctx.forget(obj);
     Ok(())
-}
-
-/// UpdateClassificationJob without SDK retries: a retried call after a lost response could
-/// repeat a step that already took effect. Throttling is retried by the caller (the call was
-/// not processed); anything uncertain waits for the next sweep.
-pub async fn update_job(client: &aws_sdk_macie2::Client, job_id: &str, to: DesiredJobStatus) -> Result<(), MacieError> {
-    use aws_sdk_macie2::config::retry::RetryConfig;
-    client
-        .update_classification_job()
-        .job_id(job_id)
-        .job_status(aws_sdk_macie2::types::JobStatus::from(to.as_str()))
-        .customize()
-        .config_override(aws_sdk_macie2::config::Config::builder().retry_config(RetryConfig::disabled()))
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(MacieError::from_sdk)
 }
 
 async fn set_finalizer(api: &Api<MacieJob>, obj: &MacieJob, present: bool) -> Result<(), Error> {
@@ -933,3 +917,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod step_tests;

@@ -213,8 +213,9 @@ pub struct Step {
     /// Status observed when the call was made.
     pub from: String,
     pub to: DesiredJobStatus,
-    /// When the call was made, in whole seconds rounded up (the precision the API stores, and
-    /// never earlier than the call: a sweep counts as "after the call" only if it is).
+    /// When the call was made. The status keeps it in whole seconds rounded up
+    /// ([`ceil_second`]): never earlier than the call, so that after a restart a sweep counts as
+    /// "after the call" only if it is.
     pub requested_at: Timestamp,
     pub state: StepState,
 }
@@ -240,13 +241,13 @@ pub enum StepState {
 }
 
 impl Step {
-    /// A step for a call made now (time rounded up to whole seconds).
+    /// A step for a call made at `now`.
     pub fn new(job_id: &str, from: &str, to: DesiredJobStatus, now: Timestamp) -> Step {
         Step {
             job_id: job_id.to_string(),
             from: from.to_string(),
             to,
-            requested_at: ceil_second(now),
+            requested_at: now,
             state: StepState::InFlight { error: None },
         }
     }
@@ -1329,9 +1330,9 @@ mod tests {
         assert_eq!(ceil_second(t), Timestamp::from_second(101).unwrap());
         let whole = Timestamp::from_second(100).unwrap();
         assert_eq!(ceil_second(whole), whole);
-        // What the status stores (whole seconds) equals the in-memory step.
+        // What the status stores (whole seconds, rounded up) is never before the call.
         let st = Step::new("j1", "RUNNING", DesiredJobStatus::UserPaused, t);
-        assert_eq!(st.requested_at.subsec_nanosecond(), 0);
+        assert!(ceil_second(st.requested_at) >= st.requested_at);
     }
 
     #[test]

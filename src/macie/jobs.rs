@@ -6,13 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_macie2::Client;
-use aws_sdk_macie2::types::{ListJobsSortAttributeName, ListJobsSortCriteria, OrderBy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::api::{JobsPage, MacieApi};
 use super::{MacieClients, MacieError};
 use crate::api::macie_job::{ObservedJob, UserPausedDetails};
 use crate::runtime::metrics::Metrics;
@@ -145,7 +144,8 @@ pub fn observed(j: &aws_sdk_macie2::types::JobSummary) -> ObservedJob {
 
 /// One sweep: every page of ListClassificationJobs, in a stable order.
 pub async fn list_all_jobs(
-    client: &Client,
+    api: &dyn MacieApi,
+    region: &str,
     page_size: i32,
     metrics: &Metrics,
 ) -> Result<(Vec<ObservedJob>, u32), MacieError> {
@@ -153,12 +153,12 @@ pub async fn list_all_jobs(
     let mut jobs = Vec::new();
     let mut pages = 0u32;
     loop {
-        let resp = list_page(client, page_size, token.clone(), metrics).await?;
+        let page = list_page(api, region, page_size, token.take(), metrics).await?;
         pages += 1;
-        jobs.extend(resp.items().iter().filter(|j| j.job_id().is_some()).map(observed));
-        match resp.next_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => break,
+        jobs.extend(page.jobs);
+        match page.next_token {
+            Some(t) => token = Some(t),
+            None => break,
         }
     }
     Ok((jobs, pages))
@@ -170,26 +170,15 @@ pub const PAGE_RETRIES: u32 = 2;
 
 /// One page, retried on throttling and uncertain failures with a jittered backoff.
 async fn list_page(
-    client: &Client,
+    api: &dyn MacieApi,
+    region: &str,
     page_size: i32,
     token: Option<String>,
     metrics: &Metrics,
-) -> Result<aws_sdk_macie2::operation::list_classification_jobs::ListClassificationJobsOutput, MacieError> {
+) -> Result<JobsPage, MacieError> {
     let mut tries = 0u32;
     loop {
-        let resp = client
-            .list_classification_jobs()
-            .max_results(page_size)
-            .sort_criteria(
-                ListJobsSortCriteria::builder()
-                    .attribute_name(ListJobsSortAttributeName::CreatedAt)
-                    .order_by(OrderBy::Asc)
-                    .build(),
-            )
-            .set_next_token(token.clone())
-            .send()
-            .await
-            .map_err(MacieError::from_sdk);
+        let resp = api.list_jobs_page(region, page_size, token.clone()).await;
         metrics.call("ListClassificationJobs", MacieError::outcome(&resp));
         match resp {
             Err(e @ (MacieError::Throttled { .. } | MacieError::Uncertain { .. })) if tries < PAGE_RETRIES => {
@@ -286,7 +275,7 @@ impl JobPoller {
         let task = tokio::spawn(sweep_loop(
             Sweep {
                 region: region.to_string(),
-                client: self.clients.client(region),
+                clients: self.clients.clone(),
                 metrics: self.clients.metrics().clone(),
                 page_size: self.page_size,
                 interval: self.interval,
@@ -316,7 +305,7 @@ impl Drop for JobPoller {
 /// One region's sweeper.
 struct Sweep {
     region: String,
-    client: Client,
+    clients: Arc<MacieClients>,
     metrics: Arc<Metrics>,
     page_size: i32,
     interval: Duration,
@@ -340,7 +329,7 @@ pub fn changes_after_failure(failures: u32) -> Changes {
 async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
     let Sweep {
         region,
-        client,
+        clients,
         metrics,
         page_size,
         interval,
@@ -353,7 +342,7 @@ async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
         ticker.tick().await;
         let started_at = Timestamp::now();
         let t = std::time::Instant::now();
-        let result = list_all_jobs(&client, page_size, &metrics).await;
+        let result = list_all_jobs(clients.api(), &region, page_size, &metrics).await;
         let prev = tx.borrow().clone();
         let mut next = RegionView {
             sweeps: prev.sweeps + 1,

@@ -1,7 +1,9 @@
 //! The AWS side: one `aws-sdk-macie2` client per region (with an optional endpoint override),
 //! error classification, and the shared job sweep.
 
+pub mod api;
 pub mod discovery;
+pub mod fake;
 pub mod jobs;
 
 use std::collections::HashMap;
@@ -15,8 +17,11 @@ use aws_sdk_macie2::config::timeout::TimeoutConfig;
 use aws_sdk_macie2::config::{BehaviorVersion, Region};
 use aws_sdk_macie2::error::{ProvideErrorMetadata, SdkError};
 
+use crate::api::DesiredJobStatus;
 use crate::runtime::gate::WriteGate;
 use crate::runtime::metrics::Metrics;
+use api::{JobsPage, MacieApi};
+use futures::future::BoxFuture;
 
 /// Time budgets of every AWS call (`--aws-attempt-timeout`, `--aws-operation-timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +55,8 @@ pub struct MacieClients {
     clients: Mutex<HashMap<String, Client>>,
     metrics: Arc<Metrics>,
     gate: WriteGate,
+    /// Answers the job calls instead of AWS (the in-process fake of the step tests).
+    fake: Option<Arc<dyn MacieApi>>,
 }
 
 /// The HTTP client of every AWS call: hyper with rustls on ring, the TLS stack kube uses too.
@@ -80,6 +87,21 @@ impl MacieClients {
             clients: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
             gate: WriteGate::open(),
+            fake: None,
+        }
+    }
+
+    /// The job calls go to `api` instead of AWS (tests: an in-process fake).
+    pub fn with_api(mut self, api: Arc<dyn MacieApi>) -> MacieClients {
+        self.fake = Some(api);
+        self
+    }
+
+    /// The Macie API of the job controller: AWS through the SDK, or the fake set by `with_api`.
+    pub fn api(&self) -> &dyn MacieApi {
+        match &self.fake {
+            Some(f) => f.as_ref(),
+            None => self,
         }
     }
 
@@ -156,6 +178,26 @@ impl MacieClients {
                 Client::from_conf(conf.build())
             })
             .clone()
+    }
+}
+
+impl MacieApi for MacieClients {
+    fn list_jobs_page<'a>(
+        &'a self,
+        region: &'a str,
+        page_size: i32,
+        token: Option<String>,
+    ) -> BoxFuture<'a, Result<JobsPage, MacieError>> {
+        Box::pin(async move { api::sdk_list_jobs_page(&self.client(region), page_size, token).await })
+    }
+
+    fn update_job<'a>(
+        &'a self,
+        region: &'a str,
+        job_id: &'a str,
+        to: DesiredJobStatus,
+    ) -> BoxFuture<'a, Result<(), MacieError>> {
+        Box::pin(async move { api::sdk_update_job(&self.client(region), job_id, to).await })
     }
 }
 

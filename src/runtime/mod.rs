@@ -1,6 +1,8 @@
 //! Process plumbing: logging, metrics, the admin server (/livez, /readyz, /metrics), leader
 //! election, shutdown signals.
 
+#[cfg(test)]
+pub mod fake_kube;
 pub mod gate;
 pub mod leader;
 pub mod metrics;

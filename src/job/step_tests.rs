@@ -1,0 +1,367 @@
+//! Reconcile steps against in-process fakes (the middle test layer): the fake Macie API behind
+//! the real sweeper, and a fake API server capturing every status write and Event. A scenario
+//! takes milliseconds. A resource is reconciled again and again, as its own status writes and
+//! the sweeps would trigger it, and the Macie calls are counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::macie::fake::FakeMacie;
+use crate::runtime::fake_kube::{FakeKube, path_of};
+
+const REGION: &str = "us-east-1";
+
+struct Rig {
+    kube: FakeKube,
+    macie: Arc<FakeMacie>,
+    ctx: Context,
+    writer: Writer<MacieJob>,
+}
+
+fn settings() -> Settings {
+    Settings {
+        step_timeout: Duration::from_millis(300),
+        expiry_warning: Duration::from_secs(7 * 86400),
+    }
+}
+
+fn rig(macie: Arc<FakeMacie>) -> Rig {
+    let kube = FakeKube::default();
+    let client = kube.client();
+    let clients = Arc::new(
+        MacieClients::new(aws_config::SdkConfig::builder().build(), None)
+            .with_api(macie.clone() as Arc<dyn crate::macie::api::MacieApi>),
+    );
+    let (store, writer) = reflector::store::<MacieJob>();
+    let on_change: OnChange = Arc::new(|_: &str, _: &Changes, _: Option<Timestamp>| {});
+    let in_use: InUse = Arc::new(|_: &str| true);
+    let poller = Arc::new(JobPoller::new(
+        clients.clone(),
+        100,
+        Duration::from_millis(20),
+        on_change,
+        in_use,
+        REGION,
+    ));
+    let config = Config {
+        default_region: REGION.into(),
+        poll_interval: Duration::from_millis(20),
+        page_size: 100,
+        plan: settings(),
+        namespace: None,
+        concurrency: 1,
+        instance: None,
+    };
+    let ctx = Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: None,
+            },
+        ),
+        client,
+        clients,
+        poller,
+        config,
+        store,
+        steps: Arc::default(),
+        failures: Arc::default(),
+        waiters: Arc::default(),
+    };
+    Rig {
+        kube,
+        macie,
+        ctx,
+        writer,
+    }
+}
+
+fn object(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1",
+        "kind": "MacieJob",
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"), "generation": 1,
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": spec,
+    })
+}
+
+impl Rig {
+    /// Creates the resource in the fake API server and the controller's cache.
+    fn create(&mut self, obj: Value) {
+        self.kube.put(obj.clone(), "maciejobs");
+        self.sync(&obj);
+    }
+
+    fn sync(&mut self, obj: &Value) {
+        let path = path_of(obj, "maciejobs");
+        if let Some(v) = self.kube.get(&path) {
+            let o: MacieJob = serde_json::from_value(v).expect("a MacieJob");
+            self.writer.apply_watcher_event(&watcher::Event::Apply(o));
+        }
+    }
+
+    /// The resource as the API server holds it.
+    fn get(&self, name: &str) -> Option<MacieJob> {
+        self.kube
+            .get(&format!(
+                "/apis/macie.kubeops.dev/v1alpha1/namespaces/ns/maciejobs/{name}"
+            ))
+            .map(|v| serde_json::from_value(v).expect("a MacieJob"))
+    }
+
+    /// Waits for `n` more completed sweeps.
+    async fn sweeps(&self, n: u64) {
+        let mut rx = self.ctx.poller.subscribe(REGION);
+        let k = rx.borrow().sweeps;
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| v.sweeps >= k + n))
+            .await
+            .expect("sweeps within 10 s")
+            .expect("the sweeper runs");
+    }
+
+    /// Reconciles `name` `times` times in a row, each time with what the API server holds (as
+    /// the watch would deliver after each of its own status writes).
+    async fn reconcile(&mut self, name: &str, times: usize) {
+        for _ in 0..times {
+            let Some(o) = self.get(name) else { return };
+            self.sync(&serde_json::to_value(&o).unwrap());
+            reconcile_inner(&o, &self.ctx).await.expect("reconcile");
+        }
+    }
+
+    fn reason(&self, name: &str) -> (String, String, String) {
+        let o = self.get(name).expect("exists");
+        let st = o.status.expect("status");
+        let c = conditions::find(&st.conditions, conditions::READY)
+            .expect("Ready")
+            .clone();
+        let phase = st
+            .conditions
+            .iter()
+            .find(|c| c.status == "True")
+            .map(|c| c.type_.clone())
+            .unwrap_or_default();
+        (phase, c.reason, c.message)
+    }
+}
+
+fn denied() -> MacieError {
+    MacieError::AccessDenied {
+        code: "AccessDeniedException".into(),
+        message: "not authorized".into(),
+    }
+}
+
+#[tokio::test]
+async fn status_writes_never_retrigger_a_refused_call() {
+    for (err, reason, phase) in [
+        (denied(), "AccessDenied", "Stalled"),
+        (
+            MacieError::Throttled {
+                code: "ThrottlingException".into(),
+                message: "Rate exceeded".into(),
+            },
+            "Throttled",
+            "Reconciling",
+        ),
+        (
+            MacieError::Other {
+                code: "ConflictException".into(),
+                message: "busy".into(),
+            },
+            "UpdateRejected",
+            "Reconciling",
+        ),
+    ] {
+        let macie = Arc::new(FakeMacie::default());
+        macie.put(REGION, "j1", "n", "RUNNING");
+        macie.fail_updates("j1", Some(err.clone()));
+        let mut r = rig(macie);
+        r.create(object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+        r.sweeps(1).await;
+        r.reconcile("m", 30).await;
+        assert_eq!(r.macie.updates().len(), 1, "{err}: one call, not one per status write");
+        let (p, rsn, msg) = r.reason("m");
+        assert_eq!((p.as_str(), rsn.as_str()), (phase, reason), "{err}");
+        assert!(msg.contains(err.code()), "{msg}");
+        let t = r.get("m").unwrap().status.unwrap().last_transition.unwrap();
+        assert_eq!(t.outcome, TransitionOutcome::Failed);
+        assert_eq!(t.error_code.as_deref(), Some(err.code()));
+    }
+}
+
+#[tokio::test]
+async fn an_uncertain_call_waits_for_a_sweep_past_the_step_timeout() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    macie.fail_updates(
+        "j1",
+        Some(MacieError::Uncertain {
+            code: "InternalServerException".into(),
+            message: "oops".into(),
+        }),
+    );
+    let mut r = rig(macie);
+    r.create(object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 20).await;
+    assert_eq!(r.macie.updates().len(), 1);
+    assert_eq!(r.reason("m").1, "Transitioning");
+    let t = r.get("m").unwrap().status.unwrap().last_transition.unwrap();
+    assert_eq!(t.outcome, TransitionOutcome::Pending, "a 5xx may have taken effect");
+    // Sweeps that started before the deadline show the job unmoved: still no second call.
+    r.sweeps(1).await;
+    r.reconcile("m", 5).await;
+    assert_eq!(r.macie.updates().len(), 1);
+    // A sweep that started past the step timeout still shows RUNNING: the step ends, one more.
+    tokio::time::sleep(settings().step_timeout).await;
+    r.macie.fail_updates("j1", None);
+    r.sweeps(2).await;
+    r.reconcile("m", 5).await;
+    assert_eq!(r.macie.updates().len(), 2);
+    assert_eq!(r.macie.status(REGION, "j1").as_deref(), Some("USER_PAUSED"));
+    assert!(r.macie.updates().iter().all(|u| u.valid));
+}
+
+#[tokio::test]
+async fn a_converged_step_is_recorded_and_then_nothing_is_written() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie);
+    r.create(object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    assert_eq!(r.macie.updates().len(), 1);
+    r.sweeps(2).await;
+    r.reconcile("m", 2).await;
+    let st = r.get("m").unwrap().status.unwrap();
+    assert_eq!(st.last_transition.unwrap().outcome, TransitionOutcome::Succeeded);
+    assert_eq!(r.reason("m").1, "Converged");
+    let writes = r.kube.status_writes().len();
+    r.sweeps(2).await;
+    r.reconcile("m", 10).await;
+    assert_eq!(
+        r.kube.status_writes().len(),
+        writes,
+        "a converged resource is not written again"
+    );
+    assert_eq!(r.macie.updates().len(), 1);
+}
+
+#[tokio::test]
+async fn disagreeing_resources_never_call_and_agreeing_ones_call_once() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "shared", "RUNNING");
+    let mut r = rig(macie);
+    r.create(object("a", json!({"jobId": "j1", "jobStatus": "RUNNING"})));
+    r.create(object("b", json!({"jobName": "shared", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    for _ in 0..10 {
+        r.reconcile("a", 1).await;
+        r.reconcile("b", 1).await;
+    }
+    assert!(r.macie.updates().is_empty());
+    assert_eq!(r.reason("a").1, "Conflict");
+    assert_eq!(r.reason("b").1, "Conflict");
+    assert!(r.reason("a").2.contains("b (USER_PAUSED)"), "{}", r.reason("a").2);
+    // They agree: exactly one acts, however often both are reconciled.
+    let mut a = r.get("a").unwrap();
+    a.spec.job_status = DesiredJobStatus::UserPaused;
+    a.metadata.generation = Some(2);
+    r.kube.put(serde_json::to_value(&a).unwrap(), "maciejobs");
+    for _ in 0..10 {
+        r.reconcile("a", 1).await;
+        r.reconcile("b", 1).await;
+    }
+    assert_eq!(r.macie.updates().len(), 1, "{:?}", r.macie.updates());
+}
+
+#[tokio::test]
+async fn a_transient_sweep_failure_writes_nothing() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie);
+    r.create(object("m", json!({"jobId": "j1", "jobStatus": "RUNNING"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 1).await;
+    assert_eq!(r.reason("m").1, "Converged");
+    let writes = r.kube.writes().len();
+    // Two sweeps fail (each: its page and the page's retries), then the next succeeds.
+    r.macie.fail_lists(
+        2 * (1 + crate::macie::jobs::PAGE_RETRIES as usize),
+        MacieError::Uncertain {
+            code: "InternalServerException".into(),
+            message: "oops".into(),
+        },
+    );
+    let mut rx = r.ctx.poller.subscribe(REGION);
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| v.failures == 1))
+        .await
+        .expect("a failed sweep")
+        .expect("sweeper");
+    r.reconcile("m", 3).await;
+    assert_eq!(
+        r.kube.writes().len(),
+        writes,
+        "no status write, no Event while it fails"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|v| v.failures == 0 && v.error.is_none()),
+    )
+    .await
+    .expect("a good sweep")
+    .expect("sweeper");
+    r.reconcile("m", 3).await;
+    assert_eq!(r.kube.writes().len(), writes, "nothing to write after it recovers");
+    assert_eq!(r.reason("m").1, "Converged");
+}
+
+#[tokio::test]
+async fn a_deletion_cancel_is_written_ahead_and_not_repeated_after_a_restart() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    // Macie takes the call, but the response is lost.
+    macie.fail_updates(
+        "j1",
+        Some(MacieError::Uncertain {
+            code: "ResponseError".into(),
+            message: "connection reset".into(),
+        }),
+    );
+    let mut r = rig(macie.clone());
+    let mut obj = object(
+        "m",
+        json!({"jobId": "j1", "jobStatus": "RUNNING", "deletionPolicy": "Cancel"}),
+    );
+    obj["metadata"]["finalizers"] = json!([FINALIZER]);
+    obj["metadata"]["deletionTimestamp"] = json!("2026-01-02T00:00:00Z");
+    r.create(obj.clone());
+    r.sweeps(1).await;
+    r.reconcile("m", 1).await;
+    assert_eq!(macie.updates().len(), 1);
+    // The first status write came before the call and records it as Pending.
+    let first = &r.kube.status_writes()[0];
+    assert_eq!(first.body["status"]["lastTransition"]["outcome"], "Pending");
+    assert_eq!(first.body["status"]["lastTransition"]["to"], "CANCELLED");
+    // A new process (nothing in memory) reads the step from the status: no second call.
+    let kube = r.kube.clone();
+    let mut r2 = rig(macie.clone());
+    r2.kube = kube;
+    r2.ctx.client = r2.kube.client();
+    r2.sync(&obj);
+    r2.sweeps(1).await;
+    r2.reconcile("m", 5).await;
+    assert_eq!(macie.updates().len(), 1, "not repeated after the restart");
+    assert!(
+        r2.get("m").is_some(),
+        "the finalizer stays until a sweep shows the job cancelled"
+    );
+}

@@ -1,0 +1,165 @@
+//! An in-process fake of the Kubernetes API for the reconcile-step tests: a `kube::Client`
+//! whose requests are answered from a map of objects, with every write captured. It serves
+//! what a reconcile does: get, merge-patch (finalizers), status apply, and Events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+/// One write a reconcile made.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub method: Method,
+    pub path: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    /// Object path -> object.
+    objects: HashMap<String, Value>,
+    writes: Vec<Write>,
+    version: u64,
+}
+
+/// The fake API server.
+#[derive(Default, Clone)]
+pub struct FakeKube {
+    state: Arc<Mutex<State>>,
+}
+
+/// The path of a namespaced object of a custom resource.
+pub fn path_of(obj: &Value, plural: &str) -> String {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    format!("/apis/{api_version}/namespaces/{ns}/{plural}/{name}")
+}
+
+impl FakeKube {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores an object (as created).
+    pub fn put(&self, obj: Value, plural: &str) {
+        let mut s = self.state();
+        s.version += 1;
+        let mut obj = obj;
+        obj["metadata"]["resourceVersion"] = json!(s.version.to_string());
+        s.objects.insert(path_of(&obj, plural), obj);
+    }
+
+    /// The stored object at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.state().objects.get(path).cloned()
+    }
+
+    /// Every write so far.
+    pub fn writes(&self) -> Vec<Write> {
+        self.state().writes.clone()
+    }
+
+    /// Status writes so far.
+    pub fn status_writes(&self) -> Vec<Write> {
+        self.writes()
+            .into_iter()
+            .filter(|w| w.path.ends_with("/status"))
+            .collect()
+    }
+
+    /// Events published so far: (reason, note).
+    pub fn events(&self) -> Vec<(String, String)> {
+        self.writes()
+            .into_iter()
+            .filter(|w| w.path.contains("/events") && w.method == Method::POST)
+            .map(|w| {
+                (
+                    w.body["reason"].as_str().unwrap_or_default().to_string(),
+                    w.body["note"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// A kube client talking to this fake.
+    pub fn client(&self) -> kube::Client {
+        let me = self.clone();
+        let svc = tower::service_fn(move |req: Request<Body>| {
+            let me = me.clone();
+            async move { Ok::<_, std::convert::Infallible>(me.answer(req).await) }
+        });
+        kube::Client::new(svc, "default")
+    }
+
+    async fn answer(&self, req: Request<Body>) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let mut s = self.state();
+        if method != Method::GET {
+            s.writes.push(Write {
+                method: method.clone(),
+                path: path.clone(),
+                body: body.clone(),
+            });
+        }
+        if path.contains("/events") {
+            let mut ev = body;
+            if ev["metadata"]["name"].is_null() {
+                ev["metadata"]["name"] = json!(format!("ev-{}", s.writes.len()));
+            }
+            return respond(StatusCode::CREATED, &ev);
+        }
+        let (object_path, status) = match path.strip_suffix("/status") {
+            Some(p) => (p.to_string(), true),
+            None => (path.clone(), false),
+        };
+        s.version += 1;
+        let version = s.version;
+        let Some(obj) = s.objects.get_mut(&object_path) else {
+            return respond(
+                StatusCode::NOT_FOUND,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            );
+        };
+        match (method, status) {
+            (Method::GET, _) => {}
+            (Method::PATCH, true) => obj["status"] = body["status"].clone(),
+            (Method::PATCH, false) => {
+                if let Some(f) = body["metadata"].get("finalizers") {
+                    obj["metadata"]["finalizers"] = f.clone();
+                }
+                if let Some(spec) = body.get("spec") {
+                    for (k, v) in spec.as_object().into_iter().flatten() {
+                        obj["spec"][k] = v.clone();
+                    }
+                }
+            }
+            _ => return respond(StatusCode::METHOD_NOT_ALLOWED, &json!({})),
+        }
+        obj["metadata"]["resourceVersion"] = json!(version.to_string());
+        let out = obj.clone();
+        // A deleted object goes once its last finalizer is removed.
+        let gone = !out["metadata"]["deletionTimestamp"].is_null()
+            && out["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        if gone {
+            s.objects.remove(&object_path);
+        }
+        respond(StatusCode::OK, &out)
+    }
+}
+
+fn respond(code: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(serde_json::to_vec(v).unwrap_or_default()));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
