@@ -375,27 +375,45 @@ async fn a_regions_sweeper_stops_with_its_last_resource() -> Result<()> {
     let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
     let op = OperatorHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
     sweeps(&op, 1).await?;
-    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
-    let tasks_before = tasks();
     assert_eq!(op.poller.regions(), vec![REGION.to_string()]);
     for i in 0..200 {
+        emu.put_job(
+            json!({"jobId": format!("far{i}"), "name": format!("far{i}"), "jobType": "ONE_TIME",
+            "jobStatus": "RUNNING", "region": "ap-southeast-4"}),
+        );
         create_job(
             &api,
             &format!("far-{i}"),
-            json!({"jobId": format!("far{i}"), "jobStatus": "RUNNING", "region": "ap-southeast-4"}),
+            json!({"jobId": format!("far{i}"), "jobStatus": "USER_PAUSED", "region": "ap-southeast-4"}),
         )
         .await?;
     }
-    wait_reason(&api, "far-199", "JobNotFound", CONVERGE_DEADLINE).await?;
+    wait_for(
+        "200 MacieJobs in the far region converged",
+        CONVERGE_DEADLINE,
+        || async {
+            let list = api.list(&ListParams::default()).await?;
+            let n = list
+                .items
+                .iter()
+                .filter(|o| ready(o).is_some_and(|(_, r)| r == "Converged"))
+                .count();
+            Ok((n == 200).then_some(()))
+        },
+    )
+    .await?;
     assert!(op.poller.regions().contains(&"ap-southeast-4".to_string()));
+    let (steps, _, _) = op.tracked.counts();
+    assert_eq!(steps, 200, "each resource's (resolved) step is known while it exists");
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await?;
     wait_for("the region's sweeper to stop", DEADLINE, || async {
         Ok((op.poller.regions() == vec![REGION.to_string()]).then_some(()))
     })
     .await?;
-    wait_for("the task count to return to its level", DEADLINE, || async {
-        Ok((tasks() <= tasks_before).then_some(()))
+    // Nothing is kept for the deleted resources (pruned after the next sweep).
+    wait_for("per-resource state dropped", DEADLINE, || async {
+        Ok((op.tracked.counts() == (0, 0, 0)).then_some(()))
     })
     .await?;
     op.stop().await;

@@ -282,10 +282,7 @@ pub struct JobController {
 impl JobController {
     /// Builds the context and starts the shared poller of the default region.
     pub fn new(client: kube::Client, clients: Arc<MacieClients>, config: Config) -> JobController {
-        let api: Api<MacieJob> = match &config.namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
+        let api: Api<MacieJob> = crate::runtime::scoped_api(client.clone(), config.namespace.as_deref());
         let controller = Controller::new(api, watcher::Config::default().any_semantic())
             .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
         let store = controller.store();
@@ -377,6 +374,11 @@ impl JobController {
         self.ctx.poller.clone()
     }
 
+    /// What the controller keeps per resource (tests check it is dropped with the resources).
+    pub fn tracked(&self) -> Tracked {
+        Tracked(self.ctx.clone())
+    }
+
     /// Runs until `shutdown` resolves.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
         crate::runtime::drive(
@@ -386,6 +388,21 @@ impl JobController {
                 .run(reconcile, error_policy, self.ctx),
         )
         .await;
+    }
+}
+
+/// A view of what the controller keeps per resource.
+#[derive(Clone)]
+pub struct Tracked(Arc<Context>);
+
+impl Tracked {
+    /// Entries kept per resource: (steps, sweep waiters, failure counts).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            lock(&self.0.steps).len(),
+            lock(&self.0.waiters).len(),
+            self.0.failures.len(),
+        )
     }
 }
 
@@ -404,7 +421,7 @@ async fn reconcile(obj: Arc<MacieJob>, ctx: Arc<Context>) -> Result<Action, Erro
 
 /// One reconcile: lifecycle -> observe -> plan (pure) -> act -> status.
 async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error> {
-    let api: Api<MacieJob> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let api: Api<MacieJob> = crate::runtime::object_api(ctx.client.clone(), obj);
     let (desired, deleting) = match lifecycle(obj) {
         Lifecycle::Forget => {
             ctx.forget(obj);

@@ -12,6 +12,25 @@ use crate::macie::MacieError;
 /// Field manager of every status write and the Events' reporting controller.
 pub const MANAGER: &str = "macie-operator";
 
+/// The API of a kind in the watched scope: one namespace (`--namespace`) or all.
+pub fn scoped_api<K>(client: kube::Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client, ns),
+        None => kube::Api::all(client),
+    }
+}
+
+/// The API of the namespace an object lives in (for its status, finalizers and Events).
+pub fn object_api<K>(client: kube::Client, obj: &K) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    kube::Api::namespaced(client, &obj.meta().namespace.clone().unwrap_or_default())
+}
+
 /// Why a reconcile failed (either controller).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -211,14 +230,8 @@ async fn bounded<T>(what: &str, call: impl std::future::Future<Output = Result<T
 /// backoff once the API server answers again); it tells whether they can be served.
 pub async fn check_kube(client: kube::Client, namespace: Option<String>, health: Health) {
     use crate::api::{MacieDiscovery, MacieJob};
-    let jobs: kube::Api<MacieJob> = match &namespace {
-        Some(ns) => kube::Api::namespaced(client.clone(), ns),
-        None => kube::Api::all(client.clone()),
-    };
-    let discoveries: kube::Api<MacieDiscovery> = match &namespace {
-        Some(ns) => kube::Api::namespaced(client.clone(), ns),
-        None => kube::Api::all(client.clone()),
-    };
+    let jobs: kube::Api<MacieJob> = scoped_api(client.clone(), namespace.as_deref());
+    let discoveries: kube::Api<MacieDiscovery> = scoped_api(client.clone(), namespace.as_deref());
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
     let names: Vec<String> = crate::api::crds().into_iter().filter_map(|c| c.metadata.name).collect();
@@ -316,6 +329,15 @@ impl<K: kube::Resource<DynamicType = ()>> Failures<K> {
         let delay = self.record(obj);
         tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, retry_in = ?delay, "reconcile failed");
         kube::runtime::controller::Action::requeue(delay)
+    }
+
+    /// Objects with a failure count.
+    pub fn len(&self) -> usize {
+        self.counts().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts().is_empty()
     }
 
     /// Keeps only the entries `keep` accepts (drops those of deleted objects).

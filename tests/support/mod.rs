@@ -153,6 +153,7 @@ fn init_test_logging() {
 /// The MacieJob controller, in process, watching one namespace.
 pub struct OperatorHandle {
     pub poller: Arc<JobPoller>,
+    pub tracked: job::Tracked,
     running: Running,
 }
 
@@ -180,8 +181,10 @@ impl OperatorHandle {
         tune(&mut config);
         let controller = JobController::new(client, clients, config);
         let poller = controller.poller();
+        let tracked = controller.tracked();
         OperatorHandle {
             poller,
+            tracked,
             running: Running::spawn(|stop| controller.run(stop)),
         }
     }
