@@ -4,6 +4,7 @@
 pub mod gate;
 pub mod leader;
 pub mod metrics;
+pub mod status;
 
 use crate::macie::MacieError;
 
