@@ -83,7 +83,7 @@ pub struct MacieDiscoveryStatus {
     /// Ready, Reconciling and Stalled (kstatus). Exactly one is True; its reason says why:
     /// Converged, Pending, AccountErrors, Conflict, AccessDenied, Throttled, MacieError.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(schema_with = "crate::api::conditions::schema")]
     pub conditions: Vec<Condition>,
 
     /// Region the accounts were managed in.
