@@ -9,21 +9,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::conditions::{self, Phase};
+use crate::api::conditions;
 use crate::api::{MacieDiscovery, MacieDiscoveryStatus};
 use crate::macie::{MacieClients, MacieError, discovery as calls};
 use crate::runtime::metrics::Metrics;
+use crate::runtime::status::{self, api_time};
 use crate::runtime::{Error, Failures, MANAGER, backoff};
 use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings};
 
@@ -233,7 +232,6 @@ async fn engine_loop(
                             None => {
                                 a.sent = Some(Sent { status: *status, at });
                                 a.error = None;
-                                a.last_change = Some(at);
                             }
                         }
                     }
@@ -287,11 +285,8 @@ async fn observe(client: &aws_sdk_macie2::Client, ids: &[String], view: &mut Vie
                 let now_seen = found.get(id).copied();
                 let ours = now_seen.is_some() && a.sent.as_ref().map(|s| s.status) == now_seen;
                 if ours {
-                    // Our own change showed up (its time was recorded when it was sent).
+                    // Our own change showed up.
                     a.sent = None;
-                } else if a.observed_at.is_some() && a.observed != now_seen {
-                    // Changed by someone else.
-                    a.last_change = Some(started);
                 }
                 a.observed = now_seen;
                 a.observed_at = Some(started);
@@ -417,7 +412,7 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
         .iter()
         .map(|a| (a.account_id.clone(), a.status))
         .collect();
-    let (rows, counts, summary) = plan::resource_status(
+    let r = plan::resource_status(
         &key(obj),
         &accounts,
         &view.desired,
@@ -425,39 +420,26 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
         view.api_error.as_ref(),
         &engines.config.plan,
     );
+    let prev = obj.status.as_ref();
     let mut status = MacieDiscoveryStatus {
         observed_generation: obj.meta().generation,
-        conditions: conditions::conditions(&summary, obj.meta().generation, &prev.conditions, Timestamp::now()),
+        conditions: conditions::conditions(
+            &r.summary,
+            obj.meta().generation,
+            prev.map_or(&[][..], |p| &p.conditions),
+            api_time(Timestamp::now()).0,
+        ),
         region: Some(region),
-        accounts: rows,
-        counts: Some(counts),
-        last_sync_time: prev.last_sync_time.clone(),
+        accounts: r.accounts,
+        error_codes: r.error_codes,
+        counts: Some(r.counts),
+        last_sync_time: prev.and_then(|p| p.last_sync_time.clone()),
     };
-    if status != prev {
-        status.last_sync_time = view.observed_at.map(Time);
-        let api: Api<MacieDiscovery> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-        let patch = json!({
-            "apiVersion": MacieDiscovery::api_version(&()),
-            "kind": MacieDiscovery::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        let before =
-            conditions::find(&prev.conditions, conditions::READY).map(|c| (c.reason.clone(), c.message.clone()));
-        if before.as_ref().map(|b| &b.0) != Some(&summary.reason) && summary.reason != "Pending" {
-            let type_ = if summary.phase == Phase::Ready {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            crate::runtime::publish_event(&ctx.recorder, &**obj, type_, &summary.reason, "Reconcile", summary.message.clone()).await;
-        }
+    if status::differs(prev, &status) {
+        status.last_sync_time = view.observed_at.map(api_time);
     }
+    let api: Api<MacieDiscovery> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    status::write(&api, &ctx.recorder, &**obj, prev, &status).await?;
     ctx.failures.clear(obj);
     Ok(Action::await_change())
 }

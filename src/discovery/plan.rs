@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::DiscoveryStatus;
-use crate::api::conditions::{Phase, Summary};
-use crate::api::macie_discovery::{AccountStatus, Counts};
+use crate::api::conditions::{MESSAGE_MAX, Phase, Summary};
+use crate::api::macie_discovery::{AccountStatus, Counts, ErrorCodeStatus};
 use crate::macie::MacieError;
+use crate::runtime::truncate;
 
 /// What one resource declares: its key (`namespace/name`) and its accounts.
 #[derive(Debug, Clone)]
@@ -82,8 +82,6 @@ pub struct AccountState {
     pub observed_at: Option<Timestamp>,
     pub sent: Option<Sent>,
     pub error: Option<AccountError>,
-    /// When the operator changed the account or saw it change.
-    pub last_change: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,18 +138,44 @@ pub fn batches(accounts: &[(String, DiscoveryStatus)], size: usize) -> Vec<Vec<(
     accounts.chunks(size.max(1)).map(<[_]>::to_vec).collect()
 }
 
-fn explain(code: &str, retry: Duration) -> String {
+/// Most other resources a conflict message names (then "and N more").
+const NAMED_MAX: usize = 10;
+
+fn name_some<'a>(names: impl ExactSizeIterator<Item = &'a String>) -> String {
+    let n = names.len();
+    let mut out: Vec<&str> = names.take(NAMED_MAX).map(String::as_str).collect();
+    let more = format!("and {} more", n.saturating_sub(NAMED_MAX));
+    if n > NAMED_MAX {
+        out.push(&more);
+    }
+    out.join(", ")
+}
+
+fn explain(code: &str, message: &str, retry: Duration) -> String {
     let every = humantime::format_duration(retry);
     match code {
-        "ACCOUNT_PAUSED" => format!("Macie is suspended for this account; resume Macie for it (retried every {every})"),
+        "ACCOUNT_PAUSED" => format!("Macie is suspended for the account; resume Macie for it (retried every {every})"),
         "ACCOUNT_NOT_FOUND" => {
             format!("not a member account of this Macie administrator account in the region (retried every {every})")
         }
-        other => format!("BatchUpdateAutomatedDiscoveryAccounts failed with {other} (retried every {every})"),
+        other if message.is_empty() => {
+            format!("BatchUpdateAutomatedDiscoveryAccounts failed with {other} (retried every {every})")
+        }
+        _ => format!("BatchUpdateAutomatedDiscoveryAccounts failed: {message} (retried every {every})"),
     }
 }
 
-/// One resource's per-account status, counts and summary.
+/// A resource's status, as the engine's view shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceStatus {
+    pub accounts: Vec<AccountStatus>,
+    pub error_codes: Vec<ErrorCodeStatus>,
+    pub counts: Counts,
+    pub summary: Summary,
+}
+
+/// One resource's per-account rows (sorted by account id), its error codes explained once,
+/// counts and summary.
 pub fn resource_status(
     resource: &str,
     accounts: &[(String, DiscoveryStatus)],
@@ -159,55 +183,58 @@ pub fn resource_status(
     state: &HashMap<String, AccountState>,
     api_error: Option<&MacieError>,
     s: &Settings,
-) -> (Vec<AccountStatus>, Counts, Summary) {
+) -> ResourceStatus {
     let mut rows = Vec::with_capacity(accounts.len());
     let (mut converged, mut failed) = (0i64, 0i64);
     let mut conflicting_with: BTreeMap<String, usize> = BTreeMap::new();
-    let mut error_codes: BTreeMap<String, usize> = BTreeMap::new();
+    // code -> (explanation, count)
+    let mut codes: BTreeMap<String, (String, i64)> = BTreeMap::new();
     for (id, want) in accounts {
-        let st = state.get(id).cloned().unwrap_or_default();
+        let st = state.get(id);
+        let observed = st.and_then(|st| st.observed);
         let mut row = AccountStatus {
             account_id: id.clone(),
             desired: want.as_str().to_string(),
-            observed: st.observed.map(|o| o.as_str().to_string()),
+            observed: observed.map(|o| o.as_str().to_string()),
             error_code: None,
-            error_message: None,
-            last_change_time: st.last_change.map(Time),
         };
         if let Some(decl) = desired.conflicts.get(id) {
-            let others: Vec<String> = decl
-                .iter()
-                .filter(|(r, _)| r != resource)
-                .map(|(r, st)| format!("{r} ({})", st.as_str()))
-                .collect();
             for o in decl.iter().filter(|(r, _)| r != resource) {
                 *conflicting_with.entry(o.0.clone()).or_default() += 1;
             }
-            row.error_code = Some("Conflict".into());
-            row.error_message = Some(format!(
-                "declared {} here but differently by {}; not changed until they agree",
-                want.as_str(),
-                others.join(", ")
-            ));
+            row.error_code = Some(CONFLICT.into());
+            codes.entry(CONFLICT.into()).or_default().1 += 1;
             failed += 1;
         } else if let Some(err) = st
-            .error
-            .as_ref()
-            .filter(|e| e.status == *want && st.observed != Some(*want))
+            .and_then(|st| st.error.as_ref())
+            .filter(|e| e.status == *want && observed != Some(*want))
         {
             row.error_code = Some(err.code.clone());
-            row.error_message = Some(if err.message.is_empty() {
-                explain(&err.code, s.error_retry)
-            } else {
-                err.message.clone()
-            });
-            *error_codes.entry(err.code.clone()).or_default() += 1;
+            let e = codes
+                .entry(err.code.clone())
+                .or_insert_with(|| (explain(&err.code, &err.message, s.error_retry), 0));
+            e.1 += 1;
             failed += 1;
-        } else if st.observed == Some(*want) {
+        } else if observed == Some(*want) {
             converged += 1;
         }
         rows.push(row);
     }
+    rows.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+    if let Some(c) = codes.get_mut(CONFLICT) {
+        c.0 = format!(
+            "declared with another status by {}; not changed until the declarations agree",
+            name_some(conflicting_with.keys())
+        );
+    }
+    let error_codes: Vec<ErrorCodeStatus> = codes
+        .into_iter()
+        .map(|(code, (message, count))| ErrorCodeStatus {
+            code,
+            message: truncate(&message, ERROR_MESSAGE_MAX),
+            count,
+        })
+        .collect();
     let total = accounts.len() as i64;
     let counts = Counts {
         desired: total,
@@ -228,17 +255,17 @@ pub fn resource_status(
             format!(
                 "{} account(s) are declared with another status by {}; they are not changed until the declarations agree",
                 conflicting_with.values().sum::<usize>(),
-                conflicting_with.keys().cloned().collect::<Vec<_>>().join(", ")
+                name_some(conflicting_with.keys())
             ),
         ),
         _ if failed > 0 => Summary::new(
             Phase::Stalled,
             "AccountErrors",
             format!(
-                "{failed} of {total} account(s) failed: {}; see status.accounts",
+                "{failed} of {total} account(s) failed: {}; see status.errorCodes and status.accounts",
                 error_codes
                     .iter()
-                    .map(|(c, n)| format!("{n} {c}"))
+                    .map(|c| format!("{} {}", c.count, c.code))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -258,8 +285,22 @@ pub fn resource_status(
             format!("all {total} account(s) in their desired status"),
         ),
     };
-    (rows, counts, summary)
+    let summary = Summary {
+        message: truncate(&summary.message, MESSAGE_MAX),
+        ..summary
+    };
+    ResourceStatus {
+        accounts: rows,
+        error_codes,
+        counts,
+        summary,
+    }
 }
+
+/// The errorCode of an account declared with different statuses by several resources.
+pub const CONFLICT: &str = "Conflict";
+/// Longest explanation of an error code (the schema's maxLength).
+const ERROR_MESSAGE_MAX: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -379,51 +420,150 @@ mod tests {
     }
 
     #[test]
-    fn resource_status_reports_errors_conflicts_and_convergence_per_account() {
+    fn resource_status_reports_errors_once_per_code_conflicts_and_convergence() {
         let set = desired_set(&[
-            decl("ns/a", &[("000000000001", E), ("000000000002", E), ("000000000003", D)]),
+            decl(
+                "ns/a",
+                &[
+                    ("000000000003", D),
+                    ("000000000001", E),
+                    ("000000000002", E),
+                    ("000000000004", E),
+                ],
+            ),
             decl("ns/b", &[("000000000003", E)]),
         ]);
         let mut state = HashMap::new();
         state.insert("000000000001".into(), observed(Some(E), 0));
-        let mut s2 = observed(None, 0);
-        s2.error = Some(AccountError {
-            status: E,
-            code: "ACCOUNT_NOT_FOUND".into(),
-            message: String::new(),
-            at: t(1),
-        });
-        state.insert("000000000002".into(), s2);
+        for id in ["000000000002", "000000000004"] {
+            let mut st = observed(None, 0);
+            st.error = Some(AccountError {
+                status: E,
+                code: "ACCOUNT_NOT_FOUND".into(),
+                message: String::new(),
+                at: t(1),
+            });
+            state.insert(id.into(), st);
+        }
         state.insert("000000000003".into(), observed(Some(D), 0));
         let a = &[
+            ("000000000003".to_string(), D),
             ("000000000001".to_string(), E),
             ("000000000002".to_string(), E),
-            ("000000000003".to_string(), D),
+            ("000000000004".to_string(), E),
         ];
-        let (rows, counts, summary) = resource_status("ns/a", a, &set, &state, None, &settings());
-        assert_eq!((counts.desired, counts.converged, counts.failed), (3, 1, 2));
-        assert_eq!(rows[1].error_code.as_deref(), Some("ACCOUNT_NOT_FOUND"));
-        assert!(rows[1].error_message.as_ref().unwrap().contains("not a member account"));
-        assert_eq!(rows[2].error_code.as_deref(), Some("Conflict"));
-        assert!(rows[2].error_message.as_ref().unwrap().contains("ns/b (ENABLED)"));
-        assert_eq!((summary.phase, summary.reason.as_str()), (Phase::Stalled, "Conflict"));
-        assert!(summary.message.contains("ns/b"));
+        let r = resource_status("ns/a", a, &set, &state, None, &settings());
+        assert_eq!((r.counts.desired, r.counts.converged, r.counts.failed), (4, 1, 3));
+        let ids: Vec<&str> = r.accounts.iter().map(|a| a.account_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["000000000001", "000000000002", "000000000003", "000000000004"],
+            "sorted"
+        );
+        assert_eq!(r.accounts[1].error_code.as_deref(), Some("ACCOUNT_NOT_FOUND"));
+        assert_eq!(r.accounts[2].error_code.as_deref(), Some("Conflict"));
+        assert_eq!(r.error_codes.len(), 2, "one entry per code: {:?}", r.error_codes);
+        let nf = r.error_codes.iter().find(|c| c.code == "ACCOUNT_NOT_FOUND").unwrap();
+        assert_eq!(nf.count, 2);
+        assert!(nf.message.contains("not a member account"), "{}", nf.message);
+        let conflict = r.error_codes.iter().find(|c| c.code == "Conflict").unwrap();
+        assert!(conflict.message.contains("ns/b"), "{}", conflict.message);
+        assert_eq!(
+            (r.summary.phase, r.summary.reason.as_str()),
+            (Phase::Stalled, "Conflict")
+        );
+        assert!(r.summary.message.contains("ns/b"));
         let b = &[("000000000003".to_string(), E)];
-        let (_, _, summary) = resource_status("ns/b", b, &set, &state, None, &settings());
+        let r = resource_status("ns/b", b, &set, &state, None, &settings());
         assert!(
-            summary.message.contains("ns/a"),
+            r.summary.message.contains("ns/a"),
             "the conflict is reported on both sides"
+        );
+        // Errors only.
+        let r = resource_status("ns/a", &a[1..], &set, &state, None, &settings());
+        assert_eq!(r.summary.reason, "AccountErrors");
+        assert!(
+            r.summary.message.contains("2 ACCOUNT_NOT_FOUND"),
+            "{}",
+            r.summary.message
         );
         // All converged.
         let one = &[("000000000001".to_string(), E)];
-        let (_, counts, summary) = resource_status("ns/a", one, &set, &state, None, &settings());
-        assert_eq!((counts.converged, summary.reason.as_str()), (1, "Converged"));
-        assert_eq!(summary.phase, Phase::Ready);
+        let r = resource_status("ns/a", one, &set, &state, None, &settings());
+        assert_eq!((r.counts.converged, r.summary.reason.as_str()), (1, "Converged"));
+        assert_eq!(r.summary.phase, Phase::Ready);
+        assert!(r.error_codes.is_empty());
         let denied = MacieError::AccessDenied {
             code: "AccessDeniedException".into(),
             message: "no".into(),
         };
-        let (_, _, summary) = resource_status("ns/a", one, &set, &state, Some(&denied), &settings());
-        assert_eq!(summary.reason, "AccessDenied");
+        let r = resource_status("ns/a", one, &set, &state, Some(&denied), &settings());
+        assert_eq!(r.summary.reason, "AccessDenied");
+    }
+
+    #[test]
+    fn a_conflict_with_many_resources_names_ten_and_fits_the_condition() {
+        let mut declared = vec![decl("ns/a", &[("000000000001", E)])];
+        for i in 0..50 {
+            declared.push(decl(&format!("ns/other-{i:02}"), &[("000000000001", D)]));
+        }
+        let set = desired_set(&declared);
+        let r = resource_status(
+            "ns/a",
+            &[("000000000001".to_string(), E)],
+            &set,
+            &HashMap::new(),
+            None,
+            &settings(),
+        );
+        assert!(r.summary.message.contains("and 40 more"), "{}", r.summary.message);
+        assert!(!r.summary.message.contains("other-10"), "{}", r.summary.message);
+        assert!(r.summary.message.len() <= MESSAGE_MAX);
+    }
+
+    #[test]
+    fn every_reason_fits_the_condition_schema() {
+        for reason in [
+            "Converged",
+            "Pending",
+            "AccountErrors",
+            "Conflict",
+            "AccessDenied",
+            "Throttled",
+            "MacieError",
+        ] {
+            assert!(crate::api::conditions::valid_reason(reason), "{reason}");
+        }
+    }
+
+    #[test]
+    fn five_thousand_failing_accounts_make_a_small_status() {
+        let ids: Vec<(String, DiscoveryStatus)> = (0..5000)
+            .map(|i| (format!("{:012}", 500_000_000_000u64 + i), E))
+            .collect();
+        let set = desired_set(&[Declared {
+            resource: "ns/big".into(),
+            accounts: ids.clone(),
+        }]);
+        let state: HashMap<String, AccountState> = ids
+            .iter()
+            .map(|(id, _)| {
+                let mut st = observed(None, 0);
+                st.error = Some(AccountError {
+                    status: E,
+                    code: "ACCOUNT_NOT_FOUND".into(),
+                    message: String::new(),
+                    at: t(1),
+                });
+                (id.clone(), st)
+            })
+            .collect();
+        let r = resource_status("ns/big", &ids, &set, &state, None, &settings());
+        assert_eq!(r.counts.failed, 5000);
+        assert_eq!(r.error_codes.len(), 1);
+        assert_eq!(r.error_codes[0].count, 5000);
+        let bytes = serde_json::to_vec(&r.accounts).unwrap().len();
+        // About 81 bytes a row: the status stays well under etcd's 1.5 MiB with the spec beside it.
+        assert!(bytes < 5000 * 90, "{bytes} bytes");
     }
 }
