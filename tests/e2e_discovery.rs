@@ -591,3 +591,36 @@ async fn a_failed_status_write_is_a_warning_event() -> Result<()> {
     op.stop().await;
     Ok(())
 }
+
+/// Issue 10.4: Macie shows a BatchUpdate's effect only 4 s later; the observations in between
+/// (every 500 ms) still show the old status, and no account is sent twice.
+/// Needs the emulator's `discoveryVisibilityDelayMs` fault (PUT /__admin/faults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lagging_observations_never_send_an_account_twice() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("disc-lag").await?;
+    let accounts = declare(4000, 20, "ENABLED");
+    for (a, _) in &accounts {
+        emu.put_account(a, "DISABLED", false);
+    }
+    let (code, body) = admin(
+        &emu,
+        "PUT",
+        "/__admin/faults",
+        Some(&json!({"discoveryVisibilityDelayMs": 4000})),
+    )
+    .await?;
+    anyhow::ensure!(
+        (200..300).contains(&code),
+        "PUT /__admin/faults {{\"discoveryVisibilityDelayMs\": 4000}}: {code} {body}"
+    );
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "lagging", &accounts).await?;
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    wait_reason(&api, "lagging", "Converged", |_| true).await?;
+    let calls = logged_batch_calls(&emu).await?;
+    let sent = sent_in(&calls);
+    assert_eq!(sent.len(), accounts.len(), "{calls:?}");
+    assert!(sent.values().all(|n| *n == 1), "an account sent twice: {calls:?}");
+    op.stop().await;
+    Ok(())
+}

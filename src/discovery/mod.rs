@@ -198,7 +198,7 @@ async fn engine_loop(
             .any(|id| view.accounts.get(id).is_none_or(|a| a.observed_at.is_none()));
         let now = tokio::time::Instant::now();
         if (now >= next_observe || unseen) && !ids.is_empty() {
-            observe(client, &ids, &mut view, metrics).await;
+            observe(client, &ids, &mut view, metrics, &config.plan).await;
             next_observe = now + config.poll_interval;
         } else if now >= next_observe {
             next_observe = now + config.poll_interval;
@@ -230,7 +230,11 @@ async fn engine_loop(
                                 });
                             }
                             None => {
-                                a.sent = Some(Sent { status: *status, at });
+                                a.sent = Some(Sent {
+                                    status: *status,
+                                    from: a.observed,
+                                    at,
+                                });
                                 a.error = None;
                             }
                         }
@@ -249,7 +253,12 @@ async fn engine_loop(
                     sent_any = true;
                     tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts outcome unknown");
                     for (id, status) in &batch {
-                        view.accounts.entry(id.clone()).or_default().sent = Some(Sent { status: *status, at });
+                        let a = view.accounts.entry(id.clone()).or_default();
+                        a.sent = Some(Sent {
+                            status: *status,
+                            from: a.observed,
+                            at,
+                        });
                     }
                     view.api_error = Some(e);
                 }
@@ -276,20 +285,22 @@ async fn engine_loop(
 }
 
 /// Lists the declared accounts and records what changed.
-async fn observe(client: &aws_sdk_macie2::Client, ids: &[String], view: &mut View, metrics: &Metrics) {
+async fn observe(
+    client: &aws_sdk_macie2::Client,
+    ids: &[String],
+    view: &mut View,
+    metrics: &Metrics,
+    plan_settings: &Settings,
+) {
     let started = Timestamp::now();
     match calls::list_accounts(client, ids, metrics).await {
         Ok((found, _calls)) => {
             for id in ids {
                 let a = view.accounts.entry(id.clone()).or_default();
-                let now_seen = found.get(id).copied();
-                let ours = now_seen.is_some() && a.sent.as_ref().map(|s| s.status) == now_seen;
-                if ours {
-                    // Our own change showed up.
-                    a.sent = None;
-                }
-                a.observed = now_seen;
+                a.observed = found.get(id).copied();
                 a.observed_at = Some(started);
+                // Forget a send this observation settles (and only then).
+                plan::settle(a, plan_settings);
             }
             view.observed_at = Some(started);
             view.api_error = None;

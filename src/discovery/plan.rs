@@ -56,10 +56,15 @@ pub fn desired_set(declared: &[Declared]) -> DesiredSet {
     set
 }
 
-/// A BatchUpdate the operator made for an account, until an observation shows its effect.
+/// A BatchUpdate the operator made (or may have made) for an account, until an observation
+/// settles it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sent {
+    /// The status asked for.
     pub status: DiscoveryStatus,
+    /// The status observed when it was sent (None: Macie did not list the account).
+    pub from: Option<DiscoveryStatus>,
+    /// When the call started.
     pub at: Timestamp,
 }
 
@@ -86,7 +91,8 @@ pub struct AccountState {
 
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// A sent account is not sent again until an observation after the send, or this long.
+    /// A sent account is not sent again until an observation that started after the send shows
+    /// it changed, or one that started this long after the send still shows it unchanged.
     pub step_timeout: Duration,
     /// Accounts that failed (ACCOUNT_PAUSED, ACCOUNT_NOT_FOUND, ...) are retried this often.
     pub error_retry: Duration,
@@ -98,8 +104,45 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     since.duration_until(now).unsigned_abs()
 }
 
+/// How an observation settles a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// No observation has settled it yet: not to be sent again.
+    InFlight,
+    /// An observation that started after the send shows the account changed.
+    Changed,
+    /// An observation that started after the step timeout ran out still shows it unchanged:
+    /// the send did not take; it may be sent again.
+    DidNotTake,
+}
+
+/// What the latest observation says of the account's send, if any. Only an observation that
+/// started after the send counts, and "unchanged" only from one that started after the step
+/// timeout: never wall clock alone (Macie may show an account's old status for a while after a
+/// BatchUpdate).
+pub fn settled(st: &AccountState, s: &Settings) -> Option<Settled> {
+    let sent = st.sent.as_ref()?;
+    let Some(seen_at) = st.observed_at.filter(|at| *at > sent.at) else {
+        return Some(Settled::InFlight);
+    };
+    Some(if st.observed != sent.from {
+        Settled::Changed
+    } else if elapsed(sent.at, seen_at) >= s.step_timeout {
+        Settled::DidNotTake
+    } else {
+        Settled::InFlight
+    })
+}
+
+/// After an observation: forgets the send it settled.
+pub fn settle(st: &mut AccountState, s: &Settings) {
+    if matches!(settled(st, s), Some(Settled::Changed | Settled::DidNotTake)) {
+        st.sent = None;
+    }
+}
+
 /// Accounts to send now, sorted by id: agreed on, observed at least once, not in the desired
-/// status, and not blocked by an earlier send or a recent error for the same status.
+/// status, with no send in flight, and not blocked by a recent error for the same status.
 pub fn to_send(
     desired: &DesiredSet,
     state: &HashMap<String, AccountState>,
@@ -109,17 +152,10 @@ pub fn to_send(
     let mut out = Vec::new();
     for (id, want) in &desired.wanted {
         let Some(st) = state.get(id) else { continue };
-        let Some(observed_at) = st.observed_at else {
-            continue;
-        };
-        if st.observed == Some(*want) {
+        if st.observed_at.is_none() || st.observed == Some(*want) {
             continue;
         }
-        if let Some(sent) = &st.sent
-            && sent.status == *want
-            && observed_at <= sent.at
-            && elapsed(sent.at, now) < s.step_timeout
-        {
+        if settled(st, s) == Some(Settled::InFlight) {
             continue;
         }
         if let Some(err) = &st.error
@@ -354,50 +390,198 @@ mod tests {
         assert_eq!(set.account_ids().len(), 3);
     }
 
+    /// One row of the `to_send` table: the account is declared ENABLED.
+    struct Case {
+        what: &'static str,
+        /// (status, start of the observation) or None: never observed.
+        seen: Option<(Option<DiscoveryStatus>, i64)>,
+        /// (status asked for, status observed when sent, when).
+        sent: Option<(DiscoveryStatus, Option<DiscoveryStatus>, i64)>,
+        /// (status asked for, when) of a per-account error.
+        error: Option<(DiscoveryStatus, i64)>,
+        now: i64,
+        send: bool,
+    }
+
     #[test]
-    fn only_observed_differing_unblocked_accounts_are_sent() {
-        let set = desired_set(&[decl(
-            "ns/a",
-            &[
-                ("000000000001", E), // observed DISABLED: send
-                ("000000000002", E), // already ENABLED: never sent
-                ("000000000003", E), // never observed: wait
-                ("000000000004", E), // not listed by Macie: send (Macie reports ACCOUNT_NOT_FOUND)
-                ("000000000005", E), // sent after the last observation: wait
-                ("000000000006", E), // recent error for ENABLED: wait
-                ("000000000007", E), // old error: retry
-            ],
-        )]);
-        let mut state = HashMap::new();
-        state.insert("000000000001".into(), observed(Some(D), 0));
-        state.insert("000000000002".into(), observed(Some(E), 0));
-        state.insert("000000000004".into(), observed(None, 0));
-        let mut s5 = observed(Some(D), 0);
-        s5.sent = Some(Sent { status: E, at: t(5) });
-        state.insert("000000000005".into(), s5);
-        let mut s6 = observed(Some(D), 0);
-        s6.error = Some(AccountError {
+    fn to_send_table() {
+        let cases = [
+            Case {
+                what: "observed DISABLED",
+                seen: Some((Some(D), 0)),
+                sent: None,
+                error: None,
+                now: 10,
+                send: true,
+            },
+            Case {
+                what: "already ENABLED",
+                seen: Some((Some(E), 0)),
+                sent: None,
+                error: None,
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "never observed",
+                seen: None,
+                sent: None,
+                error: None,
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "not listed by Macie (it answers ACCOUNT_NOT_FOUND)",
+                seen: Some((None, 0)),
+                sent: None,
+                error: None,
+                now: 10,
+                send: true,
+            },
+            Case {
+                what: "sent, no observation since",
+                seen: Some((Some(D), 0)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "sent, an observation since still shows the old status (visibility lag)",
+                seen: Some((Some(D), 6)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "sent, unchanged and the step timeout long past on the wall clock only",
+                seen: Some((Some(D), 6)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 100_000,
+                send: false,
+            },
+            Case {
+                what: "sent, an observation that started just before the deadline shows it unchanged",
+                seen: Some((Some(D), 304)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 400,
+                send: false,
+            },
+            Case {
+                what: "sent, an observation that started after the deadline shows it unchanged",
+                seen: Some((Some(D), 305)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 400,
+                send: true,
+            },
+            Case {
+                what: "sent, then the account vanished from Macie (changed)",
+                seen: Some((None, 6)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 10,
+                send: true,
+            },
+            Case {
+                what: "sent and took",
+                seen: Some((Some(E), 6)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "an older DISABLED send took, the declaration is now ENABLED",
+                seen: Some((Some(D), 6)),
+                sent: Some((D, Some(E), 5)),
+                error: None,
+                now: 10,
+                send: true,
+            },
+            Case {
+                what: "recent error for ENABLED",
+                seen: Some((Some(D), 0)),
+                sent: None,
+                error: Some((E, 5)),
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "old error for ENABLED: retried",
+                seen: Some((Some(D), 0)),
+                sent: None,
+                error: Some((E, -1000)),
+                now: 10,
+                send: true,
+            },
+            Case {
+                what: "recent error for another status",
+                seen: Some((Some(D), 0)),
+                sent: None,
+                error: Some((D, 5)),
+                now: 10,
+                send: true,
+            },
+        ];
+        let set = desired_set(&[decl("ns/a", &[("000000000001", E)])]);
+        for c in cases {
+            let mut state = HashMap::new();
+            let mut st = AccountState::default();
+            if let Some((status, at)) = c.seen {
+                st.observed = status;
+                st.observed_at = Some(t(at));
+            }
+            st.sent = c.sent.map(|(status, from, at)| Sent {
+                status,
+                from,
+                at: t(at),
+            });
+            st.error = c.error.map(|(status, at)| AccountError {
+                status,
+                code: "ACCOUNT_PAUSED".into(),
+                message: String::new(),
+                at: t(at),
+            });
+            if c.seen.is_some() || c.sent.is_some() {
+                state.insert("000000000001".to_string(), st);
+            }
+            let sends = to_send(&set, &state, t(c.now), &settings());
+            assert_eq!(!sends.is_empty(), c.send, "{}", c.what);
+            if c.send {
+                assert_eq!(sends, [("000000000001".to_string(), E)], "{}", c.what);
+            }
+        }
+    }
+
+    #[test]
+    fn settle_forgets_a_send_only_when_an_observation_settles_it() {
+        let sent = Sent {
             status: E,
-            code: "ACCOUNT_PAUSED".into(),
-            message: String::new(),
+            from: Some(D),
             at: t(5),
-        });
-        state.insert("000000000006".into(), s6.clone());
-        let mut s7 = s6;
-        s7.error.as_mut().unwrap().at = t(-1000);
-        state.insert("000000000007".into(), s7);
-        let ids: Vec<String> = to_send(&set, &state, t(10), &settings())
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect();
-        assert_eq!(ids, ["000000000001", "000000000004", "000000000007"]);
-        // An observation after the send that still shows DISABLED: the send did not stick, send again.
-        state.get_mut("000000000005").unwrap().observed_at = Some(t(6));
-        assert!(
-            to_send(&set, &state, t(10), &settings())
-                .iter()
-                .any(|(a, _)| a == "000000000005")
-        );
+        };
+        let mut st = observed(Some(D), 6);
+        st.sent = Some(sent.clone());
+        settle(&mut st, &settings());
+        assert_eq!(st.sent.as_ref(), Some(&sent), "lagging observation: still in flight");
+        st.observed = Some(E);
+        settle(&mut st, &settings());
+        assert_eq!(st.sent, None, "the change showed up");
+        // Drift after the send settled: a plain difference, sent again at once.
+        st.observed = Some(D);
+        st.observed_at = Some(t(20));
+        let set = desired_set(&[decl("ns/a", &[("000000000001", E)])]);
+        let state = HashMap::from([("000000000001".to_string(), st)]);
+        assert_eq!(to_send(&set, &state, t(21), &settings()).len(), 1);
+        let mut st = observed(Some(D), 305);
+        st.sent = Some(sent);
+        assert_eq!(settled(&st, &settings()), Some(Settled::DidNotTake));
+        settle(&mut st, &settings());
+        assert_eq!(st.sent, None);
     }
 
     #[test]
