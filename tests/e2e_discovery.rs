@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use futures::StreamExt as _;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use macie_operator::api::MacieDiscovery;
@@ -403,6 +404,10 @@ fn declare(from: usize, n: usize, status: &'static str) -> Vec<(String, &'static
     (from..from + n).map(|i| (acct(i), status)).collect()
 }
 
+fn ready_condition(o: &MacieDiscovery) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    o.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")
+}
+
 /// The controller's settings in these tests (as `DiscoveryHandle` uses).
 fn test_config(ns: &str) -> macie_operator::discovery::Config {
     macie_operator::discovery::Config {
@@ -621,6 +626,83 @@ async fn lagging_observations_never_send_an_account_twice() -> Result<()> {
     let sent = sent_in(&calls);
     assert_eq!(sent.len(), accounts.len(), "{calls:?}");
     assert!(sent.values().all(|n| *n == 1), "an account sent twice: {calls:?}");
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.3: a new generation is reported only once the engine has taken it in: no status
+/// ever shows the new generation with the old picture (here the Conflict it resolves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_generation_is_reported_only_once_the_engine_has_it() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("disc-generation").await?;
+    let x = acct(3000);
+    emu.put_account(&x, "DISABLED", false);
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "alpha", &[(x.clone(), "ENABLED")]).await?;
+    create(&api, "beta", &[(x.clone(), "DISABLED")]).await?;
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    wait_reason(&api, "beta", "Conflict", |_| true).await?;
+
+    // Record every version of beta from here on: (status.observedGeneration, Ready reason).
+    type Versions = std::sync::Mutex<Vec<(Option<i64>, Option<String>)>>;
+    let seen: Arc<Versions> = Arc::default();
+    let (listed_tx, mut listed) = tokio::sync::watch::channel(false);
+    let recorder = {
+        let seen = seen.clone();
+        let stream = kube::runtime::watcher(
+            api.clone(),
+            kube::runtime::watcher::Config::default().fields("metadata.name=beta"),
+        );
+        tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(kube::runtime::watcher::Event::Apply(o) | kube::runtime::watcher::Event::InitApply(o)) => {
+                        let entry = (
+                            o.status.as_ref().and_then(|s| s.observed_generation),
+                            ready_condition(&o).map(|c| c.reason.clone()),
+                        );
+                        seen.lock().unwrap().push(entry);
+                    }
+                    Ok(kube::runtime::watcher::Event::InitDone) => {
+                        listed_tx.send_replace(true);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    listed.wait_for(|l| *l).await?;
+    let patched = api
+        .patch(
+            "beta",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"accounts": [{"accountId": x, "status": "ENABLED"}]}})),
+        )
+        .await?;
+    let generation = patched.metadata.generation;
+    wait_reason(&api, "beta", "Converged", |_| true).await?;
+    wait_for("the watch to deliver Converged", DEADLINE, || async {
+        Ok(seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(g, r)| *g == generation && r.as_deref() == Some("Converged"))
+            .then_some(()))
+    })
+    .await?;
+    recorder.abort();
+    let seen = seen.lock().unwrap().clone();
+    let stale: Vec<_> = seen
+        .iter()
+        .filter(|(g, r)| *g == generation && r.as_deref() == Some("Conflict"))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "generation {generation:?} reported with the old Conflict: {seen:?}"
+    );
+    wait_reason(&api, "alpha", "Converged", |_| true).await?;
+    assert_eq!(sent_in(&logged_batch_calls(&emu).await?).get(&x), Some(&1));
     op.stop().await;
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 pub mod plan;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use crate::macie::{MacieClients, MacieError, discovery as calls};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::status::{self, api_time};
 use crate::runtime::{Error, Failures, MANAGER, backoff};
-use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings};
+use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings, TakenIn};
 
 /// Settings of the MacieDiscovery controller.
 #[derive(Debug, Clone)]
@@ -48,6 +48,8 @@ pub const DEFAULT_BATCH_SIZE: usize = 100;
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub desired: DesiredSet,
+    /// The resources `desired` was built from, and which version of each.
+    pub resources: BTreeMap<String, TakenIn>,
     pub accounts: HashMap<String, AccountState>,
     /// Error of the latest call (observation or batch), cleared by the next success.
     pub api_error: Option<MacieError>,
@@ -124,6 +126,10 @@ fn declared(store: &Store<MacieDiscovery>, region: &str, default_region: &str) -
         .filter(|o| o.spec.region.as_deref().unwrap_or(default_region) == region)
         .map(|o| Declared {
             resource: key(o),
+            taken: TakenIn {
+                uid: o.uid().unwrap_or_default(),
+                generation: o.meta().generation.unwrap_or_default(),
+            },
             accounts: o
                 .spec
                 .accounts
@@ -190,7 +196,9 @@ async fn engine_loop(
         }
         let before = view.clone();
         tracing::debug!(%region, "discovery pass");
-        view.desired = plan::desired_set(&declared(store, region, &config.default_region));
+        let declared = declared(store, region, &config.default_region);
+        view.desired = plan::desired_set(&declared);
+        view.resources = declared.iter().map(|d| (d.resource.clone(), d.taken.clone())).collect();
         let ids = view.desired.account_ids();
         view.accounts.retain(|id, _| ids.binary_search(id).is_ok());
         let unseen = ids
@@ -315,8 +323,10 @@ async fn observe(
 fn publish(env: &EngineEnv, view: &View, before: &View, tx: &watch::Sender<Arc<View>>) {
     let mut v = view.clone();
     v.passes = before.passes + 1;
-    let changed =
-        view.desired != before.desired || view.accounts != before.accounts || view.api_error != before.api_error;
+    let changed = view.desired != before.desired
+        || view.resources != before.resources
+        || view.accounts != before.accounts
+        || view.api_error != before.api_error;
     tx.send_replace(Arc::new(v));
     if changed {
         for obj in env.store.state() {
@@ -411,12 +421,15 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
     let region = engines.region_of(obj).to_string();
     tracing::debug!(name = %obj.name_any(), %region, "reconcile MacieDiscovery");
     let (kick, view_rx) = engines.engine(&region);
-    let prev = obj.status.clone().unwrap_or_default();
-    if prev.observed_generation != obj.meta().generation {
-        // A new or changed declaration: the engine takes it in its next pass.
-        let _ = kick.send(());
-    }
     let view = view_rx.borrow().clone();
+    let Some(generation) =
+        plan::taken_generation(&view.resources, &key(obj), obj.uid().as_deref(), obj.meta().generation)
+    else {
+        // The engine has not taken this version in: its next pass does, and triggers this
+        // resource again.
+        let _ = kick.send(());
+        return Ok(Action::await_change());
+    };
     let accounts: Vec<(String, crate::api::DiscoveryStatus)> = obj
         .spec
         .accounts
@@ -433,10 +446,10 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
     );
     let prev = obj.status.as_ref();
     let mut status = MacieDiscoveryStatus {
-        observed_generation: obj.meta().generation,
+        observed_generation: Some(generation),
         conditions: conditions::conditions(
             &r.summary,
-            obj.meta().generation,
+            Some(generation),
             prev.map_or(&[][..], |p| &p.conditions),
             api_time(Timestamp::now()).0,
         ),

@@ -12,11 +12,35 @@ use crate::api::macie_discovery::{AccountStatus, Counts, ErrorCodeStatus};
 use crate::macie::MacieError;
 use crate::runtime::truncate;
 
-/// What one resource declares: its key (`namespace/name`) and its accounts.
+/// What one resource declares: its key (`namespace/name`), which version of it, and its accounts.
 #[derive(Debug, Clone)]
 pub struct Declared {
     pub resource: String,
+    pub taken: TakenIn,
     pub accounts: Vec<(String, DiscoveryStatus)>,
+}
+
+/// Which version of a resource an engine has taken in: a status may report on that generation
+/// only (a deleted and re-created resource has a new uid and starts again at generation 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TakenIn {
+    pub uid: String,
+    pub generation: i64,
+}
+
+/// The generation a resource's status may report: the one the engine took in, when that is the
+/// object at hand (same uid and generation). None: the engine has not taken this version in yet,
+/// so nothing is reported on it (no stale Ready or Conflict for a new generation).
+pub fn taken_generation(
+    taken: &BTreeMap<String, TakenIn>,
+    resource: &str,
+    uid: Option<&str>,
+    generation: Option<i64>,
+) -> Option<i64> {
+    taken
+        .get(resource)
+        .filter(|t| Some(t.uid.as_str()) == uid && Some(t.generation) == generation)
+        .map(|t| t.generation)
 }
 
 /// Every declared account of a region: those all declarers agree on, and the conflicts.
@@ -346,6 +370,10 @@ mod tests {
     fn decl(resource: &str, accounts: &[(&str, DiscoveryStatus)]) -> Declared {
         Declared {
             resource: resource.into(),
+            taken: TakenIn {
+                uid: format!("uid-{resource}"),
+                generation: 1,
+            },
             accounts: accounts.iter().map(|(a, s)| (a.to_string(), *s)).collect(),
         }
     }
@@ -388,6 +416,29 @@ mod tests {
             &vec![("ns/a".to_string(), E), ("ns/b".to_string(), D)]
         );
         assert_eq!(set.account_ids().len(), 3);
+    }
+
+    #[test]
+    fn a_status_reports_only_the_generation_the_engine_took_in() {
+        let taken = BTreeMap::from([(
+            "ns/a".to_string(),
+            TakenIn {
+                uid: "u1".into(),
+                generation: 2,
+            },
+        )]);
+        assert_eq!(taken_generation(&taken, "ns/a", Some("u1"), Some(2)), Some(2));
+        assert_eq!(
+            taken_generation(&taken, "ns/a", Some("u1"), Some(3)),
+            None,
+            "a newer spec the engine has not taken in"
+        );
+        assert_eq!(
+            taken_generation(&taken, "ns/a", Some("u2"), Some(2)),
+            None,
+            "re-created under the same name"
+        );
+        assert_eq!(taken_generation(&taken, "ns/b", Some("u1"), Some(2)), None);
     }
 
     /// One row of the `to_send` table: the account is declared ENABLED.
@@ -727,6 +778,7 @@ mod tests {
             .collect();
         let set = desired_set(&[Declared {
             resource: "ns/big".into(),
+            taken: TakenIn::default(),
             accounts: ids.clone(),
         }]);
         let state: HashMap<String, AccountState> = ids
