@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use macie_operator::api::MacieDiscovery;
 use macie_operator::discovery::DiscoveryController;
 use macie_operator::macie::MacieClients;
@@ -334,7 +334,8 @@ async fn invalid_discovery_manifests_are_rejected() -> Result<()> {
     Ok(())
 }
 
-// ---- issue 10. Calls are checked against the emulator's call log (GET /__admin/calls).
+// ---- issue 10: status churn and size, generations, visibility lag, deletions, the write gate,
+// engines that stop. Calls are checked against the emulator's call log (GET /__admin/calls).
 
 /// One plain HTTP/1.1 request to the emulator's admin API: (status, body).
 async fn admin(emu: &EmulatorHandle, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
@@ -703,6 +704,125 @@ async fn a_new_generation_is_reported_only_once_the_engine_has_it() -> Result<()
     );
     wait_reason(&api, "alpha", "Converged", |_| true).await?;
     assert_eq!(sent_in(&logged_batch_calls(&emu).await?).get(&x), Some(&1));
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.5: deleting one side of a conflict lets the other converge at once, not at the next
+/// poll interval (15 s here). The deletion comes right after a periodic observation, when the
+/// engine has nothing else left to do before the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_one_side_of_a_conflict_lets_the_other_converge_at_once() -> Result<()> {
+    const POLL: Duration = Duration::from_secs(15);
+    let Scene { client, ns, emu, .. } = scene("disc-delete").await?;
+    let x = acct(5000);
+    emu.put_account(&x, "DISABLED", false);
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "alpha", &[(x.clone(), "ENABLED")]).await?;
+    create(&api, "beta", &[(x.clone(), "DISABLED")]).await?;
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |c| c.poll_interval = POLL).await;
+    wait_reason(&api, "alpha", "Conflict", |_| true).await?;
+    wait_reason(&api, "beta", "Conflict", |_| true).await?;
+    let lists = emu.requests("ListAutomatedDiscoveryAccounts");
+    wait_for("the next periodic observation", POLL * 3, || async {
+        Ok((emu.requests("ListAutomatedDiscoveryAccounts") > lists).then_some(()))
+    })
+    .await?;
+    api.delete("beta", &DeleteParams::default()).await?;
+    let t = std::time::Instant::now();
+    wait_reason_within(&api, "alpha", "Converged", POLL * 2 / 3, |_| true).await?;
+    eprintln!("converged {:?} after the other side was deleted", t.elapsed());
+    assert_eq!(emu.account(&x).as_deref(), Some("ENABLED"));
+    assert_eq!(sent_in(&logged_batch_calls(&emu).await?).get(&x), Some(&1));
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.6: with the write gate closed (leader election lost or not yet won) the engine
+/// observes but never calls BatchUpdate; once it opens, every account is sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closed_write_gate_sends_nothing_until_it_opens() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("disc-gate").await?;
+    let accounts = declare(6000, 5, "ENABLED");
+    for (a, _) in &accounts {
+        emu.put_account(a, "DISABLED", false);
+    }
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "gated", &accounts).await?;
+    let gate = WriteGate::closed();
+    let controller = DiscoveryController::new(
+        client.clone(),
+        gated_clients(&emu.url, gate.clone()).await,
+        test_config(&ns),
+    );
+    let op = Running::spawn(|stop| controller.run(stop));
+    wait_reason(&api, "gated", "Pending", |_| true).await?;
+    let lists = emu.requests("ListAutomatedDiscoveryAccounts");
+    wait_for("three more observations", DEADLINE, || async {
+        Ok((emu.requests("ListAutomatedDiscoveryAccounts") >= lists + 3).then_some(()))
+    })
+    .await?;
+    assert!(
+        logged_batch_calls(&emu).await?.is_empty(),
+        "BatchUpdate with the write gate closed"
+    );
+    for (a, _) in &accounts {
+        assert_eq!(emu.account(a).as_deref(), Some("DISABLED"));
+    }
+    gate.extend(std::time::Instant::now(), Duration::from_secs(600));
+    wait_reason(&api, "gated", "Converged", |_| true).await?;
+    let sent = sent_in(&logged_batch_calls(&emu).await?);
+    assert_eq!(sent.len(), accounts.len());
+    assert!(sent.values().all(|n| *n == 1));
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.6: an engine whose region no MacieDiscovery names any more stops (its state goes
+/// with it), and a new resource for the region starts it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_engine_stops_when_its_region_is_unused_and_restarts_on_demand() -> Result<()> {
+    const EU: &str = "eu-west-1";
+    let Scene { client, ns, emu, .. } = scene("disc-region").await?;
+    let accounts = declare(7000, 2, "ENABLED");
+    for (a, _) in &accounts {
+        let account = serde_json::from_value(json!({"status": "DISABLED", "paused": false}))?;
+        emu.state
+            .lock()
+            .put_account(Some(EU), a, account)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let in_eu = |status: &str| -> Result<MacieDiscovery> {
+        let decl: Vec<(String, &str)> = accounts.iter().map(|(a, _)| (a.clone(), status)).collect();
+        let mut o = discovery_object("eu", &decl)?;
+        o.spec.region = Some(EU.into());
+        Ok(o)
+    };
+    let eu_status = |id: &str| {
+        let mut e = emu.state.lock();
+        e.snapshot(Some(EU))["accounts"][id]["status"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &in_eu("ENABLED")?).await?;
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    wait_reason(&api, "eu", "Converged", |_| true).await?;
+    assert_eq!(op.engines.running(), [EU], "only the region in use has an engine");
+    assert_eq!(eu_status(&accounts[0].0).as_deref(), Some("ENABLED"));
+
+    api.delete("eu", &DeleteParams::default()).await?;
+    wait_for("the eu-west-1 engine to stop", DEADLINE, || async {
+        Ok(op.engines.running().is_empty().then_some(()))
+    })
+    .await?;
+
+    api.create(&PostParams::default(), &in_eu("DISABLED")?).await?;
+    wait_reason(&api, "eu", "Converged", |_| true).await?;
+    assert_eq!(op.engines.running(), [EU], "started again on demand");
+    for (a, _) in &accounts {
+        assert_eq!(eu_status(a).as_deref(), Some("DISABLED"), "{a}");
+    }
     op.stop().await;
     Ok(())
 }

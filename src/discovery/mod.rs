@@ -2,25 +2,34 @@
 //! (ListAutomatedDiscoveryAccounts) and coalesces the changes every MacieDiscovery asks for into
 //! BatchUpdateAutomatedDiscoveryAccounts calls; reconciles only project the engine's view into
 //! each resource's status.
+//!
+//! The controller owns its watch stream: every event (deletions included) tells the engines
+//! whose view it changes, so that deleting one side of a conflict lets the other converge at
+//! once. An engine keeps state only for declared accounts and existing resources, and stops when
+//! no MacieDiscovery names its region any more (the next reconcile for the region starts it
+//! again).
 
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::TryStreamExt as _;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::conditions;
 use crate::api::{MacieDiscovery, MacieDiscoveryStatus};
 use crate::macie::{MacieClients, MacieError, discovery as calls};
+use crate::runtime::gate::WriteGate;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::status::{self, api_time};
 use crate::runtime::{Error, Failures, MANAGER, backoff};
@@ -53,27 +62,61 @@ pub struct View {
     pub accounts: HashMap<String, AccountState>,
     /// Error of the latest call (observation or batch), cleared by the next success.
     pub api_error: Option<MacieError>,
+    /// Start of the latest observation of every declared account.
     pub observed_at: Option<Timestamp>,
+    /// Passes the engine has made.
     pub passes: u64,
 }
 
+impl View {
+    /// Whether every resource's status computed from `self` equals the one computed from
+    /// `other` (observation times and sends in flight are not shown).
+    fn shows_like(&self, other: &View) -> bool {
+        self.desired == other.desired
+            && self.resources == other.resources
+            && self.api_error == other.api_error
+            && self.accounts.len() == other.accounts.len()
+            && self
+                .accounts
+                .iter()
+                .all(|(id, a)| other.accounts.get(id).is_some_and(|b| a.shows_like(b)))
+    }
+
+    /// Takes in the declarations: the desired set, which resource versions it comes from, and
+    /// no state for accounts nobody declares any more.
+    fn take_in(&mut self, declared: &[Declared]) {
+        self.desired = plan::desired_set(declared);
+        self.resources = declared.iter().map(|d| (d.resource.clone(), d.taken.clone())).collect();
+        let ids = self.desired.account_ids();
+        self.accounts.retain(|id, _| ids.binary_search(id).is_ok());
+    }
+}
+
 type Trigger = futures::channel::mpsc::UnboundedSender<ObjectRef<MacieDiscovery>>;
+type Regions = Arc<Mutex<HashMap<String, RegionEngine>>>;
+
+fn lock(regions: &Regions) -> MutexGuard<'_, HashMap<String, RegionEngine>> {
+    regions.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 struct RegionEngine {
+    /// Tells this engine apart from a later one of the same region.
+    id: u64,
     kick: mpsc::UnboundedSender<()>,
     view: watch::Receiver<Arc<View>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// One engine per region, started on first use.
+/// One engine per region, started on first use and stopped when no resource names the region.
 pub struct Engines {
     clients: Arc<MacieClients>,
     config: Config,
     store: Store<MacieDiscovery>,
-    /// Set by the first reconcile: the store holds every resource.
+    /// Set once the watch has listed every resource into the store.
     store_ready: watch::Sender<bool>,
     trigger: Trigger,
-    regions: Mutex<HashMap<String, RegionEngine>>,
+    regions: Regions,
+    next_id: AtomicU64,
 }
 
 impl Engines {
@@ -81,109 +124,243 @@ impl Engines {
         obj.spec.region.as_deref().unwrap_or(&self.config.default_region)
     }
 
+    /// The region's engine, started when none runs.
     fn engine(&self, region: &str) -> (mpsc::UnboundedSender<()>, watch::Receiver<Arc<View>>) {
-        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
-        let e = regions.entry(region.to_string()).or_insert_with(|| {
-            let (kick_tx, kick_rx) = mpsc::unbounded_channel();
-            let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
-            let env = EngineEnv {
-                region: region.to_string(),
-                client: self.clients.client(region),
-                metrics: self.clients.metrics().clone(),
-                config: self.config.clone(),
-                store: self.store.clone(),
-                trigger: self.trigger.clone(),
-            };
-            let task = tokio::spawn(engine_loop(env, self.store_ready.subscribe(), kick_rx, view_tx));
+        let mut regions = lock(&self.regions);
+        if let Some(e) = regions.get(region).filter(|e| !e.kick.is_closed()) {
+            return (e.kick.clone(), e.view.clone());
+        }
+        let (kick_tx, kick_rx) = mpsc::unbounded_channel();
+        let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let env = EngineEnv {
+            id,
+            region: region.to_string(),
+            client: self.clients.client(region),
+            metrics: self.clients.metrics().clone(),
+            gate: self.clients.gate().clone(),
+            config: self.config.clone(),
+            store: self.store.clone(),
+            trigger: self.trigger.clone(),
+            regions: self.regions.clone(),
+        };
+        let task = tokio::spawn(engine_loop(env, self.store_ready.subscribe(), kick_rx, view_tx));
+        regions.insert(
+            region.to_string(),
             RegionEngine {
-                kick: kick_tx,
-                view: view_rx,
+                id,
+                kick: kick_tx.clone(),
+                view: view_rx.clone(),
                 task,
-            }
-        });
-        (e.kick.clone(), e.view.clone())
+            },
+        );
+        (kick_tx, view_rx)
     }
 
-    /// The region's view (tests and reconciles read it).
+    /// The region's view (starting its engine when none runs; an engine for a region no
+    /// resource names stops after its first pass).
     pub fn subscribe(&self, region: &str) -> watch::Receiver<Arc<View>> {
         self.engine(region).1
+    }
+
+    /// Regions with a running engine, sorted.
+    pub fn running(&self) -> Vec<String> {
+        let mut out: Vec<String> = lock(&self.regions)
+            .iter()
+            .filter(|(_, e)| !e.kick.is_closed())
+            .map(|(r, _)| r.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Kicks the running engines for which `affected(region, view)` holds.
+    fn kick_where(&self, affected: impl Fn(&str, &View) -> bool) {
+        for (region, e) in lock(&self.regions).iter() {
+            if affected(region, &e.view.borrow()) {
+                let _ = e.kick.send(());
+            }
+        }
+    }
+
+    /// A watch event: wakes the engines whose view it changes.
+    fn on_event(&self, event: &watcher::Event<MacieDiscovery>) {
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                let key = key(o);
+                let region = self.region_of(o);
+                let version = (o.meta().deletion_timestamp.is_none()).then(|| taken_in(o));
+                self.kick_where(|r, view| {
+                    let held = view.resources.get(&key);
+                    if r == region {
+                        held != version.as_ref()
+                    } else {
+                        // It moved to another region.
+                        held.is_some()
+                    }
+                });
+            }
+            watcher::Event::Delete(o) => {
+                let key = key(o);
+                self.kick_where(|_, view| view.resources.contains_key(&key));
+            }
+            watcher::Event::InitDone => {
+                // A (re)list: resources deleted meanwhile are gone from the store.
+                self.store_ready.send_replace(true);
+                self.kick_where(|_, _| true);
+            }
+            watcher::Event::Init => {}
+        }
     }
 }
 
 impl Drop for Engines {
     fn drop(&mut self) {
-        for (_, e) in self.regions.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+        for (_, e) in lock(&self.regions).drain() {
             e.task.abort();
         }
     }
-}
-
-fn declared(store: &Store<MacieDiscovery>, region: &str, default_region: &str) -> Vec<Declared> {
-    let mut out: Vec<Declared> = store
-        .state()
-        .iter()
-        .filter(|o| o.meta().deletion_timestamp.is_none())
-        .filter(|o| o.spec.region.as_deref().unwrap_or(default_region) == region)
-        .map(|o| Declared {
-            resource: key(o),
-            taken: TakenIn {
-                uid: o.uid().unwrap_or_default(),
-                generation: o.meta().generation.unwrap_or_default(),
-            },
-            accounts: o
-                .spec
-                .accounts
-                .iter()
-                .map(|a| (a.account_id.clone(), a.status))
-                .collect(),
-        })
-        .collect();
-    out.sort_by(|a, b| a.resource.cmp(&b.resource));
-    out
 }
 
 fn key(o: &MacieDiscovery) -> String {
     format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
 }
 
-/// The engine of one region: observe, decide, send in batches, publish, trigger reconciles.
+fn taken_in(o: &MacieDiscovery) -> TakenIn {
+    TakenIn {
+        uid: o.uid().unwrap_or_default(),
+        generation: o.meta().generation.unwrap_or_default(),
+    }
+}
+
 /// What an engine works with.
 struct EngineEnv {
+    id: u64,
     region: String,
     client: aws_sdk_macie2::Client,
     metrics: Arc<Metrics>,
+    gate: WriteGate,
     config: Config,
     store: Store<MacieDiscovery>,
     trigger: Trigger,
+    regions: Regions,
 }
 
+impl EngineEnv {
+    /// The declarations of the region's resources (those being deleted excluded), by key.
+    fn declared(&self) -> Vec<Declared> {
+        let default_region = &self.config.default_region;
+        let mut out: Vec<Declared> = self
+            .store
+            .state()
+            .iter()
+            .filter(|o| o.meta().deletion_timestamp.is_none())
+            .filter(|o| o.spec.region.as_deref().unwrap_or(default_region) == self.region)
+            .map(|o| Declared {
+                resource: key(o),
+                taken: taken_in(o),
+                accounts: o
+                    .spec
+                    .accounts
+                    .iter()
+                    .map(|a| (a.account_id.clone(), a.status))
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.resource.cmp(&b.resource));
+        out
+    }
+
+    /// Removes this engine when no resource names its region; true when it did. Checked under
+    /// the regions lock, so a reconcile either finds this engine still serving or starts a new one.
+    fn retire_if_unused(&self) -> bool {
+        let mut regions = lock(&self.regions);
+        if !self.declared().is_empty() {
+            return false;
+        }
+        if regions.get(&self.region).is_some_and(|e| e.id == self.id) {
+            regions.remove(&self.region);
+        }
+        true
+    }
+
+    /// Publishes `view` to the reconciles, and triggers the region's resources when their
+    /// status would change.
+    fn publish(&self, view: &View, shown: &mut Arc<View>, tx: &watch::Sender<Arc<View>>) {
+        let changed = !view.shows_like(shown);
+        *shown = Arc::new(view.clone());
+        tx.send_replace(shown.clone());
+        if changed {
+            for obj in self.store.state() {
+                if obj.spec.region.as_deref().unwrap_or(&self.config.default_region) == self.region {
+                    let _ = self.trigger.unbounded_send(ObjectRef::from_obj(&*obj));
+                }
+            }
+        }
+    }
+}
+
+/// The engine of one region: take in the declarations, observe, send in batches, publish.
 async fn engine_loop(
     env: EngineEnv,
     mut store_ready: watch::Receiver<bool>,
     mut kick: mpsc::UnboundedReceiver<()>,
     view_tx: watch::Sender<Arc<View>>,
 ) {
-    let EngineEnv {
-        region,
-        client,
-        metrics,
-        config,
-        store,
-        ..
-    } = &env;
-    // Start once the controller has listed the resources: its first reconcile says so.
-    // (Store::wait_until_ready wakes only one waiter, and the controller already waits on it.)
+    let region = &env.region;
+    let config = &env.config;
+    // Start once the watch has listed the resources.
     if store_ready.wait_for(|r| *r).await.is_err() {
         return;
     }
     tracing::debug!(%region, "discovery engine started");
     let mut view = View::default();
+    let mut shown = Arc::new(View::default());
     let mut next_observe = tokio::time::Instant::now();
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut throttled = 0u32;
     // Gather the declarations that arrive together (e.g. a GitOps sync) before the first pass.
     tokio::time::sleep(config.batch_window).await;
     loop {
+        let declared = env.declared();
+        if declared.is_empty() && env.retire_if_unused() {
+            tracing::debug!(%region, "no MacieDiscovery names the region: discovery engine stopped");
+            return;
+        }
+        view.take_in(&declared);
+        // Reconciles report on the new declarations at once (Pending until observed).
+        env.publish(&view, &mut shown, &view_tx);
+
+        // Every declared account each poll interval; newly declared ones at once.
+        let now = tokio::time::Instant::now();
+        let due = now >= next_observe;
+        let ids: Vec<String> = view
+            .desired
+            .account_ids()
+            .into_iter()
+            .filter(|id| due || view.accounts.get(id).is_none_or(|a| a.observed_at.is_none()))
+            .collect();
+        if !ids.is_empty() {
+            observe(&env, &ids, &mut view, due).await;
+        }
+        if due {
+            next_observe = now + config.poll_interval;
+        }
+
+        if retry_at.is_none_or(|r| now >= r) {
+            retry_at = None;
+            let sent = send(&env, &mut view, &mut throttled).await;
+            if let Some(wait) = sent.retry_after {
+                retry_at = Some(tokio::time::Instant::now() + wait.min(config.poll_interval));
+            }
+            if sent.any {
+                // Confirm soon rather than a whole interval later.
+                next_observe = next_observe.min(tokio::time::Instant::now() + config.batch_window);
+            }
+        }
+        view.passes += 1;
+        env.publish(&view, &mut shown, &view_tx);
+
         let wake = retry_at.map_or(next_observe, |r| r.min(next_observe));
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
@@ -194,154 +371,127 @@ async fn engine_loop(
                 while kick.try_recv().is_ok() {}
             }
         }
-        let before = view.clone();
-        tracing::debug!(%region, "discovery pass");
-        let declared = declared(store, region, &config.default_region);
-        view.desired = plan::desired_set(&declared);
-        view.resources = declared.iter().map(|d| (d.resource.clone(), d.taken.clone())).collect();
-        let ids = view.desired.account_ids();
-        view.accounts.retain(|id, _| ids.binary_search(id).is_ok());
-        let unseen = ids
-            .iter()
-            .any(|id| view.accounts.get(id).is_none_or(|a| a.observed_at.is_none()));
-        let now = tokio::time::Instant::now();
-        if (now >= next_observe || unseen) && !ids.is_empty() {
-            observe(client, &ids, &mut view, metrics, &config.plan).await;
-            next_observe = now + config.poll_interval;
-        } else if now >= next_observe {
-            next_observe = now + config.poll_interval;
-        }
-        if retry_at.is_some_and(|r| now < r) {
-            publish(&env, &view, &before, &view_tx);
-            continue;
-        }
-        retry_at = None;
-        let sends = plan::to_send(&view.desired, &view.accounts, Timestamp::now(), &config.plan);
-        let mut sent_any = false;
-        for batch in plan::batches(&sends, config.plan.batch_size) {
-            let at = Timestamp::now();
-            match calls::batch_update(client, &batch, metrics).await {
-                Ok(errors) => {
-                    throttled = 0;
-                    sent_any = true;
-                    view.api_error = None;
-                    let failed: HashMap<String, String> = errors.into_iter().collect();
-                    for (id, status) in &batch {
-                        let a = view.accounts.entry(id.clone()).or_default();
-                        match failed.get(id) {
-                            Some(code) => {
-                                a.error = Some(AccountError {
-                                    status: *status,
-                                    code: code.clone(),
-                                    message: String::new(),
-                                    at,
-                                });
-                            }
-                            None => {
-                                a.sent = Some(Sent {
-                                    status: *status,
-                                    from: a.observed,
-                                    at,
-                                });
-                                a.error = None;
-                            }
-                        }
-                    }
-                }
-                Err(e @ MacieError::Throttled { .. }) => {
-                    // Not processed: keep the rest for a retry after a jittered backoff.
-                    throttled += 1;
-                    tracing::debug!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts throttled");
-                    view.api_error = Some(e);
-                    retry_at = Some(tokio::time::Instant::now() + backoff(throttled).min(config.poll_interval));
-                    break;
-                }
-                Err(e @ MacieError::Uncertain { .. }) => {
-                    // It may have taken effect: treat as sent, the next observation decides.
-                    sent_any = true;
-                    tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts outcome unknown");
-                    for (id, status) in &batch {
-                        let a = view.accounts.entry(id.clone()).or_default();
-                        a.sent = Some(Sent {
-                            status: *status,
-                            from: a.observed,
-                            at,
-                        });
-                    }
-                    view.api_error = Some(e);
-                }
-                Err(e) => {
-                    tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts failed");
-                    for (id, status) in &batch {
-                        view.accounts.entry(id.clone()).or_default().error = Some(AccountError {
-                            status: *status,
-                            code: e.code().to_string(),
-                            message: format!("{e}"),
-                            at,
-                        });
-                    }
-                    view.api_error = Some(e);
-                }
-            }
-        }
-        if sent_any {
-            // Confirm soon rather than a whole interval later.
-            next_observe = next_observe.min(tokio::time::Instant::now() + config.batch_window);
-        }
-        publish(&env, &view, &before, &view_tx);
     }
 }
 
-/// Lists the declared accounts and records what changed.
-async fn observe(
-    client: &aws_sdk_macie2::Client,
-    ids: &[String],
-    view: &mut View,
-    metrics: &Metrics,
-    plan_settings: &Settings,
-) {
+/// Lists `ids` and records what each shows; `full` when they are every declared account.
+async fn observe(env: &EngineEnv, ids: &[String], view: &mut View, full: bool) {
     let started = Timestamp::now();
-    match calls::list_accounts(client, ids, metrics).await {
+    match calls::list_accounts(&env.client, ids, &env.metrics).await {
         Ok((found, _calls)) => {
             for id in ids {
                 let a = view.accounts.entry(id.clone()).or_default();
                 a.observed = found.get(id).copied();
                 a.observed_at = Some(started);
-                // Forget a send this observation settles (and only then).
-                plan::settle(a, plan_settings);
+                plan::settle(a, &env.config.plan);
             }
-            view.observed_at = Some(started);
+            if full {
+                view.observed_at = Some(started);
+            }
             view.api_error = None;
         }
         Err(e) => {
-            tracing::warn!(error = %e, "ListAutomatedDiscoveryAccounts failed");
+            tracing::warn!(region = %env.region, error = %e, "ListAutomatedDiscoveryAccounts failed");
             view.api_error = Some(e);
         }
     }
 }
 
-fn publish(env: &EngineEnv, view: &View, before: &View, tx: &watch::Sender<Arc<View>>) {
-    let mut v = view.clone();
-    v.passes = before.passes + 1;
-    let changed = view.desired != before.desired
-        || view.resources != before.resources
-        || view.accounts != before.accounts
-        || view.api_error != before.api_error;
-    tx.send_replace(Arc::new(v));
-    if changed {
-        for obj in env.store.state() {
-            if obj.spec.region.as_deref().unwrap_or(&env.config.default_region) == env.region {
-                let _ = env.trigger.unbounded_send(ObjectRef::from_obj(&*obj));
+/// What a send step did.
+struct SendStep {
+    /// Some call was (or may have been) processed.
+    any: bool,
+    /// Throttled: try the rest after this long.
+    retry_after: Option<Duration>,
+}
+
+/// Sends the accounts that differ from their declaration, in batches, while the write gate
+/// allows Macie writes.
+async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep {
+    let region = &env.region;
+    let mut step = SendStep {
+        any: false,
+        retry_after: None,
+    };
+    let sends = plan::to_send(&view.desired, &view.accounts, Timestamp::now(), &env.config.plan);
+    for batch in plan::batches(&sends, env.config.plan.batch_size) {
+        if !env.gate.allows_writes() {
+            tracing::info!(%region, accounts = batch.len(), "write gate closed (not the leader): BatchUpdateAutomatedDiscoveryAccounts held back");
+            break;
+        }
+        let at = Timestamp::now();
+        match calls::batch_update(&env.client, &batch, &env.metrics).await {
+            Ok(errors) => {
+                *throttled = 0;
+                step.any = true;
+                view.api_error = None;
+                let failed: HashMap<String, String> = errors.into_iter().collect();
+                for (id, status) in &batch {
+                    let a = view.accounts.entry(id.clone()).or_default();
+                    match failed.get(id) {
+                        Some(code) => {
+                            a.error = Some(AccountError {
+                                status: *status,
+                                code: code.clone(),
+                                message: String::new(),
+                                at,
+                            });
+                        }
+                        None => {
+                            a.sent = Some(Sent {
+                                status: *status,
+                                from: a.observed,
+                                at,
+                            });
+                            a.error = None;
+                        }
+                    }
+                }
+            }
+            Err(e @ MacieError::Throttled { .. }) => {
+                // Not processed: keep the rest for a retry after a jittered backoff.
+                *throttled += 1;
+                tracing::debug!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts throttled");
+                view.api_error = Some(e);
+                step.retry_after = Some(backoff(*throttled));
+                break;
+            }
+            Err(e @ MacieError::Uncertain { .. }) => {
+                // It may have taken effect: treat as sent, an observation settles it.
+                step.any = true;
+                tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts outcome unknown");
+                for (id, status) in &batch {
+                    let a = view.accounts.entry(id.clone()).or_default();
+                    a.sent = Some(Sent {
+                        status: *status,
+                        from: a.observed,
+                        at,
+                    });
+                }
+                view.api_error = Some(e);
+            }
+            Err(e) => {
+                tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts failed");
+                for (id, status) in &batch {
+                    view.accounts.entry(id.clone()).or_default().error = Some(AccountError {
+                        status: *status,
+                        code: e.code().to_string(),
+                        message: format!("{e}"),
+                        at,
+                    });
+                }
+                view.api_error = Some(e);
             }
         }
     }
+    step
 }
 
 struct Context {
     client: kube::Client,
     engines: Arc<Engines>,
     recorder: Recorder,
-    failures: Failures<MacieDiscovery>,
+    failures: Arc<Failures<MacieDiscovery>>,
 }
 
 /// The MacieDiscovery controller, built and ready to run.
@@ -357,7 +507,7 @@ impl DiscoveryController {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
-        let controller = Controller::new(api, watcher::Config::default().any_semantic());
+        let (store, writer) = reflector::store();
         let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
         let reporter = Reporter {
             controller: MANAGER.into(),
@@ -365,13 +515,27 @@ impl DiscoveryController {
         };
         let engines = Arc::new(Engines {
             clients,
-            store: controller.store(),
+            store: store.clone(),
             store_ready: watch::channel(false).0,
             trigger: trigger_tx,
-            regions: Mutex::new(HashMap::new()),
-            config: config.clone(),
+            regions: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(0),
+            config,
         });
-        engines.engine(&config.default_region);
+        let failures: Arc<Failures<MacieDiscovery>> = Arc::default();
+        let (e, f) = (engines.clone(), failures.clone());
+        let events = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer)
+            .inspect_ok(move |event| {
+                e.on_event(event);
+                if let watcher::Event::Delete(o) = event {
+                    // No state for deleted resources.
+                    f.clear(o);
+                }
+            })
+            .touched_objects();
+        let controller = Controller::for_stream(events, store);
         DiscoveryController {
             controller,
             trigger_rx,
@@ -379,7 +543,7 @@ impl DiscoveryController {
                 recorder: Recorder::new(client.clone(), reporter),
                 client,
                 engines,
-                failures: Failures::default(),
+                failures,
             }),
         }
     }
@@ -417,13 +581,13 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
         return Ok(Action::await_change());
     }
     let engines = &ctx.engines;
-    engines.store_ready.send_replace(true);
     let region = engines.region_of(obj).to_string();
     tracing::debug!(name = %obj.name_any(), %region, "reconcile MacieDiscovery");
     let (kick, view_rx) = engines.engine(&region);
     let view = view_rx.borrow().clone();
+    let resource = key(obj);
     let Some(generation) =
-        plan::taken_generation(&view.resources, &key(obj), obj.uid().as_deref(), obj.meta().generation)
+        plan::taken_generation(&view.resources, &resource, obj.uid().as_deref(), obj.meta().generation)
     else {
         // The engine has not taken this version in: its next pass does, and triggers this
         // resource again.
@@ -437,7 +601,7 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
         .map(|a| (a.account_id.clone(), a.status))
         .collect();
     let r = plan::resource_status(
-        &key(obj),
+        &resource,
         &accounts,
         &view.desired,
         &view.accounts,

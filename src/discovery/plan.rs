@@ -113,6 +113,17 @@ pub struct AccountState {
     pub error: Option<AccountError>,
 }
 
+impl AccountState {
+    /// Whether a resource's status would show `self` and `other` alike (what an observation
+    /// time or a send in flight change is not shown).
+    pub fn shows_like(&self, other: &AccountState) -> bool {
+        self.observed == other.observed
+            && self.observed_at.is_some() == other.observed_at.is_some()
+            && self.error.as_ref().map(|e| (e.status, &e.code, &e.message))
+                == other.error.as_ref().map(|e| (e.status, &e.code, &e.message))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     /// A sent account is not sent again until an observation that started after the send shows
@@ -652,6 +663,24 @@ mod tests {
         let b = batches(&accounts, 2);
         assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
         assert_eq!(batches(&accounts, 100).len(), 1);
+    }
+
+    #[test]
+    fn what_a_status_shows_ignores_observation_times_and_sends() {
+        let a = observed(Some(D), 0);
+        let mut b = observed(Some(D), 60);
+        b.sent = Some(Sent {
+            status: E,
+            from: Some(D),
+            at: t(30),
+        });
+        assert!(a.shows_like(&b));
+        b.observed = Some(E);
+        assert!(!a.shows_like(&b));
+        assert!(
+            !a.shows_like(&AccountState::default()),
+            "never observed is shown as such"
+        );
     }
 
     #[test]
