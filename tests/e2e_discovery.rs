@@ -4,12 +4,19 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use anyhow::{Context as _, Result};
+use futures::StreamExt as _;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use macie_operator::api::MacieDiscovery;
-use serde_json::json;
+use macie_operator::discovery::DiscoveryController;
+use macie_operator::macie::MacieClients;
+use macie_operator::runtime::gate::WriteGate;
+use macie_operator::runtime::status;
+use serde_json::{Value, json};
 use support::*;
 use testkit::wait_for;
 
@@ -42,9 +49,19 @@ async fn wait_reason(
     reason: &str,
     pred: impl Fn(&MacieDiscovery) -> bool,
 ) -> Result<MacieDiscovery> {
+    wait_reason_within(api, name, reason, DEADLINE, pred).await
+}
+
+async fn wait_reason_within(
+    api: &Api<MacieDiscovery>,
+    name: &str,
+    reason: &str,
+    deadline: Duration,
+    pred: impl Fn(&MacieDiscovery) -> bool,
+) -> Result<MacieDiscovery> {
     wait_for(
         &format!("MacieDiscovery {name} to report {reason}"),
-        DEADLINE,
+        deadline,
         || async {
             let o = api.get(name).await?;
             Ok((ready_reason(&o).as_deref() == Some(reason) && pred(&o)).then_some(o))
@@ -314,5 +331,498 @@ async fn invalid_discovery_manifests_are_rejected() -> Result<()> {
         ),
     ];
     assert_rejected::<MacieDiscovery>(&client, &ns, &cases).await?;
+    Ok(())
+}
+
+// ---- issue 10: status churn and size, generations, visibility lag, deletions, the write gate,
+// engines that stop. Calls are checked against the emulator's call log (GET /__admin/calls).
+
+/// One plain HTTP/1.1 request to the emulator's admin API: (status, body).
+async fn admin(emu: &EmulatorHandle, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = emu.url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await?;
+    let resp = String::from_utf8(resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").context("no end of HTTP header")?;
+    let status = head.get(9..12).unwrap_or("0").parse()?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("chunk size")?;
+        let size = usize::from_str_radix(size.trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).context("short chunk")?);
+        body = rest.get(size + 2..).context("chunk end")?;
+    }
+}
+
+/// The processed BatchUpdateAutomatedDiscoveryAccounts calls of the emulator's call log.
+async fn logged_batch_calls(emu: &EmulatorHandle) -> Result<Vec<Value>> {
+    let (code, body) = admin(emu, "GET", "/__admin/calls", None).await?;
+    anyhow::ensure!(code == 200, "GET /__admin/calls: {code} {body}");
+    let log: Value = serde_json::from_str(&body)?;
+    Ok(log["calls"]
+        .as_array()
+        .context("calls")?
+        .iter()
+        .filter(|c| c["operation"] == "BatchUpdateAutomatedDiscoveryAccounts" && c["injected"] == false)
+        .cloned()
+        .collect())
+}
+
+/// Every account in `calls`, with how often it was sent.
+fn sent_in(calls: &[Value]) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for c in calls {
+        for a in c["accounts"].as_array().into_iter().flatten() {
+            *n.entry(a["accountId"].as_str().unwrap_or_default().to_string())
+                .or_default() += 1;
+        }
+    }
+    n
+}
+
+/// `n` account ids from `from`, each declared `status`.
+fn declare(from: usize, n: usize, status: &'static str) -> Vec<(String, &'static str)> {
+    (from..from + n).map(|i| (acct(i), status)).collect()
+}
+
+fn ready_condition(o: &MacieDiscovery) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    o.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")
+}
+
+/// The controller's settings in these tests (as `DiscoveryHandle` uses).
+fn test_config(ns: &str) -> macie_operator::discovery::Config {
+    macie_operator::discovery::Config {
+        default_region: REGION.into(),
+        poll_interval: Duration::from_millis(500),
+        batch_window: Duration::from_millis(300),
+        plan: macie_operator::discovery::plan::Settings {
+            step_timeout: Duration::from_secs(30),
+            error_retry: Duration::from_secs(3600),
+            batch_size: 50,
+        },
+        namespace: Some(ns.to_string()),
+        instance: Some("e2e".into()),
+    }
+}
+
+/// Macie clients for the emulator whose writes pass `gate`.
+async fn gated_clients(endpoint: &str, gate: WriteGate) -> Arc<MacieClients> {
+    use aws_config::{BehaviorVersion, Region};
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(aws_sdk_macie2::config::Credentials::new(
+            "AKIDTEST", "secret", None, None, "e2e",
+        ))
+        .http_client(macie_operator::macie::http_client())
+        .load()
+        .await;
+    Arc::new(MacieClients::new(sdk, Some(endpoint.to_string())).with_gate(gate))
+}
+
+/// Issue 10.1: a converged resource left alone is not rewritten (its status times are
+/// compared at the precision the API stores).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn converged_resource_keeps_its_resource_version_while_idle() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("disc-idle").await?;
+    let accounts = declare(1000, 3, "ENABLED");
+    for (a, _) in &accounts {
+        emu.put_account(a, "DISABLED", false);
+    }
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "steady", &accounts).await?;
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    let o = wait_reason(&api, "steady", "Converged", |_| true).await?;
+    let rv = o.metadata.resource_version.clone();
+    // Four more full observations (one request each: 3 accounts), i.e. four idle poll intervals.
+    let lists = emu.requests("ListAutomatedDiscoveryAccounts");
+    wait_for("four idle poll intervals", DEADLINE, || async {
+        Ok((emu.requests("ListAutomatedDiscoveryAccounts") >= lists + 4).then_some(()))
+    })
+    .await?;
+    let after = api.get("steady").await?;
+    assert_eq!(
+        after.metadata.resource_version, rv,
+        "status rewritten while nothing changed: {:?}",
+        after.status
+    );
+    assert_eq!(sent_in(&logged_batch_calls(&emu).await?).len(), 3);
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.2: the largest resource the schema accepts, every account unknown to Macie: the
+/// errors reach its status, and the whole object stays well under etcd's 1.5 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_thousand_unknown_accounts_fit_in_the_status() -> Result<()> {
+    use macie_operator::api::macie_discovery::MAX_ACCOUNTS;
+    let Scene { client, ns, emu, .. } = scene("disc-max").await?;
+    let accounts = declare(10_000, MAX_ACCOUNTS, "ENABLED");
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "everyone", &accounts).await?;
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |c| c.plan.batch_size = 100).await;
+    let t = std::time::Instant::now();
+    // Polled once a second: each GET carries a megabyte.
+    wait_for(
+        "everyone to report AccountErrors for every account",
+        Duration::from_secs(180),
+        || async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let o = api.get("everyone").await?;
+            let failed = o.status.as_ref().and_then(|s| s.counts.as_ref()).map(|c| c.failed);
+            Ok(
+                (ready_reason(&o).as_deref() == Some("AccountErrors") && failed == Some(MAX_ACCOUNTS as i64))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    eprintln!("{MAX_ACCOUNTS} failing accounts reported in {:?}", t.elapsed());
+    // The object as the API serves it, managed fields included.
+    let request = kube::core::Request::new(api.resource_url()).get("everyone", &Default::default())?;
+    let text = client.request_text(request).await?;
+    eprintln!(
+        "MacieDiscovery with {MAX_ACCOUNTS} failing accounts: {} bytes as JSON",
+        text.len()
+    );
+    assert!(
+        text.len() < 1536 * 1024,
+        "{} bytes: over 1.5 MiB, etcd would refuse it",
+        text.len()
+    );
+    let v: Value = serde_json::from_str(&text)?;
+    assert!(v["metadata"]["managedFields"].as_array().is_some_and(|m| !m.is_empty()));
+    let st = &v["status"];
+    assert_eq!(
+        st["errorCodes"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        st["errorCodes"]
+    );
+    assert_eq!(st["errorCodes"][0]["code"], "ACCOUNT_NOT_FOUND");
+    assert_eq!(st["errorCodes"][0]["count"], MAX_ACCOUNTS);
+    let rows = st["accounts"].as_array().context("status.accounts")?;
+    assert_eq!(rows.len(), MAX_ACCOUNTS);
+    assert!(
+        rows.iter()
+            .all(|r| r["errorCode"] == "ACCOUNT_NOT_FOUND" && r["desired"] == "ENABLED")
+    );
+    let sent = sent_in(&logged_batch_calls(&emu).await?);
+    assert_eq!(sent.len(), MAX_ACCOUNTS);
+    assert!(sent.values().all(|n| *n == 1), "an account sent twice");
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let failed_writes = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(status::WRITE_FAILED))
+        .count();
+    assert_eq!(failed_writes, 0, "a status write failed");
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.2: a status write that fails leaves a Warning Event on the resource saying why
+/// (here the operator's identity may not write the status subresource).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_status_write_is_a_warning_event() -> Result<()> {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let Scene { cp, client, ns, emu } = scene("disc-nowrite").await?;
+    let user = format!("system:serviceaccount:{ns}:no-status");
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "no-status"},
+        "rules": [
+            {"apiGroups": ["macie.kubeops.dev"], "resources": ["maciediscoveries"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ],
+    }))?;
+    Api::<Role>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "no-status"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "no-status"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}],
+    }))?;
+    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig())?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    config.auth_info.impersonate = Some(user);
+    let limited = kube::Client::try_from(config)?;
+
+    emu.put_account(&acct(2000), "DISABLED", false);
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "unwritable", &declare(2000, 1, "ENABLED")).await?;
+    let controller = DiscoveryController::new(
+        limited,
+        gated_clients(&emu.url, WriteGate::open()).await,
+        test_config(&ns),
+    );
+    let op = Running::spawn(|stop| controller.run(stop));
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let e = wait_for("a StatusWriteFailed Warning Event", DEADLINE, || async {
+        Ok(events.list(&Default::default()).await?.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some(status::WRITE_FAILED)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("unwritable")
+        }))
+    })
+    .await?;
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    assert_eq!(e.action.as_deref(), Some(status::ACTION));
+    let note = e.note.unwrap_or_default();
+    assert!(note.contains("forbidden"), "{note}");
+    assert!(api.get("unwritable").await?.status.is_none());
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.4: Macie shows a BatchUpdate's effect only 4 s later; the observations in between
+/// (every 500 ms) still show the old status, and no account is sent twice.
+/// Needs the emulator's `discoveryVisibilityDelayMs` fault (PUT /__admin/faults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lagging_observations_never_send_an_account_twice() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("disc-lag").await?;
+    let accounts = declare(4000, 20, "ENABLED");
+    for (a, _) in &accounts {
+        emu.put_account(a, "DISABLED", false);
+    }
+    let (code, body) = admin(
+        &emu,
+        "PUT",
+        "/__admin/faults",
+        Some(&json!({"discoveryVisibilityDelayMs": 4000})),
+    )
+    .await?;
+    anyhow::ensure!(
+        (200..300).contains(&code),
+        "PUT /__admin/faults {{\"discoveryVisibilityDelayMs\": 4000}}: {code} {body}"
+    );
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "lagging", &accounts).await?;
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    wait_reason(&api, "lagging", "Converged", |_| true).await?;
+    let calls = logged_batch_calls(&emu).await?;
+    let sent = sent_in(&calls);
+    assert_eq!(sent.len(), accounts.len(), "{calls:?}");
+    assert!(sent.values().all(|n| *n == 1), "an account sent twice: {calls:?}");
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.3: a new generation is reported only once the engine has taken it in: no status
+/// ever shows the new generation with the old picture (here the Conflict it resolves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_generation_is_reported_only_once_the_engine_has_it() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("disc-generation").await?;
+    let x = acct(3000);
+    emu.put_account(&x, "DISABLED", false);
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "alpha", &[(x.clone(), "ENABLED")]).await?;
+    create(&api, "beta", &[(x.clone(), "DISABLED")]).await?;
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    wait_reason(&api, "beta", "Conflict", |_| true).await?;
+
+    // Record every version of beta from here on: (status.observedGeneration, Ready reason).
+    type Versions = std::sync::Mutex<Vec<(Option<i64>, Option<String>)>>;
+    let seen: Arc<Versions> = Arc::default();
+    let (listed_tx, mut listed) = tokio::sync::watch::channel(false);
+    let recorder = {
+        let seen = seen.clone();
+        let stream = kube::runtime::watcher(
+            api.clone(),
+            kube::runtime::watcher::Config::default().fields("metadata.name=beta"),
+        );
+        tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(kube::runtime::watcher::Event::Apply(o) | kube::runtime::watcher::Event::InitApply(o)) => {
+                        let entry = (
+                            o.status.as_ref().and_then(|s| s.observed_generation),
+                            ready_condition(&o).map(|c| c.reason.clone()),
+                        );
+                        seen.lock().unwrap().push(entry);
+                    }
+                    Ok(kube::runtime::watcher::Event::InitDone) => {
+                        listed_tx.send_replace(true);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    listed.wait_for(|l| *l).await?;
+    let patched = api
+        .patch(
+            "beta",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"accounts": [{"accountId": x, "status": "ENABLED"}]}})),
+        )
+        .await?;
+    let generation = patched.metadata.generation;
+    wait_reason(&api, "beta", "Converged", |_| true).await?;
+    wait_for("the watch to deliver Converged", DEADLINE, || async {
+        Ok(seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(g, r)| *g == generation && r.as_deref() == Some("Converged"))
+            .then_some(()))
+    })
+    .await?;
+    recorder.abort();
+    let seen = seen.lock().unwrap().clone();
+    let stale: Vec<_> = seen
+        .iter()
+        .filter(|(g, r)| *g == generation && r.as_deref() == Some("Conflict"))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "generation {generation:?} reported with the old Conflict: {seen:?}"
+    );
+    wait_reason(&api, "alpha", "Converged", |_| true).await?;
+    assert_eq!(sent_in(&logged_batch_calls(&emu).await?).get(&x), Some(&1));
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.5: deleting one side of a conflict lets the other converge at once, not at the next
+/// poll interval (15 s here). The deletion comes right after a periodic observation, when the
+/// engine has nothing else left to do before the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_one_side_of_a_conflict_lets_the_other_converge_at_once() -> Result<()> {
+    const POLL: Duration = Duration::from_secs(15);
+    let Scene { client, ns, emu, .. } = scene("disc-delete").await?;
+    let x = acct(5000);
+    emu.put_account(&x, "DISABLED", false);
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "alpha", &[(x.clone(), "ENABLED")]).await?;
+    create(&api, "beta", &[(x.clone(), "DISABLED")]).await?;
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |c| c.poll_interval = POLL).await;
+    wait_reason(&api, "alpha", "Conflict", |_| true).await?;
+    wait_reason(&api, "beta", "Conflict", |_| true).await?;
+    let lists = emu.requests("ListAutomatedDiscoveryAccounts");
+    wait_for("the next periodic observation", POLL * 3, || async {
+        Ok((emu.requests("ListAutomatedDiscoveryAccounts") > lists).then_some(()))
+    })
+    .await?;
+    api.delete("beta", &DeleteParams::default()).await?;
+    let t = std::time::Instant::now();
+    wait_reason_within(&api, "alpha", "Converged", POLL * 2 / 3, |_| true).await?;
+    eprintln!("converged {:?} after the other side was deleted", t.elapsed());
+    assert_eq!(emu.account(&x).as_deref(), Some("ENABLED"));
+    assert_eq!(sent_in(&logged_batch_calls(&emu).await?).get(&x), Some(&1));
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.6: with the write gate closed (leader election lost or not yet won) the engine
+/// observes but never calls BatchUpdate; once it opens, every account is sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closed_write_gate_sends_nothing_until_it_opens() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("disc-gate").await?;
+    let accounts = declare(6000, 5, "ENABLED");
+    for (a, _) in &accounts {
+        emu.put_account(a, "DISABLED", false);
+    }
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "gated", &accounts).await?;
+    let gate = WriteGate::closed();
+    let controller = DiscoveryController::new(
+        client.clone(),
+        gated_clients(&emu.url, gate.clone()).await,
+        test_config(&ns),
+    );
+    let op = Running::spawn(|stop| controller.run(stop));
+    wait_reason(&api, "gated", "Pending", |_| true).await?;
+    let lists = emu.requests("ListAutomatedDiscoveryAccounts");
+    wait_for("three more observations", DEADLINE, || async {
+        Ok((emu.requests("ListAutomatedDiscoveryAccounts") >= lists + 3).then_some(()))
+    })
+    .await?;
+    assert!(
+        logged_batch_calls(&emu).await?.is_empty(),
+        "BatchUpdate with the write gate closed"
+    );
+    for (a, _) in &accounts {
+        assert_eq!(emu.account(a).as_deref(), Some("DISABLED"));
+    }
+    gate.extend(std::time::Instant::now(), Duration::from_secs(600));
+    wait_reason(&api, "gated", "Converged", |_| true).await?;
+    let sent = sent_in(&logged_batch_calls(&emu).await?);
+    assert_eq!(sent.len(), accounts.len());
+    assert!(sent.values().all(|n| *n == 1));
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 10.6: an engine whose region no MacieDiscovery names any more stops (its state goes
+/// with it), and a new resource for the region starts it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_engine_stops_when_its_region_is_unused_and_restarts_on_demand() -> Result<()> {
+    const EU: &str = "eu-west-1";
+    let Scene { client, ns, emu, .. } = scene("disc-region").await?;
+    let accounts = declare(7000, 2, "ENABLED");
+    for (a, _) in &accounts {
+        let account = serde_json::from_value(json!({"status": "DISABLED", "paused": false}))?;
+        emu.state
+            .lock()
+            .put_account(Some(EU), a, account)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let in_eu = |status: &str| -> Result<MacieDiscovery> {
+        let decl: Vec<(String, &str)> = accounts.iter().map(|(a, _)| (a.clone(), status)).collect();
+        let mut o = discovery_object("eu", &decl)?;
+        o.spec.region = Some(EU.into());
+        Ok(o)
+    };
+    let eu_status = |id: &str| {
+        let mut e = emu.state.lock();
+        e.snapshot(Some(EU))["accounts"][id]["status"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &in_eu("ENABLED")?).await?;
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
+    wait_reason(&api, "eu", "Converged", |_| true).await?;
+    assert_eq!(op.engines.running(), [EU], "only the region in use has an engine");
+    assert_eq!(eu_status(&accounts[0].0).as_deref(), Some("ENABLED"));
+
+    api.delete("eu", &DeleteParams::default()).await?;
+    wait_for("the eu-west-1 engine to stop", DEADLINE, || async {
+        Ok(op.engines.running().is_empty().then_some(()))
+    })
+    .await?;
+
+    api.create(&PostParams::default(), &in_eu("DISABLED")?).await?;
+    wait_reason(&api, "eu", "Converged", |_| true).await?;
+    assert_eq!(op.engines.running(), [EU], "started again on demand");
+    for (a, _) in &accounts {
+        assert_eq!(eu_status(a).as_deref(), Some("DISABLED"), "{a}");
+    }
+    op.stop().await;
     Ok(())
 }

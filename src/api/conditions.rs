@@ -75,6 +75,82 @@ pub fn conditions(
     .collect()
 }
 
+/// Longest `type` a condition may have (metav1.Condition).
+pub const TYPE_MAX: usize = 316;
+/// Longest `reason` a condition may have (metav1.Condition).
+pub const REASON_MAX: usize = 1024;
+/// Longest `message` a condition may have (metav1.Condition).
+pub const MESSAGE_MAX: usize = 32768;
+/// What a `reason` must look like (metav1.Condition): CamelCase, letters first.
+pub const REASON_PATTERN: &str = "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$";
+/// What a `type` must look like (metav1.Condition), optionally prefixed by a DNS subdomain.
+pub const TYPE_PATTERN: &str =
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$";
+
+/// Schema of a `status.conditions` field: a list map keyed by `type` of metav1.Condition with
+/// the limits the Kubernetes API declares for it (type at most 316 characters, reason 1..1024
+/// CamelCase characters, message at most 32768, status True/False/Unknown). Use it as
+/// `#[schemars(schema_with = "crate::api::conditions::schema")]` on a `Vec<Condition>`.
+pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "description": "Condition contains details for one aspect of the current state of this API Resource.",
+            "required": ["lastTransitionTime", "message", "reason", "status", "type"],
+            "properties": {
+                "lastTransitionTime": {
+                    "description": "lastTransitionTime is the last time the condition transitioned from one status to another.",
+                    "type": "string",
+                    "format": "date-time",
+                },
+                "message": {
+                    "description": "message is a human readable message indicating details about the transition. This may be an empty string.",
+                    "type": "string",
+                    "maxLength": MESSAGE_MAX,
+                },
+                "observedGeneration": {
+                    "description": "observedGeneration represents the .metadata.generation that the condition was set based upon.",
+                    "type": "integer",
+                    "format": "int64",
+                    "minimum": 0,
+                },
+                "reason": {
+                    "description": "reason contains a programmatic identifier indicating the reason for the condition's last transition, in CamelCase.",
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": REASON_MAX,
+                    "pattern": REASON_PATTERN,
+                },
+                "status": {
+                    "description": "status of the condition, one of True, False, Unknown.",
+                    "type": "string",
+                    "enum": ["True", "False", "Unknown"],
+                },
+                "type": {
+                    "description": "type of condition in CamelCase or in foo.example.com/CamelCase.",
+                    "type": "string",
+                    "maxLength": TYPE_MAX,
+                    "pattern": TYPE_PATTERN,
+                },
+            },
+        },
+    })
+}
+
+/// Whether `reason` matches [`REASON_PATTERN`] and fits [`REASON_MAX`] (what the schema checks).
+pub fn valid_reason(reason: &str) -> bool {
+    let b = reason.as_bytes();
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b',' | b':');
+    !b.is_empty()
+        && b.len() <= REASON_MAX
+        && b[0].is_ascii_alphabetic()
+        && b[1..].iter().all(inner)
+        && (b.len() == 1 || b[b.len() - 1].is_ascii_alphanumeric() || b[b.len() - 1] == b'_')
+}
+
 /// The condition of `type_` in `conds`, if any.
 pub fn find<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)
@@ -103,5 +179,33 @@ mod tests {
             "unchanged status keeps its time"
         );
         assert_eq!(find(&c1, READY).unwrap().observed_generation, Some(2));
+    }
+
+    #[test]
+    fn reasons_are_checked_like_the_schema_pattern() {
+        for ok in ["Converged", "A", "Account_Errors", "x:y,z"] {
+            assert!(valid_reason(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "1Converged",
+            "Not ready",
+            "Trailing,",
+            "Dash-ed",
+            &"A".repeat(REASON_MAX + 1),
+        ] {
+            assert!(!valid_reason(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schema_carries_the_standard_condition_limits() {
+        let s = serde_json::to_value(schema(&mut schemars::SchemaGenerator::default())).unwrap();
+        let p = &s["items"]["properties"];
+        assert_eq!(p["type"]["maxLength"], 316);
+        assert_eq!(p["reason"]["maxLength"], 1024);
+        assert_eq!(p["reason"]["pattern"], REASON_PATTERN);
+        assert_eq!(p["message"]["maxLength"], 32768);
+        assert_eq!(s["x-kubernetes-list-map-keys"][0], "type");
     }
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 pub struct MacieDiscoverySpec {
     /// Member accounts and the automated discovery status each should have. Each accountId may
     /// appear once. An account declared by two MacieDiscovery resources with different statuses
-    /// is a Conflict on both and is not changed until they agree.
+    /// is a Conflict on both and is not changed until they agree. At most 5,000 accounts.
     #[schemars(length(min = 1, max = 5000))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["accountId"]))]
     pub accounts: Vec<DiscoveryAccount>,
@@ -73,27 +73,43 @@ impl DiscoveryStatus {
     }
 }
 
+/// Most accounts one MacieDiscovery may declare (`spec.accounts` maxItems). With every account
+/// failing, the whole object (spec, status, managed fields) stays near 1 MiB, under etcd's
+/// 1.5 MiB request limit: see the status shape below.
+pub const MAX_ACCOUNTS: usize = 5000;
+
+/// What the operator last saw and did for a MacieDiscovery. Sized for 5,000 accounts: one
+/// short row per account, each error code explained once in errorCodes, and accounts an atomic
+/// list (its managed fields name the list, not every row).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MacieDiscoveryStatus {
-    /// The metadata.generation this status was computed for.
+    /// The metadata.generation this status was computed for: the one the region's engine has
+    /// taken in (a newer spec is not reported on before the engine works with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
     /// Ready, Reconciling and Stalled (kstatus). Exactly one is True; its reason says why:
     /// Converged, Pending, AccountErrors, Conflict, AccessDenied, Throttled, MacieError.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(schema_with = "crate::api::conditions::schema")]
     pub conditions: Vec<Condition>,
 
     /// Region the accounts were managed in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
 
-    /// Per declared account: desired and observed status, and the last error.
+    /// One row per declared account, sorted by accountId: desired and observed status, and the
+    /// error code when the account failed (explained in errorCodes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["accountId"]))]
+    #[schemars(length(max = 5000), extend("x-kubernetes-list-type" = "atomic"))]
     pub accounts: Vec<AccountStatus>,
+
+    /// Each error code found in `accounts`, once: what it means, what to do, and how many
+    /// accounts have it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub error_codes: Vec<ErrorCodeStatus>,
 
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<Counts>,
@@ -103,22 +119,33 @@ pub struct MacieDiscoveryStatus {
     pub last_sync_time: Option<Time>,
 }
 
+/// One declared account in `status.accounts`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountStatus {
     pub account_id: String,
+    /// ENABLED or DISABLED, as declared.
     pub desired: String,
     /// ENABLED or DISABLED as last observed; absent when Macie did not list the account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed: Option<String>,
-    /// ACCOUNT_PAUSED, ACCOUNT_NOT_FOUND, Conflict, or the AWS error code of a failed call.
+    /// ACCOUNT_PAUSED, ACCOUNT_NOT_FOUND, Conflict, or the AWS error code of a failed call; see
+    /// status.errorCodes for what it means.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_message: Option<String>,
-    /// When the operator last changed this account (or saw it change).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_change_time: Option<Time>,
+}
+
+/// An error code of `status.accounts`, explained once.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorCodeStatus {
+    /// The errorCode as it appears in status.accounts.
+    pub code: String,
+    /// What it means and what to do about it.
+    #[schemars(length(max = 4096))]
+    pub message: String,
+    /// How many accounts of this resource have it.
+    pub count: i64,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -130,4 +157,26 @@ pub struct Counts {
     pub converged: i64,
     /// Accounts with an error or a conflict.
     pub failed: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn schema_bounds_the_accounts_and_keeps_status_rows_atomic() {
+        let crd = serde_json::to_value(MacieDiscovery::crd()).unwrap();
+        let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+        assert_eq!(props["spec"]["properties"]["accounts"]["maxItems"], MAX_ACCOUNTS);
+        let status = &props["status"]["properties"];
+        assert_eq!(status["accounts"]["x-kubernetes-list-type"], "atomic");
+        assert_eq!(status["accounts"]["maxItems"], MAX_ACCOUNTS);
+        assert!(status["accounts"]["items"]["properties"].get("errorMessage").is_none());
+        assert_eq!(status["errorCodes"]["x-kubernetes-list-type"], "atomic");
+        let cond = &status["conditions"]["items"]["properties"];
+        assert_eq!(cond["reason"]["maxLength"], 1024);
+        assert_eq!(cond["message"]["maxLength"], 32768);
+        assert_eq!(cond["type"]["maxLength"], 316);
+    }
 }

@@ -2,30 +2,38 @@
 //! (ListAutomatedDiscoveryAccounts) and coalesces the changes every MacieDiscovery asks for into
 //! BatchUpdateAutomatedDiscoveryAccounts calls; reconciles only project the engine's view into
 //! each resource's status.
+//!
+//! The controller owns its watch stream: every event (deletions included) tells the engines
+//! whose view it changes, so that deleting one side of a conflict lets the other converge at
+//! once. An engine keeps state only for declared accounts and existing resources, and stops when
+//! no MacieDiscovery names its region any more (the next reconcile for the region starts it
+//! again).
 
 pub mod plan;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use futures::TryStreamExt as _;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::conditions::{self, Phase};
+use crate::api::conditions;
 use crate::api::{MacieDiscovery, MacieDiscoveryStatus};
 use crate::macie::{MacieClients, MacieError, discovery as calls};
+use crate::runtime::gate::WriteGate;
 use crate::runtime::metrics::Metrics;
+use crate::runtime::status::{self, api_time};
 use crate::runtime::{Error, Failures, MANAGER, backoff};
-use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings};
+use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings, TakenIn};
 
 /// Settings of the MacieDiscovery controller.
 #[derive(Debug, Clone)]
@@ -49,30 +57,66 @@ pub const DEFAULT_BATCH_SIZE: usize = 100;
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub desired: DesiredSet,
+    /// The resources `desired` was built from, and which version of each.
+    pub resources: BTreeMap<String, TakenIn>,
     pub accounts: HashMap<String, AccountState>,
     /// Error of the latest call (observation or batch), cleared by the next success.
     pub api_error: Option<MacieError>,
+    /// Start of the latest observation of every declared account.
     pub observed_at: Option<Timestamp>,
+    /// Passes the engine has made.
     pub passes: u64,
 }
 
+impl View {
+    /// Whether every resource's status computed from `self` equals the one computed from
+    /// `other` (observation times and sends in flight are not shown).
+    fn shows_like(&self, other: &View) -> bool {
+        self.desired == other.desired
+            && self.resources == other.resources
+            && self.api_error == other.api_error
+            && self.accounts.len() == other.accounts.len()
+            && self
+                .accounts
+                .iter()
+                .all(|(id, a)| other.accounts.get(id).is_some_and(|b| a.shows_like(b)))
+    }
+
+    /// Takes in the declarations: the desired set, which resource versions it comes from, and
+    /// no state for accounts nobody declares any more.
+    fn take_in(&mut self, declared: &[Declared]) {
+        self.desired = plan::desired_set(declared);
+        self.resources = declared.iter().map(|d| (d.resource.clone(), d.taken.clone())).collect();
+        let ids = self.desired.account_ids();
+        self.accounts.retain(|id, _| ids.binary_search(id).is_ok());
+    }
+}
+
 type Trigger = futures::channel::mpsc::UnboundedSender<ObjectRef<MacieDiscovery>>;
+type Regions = Arc<Mutex<HashMap<String, RegionEngine>>>;
+
+fn lock(regions: &Regions) -> MutexGuard<'_, HashMap<String, RegionEngine>> {
+    regions.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 struct RegionEngine {
+    /// Tells this engine apart from a later one of the same region.
+    id: u64,
     kick: mpsc::UnboundedSender<()>,
     view: watch::Receiver<Arc<View>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// One engine per region, started on first use.
+/// One engine per region, started on first use and stopped when no resource names the region.
 pub struct Engines {
     clients: Arc<MacieClients>,
     config: Config,
     store: Store<MacieDiscovery>,
-    /// Set by the first reconcile: the store holds every resource.
+    /// Set once the watch has listed every resource into the store.
     store_ready: watch::Sender<bool>,
     trigger: Trigger,
-    regions: Mutex<HashMap<String, RegionEngine>>,
+    regions: Regions,
+    next_id: AtomicU64,
 }
 
 impl Engines {
@@ -80,105 +124,243 @@ impl Engines {
         obj.spec.region.as_deref().unwrap_or(&self.config.default_region)
     }
 
+    /// The region's engine, started when none runs.
     fn engine(&self, region: &str) -> (mpsc::UnboundedSender<()>, watch::Receiver<Arc<View>>) {
-        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
-        let e = regions.entry(region.to_string()).or_insert_with(|| {
-            let (kick_tx, kick_rx) = mpsc::unbounded_channel();
-            let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
-            let env = EngineEnv {
-                region: region.to_string(),
-                client: self.clients.client(region),
-                metrics: self.clients.metrics().clone(),
-                config: self.config.clone(),
-                store: self.store.clone(),
-                trigger: self.trigger.clone(),
-            };
-            let task = tokio::spawn(engine_loop(env, self.store_ready.subscribe(), kick_rx, view_tx));
+        let mut regions = lock(&self.regions);
+        if let Some(e) = regions.get(region).filter(|e| !e.kick.is_closed()) {
+            return (e.kick.clone(), e.view.clone());
+        }
+        let (kick_tx, kick_rx) = mpsc::unbounded_channel();
+        let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let env = EngineEnv {
+            id,
+            region: region.to_string(),
+            client: self.clients.client(region),
+            metrics: self.clients.metrics().clone(),
+            gate: self.clients.gate().clone(),
+            config: self.config.clone(),
+            store: self.store.clone(),
+            trigger: self.trigger.clone(),
+            regions: self.regions.clone(),
+        };
+        let task = tokio::spawn(engine_loop(env, self.store_ready.subscribe(), kick_rx, view_tx));
+        regions.insert(
+            region.to_string(),
             RegionEngine {
-                kick: kick_tx,
-                view: view_rx,
+                id,
+                kick: kick_tx.clone(),
+                view: view_rx.clone(),
                 task,
-            }
-        });
-        (e.kick.clone(), e.view.clone())
+            },
+        );
+        (kick_tx, view_rx)
     }
 
-    /// The region's view (tests and reconciles read it).
+    /// The region's view (starting its engine when none runs; an engine for a region no
+    /// resource names stops after its first pass).
     pub fn subscribe(&self, region: &str) -> watch::Receiver<Arc<View>> {
         self.engine(region).1
+    }
+
+    /// Regions with a running engine, sorted.
+    pub fn running(&self) -> Vec<String> {
+        let mut out: Vec<String> = lock(&self.regions)
+            .iter()
+            .filter(|(_, e)| !e.kick.is_closed())
+            .map(|(r, _)| r.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Kicks the running engines for which `affected(region, view)` holds.
+    fn kick_where(&self, affected: impl Fn(&str, &View) -> bool) {
+        for (region, e) in lock(&self.regions).iter() {
+            if affected(region, &e.view.borrow()) {
+                let _ = e.kick.send(());
+            }
+        }
+    }
+
+    /// A watch event: wakes the engines whose view it changes.
+    fn on_event(&self, event: &watcher::Event<MacieDiscovery>) {
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                let key = key(o);
+                let region = self.region_of(o);
+                let version = (o.meta().deletion_timestamp.is_none()).then(|| taken_in(o));
+                self.kick_where(|r, view| {
+                    let held = view.resources.get(&key);
+                    if r == region {
+                        held != version.as_ref()
+                    } else {
+                        // It moved to another region.
+                        held.is_some()
+                    }
+                });
+            }
+            watcher::Event::Delete(o) => {
+                let key = key(o);
+                self.kick_where(|_, view| view.resources.contains_key(&key));
+            }
+            watcher::Event::InitDone => {
+                // A (re)list: resources deleted meanwhile are gone from the store.
+                self.store_ready.send_replace(true);
+                self.kick_where(|_, _| true);
+            }
+            watcher::Event::Init => {}
+        }
     }
 }
 
 impl Drop for Engines {
     fn drop(&mut self) {
-        for (_, e) in self.regions.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+        for (_, e) in lock(&self.regions).drain() {
             e.task.abort();
         }
     }
-}
-
-fn declared(store: &Store<MacieDiscovery>, region: &str, default_region: &str) -> Vec<Declared> {
-    let mut out: Vec<Declared> = store
-        .state()
-        .iter()
-        .filter(|o| o.meta().deletion_timestamp.is_none())
-        .filter(|o| o.spec.region.as_deref().unwrap_or(default_region) == region)
-        .map(|o| Declared {
-            resource: key(o),
-            accounts: o
-                .spec
-                .accounts
-                .iter()
-                .map(|a| (a.account_id.clone(), a.status))
-                .collect(),
-        })
-        .collect();
-    out.sort_by(|a, b| a.resource.cmp(&b.resource));
-    out
 }
 
 fn key(o: &MacieDiscovery) -> String {
     format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
 }
 
-/// The engine of one region: observe, decide, send in batches, publish, trigger reconciles.
+fn taken_in(o: &MacieDiscovery) -> TakenIn {
+    TakenIn {
+        uid: o.uid().unwrap_or_default(),
+        generation: o.meta().generation.unwrap_or_default(),
+    }
+}
+
 /// What an engine works with.
 struct EngineEnv {
+    id: u64,
     region: String,
     client: aws_sdk_macie2::Client,
     metrics: Arc<Metrics>,
+    gate: WriteGate,
     config: Config,
     store: Store<MacieDiscovery>,
     trigger: Trigger,
+    regions: Regions,
 }
 
+impl EngineEnv {
+    /// The declarations of the region's resources (those being deleted excluded), by key.
+    fn declared(&self) -> Vec<Declared> {
+        let default_region = &self.config.default_region;
+        let mut out: Vec<Declared> = self
+            .store
+            .state()
+            .iter()
+            .filter(|o| o.meta().deletion_timestamp.is_none())
+            .filter(|o| o.spec.region.as_deref().unwrap_or(default_region) == self.region)
+            .map(|o| Declared {
+                resource: key(o),
+                taken: taken_in(o),
+                accounts: o
+                    .spec
+                    .accounts
+                    .iter()
+                    .map(|a| (a.account_id.clone(), a.status))
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.resource.cmp(&b.resource));
+        out
+    }
+
+    /// Removes this engine when no resource names its region; true when it did. Checked under
+    /// the regions lock, so a reconcile either finds this engine still serving or starts a new one.
+    fn retire_if_unused(&self) -> bool {
+        let mut regions = lock(&self.regions);
+        if !self.declared().is_empty() {
+            return false;
+        }
+        if regions.get(&self.region).is_some_and(|e| e.id == self.id) {
+            regions.remove(&self.region);
+        }
+        true
+    }
+
+    /// Publishes `view` to the reconciles, and triggers the region's resources when their
+    /// status would change.
+    fn publish(&self, view: &View, shown: &mut Arc<View>, tx: &watch::Sender<Arc<View>>) {
+        let changed = !view.shows_like(shown);
+        *shown = Arc::new(view.clone());
+        tx.send_replace(shown.clone());
+        if changed {
+            for obj in self.store.state() {
+                if obj.spec.region.as_deref().unwrap_or(&self.config.default_region) == self.region {
+                    let _ = self.trigger.unbounded_send(ObjectRef::from_obj(&*obj));
+                }
+            }
+        }
+    }
+}
+
+/// The engine of one region: take in the declarations, observe, send in batches, publish.
 async fn engine_loop(
     env: EngineEnv,
     mut store_ready: watch::Receiver<bool>,
     mut kick: mpsc::UnboundedReceiver<()>,
     view_tx: watch::Sender<Arc<View>>,
 ) {
-    let EngineEnv {
-        region,
-        client,
-        metrics,
-        config,
-        store,
-        ..
-    } = &env;
-    // Start once the controller has listed the resources: its first reconcile says so.
-    // (Store::wait_until_ready wakes only one waiter, and the controller already waits on it.)
+    let region = &env.region;
+    let config = &env.config;
+    // Start once the watch has listed the resources.
     if store_ready.wait_for(|r| *r).await.is_err() {
         return;
     }
     tracing::debug!(%region, "discovery engine started");
     let mut view = View::default();
+    let mut shown = Arc::new(View::default());
     let mut next_observe = tokio::time::Instant::now();
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut throttled = 0u32;
     // Gather the declarations that arrive together (e.g. a GitOps sync) before the first pass.
     tokio::time::sleep(config.batch_window).await;
     loop {
+        let declared = env.declared();
+        if declared.is_empty() && env.retire_if_unused() {
+            tracing::debug!(%region, "no MacieDiscovery names the region: discovery engine stopped");
+            return;
+        }
+        view.take_in(&declared);
+        // Reconciles report on the new declarations at once (Pending until observed).
+        env.publish(&view, &mut shown, &view_tx);
+
+        // Every declared account each poll interval; newly declared ones at once.
+        let now = tokio::time::Instant::now();
+        let due = now >= next_observe;
+        let ids: Vec<String> = view
+            .desired
+            .account_ids()
+            .into_iter()
+            .filter(|id| due || view.accounts.get(id).is_none_or(|a| a.observed_at.is_none()))
+            .collect();
+        if !ids.is_empty() {
+            observe(&env, &ids, &mut view, due).await;
+        }
+        if due {
+            next_observe = now + config.poll_interval;
+        }
+
+        if retry_at.is_none_or(|r| now >= r) {
+            retry_at = None;
+            let sent = send(&env, &mut view, &mut throttled).await;
+            if let Some(wait) = sent.retry_after {
+                retry_at = Some(tokio::time::Instant::now() + wait.min(config.poll_interval));
+            }
+            if sent.any {
+                // Confirm soon rather than a whole interval later.
+                next_observe = next_observe.min(tokio::time::Instant::now() + config.batch_window);
+            }
+        }
+        view.passes += 1;
+        env.publish(&view, &mut shown, &view_tx);
+
         let wake = retry_at.map_or(next_observe, |r| r.min(next_observe));
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
@@ -189,143 +371,127 @@ async fn engine_loop(
                 while kick.try_recv().is_ok() {}
             }
         }
-        let before = view.clone();
-        tracing::debug!(%region, "discovery pass");
-        view.desired = plan::desired_set(&declared(store, region, &config.default_region));
-        let ids = view.desired.account_ids();
-        view.accounts.retain(|id, _| ids.binary_search(id).is_ok());
-        let unseen = ids
-            .iter()
-            .any(|id| view.accounts.get(id).is_none_or(|a| a.observed_at.is_none()));
-        let now = tokio::time::Instant::now();
-        if (now >= next_observe || unseen) && !ids.is_empty() {
-            observe(client, &ids, &mut view, metrics).await;
-            next_observe = now + config.poll_interval;
-        } else if now >= next_observe {
-            next_observe = now + config.poll_interval;
-        }
-        if retry_at.is_some_and(|r| now < r) {
-            publish(&env, &view, &before, &view_tx);
-            continue;
-        }
-        retry_at = None;
-        let sends = plan::to_send(&view.desired, &view.accounts, Timestamp::now(), &config.plan);
-        let mut sent_any = false;
-        for batch in plan::batches(&sends, config.plan.batch_size) {
-            let at = Timestamp::now();
-            match calls::batch_update(client, &batch, metrics).await {
-                Ok(errors) => {
-                    throttled = 0;
-                    sent_any = true;
-                    view.api_error = None;
-                    let failed: HashMap<String, String> = errors.into_iter().collect();
-                    for (id, status) in &batch {
-                        let a = view.accounts.entry(id.clone()).or_default();
-                        match failed.get(id) {
-                            Some(code) => {
-                                a.error = Some(AccountError {
-                                    status: *status,
-                                    code: code.clone(),
-                                    message: String::new(),
-                                    at,
-                                });
-                            }
-                            None => {
-                                a.sent = Some(Sent { status: *status, at });
-                                a.error = None;
-                                a.last_change = Some(at);
-                            }
-                        }
-                    }
-                }
-                Err(e @ MacieError::Throttled { .. }) => {
-                    // Not processed: keep the rest for a retry after a jittered backoff.
-                    throttled += 1;
-                    tracing::debug!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts throttled");
-                    view.api_error = Some(e);
-                    retry_at = Some(tokio::time::Instant::now() + backoff(throttled).min(config.poll_interval));
-                    break;
-                }
-                Err(e @ MacieError::Uncertain { .. }) => {
-                    // It may have taken effect: treat as sent, the next observation decides.
-                    sent_any = true;
-                    tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts outcome unknown");
-                    for (id, status) in &batch {
-                        view.accounts.entry(id.clone()).or_default().sent = Some(Sent { status: *status, at });
-                    }
-                    view.api_error = Some(e);
-                }
-                Err(e) => {
-                    tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts failed");
-                    for (id, status) in &batch {
-                        view.accounts.entry(id.clone()).or_default().error = Some(AccountError {
-                            status: *status,
-                            code: e.code().to_string(),
-                            message: format!("{e}"),
-                            at,
-                        });
-                    }
-                    view.api_error = Some(e);
-                }
-            }
-        }
-        if sent_any {
-            // Confirm soon rather than a whole interval later.
-            next_observe = next_observe.min(tokio::time::Instant::now() + config.batch_window);
-        }
-        publish(&env, &view, &before, &view_tx);
     }
 }
 
-/// Lists the declared accounts and records what changed.
-async fn observe(client: &aws_sdk_macie2::Client, ids: &[String], view: &mut View, metrics: &Metrics) {
+/// Lists `ids` and records what each shows; `full` when they are every declared account.
+async fn observe(env: &EngineEnv, ids: &[String], view: &mut View, full: bool) {
     let started = Timestamp::now();
-    match calls::list_accounts(client, ids, metrics).await {
+    match calls::list_accounts(&env.client, ids, &env.metrics).await {
         Ok((found, _calls)) => {
             for id in ids {
                 let a = view.accounts.entry(id.clone()).or_default();
-                let now_seen = found.get(id).copied();
-                let ours = now_seen.is_some() && a.sent.as_ref().map(|s| s.status) == now_seen;
-                if ours {
-                    // Our own change showed up (its time was recorded when it was sent).
-                    a.sent = None;
-                } else if a.observed_at.is_some() && a.observed != now_seen {
-                    // Changed by someone else.
-                    a.last_change = Some(started);
-                }
-                a.observed = now_seen;
+                a.observed = found.get(id).copied();
                 a.observed_at = Some(started);
+                plan::settle(a, &env.config.plan);
             }
-            view.observed_at = Some(started);
+            if full {
+                view.observed_at = Some(started);
+            }
             view.api_error = None;
         }
         Err(e) => {
-            tracing::warn!(error = %e, "ListAutomatedDiscoveryAccounts failed");
+            tracing::warn!(region = %env.region, error = %e, "ListAutomatedDiscoveryAccounts failed");
             view.api_error = Some(e);
         }
     }
 }
 
-fn publish(env: &EngineEnv, view: &View, before: &View, tx: &watch::Sender<Arc<View>>) {
-    let mut v = view.clone();
-    v.passes = before.passes + 1;
-    let changed =
-        view.desired != before.desired || view.accounts != before.accounts || view.api_error != before.api_error;
-    tx.send_replace(Arc::new(v));
-    if changed {
-        for obj in env.store.state() {
-            if obj.spec.region.as_deref().unwrap_or(&env.config.default_region) == env.region {
-                let _ = env.trigger.unbounded_send(ObjectRef::from_obj(&*obj));
+/// What a send step did.
+struct SendStep {
+    /// Some call was (or may have been) processed.
+    any: bool,
+    /// Throttled: try the rest after this long.
+    retry_after: Option<Duration>,
+}
+
+/// Sends the accounts that differ from their declaration, in batches, while the write gate
+/// allows Macie writes.
+async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep {
+    let region = &env.region;
+    let mut step = SendStep {
+        any: false,
+        retry_after: None,
+    };
+    let sends = plan::to_send(&view.desired, &view.accounts, Timestamp::now(), &env.config.plan);
+    for batch in plan::batches(&sends, env.config.plan.batch_size) {
+        if !env.gate.allows_writes() {
+            tracing::info!(%region, accounts = batch.len(), "write gate closed (not the leader): BatchUpdateAutomatedDiscoveryAccounts held back");
+            break;
+        }
+        let at = Timestamp::now();
+        match calls::batch_update(&env.client, &batch, &env.metrics).await {
+            Ok(errors) => {
+                *throttled = 0;
+                step.any = true;
+                view.api_error = None;
+                let failed: HashMap<String, String> = errors.into_iter().collect();
+                for (id, status) in &batch {
+                    let a = view.accounts.entry(id.clone()).or_default();
+                    match failed.get(id) {
+                        Some(code) => {
+                            a.error = Some(AccountError {
+                                status: *status,
+                                code: code.clone(),
+                                message: String::new(),
+                                at,
+                            });
+                        }
+                        None => {
+                            a.sent = Some(Sent {
+                                status: *status,
+                                from: a.observed,
+                                at,
+                            });
+                            a.error = None;
+                        }
+                    }
+                }
+            }
+            Err(e @ MacieError::Throttled { .. }) => {
+                // Not processed: keep the rest for a retry after a jittered backoff.
+                *throttled += 1;
+                tracing::debug!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts throttled");
+                view.api_error = Some(e);
+                step.retry_after = Some(backoff(*throttled));
+                break;
+            }
+            Err(e @ MacieError::Uncertain { .. }) => {
+                // It may have taken effect: treat as sent, an observation settles it.
+                step.any = true;
+                tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts outcome unknown");
+                for (id, status) in &batch {
+                    let a = view.accounts.entry(id.clone()).or_default();
+                    a.sent = Some(Sent {
+                        status: *status,
+                        from: a.observed,
+                        at,
+                    });
+                }
+                view.api_error = Some(e);
+            }
+            Err(e) => {
+                tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts failed");
+                for (id, status) in &batch {
+                    view.accounts.entry(id.clone()).or_default().error = Some(AccountError {
+                        status: *status,
+                        code: e.code().to_string(),
+                        message: format!("{e}"),
+                        at,
+                    });
+                }
+                view.api_error = Some(e);
             }
         }
     }
+    step
 }
 
 struct Context {
     client: kube::Client,
     engines: Arc<Engines>,
     recorder: Recorder,
-    failures: Failures<MacieDiscovery>,
+    failures: Arc<Failures<MacieDiscovery>>,
 }
 
 /// The MacieDiscovery controller, built and ready to run.
@@ -337,11 +503,8 @@ pub struct DiscoveryController {
 
 impl DiscoveryController {
     pub fn new(client: kube::Client, clients: Arc<MacieClients>, config: Config) -> DiscoveryController {
-        let api: Api<MacieDiscovery> = match &config.namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
-        let controller = Controller::new(api, watcher::Config::default().any_semantic());
+        let api: Api<MacieDiscovery> = crate::runtime::scoped_api(client.clone(), config.namespace.as_deref());
+        let (store, writer) = reflector::store();
         let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
         let reporter = Reporter {
             controller: MANAGER.into(),
@@ -349,13 +512,27 @@ impl DiscoveryController {
         };
         let engines = Arc::new(Engines {
             clients,
-            store: controller.store(),
+            store: store.clone(),
             store_ready: watch::channel(false).0,
             trigger: trigger_tx,
-            regions: Mutex::new(HashMap::new()),
-            config: config.clone(),
+            regions: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(0),
+            config,
         });
-        engines.engine(&config.default_region);
+        let failures: Arc<Failures<MacieDiscovery>> = Arc::default();
+        let (e, f) = (engines.clone(), failures.clone());
+        let events = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer)
+            .inspect_ok(move |event| {
+                e.on_event(event);
+                if let watcher::Event::Delete(o) = event {
+                    // No state for deleted resources.
+                    f.clear(o);
+                }
+            })
+            .touched_objects();
+        let controller = Controller::for_stream(events, store);
         DiscoveryController {
             controller,
             trigger_rx,
@@ -363,7 +540,7 @@ impl DiscoveryController {
                 recorder: Recorder::new(client.clone(), reporter),
                 client,
                 engines,
-                failures: Failures::default(),
+                failures,
             }),
         }
     }
@@ -401,71 +578,53 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
         return Ok(Action::await_change());
     }
     let engines = &ctx.engines;
-    engines.store_ready.send_replace(true);
     let region = engines.region_of(obj).to_string();
     tracing::debug!(name = %obj.name_any(), %region, "reconcile MacieDiscovery");
     let (kick, view_rx) = engines.engine(&region);
-    let prev = obj.status.clone().unwrap_or_default();
-    if prev.observed_generation != obj.meta().generation {
-        // A new or changed declaration: the engine takes it in its next pass.
-        let _ = kick.send(());
-    }
     let view = view_rx.borrow().clone();
+    let resource = key(obj);
+    let Some(generation) =
+        plan::taken_generation(&view.resources, &resource, obj.uid().as_deref(), obj.meta().generation)
+    else {
+        // The engine has not taken this version in: its next pass does, and triggers this
+        // resource again.
+        let _ = kick.send(());
+        return Ok(Action::await_change());
+    };
     let accounts: Vec<(String, crate::api::DiscoveryStatus)> = obj
         .spec
         .accounts
         .iter()
         .map(|a| (a.account_id.clone(), a.status))
         .collect();
-    let (rows, counts, summary) = plan::resource_status(
-        &key(obj),
+    let r = plan::resource_status(
+        &resource,
         &accounts,
         &view.desired,
         &view.accounts,
         view.api_error.as_ref(),
         &engines.config.plan,
     );
+    let prev = obj.status.as_ref();
     let mut status = MacieDiscoveryStatus {
-        observed_generation: obj.meta().generation,
-        conditions: conditions::conditions(&summary, obj.meta().generation, &prev.conditions, Timestamp::now()),
+        observed_generation: Some(generation),
+        conditions: conditions::conditions(
+            &r.summary,
+            Some(generation),
+            prev.map_or(&[][..], |p| &p.conditions),
+            api_time(Timestamp::now()).0,
+        ),
         region: Some(region),
-        accounts: rows,
-        counts: Some(counts),
-        last_sync_time: prev.last_sync_time.clone(),
+        accounts: r.accounts,
+        error_codes: r.error_codes,
+        counts: Some(r.counts),
+        last_sync_time: prev.and_then(|p| p.last_sync_time.clone()),
     };
-    if status != prev {
-        status.last_sync_time = view.observed_at.map(Time);
-        let api: Api<MacieDiscovery> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-        let patch = json!({
-            "apiVersion": MacieDiscovery::api_version(&()),
-            "kind": MacieDiscovery::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        let before =
-            conditions::find(&prev.conditions, conditions::READY).map(|c| (c.reason.clone(), c.message.clone()));
-        if before.as_ref().map(|b| &b.0) != Some(&summary.reason) && summary.reason != "Pending" {
-            let type_ = if summary.phase == Phase::Ready {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            crate::runtime::publish_event(
-                &ctx.recorder,
-                &**obj,
-                type_,
-                &summary.reason,
-                "Reconcile",
-                summary.message.clone(),
-            )
-            .await;
-        }
+    if status::differs(prev, &status) {
+        status.last_sync_time = view.observed_at.map(api_time);
     }
+    let api: Api<MacieDiscovery> = crate::runtime::object_api(ctx.client.clone(), &**obj);
+    status::write(&api, &ctx.recorder, &**obj, prev, &status).await?;
     ctx.failures.clear(obj);
     Ok(Action::await_change())
 }

@@ -4,19 +4,43 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::DiscoveryStatus;
-use crate::api::conditions::{Phase, Summary};
-use crate::api::macie_discovery::{AccountStatus, Counts};
+use crate::api::conditions::{MESSAGE_MAX, Phase, Summary};
+use crate::api::macie_discovery::{AccountStatus, Counts, ErrorCodeStatus};
 use crate::macie::MacieError;
+use crate::runtime::truncate;
 
-/// What one resource declares: its key (`namespace/name`) and its accounts.
+/// What one resource declares: its key (`namespace/name`), which version of it, and its accounts.
 #[derive(Debug, Clone)]
 pub struct Declared {
     pub resource: String,
+    pub taken: TakenIn,
     pub accounts: Vec<(String, DiscoveryStatus)>,
+}
+
+/// Which version of a resource an engine has taken in: a status may report on that generation
+/// only (a deleted and re-created resource has a new uid and starts again at generation 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TakenIn {
+    pub uid: String,
+    pub generation: i64,
+}
+
+/// The generation a resource's status may report: the one the engine took in, when that is the
+/// object at hand (same uid and generation). None: the engine has not taken this version in yet,
+/// so nothing is reported on it (no stale Ready or Conflict for a new generation).
+pub fn taken_generation(
+    taken: &BTreeMap<String, TakenIn>,
+    resource: &str,
+    uid: Option<&str>,
+    generation: Option<i64>,
+) -> Option<i64> {
+    taken
+        .get(resource)
+        .filter(|t| Some(t.uid.as_str()) == uid && Some(t.generation) == generation)
+        .map(|t| t.generation)
 }
 
 /// Every declared account of a region: those all declarers agree on, and the conflicts.
@@ -56,10 +80,15 @@ pub fn desired_set(declared: &[Declared]) -> DesiredSet {
     set
 }
 
-/// A BatchUpdate the operator made for an account, until an observation shows its effect.
+/// A BatchUpdate the operator made (or may have made) for an account, until an observation
+/// settles it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sent {
+    /// The status asked for.
     pub status: DiscoveryStatus,
+    /// The status observed when it was sent (None: Macie did not list the account).
+    pub from: Option<DiscoveryStatus>,
+    /// When the call started.
     pub at: Timestamp,
 }
 
@@ -82,13 +111,23 @@ pub struct AccountState {
     pub observed_at: Option<Timestamp>,
     pub sent: Option<Sent>,
     pub error: Option<AccountError>,
-    /// When the operator changed the account or saw it change.
-    pub last_change: Option<Timestamp>,
+}
+
+impl AccountState {
+    /// Whether a resource's status would show `self` and `other` alike (what an observation
+    /// time or a send in flight change is not shown).
+    pub fn shows_like(&self, other: &AccountState) -> bool {
+        self.observed == other.observed
+            && self.observed_at.is_some() == other.observed_at.is_some()
+            && self.error.as_ref().map(|e| (e.status, &e.code, &e.message))
+                == other.error.as_ref().map(|e| (e.status, &e.code, &e.message))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// A sent account is not sent again until an observation after the send, or this long.
+    /// A sent account is not sent again until an observation that started after the send shows
+    /// it changed, or one that started this long after the send still shows it unchanged.
     pub step_timeout: Duration,
     /// Accounts that failed (ACCOUNT_PAUSED, ACCOUNT_NOT_FOUND, ...) are retried this often.
     pub error_retry: Duration,
@@ -100,8 +139,45 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     since.duration_until(now).unsigned_abs()
 }
 
+/// How an observation settles a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// No observation has settled it yet: not to be sent again.
+    InFlight,
+    /// An observation that started after the send shows the account changed.
+    Changed,
+    /// An observation that started after the step timeout ran out still shows it unchanged:
+    /// the send did not take; it may be sent again.
+    DidNotTake,
+}
+
+/// What the latest observation says of the account's send, if any. Only an observation that
+/// started after the send counts, and "unchanged" only from one that started after the step
+/// timeout: never wall clock alone (Macie may show an account's old status for a while after a
+/// BatchUpdate).
+pub fn settled(st: &AccountState, s: &Settings) -> Option<Settled> {
+    let sent = st.sent.as_ref()?;
+    let Some(seen_at) = st.observed_at.filter(|at| *at > sent.at) else {
+        return Some(Settled::InFlight);
+    };
+    Some(if st.observed != sent.from {
+        Settled::Changed
+    } else if elapsed(sent.at, seen_at) >= s.step_timeout {
+        Settled::DidNotTake
+    } else {
+        Settled::InFlight
+    })
+}
+
+/// After an observation: forgets the send it settled.
+pub fn settle(st: &mut AccountState, s: &Settings) {
+    if matches!(settled(st, s), Some(Settled::Changed | Settled::DidNotTake)) {
+        st.sent = None;
+    }
+}
+
 /// Accounts to send now, sorted by id: agreed on, observed at least once, not in the desired
-/// status, and not blocked by an earlier send or a recent error for the same status.
+/// status, with no send in flight, and not blocked by a recent error for the same status.
 pub fn to_send(
     desired: &DesiredSet,
     state: &HashMap<String, AccountState>,
@@ -111,17 +187,10 @@ pub fn to_send(
     let mut out = Vec::new();
     for (id, want) in &desired.wanted {
         let Some(st) = state.get(id) else { continue };
-        let Some(observed_at) = st.observed_at else {
-            continue;
-        };
-        if st.observed == Some(*want) {
+        if st.observed_at.is_none() || st.observed == Some(*want) {
             continue;
         }
-        if let Some(sent) = &st.sent
-            && sent.status == *want
-            && observed_at <= sent.at
-            && elapsed(sent.at, now) < s.step_timeout
-        {
+        if settled(st, s) == Some(Settled::InFlight) {
             continue;
         }
         if let Some(err) = &st.error
@@ -140,18 +209,44 @@ pub fn batches(accounts: &[(String, DiscoveryStatus)], size: usize) -> Vec<Vec<(
     accounts.chunks(size.max(1)).map(<[_]>::to_vec).collect()
 }
 
-fn explain(code: &str, retry: Duration) -> String {
+/// Most other resources a conflict message names (then "and N more").
+const NAMED_MAX: usize = 10;
+
+fn name_some<'a>(names: impl ExactSizeIterator<Item = &'a String>) -> String {
+    let n = names.len();
+    let mut out: Vec<&str> = names.take(NAMED_MAX).map(String::as_str).collect();
+    let more = format!("and {} more", n.saturating_sub(NAMED_MAX));
+    if n > NAMED_MAX {
+        out.push(&more);
+    }
+    out.join(", ")
+}
+
+fn explain(code: &str, message: &str, retry: Duration) -> String {
     let every = humantime::format_duration(retry);
     match code {
-        "ACCOUNT_PAUSED" => format!("Macie is suspended for this account; resume Macie for it (retried every {every})"),
+        "ACCOUNT_PAUSED" => format!("Macie is suspended for the account; resume Macie for it (retried every {every})"),
         "ACCOUNT_NOT_FOUND" => {
             format!("not a member account of this Macie administrator account in the region (retried every {every})")
         }
-        other => format!("BatchUpdateAutomatedDiscoveryAccounts failed with {other} (retried every {every})"),
+        other if message.is_empty() => {
+            format!("BatchUpdateAutomatedDiscoveryAccounts failed with {other} (retried every {every})")
+        }
+        _ => format!("BatchUpdateAutomatedDiscoveryAccounts failed: {message} (retried every {every})"),
     }
 }
 
-/// One resource's per-account status, counts and summary.
+/// A resource's status, as the engine's view shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceStatus {
+    pub accounts: Vec<AccountStatus>,
+    pub error_codes: Vec<ErrorCodeStatus>,
+    pub counts: Counts,
+    pub summary: Summary,
+}
+
+/// One resource's per-account rows (sorted by account id), its error codes explained once,
+/// counts and summary.
 pub fn resource_status(
     resource: &str,
     accounts: &[(String, DiscoveryStatus)],
@@ -159,55 +254,58 @@ pub fn resource_status(
     state: &HashMap<String, AccountState>,
     api_error: Option<&MacieError>,
     s: &Settings,
-) -> (Vec<AccountStatus>, Counts, Summary) {
+) -> ResourceStatus {
     let mut rows = Vec::with_capacity(accounts.len());
     let (mut converged, mut failed) = (0i64, 0i64);
     let mut conflicting_with: BTreeMap<String, usize> = BTreeMap::new();
-    let mut error_codes: BTreeMap<String, usize> = BTreeMap::new();
+    // code -> (explanation, count)
+    let mut codes: BTreeMap<String, (String, i64)> = BTreeMap::new();
     for (id, want) in accounts {
-        let st = state.get(id).cloned().unwrap_or_default();
+        let st = state.get(id);
+        let observed = st.and_then(|st| st.observed);
         let mut row = AccountStatus {
             account_id: id.clone(),
             desired: want.as_str().to_string(),
-            observed: st.observed.map(|o| o.as_str().to_string()),
+            observed: observed.map(|o| o.as_str().to_string()),
             error_code: None,
-            error_message: None,
-            last_change_time: st.last_change.map(Time),
         };
         if let Some(decl) = desired.conflicts.get(id) {
-            let others: Vec<String> = decl
-                .iter()
-                .filter(|(r, _)| r != resource)
-                .map(|(r, st)| format!("{r} ({})", st.as_str()))
-                .collect();
             for o in decl.iter().filter(|(r, _)| r != resource) {
                 *conflicting_with.entry(o.0.clone()).or_default() += 1;
             }
-            row.error_code = Some("Conflict".into());
-            row.error_message = Some(format!(
-                "declared {} here but differently by {}; not changed until they agree",
-                want.as_str(),
-                others.join(", ")
-            ));
+            row.error_code = Some(CONFLICT.into());
+            codes.entry(CONFLICT.into()).or_default().1 += 1;
             failed += 1;
         } else if let Some(err) = st
-            .error
-            .as_ref()
-            .filter(|e| e.status == *want && st.observed != Some(*want))
+            .and_then(|st| st.error.as_ref())
+            .filter(|e| e.status == *want && observed != Some(*want))
         {
             row.error_code = Some(err.code.clone());
-            row.error_message = Some(if err.message.is_empty() {
-                explain(&err.code, s.error_retry)
-            } else {
-                err.message.clone()
-            });
-            *error_codes.entry(err.code.clone()).or_default() += 1;
+            let e = codes
+                .entry(err.code.clone())
+                .or_insert_with(|| (explain(&err.code, &err.message, s.error_retry), 0));
+            e.1 += 1;
             failed += 1;
-        } else if st.observed == Some(*want) {
+        } else if observed == Some(*want) {
             converged += 1;
         }
         rows.push(row);
     }
+    rows.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+    if let Some(c) = codes.get_mut(CONFLICT) {
+        c.0 = format!(
+            "declared with another status by {}; not changed until the declarations agree",
+            name_some(conflicting_with.keys())
+        );
+    }
+    let error_codes: Vec<ErrorCodeStatus> = codes
+        .into_iter()
+        .map(|(code, (message, count))| ErrorCodeStatus {
+            code,
+            message: truncate(&message, ERROR_MESSAGE_MAX),
+            count,
+        })
+        .collect();
     let total = accounts.len() as i64;
     let counts = Counts {
         desired: total,
@@ -228,17 +326,17 @@ pub fn resource_status(
             format!(
                 "{} account(s) are declared with another status by {}; they are not changed until the declarations agree",
                 conflicting_with.values().sum::<usize>(),
-                conflicting_with.keys().cloned().collect::<Vec<_>>().join(", ")
+                name_some(conflicting_with.keys())
             ),
         ),
         _ if failed > 0 => Summary::new(
             Phase::Stalled,
             "AccountErrors",
             format!(
-                "{failed} of {total} account(s) failed: {}; see status.accounts",
+                "{failed} of {total} account(s) failed: {}; see status.errorCodes and status.accounts",
                 error_codes
                     .iter()
-                    .map(|(c, n)| format!("{n} {c}"))
+                    .map(|c| format!("{} {}", c.count, c.code))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -258,8 +356,22 @@ pub fn resource_status(
             format!("all {total} account(s) in their desired status"),
         ),
     };
-    (rows, counts, summary)
+    let summary = Summary {
+        message: truncate(&summary.message, MESSAGE_MAX),
+        ..summary
+    };
+    ResourceStatus {
+        accounts: rows,
+        error_codes,
+        counts,
+        summary,
+    }
 }
+
+/// The errorCode of an account declared with different statuses by several resources.
+pub const CONFLICT: &str = "Conflict";
+/// Longest explanation of an error code (the schema's maxLength).
+const ERROR_MESSAGE_MAX: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -269,6 +381,10 @@ mod tests {
     fn decl(resource: &str, accounts: &[(&str, DiscoveryStatus)]) -> Declared {
         Declared {
             resource: resource.into(),
+            taken: TakenIn {
+                uid: format!("uid-{resource}"),
+                generation: 1,
+            },
             accounts: accounts.iter().map(|(a, s)| (a.to_string(), *s)).collect(),
         }
     }
@@ -314,49 +430,220 @@ mod tests {
     }
 
     #[test]
-    fn only_observed_differing_unblocked_accounts_are_sent() {
-        let set = desired_set(&[decl(
-            "ns/a",
-            &[
-                ("000000000001", E), // observed DISABLED: send
-                ("000000000002", E), // already ENABLED: never sent
-                ("000000000003", E), // never observed: wait
-                ("000000000004", E), // not listed by Macie: send (Macie reports ACCOUNT_NOT_FOUND)
-                ("000000000005", E), // sent after the last observation: wait
-                ("000000000006", E), // recent error for ENABLED: wait
-                ("000000000007", E), // old error: retry
-            ],
+    fn a_status_reports_only_the_generation_the_engine_took_in() {
+        let taken = BTreeMap::from([(
+            "ns/a".to_string(),
+            TakenIn {
+                uid: "u1".into(),
+                generation: 2,
+            },
         )]);
-        let mut state = HashMap::new();
-        state.insert("000000000001".into(), observed(Some(D), 0));
-        state.insert("000000000002".into(), observed(Some(E), 0));
-        state.insert("000000000004".into(), observed(None, 0));
-        let mut s5 = observed(Some(D), 0);
-        s5.sent = Some(Sent { status: E, at: t(5) });
-        state.insert("000000000005".into(), s5);
-        let mut s6 = observed(Some(D), 0);
-        s6.error = Some(AccountError {
-            status: E,
-            code: "ACCOUNT_PAUSED".into(),
-            message: String::new(),
-            at: t(5),
-        });
-        state.insert("000000000006".into(), s6.clone());
-        let mut s7 = s6;
-        s7.error.as_mut().unwrap().at = t(-1000);
-        state.insert("000000000007".into(), s7);
-        let ids: Vec<String> = to_send(&set, &state, t(10), &settings())
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect();
-        assert_eq!(ids, ["000000000001", "000000000004", "000000000007"]);
-        // An observation after the send that still shows DISABLED: the send did not stick, send again.
-        state.get_mut("000000000005").unwrap().observed_at = Some(t(6));
-        assert!(
-            to_send(&set, &state, t(10), &settings())
-                .iter()
-                .any(|(a, _)| a == "000000000005")
+        assert_eq!(taken_generation(&taken, "ns/a", Some("u1"), Some(2)), Some(2));
+        assert_eq!(
+            taken_generation(&taken, "ns/a", Some("u1"), Some(3)),
+            None,
+            "a newer spec the engine has not taken in"
         );
+        assert_eq!(
+            taken_generation(&taken, "ns/a", Some("u2"), Some(2)),
+            None,
+            "re-created under the same name"
+        );
+        assert_eq!(taken_generation(&taken, "ns/b", Some("u1"), Some(2)), None);
+    }
+
+    /// One row of the `to_send` table: the account is declared ENABLED.
+    struct Case {
+        what: &'static str,
+        /// (status, start of the observation) or None: never observed.
+        seen: Option<(Option<DiscoveryStatus>, i64)>,
+        /// (status asked for, status observed when sent, when).
+        sent: Option<(DiscoveryStatus, Option<DiscoveryStatus>, i64)>,
+        /// (status asked for, when) of a per-account error.
+        error: Option<(DiscoveryStatus, i64)>,
+        now: i64,
+        send: bool,
+    }
+
+    #[test]
+    fn to_send_table() {
+        let cases = [
+            Case {
+                what: "observed DISABLED",
+                seen: Some((Some(D), 0)),
+                sent: None,
+                error: None,
+                now: 10,
+                send: true,
+            },
+            Case {
+                what: "already ENABLED",
+                seen: Some((Some(E), 0)),
+                sent: None,
+                error: None,
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "never observed",
+                seen: None,
+                sent: None,
+                error: None,
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "not listed by Macie (it answers ACCOUNT_NOT_FOUND)",
+                seen: Some((None, 0)),
+                sent: None,
+                error: None,
+                now: 10,
+                send: true,
+            },
+            Case {
+                what: "sent, no observation since",
+                seen: Some((Some(D), 0)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "sent, an observation since still shows the old status (visibility lag)",
+                seen: Some((Some(D), 6)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "sent, unchanged and the step timeout long past on the wall clock only",
+                seen: Some((Some(D), 6)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 100_000,
+                send: false,
+            },
+            Case {
+                what: "sent, an observation that started just before the deadline shows it unchanged",
+                seen: Some((Some(D), 304)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 400,
+                send: false,
+            },
+            Case {
+                what: "sent, an observation that started after the deadline shows it unchanged",
+                seen: Some((Some(D), 305)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 400,
+                send: true,
+            },
+            Case {
+                what: "sent, then the account vanished from Macie (changed)",
+                seen: Some((None, 6)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 10,
+                send: true,
+            },
+            Case {
+                what: "sent and took",
+                seen: Some((Some(E), 6)),
+                sent: Some((E, Some(D), 5)),
+                error: None,
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "an older DISABLED send took, the declaration is now ENABLED",
+                seen: Some((Some(D), 6)),
+                sent: Some((D, Some(E), 5)),
+                error: None,
+                now: 10,
+                send: true,
+            },
+            Case {
+                what: "recent error for ENABLED",
+                seen: Some((Some(D), 0)),
+                sent: None,
+                error: Some((E, 5)),
+                now: 10,
+                send: false,
+            },
+            Case {
+                what: "old error for ENABLED: retried",
+                seen: Some((Some(D), 0)),
+                sent: None,
+                error: Some((E, -1000)),
+                now: 10,
+                send: true,
+            },
+            Case {
+                what: "recent error for another status",
+                seen: Some((Some(D), 0)),
+                sent: None,
+                error: Some((D, 5)),
+                now: 10,
+                send: true,
+            },
+        ];
+        let set = desired_set(&[decl("ns/a", &[("000000000001", E)])]);
+        for c in cases {
+            let mut state = HashMap::new();
+            let mut st = AccountState::default();
+            if let Some((status, at)) = c.seen {
+                st.observed = status;
+                st.observed_at = Some(t(at));
+            }
+            st.sent = c.sent.map(|(status, from, at)| Sent {
+                status,
+                from,
+                at: t(at),
+            });
+            st.error = c.error.map(|(status, at)| AccountError {
+                status,
+                code: "ACCOUNT_PAUSED".into(),
+                message: String::new(),
+                at: t(at),
+            });
+            if c.seen.is_some() || c.sent.is_some() {
+                state.insert("000000000001".to_string(), st);
+            }
+            let sends = to_send(&set, &state, t(c.now), &settings());
+            assert_eq!(!sends.is_empty(), c.send, "{}", c.what);
+            if c.send {
+                assert_eq!(sends, [("000000000001".to_string(), E)], "{}", c.what);
+            }
+        }
+    }
+
+    #[test]
+    fn settle_forgets_a_send_only_when_an_observation_settles_it() {
+        let sent = Sent {
+            status: E,
+            from: Some(D),
+            at: t(5),
+        };
+        let mut st = observed(Some(D), 6);
+        st.sent = Some(sent.clone());
+        settle(&mut st, &settings());
+        assert_eq!(st.sent.as_ref(), Some(&sent), "lagging observation: still in flight");
+        st.observed = Some(E);
+        settle(&mut st, &settings());
+        assert_eq!(st.sent, None, "the change showed up");
+        // Drift after the send settled: a plain difference, sent again at once.
+        st.observed = Some(D);
+        st.observed_at = Some(t(20));
+        let set = desired_set(&[decl("ns/a", &[("000000000001", E)])]);
+        let state = HashMap::from([("000000000001".to_string(), st)]);
+        assert_eq!(to_send(&set, &state, t(21), &settings()).len(), 1);
+        let mut st = observed(Some(D), 305);
+        st.sent = Some(sent);
+        assert_eq!(settled(&st, &settings()), Some(Settled::DidNotTake));
+        settle(&mut st, &settings());
+        assert_eq!(st.sent, None);
     }
 
     #[test]
@@ -379,51 +666,169 @@ mod tests {
     }
 
     #[test]
-    fn resource_status_reports_errors_conflicts_and_convergence_per_account() {
+    fn what_a_status_shows_ignores_observation_times_and_sends() {
+        let a = observed(Some(D), 0);
+        let mut b = observed(Some(D), 60);
+        b.sent = Some(Sent {
+            status: E,
+            from: Some(D),
+            at: t(30),
+        });
+        assert!(a.shows_like(&b));
+        b.observed = Some(E);
+        assert!(!a.shows_like(&b));
+        assert!(
+            !a.shows_like(&AccountState::default()),
+            "never observed is shown as such"
+        );
+    }
+
+    #[test]
+    fn resource_status_reports_errors_once_per_code_conflicts_and_convergence() {
         let set = desired_set(&[
-            decl("ns/a", &[("000000000001", E), ("000000000002", E), ("000000000003", D)]),
+            decl(
+                "ns/a",
+                &[
+                    ("000000000003", D),
+                    ("000000000001", E),
+                    ("000000000002", E),
+                    ("000000000004", E),
+                ],
+            ),
             decl("ns/b", &[("000000000003", E)]),
         ]);
         let mut state = HashMap::new();
         state.insert("000000000001".into(), observed(Some(E), 0));
-        let mut s2 = observed(None, 0);
-        s2.error = Some(AccountError {
-            status: E,
-            code: "ACCOUNT_NOT_FOUND".into(),
-            message: String::new(),
-            at: t(1),
-        });
-        state.insert("000000000002".into(), s2);
+        for id in ["000000000002", "000000000004"] {
+            let mut st = observed(None, 0);
+            st.error = Some(AccountError {
+                status: E,
+                code: "ACCOUNT_NOT_FOUND".into(),
+                message: String::new(),
+                at: t(1),
+            });
+            state.insert(id.into(), st);
+        }
         state.insert("000000000003".into(), observed(Some(D), 0));
         let a = &[
+            ("000000000003".to_string(), D),
             ("000000000001".to_string(), E),
             ("000000000002".to_string(), E),
-            ("000000000003".to_string(), D),
+            ("000000000004".to_string(), E),
         ];
-        let (rows, counts, summary) = resource_status("ns/a", a, &set, &state, None, &settings());
-        assert_eq!((counts.desired, counts.converged, counts.failed), (3, 1, 2));
-        assert_eq!(rows[1].error_code.as_deref(), Some("ACCOUNT_NOT_FOUND"));
-        assert!(rows[1].error_message.as_ref().unwrap().contains("not a member account"));
-        assert_eq!(rows[2].error_code.as_deref(), Some("Conflict"));
-        assert!(rows[2].error_message.as_ref().unwrap().contains("ns/b (ENABLED)"));
-        assert_eq!((summary.phase, summary.reason.as_str()), (Phase::Stalled, "Conflict"));
-        assert!(summary.message.contains("ns/b"));
+        let r = resource_status("ns/a", a, &set, &state, None, &settings());
+        assert_eq!((r.counts.desired, r.counts.converged, r.counts.failed), (4, 1, 3));
+        let ids: Vec<&str> = r.accounts.iter().map(|a| a.account_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["000000000001", "000000000002", "000000000003", "000000000004"],
+            "sorted"
+        );
+        assert_eq!(r.accounts[1].error_code.as_deref(), Some("ACCOUNT_NOT_FOUND"));
+        assert_eq!(r.accounts[2].error_code.as_deref(), Some("Conflict"));
+        assert_eq!(r.error_codes.len(), 2, "one entry per code: {:?}", r.error_codes);
+        let nf = r.error_codes.iter().find(|c| c.code == "ACCOUNT_NOT_FOUND").unwrap();
+        assert_eq!(nf.count, 2);
+        assert!(nf.message.contains("not a member account"), "{}", nf.message);
+        let conflict = r.error_codes.iter().find(|c| c.code == "Conflict").unwrap();
+        assert!(conflict.message.contains("ns/b"), "{}", conflict.message);
+        assert_eq!(
+            (r.summary.phase, r.summary.reason.as_str()),
+            (Phase::Stalled, "Conflict")
+        );
+        assert!(r.summary.message.contains("ns/b"));
         let b = &[("000000000003".to_string(), E)];
-        let (_, _, summary) = resource_status("ns/b", b, &set, &state, None, &settings());
+        let r = resource_status("ns/b", b, &set, &state, None, &settings());
         assert!(
-            summary.message.contains("ns/a"),
+            r.summary.message.contains("ns/a"),
             "the conflict is reported on both sides"
+        );
+        // Errors only.
+        let r = resource_status("ns/a", &a[1..], &set, &state, None, &settings());
+        assert_eq!(r.summary.reason, "AccountErrors");
+        assert!(
+            r.summary.message.contains("2 ACCOUNT_NOT_FOUND"),
+            "{}",
+            r.summary.message
         );
         // All converged.
         let one = &[("000000000001".to_string(), E)];
-        let (_, counts, summary) = resource_status("ns/a", one, &set, &state, None, &settings());
-        assert_eq!((counts.converged, summary.reason.as_str()), (1, "Converged"));
-        assert_eq!(summary.phase, Phase::Ready);
+        let r = resource_status("ns/a", one, &set, &state, None, &settings());
+        assert_eq!((r.counts.converged, r.summary.reason.as_str()), (1, "Converged"));
+        assert_eq!(r.summary.phase, Phase::Ready);
+        assert!(r.error_codes.is_empty());
         let denied = MacieError::AccessDenied {
             code: "AccessDeniedException".into(),
             message: "no".into(),
         };
-        let (_, _, summary) = resource_status("ns/a", one, &set, &state, Some(&denied), &settings());
-        assert_eq!(summary.reason, "AccessDenied");
+        let r = resource_status("ns/a", one, &set, &state, Some(&denied), &settings());
+        assert_eq!(r.summary.reason, "AccessDenied");
+    }
+
+    #[test]
+    fn a_conflict_with_many_resources_names_ten_and_fits_the_condition() {
+        let mut declared = vec![decl("ns/a", &[("000000000001", E)])];
+        for i in 0..50 {
+            declared.push(decl(&format!("ns/other-{i:02}"), &[("000000000001", D)]));
+        }
+        let set = desired_set(&declared);
+        let r = resource_status(
+            "ns/a",
+            &[("000000000001".to_string(), E)],
+            &set,
+            &HashMap::new(),
+            None,
+            &settings(),
+        );
+        assert!(r.summary.message.contains("and 40 more"), "{}", r.summary.message);
+        assert!(!r.summary.message.contains("other-10"), "{}", r.summary.message);
+        assert!(r.summary.message.len() <= MESSAGE_MAX);
+    }
+
+    #[test]
+    fn every_reason_fits_the_condition_schema() {
+        for reason in [
+            "Converged",
+            "Pending",
+            "AccountErrors",
+            "Conflict",
+            "AccessDenied",
+            "Throttled",
+            "MacieError",
+        ] {
+            assert!(crate::api::conditions::valid_reason(reason), "{reason}");
+        }
+    }
+
+    #[test]
+    fn five_thousand_failing_accounts_make_a_small_status() {
+        let ids: Vec<(String, DiscoveryStatus)> = (0..5000)
+            .map(|i| (format!("{:012}", 500_000_000_000u64 + i), E))
+            .collect();
+        let set = desired_set(&[Declared {
+            resource: "ns/big".into(),
+            taken: TakenIn::default(),
+            accounts: ids.clone(),
+        }]);
+        let state: HashMap<String, AccountState> = ids
+            .iter()
+            .map(|(id, _)| {
+                let mut st = observed(None, 0);
+                st.error = Some(AccountError {
+                    status: E,
+                    code: "ACCOUNT_NOT_FOUND".into(),
+                    message: String::new(),
+                    at: t(1),
+                });
+                (id.clone(), st)
+            })
+            .collect();
+        let r = resource_status("ns/big", &ids, &set, &state, None, &settings());
+        assert_eq!(r.counts.failed, 5000);
+        assert_eq!(r.error_codes.len(), 1);
+        assert_eq!(r.error_codes[0].count, 5000);
+        let bytes = serde_json::to_vec(&r.accounts).unwrap().len();
+        // About 81 bytes a row: the status stays well under etcd's 1.5 MiB with the spec beside it.
+        assert!(bytes < 5000 * 90, "{bytes} bytes");
     }
 }
