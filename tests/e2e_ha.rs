@@ -14,7 +14,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use macie_operator::api::MacieJob;
+use macie_operator::api::{MacieDiscovery, MacieJob};
 use serde_json::json;
 use support::*;
 use testkit::wait_for;
@@ -399,6 +399,16 @@ async fn a_leader_that_cannot_renew_makes_no_update_after_its_renew_deadline() -
     let job = emu.put_job(json!({"name": "deadline-job", "jobType": "ONE_TIME", "jobStatus": "RUNNING"}));
     let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
     create_job(&api, "deadline", json!({"jobId": job, "jobStatus": "USER_PAUSED"})).await?;
+    // The discovery engine too: one account, kept DISABLED.
+    let account = "111111111111";
+    emu.put_account(account, "ENABLED", false);
+    let discoveries: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    discoveries
+        .create(
+            &PostParams::default(),
+            &discovery_object("deadline", &[(account.to_string(), "DISABLED")])?,
+        )
+        .await?;
     let mut op = OperatorProcess::spawn(
         "op-deadline",
         cp.kubeconfig(),
@@ -421,6 +431,10 @@ async fn a_leader_that_cannot_renew_makes_no_update_after_its_renew_deadline() -
     .await?;
     wait_reason(&api, "deadline", "Converged", Duration::from_secs(60)).await?;
     assert_eq!(emu.update_calls().len(), 1);
+    wait_for("the account disabled", Duration::from_secs(60), || async {
+        Ok((emu.account(account).as_deref() == Some("DISABLED")).then_some(()))
+    })
+    .await?;
 
     // While it leads, a change made out of band is corrected within a sweep or two.
     let drift = || {
@@ -456,9 +470,11 @@ async fn a_leader_that_cannot_renew_makes_no_update_after_its_renew_deadline() -
     })
     .await?;
     let calls_before = emu.update_calls().len();
+    let batches_before = emu.batch_calls().len();
     tokio::time::sleep_until((blocked_at + RENEW_DEADLINE).into()).await;
-    // Past the renew deadline, the same change must not be corrected by this leader any more.
+    // Past the renew deadline, the same changes must not be corrected by this leader any more.
     drift()?;
+    emu.put_account(account, "ENABLED", false);
     let status = tokio::time::timeout(Duration::from_secs(60), op.child.wait())
         .await
         .context("the operator did not exit after losing its lease")??;
@@ -476,6 +492,14 @@ async fn a_leader_that_cannot_renew_makes_no_update_after_its_renew_deadline() -
         &calls[calls_before..]
     );
     assert_eq!(emu.status(&job).as_deref(), Some("RUNNING"));
+    let batches = emu.batch_calls();
+    assert_eq!(
+        batches.len(),
+        batches_before,
+        "BatchUpdateAutomatedDiscoveryAccounts after the renew deadline: {:#?}",
+        &batches[batches_before..]
+    );
+    assert_eq!(emu.account(account).as_deref(), Some("ENABLED"));
     unblock_lease_updates(&client, &ns).await?;
     Ok(())
 }

@@ -112,10 +112,11 @@ pub struct MacieJobStatus {
     pub observed_generation: Option<i64>,
 
     /// Ready, Reconciling and Stalled (kstatus). Exactly one is True; its reason says why:
-    /// Converged, Transitioning, TerminalState, JobNotFound, AmbiguousName, PausedByMacie,
-    /// AccessDenied, Throttled, UpdateRejected, ExpiringSoon, WaitingForSweep, MacieError.
+    /// Converged, Transitioning, TerminalState, JobNotFound, AmbiguousName, Conflict,
+    /// PausedByMacie, AccessDenied, Throttled, UpdateRejected, ExpiringSoon, WaitingForSweep,
+    /// MacieError.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(schema_with = "crate::api::conditions::schema")]
     pub conditions: Vec<Condition>,
 
     /// Region the job was looked up in.

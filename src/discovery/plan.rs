@@ -222,6 +222,33 @@ fn name_some<'a>(names: impl ExactSizeIterator<Item = &'a String>) -> String {
     out.join(", ")
 }
 
+/// The resources `resource` conflicts with, as its status may show them: names of its own
+/// namespace (some of them), and only a count of those in other namespaces (a tenant must not
+/// learn another's resource names).
+fn name_peers<'a>(resource: &str, peers: impl Iterator<Item = &'a String>) -> String {
+    let ns = resource.split_once('/').map_or("", |(ns, _)| ns);
+    let mut local: Vec<String> = Vec::new();
+    let mut elsewhere = 0usize;
+    for p in peers {
+        match p.split_once('/') {
+            Some((pns, name)) if pns == ns => local.push(name.to_string()),
+            _ => elsewhere += 1,
+        }
+    }
+    let mut out = if local.is_empty() {
+        String::new()
+    } else {
+        name_some(local.iter())
+    };
+    if elsewhere > 0 {
+        if !out.is_empty() {
+            out.push_str(" and ");
+        }
+        out.push_str(&format!("{elsewhere} MacieDiscovery resource(s) in other namespaces"));
+    }
+    out
+}
+
 fn explain(code: &str, message: &str, retry: Duration) -> String {
     let every = humantime::format_duration(retry);
     match code {
@@ -295,7 +322,7 @@ pub fn resource_status(
     if let Some(c) = codes.get_mut(CONFLICT) {
         c.0 = format!(
             "declared with another status by {}; not changed until the declarations agree",
-            name_some(conflicting_with.keys())
+            name_peers(resource, conflicting_with.keys())
         );
     }
     let error_codes: Vec<ErrorCodeStatus> = codes
@@ -326,7 +353,7 @@ pub fn resource_status(
             format!(
                 "{} account(s) are declared with another status by {}; they are not changed until the declarations agree",
                 conflicting_with.values().sum::<usize>(),
-                name_some(conflicting_with.keys())
+                name_peers(resource, conflicting_with.keys())
             ),
         ),
         _ if failed > 0 => Summary::new(
@@ -731,16 +758,16 @@ mod tests {
         assert_eq!(nf.count, 2);
         assert!(nf.message.contains("not a member account"), "{}", nf.message);
         let conflict = r.error_codes.iter().find(|c| c.code == "Conflict").unwrap();
-        assert!(conflict.message.contains("ns/b"), "{}", conflict.message);
+        assert!(conflict.message.contains("by b;"), "{}", conflict.message);
         assert_eq!(
             (r.summary.phase, r.summary.reason.as_str()),
             (Phase::Stalled, "Conflict")
         );
-        assert!(r.summary.message.contains("ns/b"));
+        assert!(r.summary.message.contains("by b;"));
         let b = &[("000000000003".to_string(), E)];
         let r = resource_status("ns/b", b, &set, &state, None, &settings());
         assert!(
-            r.summary.message.contains("ns/a"),
+            r.summary.message.contains("by a;"),
             "the conflict is reported on both sides"
         );
         // Errors only.
@@ -830,5 +857,26 @@ mod tests {
         let bytes = serde_json::to_vec(&r.accounts).unwrap().len();
         // About 81 bytes a row: the status stays well under etcd's 1.5 MiB with the spec beside it.
         assert!(bytes < 5000 * 90, "{bytes} bytes");
+    }
+
+    #[test]
+    fn a_conflict_names_only_resources_of_the_same_namespace() {
+        let peers = [
+            "team-a/other".to_string(),
+            "team-b/secret".to_string(),
+            "team-c/x".to_string(),
+        ];
+        let msg = name_peers("team-a/mine", peers.iter());
+        assert!(msg.contains("other"), "{msg}");
+        assert!(
+            !msg.contains("secret") && !msg.contains("team-b") && !msg.contains("team-c"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("2 MacieDiscovery resource(s) in other namespaces"),
+            "{msg}"
+        );
+        let msg = name_peers("team-z/mine", peers[1..].iter());
+        assert_eq!(msg, "2 MacieDiscovery resource(s) in other namespaces");
     }
 }

@@ -22,7 +22,7 @@ use crate::api::macie_job::{ObservedJob, RequestedTransition, TransitionOutcome}
 use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
 use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView};
 use crate::macie::{MacieClients, MacieError};
-use crate::runtime::{Error, Failures, MANAGER};
+use crate::runtime::{Error, Failures, MANAGER, status};
 use plan::{
     Act, Announce, CallEvent, CallVerdict, Declaration, Observation, Plan, Reason, Settings, Step, StepOutcome,
     StepState,
@@ -687,8 +687,9 @@ struct StatusUpdate<'a> {
     snapshot_at: Option<Timestamp>,
 }
 
-/// Writes the status unless it equals what the resource holds; returns what it holds now.
-/// Entering a new reason is announced with an Event (as the reason says).
+/// Writes the status unless it equals what the resource holds (the shared
+/// `runtime::status` write); returns what it holds now. Entering a new reason is announced as
+/// the reason says.
 async fn write_status(
     api: &Api<MacieJob>,
     obj: &MacieJob,
@@ -711,35 +712,18 @@ async fn write_status(
         last_sync_time: prev.last_sync_time.clone(),
         last_transition,
     };
-    if status == *prev {
+    if !status::differs(Some(prev), &status) {
         return Ok(status);
     }
     if let Some(t) = snapshot_at {
-        status.last_sync_time = Some(Time(t));
+        status.last_sync_time = Some(status::api_time(t));
     }
-    let patch = json!({
-        "apiVersion": MacieJob::api_version(&()),
-        "kind": MacieJob::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-
-    let before = conditions::find(&prev.conditions, conditions::READY).map(|c| c.reason.as_str());
-    if before != Some(summary.reason.as_str()) {
-        let kind = match Reason::parse(&summary.reason).map(Reason::announce) {
-            Some(Announce::Silent) => None,
-            Some(Announce::Normal) => Some(EventType::Normal),
-            _ => Some(EventType::Warning),
-        };
-        if let Some(kind) = kind {
-            publish(ctx, obj, kind, &summary.reason, summary.message.clone()).await;
-        }
-    }
+    let announce = |_: EventType, reason: &str| match Reason::parse(reason).map(Reason::announce) {
+        Some(Announce::Silent) => None,
+        Some(Announce::Normal) => Some(EventType::Normal),
+        _ => Some(EventType::Warning),
+    };
+    status::write_announcing(api, &ctx.recorder, obj, Some(prev), &status, announce).await?;
     Ok(status)
 }
 

@@ -36,6 +36,12 @@ pub trait Conditions {
     fn conditions(&self) -> &[Condition];
 }
 
+impl Conditions for crate::api::MacieJobStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
 impl Conditions for crate::api::MacieDiscoveryStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
@@ -82,6 +88,23 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq + Conditions,
 {
+    write_announcing(api, recorder, obj, previous, new, |t, _| Some(t)).await
+}
+
+/// [`write`], with the kind's own say on the Event of a new Ready reason: `announce` gets the
+/// default type and the reason, and returns the type to publish with, or None for no Event.
+pub async fn write_announcing<K, S>(
+    api: &Api<K>,
+    recorder: &Recorder,
+    obj: &K,
+    previous: Option<&S>,
+    new: &S,
+    announce: impl Fn(EventType, &str) -> Option<EventType>,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq + Conditions,
+{
     if !differs(previous, new) {
         return Ok(false);
     }
@@ -109,7 +132,9 @@ where
         .await;
     }
     written?;
-    if let Some((type_, reason, note)) = ready_event(previous, new) {
+    if let Some((type_, reason, note)) = ready_event(previous, new)
+        && let Some(type_) = announce(type_, &reason)
+    {
         publish_event(recorder, obj, type_, &reason, ACTION, note).await;
     }
     Ok(true)
