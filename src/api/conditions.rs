@@ -37,6 +37,122 @@ impl Summary {
     }
 }
 
+/// Why a resource is in its state, for both kinds: the condition reason, its phase, and
+/// whether entering it is announced with an Event (and of which type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Converged,
+    Transitioning,
+    TerminalState,
+    JobNotFound,
+    AmbiguousName,
+    PausedByMacie,
+    ExpiringSoon,
+    AccessDenied,
+    Throttled,
+    UpdateRejected,
+    UnknownJobStatus,
+    WaitingForSweep,
+    MacieError,
+    /// Several resources declare different statuses for one job or account.
+    Conflict,
+    /// MacieDiscovery: accounts not yet in their declared status.
+    Pending,
+    /// MacieDiscovery: some accounts failed (per-account error codes).
+    AccountErrors,
+}
+
+/// The type of Event a reason is announced with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    Normal,
+    Warning,
+    /// Not announced (the call's own Event already said it).
+    Silent,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Converged => "Converged",
+            Reason::Transitioning => "Transitioning",
+            Reason::TerminalState => "TerminalState",
+            Reason::JobNotFound => "JobNotFound",
+            Reason::AmbiguousName => "AmbiguousName",
+            Reason::PausedByMacie => "PausedByMacie",
+            Reason::ExpiringSoon => "ExpiringSoon",
+            Reason::AccessDenied => "AccessDenied",
+            Reason::Throttled => "Throttled",
+            Reason::UpdateRejected => "UpdateRejected",
+            Reason::UnknownJobStatus => "UnknownJobStatus",
+            Reason::WaitingForSweep => "WaitingForSweep",
+            Reason::MacieError => "MacieError",
+            Reason::Conflict => "Conflict",
+            Reason::Pending => "Pending",
+            Reason::AccountErrors => "AccountErrors",
+        }
+    }
+
+    /// The reason of a stored condition, if it is one of ours.
+    pub fn parse(s: &str) -> Option<Reason> {
+        ALL_REASONS.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Which of Ready, Reconciling, Stalled is True with this reason.
+    pub fn phase(self) -> Phase {
+        match self {
+            Reason::Converged | Reason::TerminalState | Reason::ExpiringSoon => Phase::Ready,
+            Reason::Transitioning
+            | Reason::JobNotFound
+            | Reason::Throttled
+            | Reason::UpdateRejected
+            | Reason::WaitingForSweep
+            | Reason::MacieError
+            | Reason::Pending => Phase::Reconciling,
+            Reason::AmbiguousName
+            | Reason::PausedByMacie
+            | Reason::AccessDenied
+            | Reason::UnknownJobStatus
+            | Reason::Conflict
+            | Reason::AccountErrors => Phase::Stalled,
+        }
+    }
+
+    /// How entering this reason is announced.
+    pub fn announce(self) -> Announce {
+        match self {
+            // The call's own Event (or the resource's creation) already said it.
+            Reason::Transitioning | Reason::Pending => Announce::Silent,
+            Reason::Converged | Reason::TerminalState | Reason::WaitingForSweep => Announce::Normal,
+            _ => Announce::Warning,
+        }
+    }
+
+    pub fn summary(self, message: impl Into<String>) -> Summary {
+        Summary::new(self.phase(), self.as_str(), message)
+    }
+}
+
+/// Every reason (tests and parsing).
+pub const ALL_REASONS: [Reason; 16] = [
+    Reason::Converged,
+    Reason::Transitioning,
+    Reason::TerminalState,
+    Reason::JobNotFound,
+    Reason::AmbiguousName,
+    Reason::PausedByMacie,
+    Reason::ExpiringSoon,
+    Reason::AccessDenied,
+    Reason::Throttled,
+    Reason::UpdateRejected,
+    Reason::UnknownJobStatus,
+    Reason::WaitingForSweep,
+    Reason::MacieError,
+    Reason::Conflict,
+    Reason::Pending,
+    Reason::AccountErrors,
+];
+
 /// Builds the three conditions for `summary`, keeping `lastTransitionTime` from `previous` when
 /// a condition's status did not change.
 pub fn conditions(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::DiscoveryStatus;
-use crate::api::conditions::{MESSAGE_MAX, Phase, Summary};
+use crate::api::conditions::{MESSAGE_MAX, Reason, Summary};
 use crate::api::macie_discovery::{AccountStatus, Counts, ErrorCodeStatus};
 use crate::macie::MacieError;
 use crate::runtime::truncate;
@@ -340,26 +340,17 @@ pub fn resource_status(
         failed,
     };
     let summary = match api_error {
-        Some(e @ MacieError::AccessDenied { .. }) => Summary::new(
-            Phase::Stalled,
-            "AccessDenied",
-            format!(
+        Some(e @ MacieError::AccessDenied { .. }) => Reason::AccessDenied.summary(format!(
                 "{e}. Check that Macie is enabled and the operator's IAM role allows macie2:ListAutomatedDiscoveryAccounts and macie2:BatchUpdateAutomatedDiscoveryAccounts"
             ),
         ),
-        _ if !conflicting_with.is_empty() => Summary::new(
-            Phase::Stalled,
-            "Conflict",
-            format!(
+        _ if !conflicting_with.is_empty() => Reason::Conflict.summary(format!(
                 "{} account(s) are declared with another status by {}; they are not changed until the declarations agree",
                 conflicting_with.values().sum::<usize>(),
                 name_peers(resource, conflicting_with.keys())
             ),
         ),
-        _ if failed > 0 => Summary::new(
-            Phase::Stalled,
-            "AccountErrors",
-            format!(
+        _ if failed > 0 => Reason::AccountErrors.summary(format!(
                 "{failed} of {total} account(s) failed: {}; see status.errorCodes and status.accounts",
                 error_codes
                     .iter()
@@ -369,18 +360,12 @@ pub fn resource_status(
             ),
         ),
         Some(e @ MacieError::Throttled { .. }) => {
-            Summary::new(Phase::Reconciling, "Throttled", format!("{e}; retrying with backoff"))
+            Reason::Throttled.summary(format!("{e}; retrying with backoff"))
         }
-        Some(e) => Summary::new(Phase::Reconciling, "MacieError", format!("{e}; retrying")),
-        None if converged < total => Summary::new(
-            Phase::Reconciling,
-            "Pending",
-            format!("{converged} of {total} account(s) in their desired status"),
+        Some(e) => Reason::MacieError.summary(format!("{e}; retrying")),
+        None if converged < total => Reason::Pending.summary(format!("{converged} of {total} account(s) in their desired status"),
         ),
-        None => Summary::new(
-            Phase::Ready,
-            "Converged",
-            format!("all {total} account(s) in their desired status"),
+        None => Reason::Converged.summary(format!("all {total} account(s) in their desired status"),
         ),
     };
     let summary = Summary {
@@ -403,6 +388,7 @@ const ERROR_MESSAGE_MAX: usize = 4096;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::conditions::Phase;
     use DiscoveryStatus::{Disabled as D, Enabled as E};
 
     fn decl(resource: &str, accounts: &[(&str, DiscoveryStatus)]) -> Declared {

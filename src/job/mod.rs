@@ -24,8 +24,7 @@ use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView};
 use crate::macie::{MacieClients, MacieError};
 use crate::runtime::{Error, Failures, MANAGER, status};
 use plan::{
-    Act, Announce, CallEvent, CallVerdict, Declaration, Observation, Plan, Reason, Settings, Step, StepOutcome,
-    StepState,
+    Act, CallEvent, CallVerdict, Declaration, Observation, Plan, Reason, Settings, Step, StepOutcome, StepState,
 };
 
 /// Holds a MacieJob with `deletionPolicy: Cancel` until its job is cancelled.
@@ -718,12 +717,7 @@ async fn write_status(
     if let Some(t) = snapshot_at {
         status.last_sync_time = Some(status::api_time(t));
     }
-    let announce = |_: EventType, reason: &str| match Reason::parse(reason).map(Reason::announce) {
-        Some(Announce::Silent) => None,
-        Some(Announce::Normal) => Some(EventType::Normal),
-        _ => Some(EventType::Warning),
-    };
-    status::write_announcing(api, &ctx.recorder, obj, Some(prev), &status, announce).await?;
+    status::write(api, &ctx.recorder, obj, Some(prev), &status).await?;
     Ok(status)
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::DesiredJobStatus;
+pub use crate::api::conditions::{ALL_REASONS, Announce, Reason};
 use crate::api::conditions::{Phase, Summary};
 use crate::api::macie_job::{ObservedJob, TransitionOutcome};
 use crate::macie::MacieError;
@@ -99,110 +100,6 @@ pub enum Observation<'a> {
 /// Sweeps that must fail in a row before the resources of the region say so: one failed sweep
 /// (a page that failed after its retries) leaves every resource's condition as it was.
 pub const SWEEP_FAILURES_REPORTED: u32 = 3;
-
-/// Why a resource is in its state: the condition reason, its phase, and whether entering it is
-/// announced with an Event (and of which type).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Converged,
-    Transitioning,
-    TerminalState,
-    JobNotFound,
-    AmbiguousName,
-    PausedByMacie,
-    ExpiringSoon,
-    AccessDenied,
-    Throttled,
-    UpdateRejected,
-    UnknownJobStatus,
-    WaitingForSweep,
-    MacieError,
-    /// Several MacieJobs name the job and declare different statuses.
-    Conflict,
-}
-
-/// The type of Event a reason is announced with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Announce {
-    Normal,
-    Warning,
-    /// Not announced (the call's own Event already said it).
-    Silent,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Converged => "Converged",
-            Reason::Transitioning => "Transitioning",
-            Reason::TerminalState => "TerminalState",
-            Reason::JobNotFound => "JobNotFound",
-            Reason::AmbiguousName => "AmbiguousName",
-            Reason::PausedByMacie => "PausedByMacie",
-            Reason::ExpiringSoon => "ExpiringSoon",
-            Reason::AccessDenied => "AccessDenied",
-            Reason::Throttled => "Throttled",
-            Reason::UpdateRejected => "UpdateRejected",
-            Reason::UnknownJobStatus => "UnknownJobStatus",
-            Reason::WaitingForSweep => "WaitingForSweep",
-            Reason::MacieError => "MacieError",
-            Reason::Conflict => "Conflict",
-        }
-    }
-
-    /// The reason of a stored condition, if it is one of ours.
-    pub fn parse(s: &str) -> Option<Reason> {
-        ALL_REASONS.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// Which of Ready, Reconciling, Stalled is True with this reason.
-    pub fn phase(self) -> Phase {
-        match self {
-            Reason::Converged | Reason::TerminalState | Reason::ExpiringSoon => Phase::Ready,
-            Reason::Transitioning
-            | Reason::JobNotFound
-            | Reason::Throttled
-            | Reason::UpdateRejected
-            | Reason::WaitingForSweep
-            | Reason::MacieError => Phase::Reconciling,
-            Reason::AmbiguousName
-            | Reason::PausedByMacie
-            | Reason::AccessDenied
-            | Reason::UnknownJobStatus
-            | Reason::Conflict => Phase::Stalled,
-        }
-    }
-
-    /// How entering this reason is announced.
-    pub fn announce(self) -> Announce {
-        match self {
-            Reason::Transitioning => Announce::Silent,
-            Reason::Converged | Reason::TerminalState | Reason::WaitingForSweep => Announce::Normal,
-            _ => Announce::Warning,
-        }
-    }
-
-    pub fn summary(self, message: impl Into<String>) -> Summary {
-        Summary::new(self.phase(), self.as_str(), message)
-    }
-}
-
-const ALL_REASONS: [Reason; 14] = [
-    Reason::Converged,
-    Reason::Transitioning,
-    Reason::TerminalState,
-    Reason::JobNotFound,
-    Reason::AmbiguousName,
-    Reason::PausedByMacie,
-    Reason::ExpiringSoon,
-    Reason::AccessDenied,
-    Reason::Throttled,
-    Reason::UpdateRejected,
-    Reason::UnknownJobStatus,
-    Reason::WaitingForSweep,
-    Reason::MacieError,
-    Reason::Conflict,
-];
 
 /// The step: the last UpdateClassificationJob call of a resource, for as long as it decides
 /// what the resource may do next. One type for the in-memory record, the write-ahead status

@@ -88,7 +88,19 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq + Conditions,
 {
-    write_announcing(api, recorder, obj, previous, new, |t, _| Some(t)).await
+    write_announcing(api, recorder, obj, previous, new, by_reason).await
+}
+
+/// How entering a reason is announced, as the shared [`Reason`](crate::api::conditions::Reason)
+/// says (a reason it does not know keeps the default type).
+pub fn by_reason(default: EventType, reason: &str) -> Option<EventType> {
+    use crate::api::conditions::{Announce, Reason};
+    match Reason::parse(reason).map(Reason::announce) {
+        Some(Announce::Silent) => None,
+        Some(Announce::Normal) => Some(EventType::Normal),
+        Some(Announce::Warning) => Some(EventType::Warning),
+        None => Some(default),
+    }
 }
 
 /// [`write`], with the kind's own say on the Event of a new Ready reason: `announce` gets the
@@ -183,5 +195,18 @@ mod tests {
         assert_eq!((t, reason.as_str()), (EventType::Warning, "AccountErrors"));
         assert_eq!(ready_event(Some(&stalled), &ready).unwrap().0, EventType::Normal);
         assert_eq!(ready_event(Some(&ready), &ready), None, "same reason: no Event");
+    }
+
+    #[test]
+    fn the_shared_reasons_decide_the_event_type() {
+        assert_eq!(by_reason(EventType::Normal, "Pending"), None, "silent");
+        assert_eq!(
+            by_reason(EventType::Normal, "Transitioning"),
+            None,
+            "the call's Event said it"
+        );
+        assert_eq!(by_reason(EventType::Normal, "JobNotFound"), Some(EventType::Warning));
+        assert_eq!(by_reason(EventType::Warning, "Converged"), Some(EventType::Normal));
+        assert_eq!(by_reason(EventType::Normal, "SomethingNew"), Some(EventType::Normal));
     }
 }
