@@ -409,22 +409,6 @@ fn ready_condition(o: &MacieDiscovery) -> Option<&k8s_openapi::apimachinery::pkg
     o.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")
 }
 
-/// The controller's settings in these tests (as `DiscoveryHandle` uses).
-fn test_config(ns: &str) -> macie_operator::discovery::Config {
-    macie_operator::discovery::Config {
-        default_region: REGION.into(),
-        poll_interval: Duration::from_millis(500),
-        batch_window: Duration::from_millis(300),
-        plan: macie_operator::discovery::plan::Settings {
-            step_timeout: Duration::from_secs(30),
-            error_retry: Duration::from_secs(3600),
-            batch_size: 50,
-        },
-        namespace: Some(ns.to_string()),
-        instance: Some("e2e".into()),
-    }
-}
-
 /// Macie clients for the emulator whose writes pass `gate`.
 async fn gated_clients(endpoint: &str, gate: WriteGate) -> Arc<MacieClients> {
     use aws_config::{BehaviorVersion, Region};
@@ -578,7 +562,7 @@ async fn a_failed_status_write_is_a_warning_event() -> Result<()> {
     let controller = DiscoveryController::new(
         limited,
         gated_clients(&emu.url, WriteGate::open()).await,
-        test_config(&ns),
+        discovery_config(&ns),
     );
     let op = Running::spawn(|stop| controller.run(stop));
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
@@ -753,7 +737,7 @@ async fn a_closed_write_gate_sends_nothing_until_it_opens() -> Result<()> {
     let controller = DiscoveryController::new(
         client.clone(),
         gated_clients(&emu.url, gate.clone()).await,
-        test_config(&ns),
+        discovery_config(&ns),
     );
     let op = Running::spawn(|stop| controller.run(stop));
     wait_reason(&api, "gated", "Pending", |_| true).await?;

@@ -244,6 +244,22 @@ pub async fn wait_reason(api: &Api<MacieJob>, name: &str, reason: &str, deadline
     .await
 }
 
+/// The MacieDiscovery controller's settings in the tests.
+pub fn discovery_config(namespace: &str) -> macie_operator::discovery::Config {
+    macie_operator::discovery::Config {
+        default_region: REGION.into(),
+        poll_interval: Duration::from_millis(500),
+        batch_window: Duration::from_millis(300),
+        plan: macie_operator::discovery::plan::Settings {
+            step_timeout: Duration::from_secs(30),
+            error_retry: Duration::from_secs(3600),
+            batch_size: 50,
+        },
+        namespace: Some(namespace.to_string()),
+        instance: Some("e2e".into()),
+    }
+}
+
 /// The MacieDiscovery controller, in process, watching one namespace.
 pub struct DiscoveryHandle {
     pub engines: Arc<macie_operator::discovery::Engines>,
@@ -268,18 +284,7 @@ impl DiscoveryHandle {
         tune: impl FnOnce(&mut macie_operator::discovery::Config),
     ) -> DiscoveryHandle {
         init_test_logging();
-        let mut config = macie_operator::discovery::Config {
-            default_region: REGION.into(),
-            poll_interval: Duration::from_millis(500),
-            batch_window: Duration::from_millis(300),
-            plan: macie_operator::discovery::plan::Settings {
-                step_timeout: Duration::from_secs(30),
-                error_retry: Duration::from_secs(3600),
-                batch_size: 50,
-            },
-            namespace: Some(namespace.to_string()),
-            instance: Some("e2e".into()),
-        };
+        let mut config = discovery_config(namespace);
         tune(&mut config);
         let controller =
             macie_operator::discovery::DiscoveryController::new(client, static_clients(endpoint).await, config);
