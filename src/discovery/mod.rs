@@ -12,8 +12,7 @@
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt as _;
@@ -31,6 +30,7 @@ use crate::api::{MacieDiscovery, MacieDiscoveryStatus};
 use crate::macie::{MacieClients, MacieError, discovery as calls};
 use crate::runtime::gate::WriteGate;
 use crate::runtime::metrics::Metrics;
+use crate::runtime::regions::{RegionTasks, Retire};
 use crate::runtime::status::{self, api_time};
 use crate::runtime::{Error, Failures, MANAGER, backoff};
 use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings, TakenIn};
@@ -93,18 +93,11 @@ impl View {
 }
 
 type Trigger = futures::channel::mpsc::UnboundedSender<ObjectRef<MacieDiscovery>>;
-type Regions = Arc<Mutex<HashMap<String, RegionEngine>>>;
-
-fn lock(regions: &Regions) -> MutexGuard<'_, HashMap<String, RegionEngine>> {
-    regions.lock().unwrap_or_else(|p| p.into_inner())
-}
-
+/// What a reconcile gets of a region's engine: its kick channel and its view.
+#[derive(Clone)]
 struct RegionEngine {
-    /// Tells this engine apart from a later one of the same region.
-    id: u64,
     kick: mpsc::UnboundedSender<()>,
     view: watch::Receiver<Arc<View>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 /// One engine per region, started on first use and stopped when no resource names the region.
@@ -115,8 +108,7 @@ pub struct Engines {
     /// Set once the watch has listed every resource into the store.
     store_ready: watch::Sender<bool>,
     trigger: Trigger,
-    regions: Regions,
-    next_id: AtomicU64,
+    regions: RegionTasks<RegionEngine>,
 }
 
 impl Engines {
@@ -126,35 +118,33 @@ impl Engines {
 
     /// The region's engine, started when none runs.
     fn engine(&self, region: &str) -> (mpsc::UnboundedSender<()>, watch::Receiver<Arc<View>>) {
-        let mut regions = lock(&self.regions);
-        if let Some(e) = regions.get(region).filter(|e| !e.kick.is_closed()) {
-            return (e.kick.clone(), e.view.clone());
-        }
-        let (kick_tx, kick_rx) = mpsc::unbounded_channel();
-        let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let env = EngineEnv {
-            id,
-            region: region.to_string(),
-            client: self.clients.client(region),
-            metrics: self.clients.metrics().clone(),
-            gate: self.clients.gate().clone(),
-            config: self.config.clone(),
-            store: self.store.clone(),
-            trigger: self.trigger.clone(),
-            regions: self.regions.clone(),
-        };
-        let task = tokio::spawn(engine_loop(env, self.store_ready.subscribe(), kick_rx, view_tx));
-        regions.insert(
-            region.to_string(),
-            RegionEngine {
-                id,
-                kick: kick_tx.clone(),
-                view: view_rx.clone(),
-                task,
+        let e = self.regions.get_or_start(
+            region,
+            |e| !e.kick.is_closed(),
+            |retire| {
+                let (kick_tx, kick_rx) = mpsc::unbounded_channel();
+                let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
+                let env = EngineEnv {
+                    region: region.to_string(),
+                    client: self.clients.client(region),
+                    metrics: self.clients.metrics().clone(),
+                    gate: self.clients.gate().clone(),
+                    config: self.config.clone(),
+                    store: self.store.clone(),
+                    trigger: self.trigger.clone(),
+                    retire,
+                };
+                let task = tokio::spawn(engine_loop(env, self.store_ready.subscribe(), kick_rx, view_tx));
+                (
+                    RegionEngine {
+                        kick: kick_tx,
+                        view: view_rx,
+                    },
+                    task,
+                )
             },
         );
-        (kick_tx, view_rx)
+        (e.kick, e.view)
     }
 
     /// The region's view (starting its engine when none runs; an engine for a region no
@@ -165,19 +155,13 @@ impl Engines {
 
     /// Regions with a running engine, sorted.
     pub fn running(&self) -> Vec<String> {
-        let mut out: Vec<String> = lock(&self.regions)
-            .iter()
-            .filter(|(_, e)| !e.kick.is_closed())
-            .map(|(r, _)| r.clone())
-            .collect();
-        out.sort();
-        out
+        self.regions.regions()
     }
 
     /// Kicks the running engines for which `affected(region, view)` holds.
     fn kick_where(&self, affected: impl Fn(&str, &View) -> bool) {
-        for (region, e) in lock(&self.regions).iter() {
-            if affected(region, &e.view.borrow()) {
+        for (region, e) in self.regions.handles() {
+            if affected(&region, &e.view.borrow()) {
                 let _ = e.kick.send(());
             }
         }
@@ -214,14 +198,6 @@ impl Engines {
     }
 }
 
-impl Drop for Engines {
-    fn drop(&mut self) {
-        for (_, e) in lock(&self.regions).drain() {
-            e.task.abort();
-        }
-    }
-}
-
 fn key(o: &MacieDiscovery) -> String {
     format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
 }
@@ -235,7 +211,6 @@ fn taken_in(o: &MacieDiscovery) -> TakenIn {
 
 /// What an engine works with.
 struct EngineEnv {
-    id: u64,
     region: String,
     client: aws_sdk_macie2::Client,
     metrics: Arc<Metrics>,
@@ -243,7 +218,7 @@ struct EngineEnv {
     config: Config,
     store: Store<MacieDiscovery>,
     trigger: Trigger,
-    regions: Regions,
+    retire: Retire<RegionEngine>,
 }
 
 impl EngineEnv {
@@ -272,16 +247,9 @@ impl EngineEnv {
     }
 
     /// Removes this engine when no resource names its region; true when it did. Checked under
-    /// the regions lock, so a reconcile either finds this engine still serving or starts a new one.
+    /// the registry's lock, so a reconcile either finds this engine still serving or starts a new one.
     fn retire_if_unused(&self) -> bool {
-        let mut regions = lock(&self.regions);
-        if !self.declared().is_empty() {
-            return false;
-        }
-        if regions.get(&self.region).is_some_and(|e| e.id == self.id) {
-            regions.remove(&self.region);
-        }
-        true
+        self.retire.retire_if(|| self.declared().is_empty())
     }
 
     /// Publishes `view` to the reconciles, and triggers the region's resources when their
@@ -515,8 +483,7 @@ impl DiscoveryController {
             store: store.clone(),
             store_ready: watch::channel(false).0,
             trigger: trigger_tx,
-            regions: Arc::new(Mutex::new(HashMap::new())),
-            next_id: AtomicU64::new(0),
+            regions: RegionTasks::default(),
             config,
         });
         let failures: Arc<Failures<MacieDiscovery>> = Arc::default();

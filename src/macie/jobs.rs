@@ -3,18 +3,18 @@
 //! changed, appeared or vanished, so only the resources that name them are reconciled.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::api::{JobsPage, MacieApi};
 use super::{MacieClients, MacieError};
 use crate::api::macie_job::{ObservedJob, UserPausedDetails};
 use crate::runtime::metrics::Metrics;
+use crate::runtime::regions::RegionTasks;
 
 /// Default ListClassificationJobs page size. Macie documents no bound for maxResults; 100 keeps
 /// each response small while an account with 1,000 jobs costs 10 calls per sweep.
@@ -201,12 +201,9 @@ pub type OnChange = Arc<dyn Fn(&str, &Changes, Option<Timestamp>) + Send + Sync>
 /// lock, so that a resource created meanwhile either is seen here or starts a new sweeper).
 pub type InUse = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// A region's sweeper task and its results.
-type Sweeper = (watch::Receiver<RegionView>, JoinHandle<()>);
-type Sweepers = Arc<Mutex<HashMap<String, Sweeper>>>;
-
-/// Runs one sweeper task per region, started on first use and stopped after a sweep when no
-/// resource names the region any more (except `keep`, the default region).
+/// Runs one sweeper task per region (the shared per-region registry), started on first use
+/// and stopped after a sweep when no resource names the region any more (except `keep`, the
+/// default region).
 pub struct JobPoller {
     clients: Arc<MacieClients>,
     page_size: i32,
@@ -214,12 +211,12 @@ pub struct JobPoller {
     on_change: OnChange,
     in_use: InUse,
     keep: String,
-    regions: Sweepers,
+    regions: RegionTasks<watch::Receiver<RegionView>>,
 }
 
 /// What a sweeper needs to stop itself.
 struct Retire {
-    regions: Sweepers,
+    retire: crate::runtime::regions::Retire<watch::Receiver<RegionView>>,
     in_use: InUse,
 }
 
@@ -239,21 +236,13 @@ impl JobPoller {
             on_change,
             in_use,
             keep: keep.to_string(),
-            regions: Arc::default(),
+            regions: RegionTasks::default(),
         }
     }
 
     /// Regions with a running sweeper.
     pub fn regions(&self) -> Vec<String> {
-        let mut r: Vec<String> = self
-            .regions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        r.sort();
-        r
+        self.regions.regions()
     }
 
     pub fn interval(&self) -> Duration {
@@ -262,43 +251,36 @@ impl JobPoller {
 
     /// The region's sweep results; starts its sweeper on first use.
     pub fn subscribe(&self, region: &str) -> watch::Receiver<RegionView> {
-        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((rx, _)) = regions.get(region) {
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(RegionView::default());
-        self.clients.metrics().region_started(region);
-        let retire = (region != self.keep).then(|| Retire {
-            regions: self.regions.clone(),
-            in_use: self.in_use.clone(),
-        });
-        let task = tokio::spawn(sweep_loop(
-            Sweep {
-                region: region.to_string(),
-                clients: self.clients.clone(),
-                metrics: self.clients.metrics().clone(),
-                page_size: self.page_size,
-                interval: self.interval,
-                on_change: self.on_change.clone(),
-                retire,
+        self.regions.get_or_start(
+            region,
+            |_| true,
+            |retire| {
+                let (tx, rx) = watch::channel(RegionView::default());
+                self.clients.metrics().region_started(region);
+                let retire = (region != self.keep).then(|| Retire {
+                    retire,
+                    in_use: self.in_use.clone(),
+                });
+                let task = tokio::spawn(sweep_loop(
+                    Sweep {
+                        region: region.to_string(),
+                        clients: self.clients.clone(),
+                        metrics: self.clients.metrics().clone(),
+                        page_size: self.page_size,
+                        interval: self.interval,
+                        on_change: self.on_change.clone(),
+                        retire,
+                    },
+                    tx,
+                ));
+                (rx, task)
             },
-            tx,
-        ));
-        regions.insert(region.to_string(), (rx.clone(), task));
-        rx
+        )
     }
 
     /// The latest view of a region (starting its sweeper if needed).
     pub fn view(&self, region: &str) -> RegionView {
         self.subscribe(region).borrow().clone()
-    }
-}
-
-impl Drop for JobPoller {
-    fn drop(&mut self) {
-        for (_, (_, task)) in self.regions.lock().unwrap_or_else(|p| p.into_inner()).drain() {
-            task.abort();
-        }
     }
 }
 
@@ -386,14 +368,12 @@ async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
         // Publish before triggering, so the triggered reconciles read this sweep.
         tx.send_replace(next);
         on_change(&region, &changes, swept_at);
-        if let Some(r) = &retire {
-            let mut regions = r.regions.lock().unwrap_or_else(|p| p.into_inner());
-            if !(r.in_use)(&region) {
-                regions.remove(&region);
-                metrics.region_stopped(&region);
-                tracing::info!(%region, "no MacieJob names the region any more; its sweeper stops");
-                return;
-            }
+        if let Some(r) = &retire
+            && r.retire.retire_if(|| !(r.in_use)(&region))
+        {
+            metrics.region_stopped(&region);
+            tracing::info!(%region, "no MacieJob names the region any more; its sweeper stops");
+            return;
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod fake_kube;
 pub mod gate;
 pub mod leader;
 pub mod metrics;
+pub mod regions;
 pub mod status;
 
 use crate::macie::MacieError;
