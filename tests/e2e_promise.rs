@@ -388,6 +388,21 @@ async fn a_regions_sweeper_stops_with_its_last_resource() -> Result<()> {
         )
         .await?;
     }
+    // And 100 in a region nobody serves: every call signed for it fails.
+    set_faults(
+        &emu,
+        json!({"errors": [{"operations": ["ListClassificationJobs"], "regions": ["us-eats-1"],
+            "code": "UnprocessableEntityException", "message": "no such region"}]}),
+    )?;
+    for i in 0..100 {
+        create_job(
+            &api,
+            &format!("typo-{i}"),
+            json!({"jobId": format!("typo{i}"), "jobStatus": "RUNNING", "region": "us-eats-1"}),
+        )
+        .await?;
+    }
+    wait_reason(&api, "typo-99", "MacieError", CONVERGE_DEADLINE).await?;
     wait_for(
         "200 MacieJobs in the far region converged",
         CONVERGE_DEADLINE,
@@ -402,7 +417,10 @@ async fn a_regions_sweeper_stops_with_its_last_resource() -> Result<()> {
         },
     )
     .await?;
-    assert!(op.poller.regions().contains(&"ap-southeast-4".to_string()));
+    assert_eq!(
+        op.poller.regions(),
+        ["ap-southeast-4", "us-east-1", "us-eats-1"].map(String::from).to_vec()
+    );
     let (steps, _, _) = op.tracked.counts();
     assert_eq!(steps, 200, "each resource's (resolved) step is known while it exists");
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
@@ -527,5 +545,59 @@ async fn a_finalizer_held_by_an_unreachable_region_says_why() -> Result<()> {
     .await?;
     assert!(emu.update_calls().is_empty());
     op.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_right_after_cancel_calls_of_deleted_resources_then_restart() -> Result<()> {
+    let Scene { cp, client, ns, emu } = scene("kill-delete").await?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id = emu.put_job(json!({"name": format!("kd-{i}"), "jobType": "ONE_TIME", "jobStatus": "RUNNING"}));
+        create_job(
+            &api,
+            &format!("kd-{i}"),
+            json!({"jobId": id, "jobStatus": "RUNNING", "deletionPolicy": "Cancel"}),
+        )
+        .await?;
+        ids.push(id);
+    }
+    let flags = ["--concurrency", "4", "--step-timeout", "30s"];
+    let mut op = OperatorProcess::spawn("kd-1", cp.kubeconfig(), &ns, &emu.url, &flags)?;
+    wait_for("20 finalizers", DEADLINE, || async {
+        let list = api.list(&ListParams::default()).await?;
+        let n = list
+            .items
+            .iter()
+            .filter(|o| !o.metadata.finalizers.clone().unwrap_or_default().is_empty())
+            .count();
+        Ok((n == 20).then_some(()))
+    })
+    .await?;
+    // Cancels take 100 ms and show 3 s late: the kill lands with calls made whose effect no
+    // sweep has shown yet.
+    set_faults(
+        &emu,
+        json!({"operations": {"UpdateClassificationJob": {"latencyMs": 100}}, "visibilityDelayMs": 3000}),
+    )?;
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    wait_for("the first cancel calls", DEADLINE, || async {
+        Ok((emu.update_calls().len() >= 3).then_some(()))
+    })
+    .await?;
+    op.kill().await?;
+    let at_kill = emu.update_calls().len();
+    assert!(at_kill < 20, "killed in the middle: {at_kill} of 20 cancelled");
+    let _op = OperatorProcess::spawn("kd-2", cp.kubeconfig(), &ns, &emu.url, &flags)?;
+    wait_for("every resource gone", CONVERGE_DEADLINE, || async {
+        Ok(api.list(&ListParams::default()).await?.items.is_empty().then_some(()))
+    })
+    .await?;
+    for id in &ids {
+        assert_eq!(emu.status(id).as_deref(), Some("CANCELLED"), "{id}");
+    }
+    assert_eq!(accepted_updates(&emu), 20, "one cancel per job across the SIGKILL");
     Ok(())
 }
