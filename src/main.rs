@@ -67,8 +67,9 @@ struct RunArgs {
     /// Warn (Event and condition) when a USER_PAUSED job is this close to its expiry.
     #[arg(long, env = "MACIE_OPERATOR_EXPIRY_WARNING", default_value = "7d", value_parser = parse_duration)]
     expiry_warning: Duration,
-    /// How long an UpdateClassificationJob call blocks another for the same resource while no
-    /// sweep shows its effect.
+    /// When an UpdateClassificationJob call's effect does not show, a sweep that started this
+    /// long after the call and still shows the job unmoved ends the step (the call is taken as
+    /// lost and may be made again). Wall-clock time alone never does.
     #[arg(long, env = "MACIE_OPERATOR_STEP_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     step_timeout: Duration,
     /// Reconciles running at once.
