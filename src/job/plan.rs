@@ -280,6 +280,9 @@ pub fn plan(
             let mut p = Plan::report(sweep_failed(error));
             p.hold = failures < SWEEP_FAILURES_REPORTED;
             p.step = step.map(|_| StepOutcome::Waiting);
+            // Whatever brought the resource here (a spec change) is looked at again after the
+            // next good sweep, even if that sweep shows no change of its job.
+            p.after_next_sweep = true;
             return p;
         }
         Observation::NotFound => {
@@ -1217,6 +1220,7 @@ mod tests {
             );
             assert_eq!(p.act, Act::Nothing);
             assert_eq!(p.hold, failures < SWEEP_FAILURES_REPORTED, "{failures}");
+            assert!(p.after_next_sweep, "looked at again after the next good sweep");
             assert_eq!(p.summary.reason, "MacieError");
         }
     }

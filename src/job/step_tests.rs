@@ -312,6 +312,10 @@ async fn a_transient_sweep_failure_writes_nothing() {
         writes,
         "no status write, no Event while it fails"
     );
+    assert!(
+        lock(&r.ctx.waiters).contains_key(&ObjectRef::new("m").within("ns")),
+        "woken by the next good sweep (a spec change seen now is not lost)"
+    );
     tokio::time::timeout(
         Duration::from_secs(10),
         rx.wait_for(|v| v.failures == 0 && v.error.is_none()),
