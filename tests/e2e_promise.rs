@@ -135,6 +135,23 @@ async fn disagreeing_macie_jobs_are_a_conflict_and_agreeing_ones_act_once() -> R
     wait_reason(&api, "by-name", "Converged", DEADLINE).await?;
     sweeps(&op, 3).await?;
     assert_eq!(accepted_updates(&emu), 2, "one call per change, never two");
+
+    // A third declaration disagrees: all three in conflict; deleting it ends the conflict of
+    // the other two within a sweep or two, with no call.
+    create_job(&api, "third", json!({"jobId": id, "jobStatus": "CANCELLED"})).await?;
+    for name in ["by-id", "by-name", "third"] {
+        wait_reason(&api, name, "Conflict", DEADLINE).await?;
+    }
+    api.delete("third", &DeleteParams::default()).await?;
+    let t = Instant::now();
+    wait_reason(&api, "by-id", "Converged", DEADLINE).await?;
+    wait_reason(&api, "by-name", "Converged", DEADLINE).await?;
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "conflict ended after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(accepted_updates(&emu), 2, "no call for the conflict or its end");
     op.stop().await;
     Ok(())
 }

@@ -64,6 +64,8 @@ pub struct Context {
     /// Resources waiting for a sweep that started after the given time (a step in flight):
     /// woken by the first such sweep even if it shows no change.
     waiters: Waiters,
+    /// Reconciles a resource now (a peer whose conflict this reconcile may have ended).
+    trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<MacieJob>>,
 }
 
 /// What this process knows of a resource's step.
@@ -140,12 +142,18 @@ impl Context {
                     steps.get(&ObjectRef::from_obj(&**o)),
                     Some(Known::Step(Step { job_id, state: StepState::InFlight { .. }, .. })) if *job_id == job.job_id
                 );
+                let shows_conflict = o
+                    .status
+                    .as_ref()
+                    .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+                    .is_some_and(|c| c.reason == Reason::Conflict.as_str());
                 Some(Declaration {
                     namespace: o.namespace().unwrap_or_default(),
                     name: o.name_any(),
                     desired,
                     created: o.meta().creation_timestamp.as_ref().map(|t| t.0),
                     in_flight,
+                    shows_conflict,
                 })
             })
             .collect()
@@ -292,6 +300,7 @@ impl JobController {
         let failures: Arc<Failures<MacieJob>> = Arc::default();
         let on_change: OnChange = {
             let (store, waiters, steps, failures) = (store.clone(), waiters.clone(), steps.clone(), failures.clone());
+            let trigger_tx = trigger_tx.clone();
             let default_region = default_region.clone();
             // After a sweep: reconcile the resources that name the changed jobs and those
             // waiting for a sweep newer than the one they saw; drop what is kept for deleted
@@ -351,6 +360,7 @@ impl JobController {
             instance: config.instance.clone(),
         };
         let ctx = Arc::new(Context {
+            trigger: trigger_tx,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             clients,
@@ -463,8 +473,16 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
                     ..
                 })
             ),
+            shows_conflict: false,
         };
-        p = plan::owned(p, &plan::ownership(&me, &peers));
+        let own = plan::ownership(&me, &peers);
+        // Peers whose reported conflict this declaration starts or ends: look at them now.
+        for peer in plan::peers_to_wake(&own, &peers) {
+            let _ = ctx
+                .trigger
+                .unbounded_send(ObjectRef::new(&peer.name).within(&peer.namespace));
+        }
+        p = plan::owned(p, &own);
     }
     if deleting {
         if let Some(why) = release_after_cancel(&observation, &p) {

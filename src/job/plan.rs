@@ -529,6 +529,8 @@ pub struct Declaration {
     pub created: Option<Timestamp>,
     /// It has a step in flight for the job.
     pub in_flight: bool,
+    /// Its status reports a Conflict.
+    pub shows_conflict: bool,
 }
 
 /// Who acts for a job that several MacieJobs name.
@@ -588,6 +590,13 @@ pub fn ownership(me: &Declaration, peers: &[Declaration]) -> Ownership {
     }
 }
 
+/// The peers to reconcile now because `own` (this resource's decision) starts or ends their
+/// conflict: in a conflict, those not yet showing one; out of it, those still showing one.
+pub fn peers_to_wake<'a>(own: &Ownership, peers: &'a [Declaration]) -> Vec<&'a Declaration> {
+    let conflict = matches!(own, Ownership::Conflict { .. });
+    peers.iter().filter(|p| p.shows_conflict != conflict).collect()
+}
+
 /// Applies the ownership decision to a plan.
 pub fn owned(mut p: Plan, own: &Ownership) -> Plan {
     match own {
@@ -595,7 +604,8 @@ pub fn owned(mut p: Plan, own: &Ownership) -> Plan {
         Ownership::Conflict { message } => {
             p.act = Act::Nothing;
             p.summary = Reason::Conflict.summary(message.clone());
-            p.after_next_sweep = false;
+            // Looked at again every sweep: a peer deleted meanwhile ends the conflict.
+            p.after_next_sweep = true;
             p
         }
         Ownership::Follows { by } => {
@@ -1271,7 +1281,30 @@ mod tests {
             desired,
             created: Some(Timestamp::from_second(created).unwrap()),
             in_flight: false,
+            shows_conflict: false,
         }
+    }
+
+    #[test]
+    fn peers_are_woken_when_a_conflict_starts_or_ends() {
+        use DesiredJobStatus::*;
+        let mut calm = decl("a", "calm", UserPaused, 1);
+        let mut flagged = decl("a", "flagged", UserPaused, 2);
+        flagged.shows_conflict = true;
+        let peers = [calm.clone(), flagged.clone()];
+        let names = |v: Vec<&Declaration>| v.into_iter().map(|d| d.name.clone()).collect::<Vec<_>>();
+        // Agreeing now: the one still showing a conflict is looked at.
+        assert_eq!(names(peers_to_wake(&Ownership::Acts, &peers)), ["flagged"]);
+        assert_eq!(
+            names(peers_to_wake(&Ownership::Follows { by: "x".into() }, &peers)),
+            ["flagged"]
+        );
+        // In conflict now: the one not showing it yet is.
+        let conflict = Ownership::Conflict { message: "m".into() };
+        assert_eq!(names(peers_to_wake(&conflict, &peers)), ["calm"]);
+        calm.shows_conflict = true;
+        flagged.shows_conflict = true;
+        assert!(peers_to_wake(&conflict, &[calm, flagged]).is_empty(), "nothing to tell");
     }
 
     #[test]

@@ -58,6 +58,7 @@ fn rig(macie: Arc<FakeMacie>) -> Rig {
         instance: None,
     };
     let ctx = Context {
+        trigger: futures::channel::mpsc::unbounded().0,
         recorder: Recorder::new(
             client.clone(),
             Reporter {
