@@ -125,14 +125,15 @@ impl Context {
         job: &ObservedJob,
         by_name: &HashMap<String, Vec<String>>,
     ) -> Vec<Declaration> {
-        let me = ObjectRef::from_obj(obj);
         let steps = lock(&self.steps);
+        // One pass over the cache per reconcile, cheapest test first (no allocation until a
+        // resource names the same job).
         self.store
             .state()
             .iter()
-            .filter(|o| ObjectRef::from_obj(&***o) != me)
-            .filter(|o| region_of(&o.spec, &self.config.default_region) == region)
             .filter(|o| names_job(&o.spec, job, by_name))
+            .filter(|o| region_of(&o.spec, &self.config.default_region) == region)
+            .filter(|o| o.metadata.name != obj.metadata.name || o.metadata.namespace != obj.metadata.namespace)
             .filter_map(|o| {
                 let desired = match lifecycle(o) {
                     Lifecycle::Manage { desired, .. } => desired,
