@@ -80,15 +80,8 @@ async fn disagreeing_macie_jobs_are_a_conflict_and_agreeing_ones_act_once() -> R
     let a = wait_reason(&api, "by-id", "Conflict", DEADLINE).await?;
     let b = wait_reason(&api, "by-name", "Conflict", DEADLINE).await?;
     let msg = |o: &MacieJob| {
-        let c = o
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
-        (c.status.clone(), c.message.clone())
+        let c = condition(o, "Ready");
+        (c.status, c.message)
     };
     assert_eq!(msg(&a).0, "False");
     assert!(msg(&a).1.contains("by-name (USER_PAUSED)"), "{}", msg(&a).1);
@@ -99,14 +92,7 @@ async fn disagreeing_macie_jobs_are_a_conflict_and_agreeing_ones_act_once() -> R
         "no call while they disagree: {:?}",
         emu.update_calls()
     );
-    let stalled = |o: &MacieJob| {
-        o.status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Stalled" && c.status == "True")
-    };
+    let stalled = |o: &MacieJob| condition(o, "Stalled").status == "True";
     assert!(stalled(&api.get("by-id").await?) && stalled(&api.get("by-name").await?));
     let evs = events(&client, &ns).await?;
     for name in ["by-id", "by-name"] {
@@ -476,15 +462,7 @@ async fn a_denied_update_is_stalled_and_retried_rarely() -> Result<()> {
     let k = rx.borrow().sweeps;
     let o = wait_reason(&api, "den-0", "AccessDenied", DEADLINE).await?;
     assert!(rx.borrow_and_update().sweeps <= k + 2, "reported within two sweeps");
-    let c = o
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap()
-        .clone();
+    let c = condition(&o, "Stalled");
     assert_eq!(c.status, "True");
     assert!(c.message.contains("AccessDeniedException"), "{}", c.message);
     // At most 2 further calls in the next 20 s (the operator's own status writes and the
@@ -531,15 +509,7 @@ async fn a_finalizer_held_by_an_unreachable_region_says_why() -> Result<()> {
     .await?;
     api.delete("typo", &DeleteParams::default()).await?;
     let o = wait_reason(&api, "typo", "MacieError", DEADLINE).await?;
-    let c = o
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .clone();
+    let c = condition(&o, "Ready");
     assert!(c.message.contains("finalizer stays"), "{}", c.message);
     assert!(c.message.contains("UnprocessableEntityException"), "{}", c.message);
     let ev = wait_for("an Event saying why", DEADLINE, || async {

@@ -232,6 +232,15 @@ pub fn ready(obj: &MacieJob) -> Option<(String, String)> {
     Some((c.status.clone(), c.reason.clone()))
 }
 
+/// The MacieJob's condition of `type_` (Ready, Reconciling, Stalled); panics when absent.
+pub fn condition(obj: &MacieJob, type_: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition: {obj:?}"))
+        .clone()
+}
+
 /// Waits until the MacieJob's Ready reason is `reason` (for its current generation).
 pub async fn wait_reason(api: &Api<MacieJob>, name: &str, reason: &str, deadline: Duration) -> Result<MacieJob> {
     wait_for(&format!("MacieJob {name} to report {reason}"), deadline, || async {
