@@ -423,7 +423,13 @@ async fn job_run(args: &Args, n: usize) -> Result<JobRun> {
     ] {
         generation += 1;
         env.faults(faults.clone())?;
-        let f = flip(&env, &mut op, &api, &watch, &names, &job_of, to, generation, faults).await?;
+        let fleet = Fleet {
+            api: &api,
+            watch: &watch,
+            names: &names,
+            job_of: &job_of,
+        };
+        let f = flip(&env, &mut op, &fleet, to, generation, faults).await?;
         eprintln!("bench: {f}");
         flips.push(f);
         env.faults(json!({}))?;
@@ -443,18 +449,29 @@ fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
     b.duration_since(a).map_or(0.0, |d| d.as_secs_f64())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The MacieJobs a flip changes, and how the driver sees them.
+struct Fleet<'a> {
+    api: &'a Api<MacieJob>,
+    watch: &'a ReadyWatch,
+    names: &'a [String],
+    /// MacieJob name -> job id.
+    job_of: &'a HashMap<String, String>,
+}
+
 async fn flip(
     env: &Env,
     op: &mut Operator,
-    api: &Api<MacieJob>,
-    watch: &ReadyWatch,
-    names: &[String],
-    job_of: &HashMap<String, String>,
+    fleet: &Fleet<'_>,
     to: &str,
     generation: i64,
     faults: Value,
 ) -> Result<Flip> {
+    let Fleet {
+        api,
+        watch,
+        names,
+        job_of,
+    } = *fleet;
     let n = names.len();
     let calls_before = env.emu.state.lock().calls.len();
     let lists_before = env.requests("ListClassificationJobs");
