@@ -773,7 +773,7 @@ async fn an_engine_stops_when_its_region_is_unused_and_restarts_on_demand() -> R
         let account = serde_json::from_value(json!({"status": "DISABLED", "paused": false}))?;
         emu.state
             .lock()
-            .put_account(Some(EU), a, account)
+            .put_account(None, Some(EU), a, account)
             .map_err(anyhow::Error::msg)?;
     }
     let in_eu = |status: &str| -> Result<MacieDiscovery> {
@@ -784,7 +784,7 @@ async fn an_engine_stops_when_its_region_is_unused_and_restarts_on_demand() -> R
     };
     let eu_status = |id: &str| {
         let mut e = emu.state.lock();
-        e.snapshot(Some(EU))["accounts"][id]["status"]
+        e.snapshot(None, Some(EU))["accounts"][id]["status"]
             .as_str()
             .map(str::to_string)
     };

@@ -291,7 +291,7 @@ async fn kube_apiserver_restart_watches_recover() -> Result<()> {
     for (_, (id, _)) in want.iter().take(3) {
         emu.state
             .lock()
-            .set_status_service_side(None, id, serde_json::from_value(json!("USER_PAUSED"))?)
+            .set_status_service_side(None, None, id, serde_json::from_value(json!("USER_PAUSED"))?)
             .map_err(anyhow::Error::msg)?;
     }
     let sweeps = op.poller.view(REGION).sweeps;

@@ -187,7 +187,7 @@ async fn drift_late_jobs_names_deletion_and_expiry() -> Result<()> {
     let lists_at_drift = emu.requests("ListClassificationJobs");
     emu.state
         .lock()
-        .set_status_service_side(None, &drift, macie_emulator::model::JobStatus::Running)
+        .set_status_service_side(None, None, &drift, macie_emulator::model::JobStatus::Running)
         .map_err(anyhow::Error::msg)?;
     wait_for("drift corrected", DEADLINE, || async {
         Ok((emu.status(&drift).as_deref() == Some("USER_PAUSED")).then_some(()))
@@ -205,7 +205,7 @@ async fn drift_late_jobs_names_deletion_and_expiry() -> Result<()> {
     assert_eq!(emu.status("late1").as_deref(), Some("CANCELLED"));
 
     // A job that vanishes shows JobNotFound.
-    emu.state.lock().remove_job(None, &drift);
+    emu.state.lock().remove_job(None, None, &drift);
     wait_reason(&api, "drift", "JobNotFound", DEADLINE).await?;
 
     // deletionPolicy Cancel: the job is cancelled before the resource goes away.

@@ -111,7 +111,7 @@ async fn disagreeing_macie_jobs_are_a_conflict_and_agreeing_ones_act_once() -> R
     // Drift while they agree: exactly one more (valid) call, made by one of them.
     emu.state
         .lock()
-        .set_status_service_side(None, &id, macie_emulator::model::JobStatus::Running)
+        .set_status_service_side(None, None, &id, macie_emulator::model::JobStatus::Running)
         .map_err(anyhow::Error::msg)?;
     wait_for("drift corrected", DEADLINE, || async {
         Ok((emu.status(&id).as_deref() == Some("USER_PAUSED")).then_some(()))

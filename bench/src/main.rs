@@ -607,7 +607,7 @@ async fn discovery_run(args: &Args, n: usize) -> Result<DiscoveryRun> {
         let mut e = env.emu.state.lock();
         for a in &accounts {
             let acct = serde_json::from_value(json!({"status": "DISABLED", "paused": false}))?;
-            e.put_account(None, a, acct).map_err(anyhow::Error::msg)?;
+            e.put_account(None, None, a, acct).map_err(anyhow::Error::msg)?;
         }
     }
     let api: Api<MacieDiscovery> = Api::namespaced(env.client.clone(), &env.ns);
@@ -653,7 +653,7 @@ async fn discovery_run(args: &Args, n: usize) -> Result<DiscoveryRun> {
     let (enabled, batch_calls, sent, sent_twice) = {
         let mut e = env.emu.state.lock();
         let enabled = e
-            .snapshot(None)
+            .snapshot(None, None)
             .get("accounts")
             .and_then(Value::as_object)
             .map_or(0, |m| m.values().filter(|a| a["status"] == "ENABLED").count());

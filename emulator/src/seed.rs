@@ -20,6 +20,50 @@ pub struct Seed {
     pub jobs: Vec<SeedJob>,
     #[serde(default)]
     pub accounts: Vec<SeedAccount>,
+    /// IAM roles STS AssumeRole accepts.
+    #[serde(default)]
+    pub roles: Vec<SeedRole>,
+}
+
+/// A role AssumeRole accepts; its AWS account is the one in its ARN.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedRole {
+    /// `arn:aws:iam::<12-digit account>:role/<name>` (a path before the name is allowed).
+    pub arn: String,
+    /// When set, AssumeRole must pass exactly this `ExternalId`.
+    #[serde(default)]
+    pub external_id: Option<String>,
+}
+
+impl SeedRole {
+    /// The role's AWS account (from its ARN; valid once the seed is validated).
+    pub fn account(&self) -> &str {
+        role_arn_parts(&self.arn).map(|(a, _)| a).unwrap_or_default()
+    }
+
+    /// The role's name: the last segment of its ARN.
+    pub fn name(&self) -> &str {
+        role_arn_parts(&self.arn).map(|(_, n)| n).unwrap_or_default()
+    }
+}
+
+/// Splits `arn:aws:iam::<account>:role/<path/><name>` into the account and the role name.
+pub fn role_arn_parts(arn: &str) -> Option<(&str, &str)> {
+    let rest = arn.strip_prefix("arn:")?;
+    let (partition, rest) = rest.split_once(':')?;
+    let rest = rest.strip_prefix("iam::")?;
+    let (account, resource) = rest.split_once(':')?;
+    let path = resource.strip_prefix("role/")?;
+    let name = path.rsplit('/').next()?;
+    let ok = !partition.is_empty()
+        && is_account_id(account)
+        && !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+    ok.then_some((account, name))
 }
 
 fn yes() -> bool {
@@ -34,6 +78,7 @@ impl Default for Seed {
             automated_discovery: None,
             jobs: Vec::new(),
             accounts: Vec::new(),
+            roles: Vec::new(),
         }
     }
 }
@@ -55,6 +100,9 @@ pub struct SeedJob {
     pub name: String,
     pub job_type: JobType,
     pub job_status: JobStatus,
+    /// AWS account the job lives in; the emulator's `--account-id` when omitted.
+    #[serde(default)]
+    pub aws_account_id: Option<String>,
     /// Region the job lives in; the emulator's default region when omitted.
     #[serde(default)]
     pub region: Option<String>,
@@ -82,12 +130,22 @@ pub struct SeedAccount {
     /// ACCOUNT_PAUSED for it.
     #[serde(default)]
     pub paused: bool,
+    /// AWS account (the Macie administrator) whose member this is; `--account-id` when omitted.
+    #[serde(default)]
+    pub aws_account_id: Option<String>,
     #[serde(default)]
     pub region: Option<String>,
 }
 
 pub fn is_account_id(s: &str) -> bool {
     s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `externalIdType` in the STS model: 2-1224 of `[\w+=,.@:/-]`.
+pub fn is_external_id(s: &str) -> bool {
+    (2..=1224).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@:/-".contains(&b))
 }
 
 pub fn is_job_id(s: &str) -> bool {
@@ -126,9 +184,35 @@ impl Seed {
                     a.account_id
                 ));
             }
-            let key = (a.region.clone(), a.account_id.clone());
+            if let Some(owner) = &a.aws_account_id
+                && !is_account_id(owner)
+            {
+                return Err(format!(
+                    "accounts[{i}].awsAccountId: {owner:?} is not a 12-digit AWS account id"
+                ));
+            }
+            let key = (a.aws_account_id.clone(), a.region.clone(), a.account_id.clone());
             if !accounts.insert(key) {
                 return Err(format!("accounts[{i}].accountId: duplicate account {:?}", a.account_id));
+            }
+        }
+        let mut roles = BTreeSet::new();
+        for (i, r) in self.roles.iter().enumerate() {
+            if role_arn_parts(&r.arn).is_none() {
+                return Err(format!(
+                    "roles[{i}].arn: {:?} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)",
+                    r.arn
+                ));
+            }
+            if !roles.insert(r.arn.as_str()) {
+                return Err(format!("roles[{i}].arn: duplicate role {:?}", r.arn));
+            }
+            if let Some(x) = &r.external_id
+                && !is_external_id(x)
+            {
+                return Err(format!(
+                    "roles[{i}].externalId: must be 2-1224 letters, digits or any of _+=,.@:/-"
+                ));
             }
         }
         Ok(())
@@ -141,6 +225,11 @@ impl SeedJob {
             && !is_job_id(id)
         {
             return Err(format!("jobId: {id:?} must be 1-64 letters, digits or '-'"));
+        }
+        if let Some(a) = &self.aws_account_id
+            && !is_account_id(a)
+        {
+            return Err(format!("awsAccountId: {a:?} is not a 12-digit AWS account id"));
         }
         if self.name.is_empty() {
             return Err("name: must not be empty".into());
@@ -226,6 +315,28 @@ mod tests {
                 "jobs: [{name: a, jobType: ONE_TIME, jobStatus: USER_PAUSED, pausedWhile: IDLE}]",
                 "jobs[0].pausedWhile",
             ),
+            (
+                "jobs: [{name: a, jobType: ONE_TIME, jobStatus: RUNNING, awsAccountId: '42'}]",
+                "jobs[0].awsAccountId",
+            ),
+            (
+                "accounts: [{accountId: '111122223333', status: ENABLED, awsAccountId: x}]",
+                "accounts[0].awsAccountId",
+            ),
+            ("roles: [{arn: 'arn:aws:iam::1234:role/r'}]", "roles[0].arn"),
+            ("roles: [{arn: 'arn:aws:iam::111122223333:user/u'}]", "roles[0].arn"),
+            (
+                "roles: [{arn: 'arn:aws:iam::111122223333:role/r'}, {arn: 'arn:aws:iam::111122223333:role/r'}]",
+                "roles[1].arn",
+            ),
+            (
+                "roles: [{arn: 'arn:aws:iam::111122223333:role/r', externalId: 'a b'}]",
+                "roles[0].externalId",
+            ),
+            (
+                "roles: [{arn: 'arn:aws:iam::111122223333:role/r', colour: red}]",
+                "colour",
+            ),
         ];
         for (text, field) in cases {
             let err = Seed::parse(text).expect_err(text);
@@ -241,5 +352,12 @@ mod tests {
         .unwrap();
         assert_eq!(seed.jobs.len(), 1);
         assert!(seed.accounts[0].paused);
+        let seed = Seed::parse(
+            "roles:\n- {arn: 'arn:aws:iam::111122223333:role/team/macie-operator', externalId: 'ext-1'}\njobs:\n- {name: a, jobType: ONE_TIME, jobStatus: RUNNING, awsAccountId: '111122223333'}\n",
+        )
+        .unwrap();
+        assert_eq!(seed.roles[0].account(), "111122223333");
+        assert_eq!(seed.roles[0].name(), "macie-operator");
+        assert_eq!(seed.jobs[0].aws_account_id.as_deref(), Some("111122223333"));
     }
 }

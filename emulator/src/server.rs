@@ -1,4 +1,5 @@
-//! HTTP layer: the Macie rest-json routes and the admin API under `/__admin`.
+//! HTTP layer: the Macie rest-json routes, STS (query protocol, `POST /`) and the admin API under
+//! `/__admin`.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::model::{ApiError, DiscoveryStatus, JobStatus};
 use crate::seed::SeedJob;
-use crate::state::{Account, Emulator, Faults};
+use crate::state::{Account, Caller, Emulator, Faults, Injected, STS_OPERATIONS, Scope, Session, StsError};
 
 /// Shared handle to the emulator state.
 #[derive(Clone)]
@@ -33,6 +34,7 @@ impl Shared {
 
 pub fn router(state: Shared) -> Router {
     Router::new()
+        .route("/", post(sts))
         .route("/jobs", post(create_job))
         .route("/jobs/list", post(list_jobs))
         .route("/jobs/{job_id}", get(describe_job).patch(update_job))
@@ -64,16 +66,25 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// The region a request was signed for (SigV4 credential scope), or the emulator default.
-fn region_of(headers: &HeaderMap, default: &str) -> String {
+/// Part `n` of the SigV4 credential scope (`Credential=AKID/date/region/service/aws4_request`).
+fn credential_part(headers: &HeaderMap, n: usize) -> Option<&str> {
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|auth| auth.split("Credential=").nth(1))
-        .and_then(|cred| cred.split(['/', ',']).nth(2))
-        .filter(|r| !r.is_empty())
-        .unwrap_or(default)
-        .to_string()
+        .and_then(|cred| cred.split(['/', ',']).nth(n))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// The region a request was signed for (SigV4 credential scope), or the emulator default.
+fn region_of(headers: &HeaderMap, default: &str) -> String {
+    credential_part(headers, 2).unwrap_or(default).to_string()
+}
+
+/// The access key id that signed a request (SigV4 credential scope); `None` when unsigned.
+fn access_key_of(headers: &HeaderMap) -> Option<&str> {
+    credential_part(headers, 0)
 }
 
 fn request_id() -> String {
@@ -117,7 +128,7 @@ async fn call(
     op: &'static str,
     headers: &HeaderMap,
     job_id: Option<&str>,
-    handler: impl FnOnce(&mut Emulator, &str) -> Result<Value, ApiError>,
+    handler: impl FnOnce(&mut Emulator, &Scope) -> Result<Value, ApiError>,
 ) -> Response {
     let (latency, region) = {
         let e = shared.lock();
@@ -127,19 +138,38 @@ async fn call(
         tokio::time::sleep(latency).await;
     }
     let mut e = shared.lock();
-    let result = match e.admit(op, &region, job_id) {
+    let caller = e.caller(access_key_of(headers));
+    if let Caller::Expired(_) = caller {
+        // Authentication comes first: no fault is drawn and nothing is processed.
+        e.count_request(op);
+        e.count(op, Err("ExpiredTokenException"), false);
+        drop(e);
+        return json_response(
+            403,
+            &json!({ "message": "The security token included in the request is expired" }),
+            Some("ExpiredTokenException"),
+        );
+    }
+    let at = e.scope_of(&caller, &region);
+    let result = match e.admit(op, &at.region, job_id) {
         Err((err, injected)) => {
-            e.record(op, &region, job_id, &Err(&err), injected);
+            e.record(op, &at, job_id, &Err(&err), injected);
             Err(err)
         }
         Ok(()) => {
-            let r = handler(&mut e, &region);
-            e.record(op, &region, job_id, &r.as_ref().map(|_| ()), false);
+            let r = handler(&mut e, &at);
+            e.record(op, &at, job_id, &r.as_ref().map(|_| ()), false);
             r
         }
     };
     drop(e);
-    tracing::debug!(op, region, ok = result.is_ok(), "request");
+    tracing::debug!(
+        op,
+        account = at.account,
+        region = at.region,
+        ok = result.is_ok(),
+        "request"
+    );
     match result {
         Ok(v) => json_response(200, &v, None),
         Err(err) => error_response(&err),
@@ -210,6 +240,144 @@ async fn unknown_operation() -> Response {
     )
 }
 
+// ---- STS (query protocol) ---------------------------------------------------------------
+
+const STS_NAMESPACE: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
+
+/// Escapes text for an XML element.
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn xml_response(status: u16, body: String, request_id: &str) -> Response {
+    let mut resp = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/xml"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-amzn-requestid", v);
+    }
+    resp
+}
+
+/// `<{op}Response><{op}Result>{result}</{op}Result><ResponseMetadata>...` as the model's
+/// `resultWrapper` gives it.
+fn sts_ok(op: &str, result: &str) -> Response {
+    let id = request_id();
+    let body = format!(
+        "<{op}Response xmlns=\"{STS_NAMESPACE}\">\n  <{op}Result>\n{result}  </{op}Result>\n  \
+         <ResponseMetadata>\n    <RequestId>{id}</RequestId>\n  </ResponseMetadata>\n</{op}Response>\n"
+    );
+    xml_response(200, body, &id)
+}
+
+fn sts_error(e: &StsError) -> Response {
+    let id = request_id();
+    let body = format!(
+        "<ErrorResponse xmlns=\"{STS_NAMESPACE}\">\n  <Error>\n    <Type>{}</Type>\n    <Code>{}</Code>\n    \
+         <Message>{}</Message>\n  </Error>\n  <RequestId>{id}</RequestId>\n</ErrorResponse>\n",
+        e.fault_type(),
+        e.code,
+        xml_escape(&e.message)
+    );
+    xml_response(e.status, body, &id)
+}
+
+fn assume_role_result(s: &Session) -> String {
+    format!(
+        "    <Credentials>\n      <AccessKeyId>{}</AccessKeyId>\n      <SecretAccessKey>{}</SecretAccessKey>\n      \
+         <SessionToken>{}</SessionToken>\n      <Expiration>{}</Expiration>\n    </Credentials>\n    \
+         <AssumedRoleUser>\n      <AssumedRoleId>{}</AssumedRoleId>\n      <Arn>{}</Arn>\n    </AssumedRoleUser>\n",
+        xml_escape(&s.access_key_id),
+        xml_escape(&s.secret_access_key),
+        xml_escape(&s.session_token),
+        s.expiration,
+        xml_escape(&s.assumed_role_id()),
+        xml_escape(&s.assumed_role_arn()),
+    )
+}
+
+/// STS on `POST /`: `Action=AssumeRole` or `Action=GetCallerIdentity`, form-encoded.
+async fn sts(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let params = parse_query(&String::from_utf8_lossy(&body));
+    let action = params.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.as_str());
+    let Some(op) = STS_OPERATIONS.into_iter().find(|op| Some(*op) == action) else {
+        let message = match action {
+            Some(a) => format!("Could not find operation {a} for version 2011-06-15"),
+            None => "Missing Action parameter".to_string(),
+        };
+        return sts_error(&StsError::new("InvalidAction", 400, message));
+    };
+    let (latency, region) = {
+        let e = s.lock();
+        (e.latency(op), region_of(&headers, &e.default_region))
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let mut e = s.lock();
+    e.count_request(op);
+    let caller = e.caller(access_key_of(&headers));
+    let at = e.scope_of(&caller, &region);
+    let (result, injected) = match e.draw_fault(op) {
+        Some(Injected::Throttle) => (Err(StsError::new("Throttling", 400, "Rate exceeded")), true),
+        Some(Injected::Error) => (
+            Err(StsError::new("InternalFailure", 500, "Internal failure (injected)")),
+            true,
+        ),
+        None if op == "AssumeRole" => (e.assume_role(&caller, &params).map(|s| assume_role_result(&s)), false),
+        None => (
+            e.caller_identity(&caller).map(|(user, account, arn)| {
+                format!(
+                    "    <UserId>{}</UserId>\n    <Account>{}</Account>\n    <Arn>{}</Arn>\n",
+                    xml_escape(&user),
+                    xml_escape(&account),
+                    xml_escape(&arn)
+                )
+            }),
+            false,
+        ),
+    };
+    e.count(op, result.as_ref().map(|_| ()).map_err(|err| err.code), injected);
+    if op == "AssumeRole" {
+        let (outcome, message) = match &result {
+            Ok(_) => ("OK", None),
+            Err(err) => (err.code, Some(err.message.clone())),
+        };
+        let mut rec = e.new_record(&at, op, outcome, message, injected);
+        let p = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        rec.role_arn = p("RoleArn");
+        rec.role_session_name = p("RoleSessionName");
+        e.calls.push(rec);
+    }
+    drop(e);
+    tracing::debug!(
+        op,
+        account = at.account,
+        region = at.region,
+        ok = result.is_ok(),
+        "request"
+    );
+    match result {
+        Ok(xml) => sts_ok(op, &xml),
+        Err(err) => sts_error(&err),
+    }
+}
+
 /// Splits a query string into decoded pairs, keeping repeated keys.
 fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
@@ -249,9 +417,33 @@ fn percent_decode(s: &str) -> String {
 
 // ---- admin ---------------------------------------------------------------------------
 
+/// `?account=` and `?region=` of the admin endpoints (defaults: `--account-id`, `--region`).
 #[derive(Deserialize)]
 struct RegionQuery {
+    account: Option<String>,
     region: Option<String>,
+}
+
+impl RegionQuery {
+    /// The `?account=` given, checked: a bad one is the error message.
+    fn account(&self) -> Result<Option<&str>, String> {
+        match self.account.as_deref() {
+            Some(a) if !crate::seed::is_account_id(a) => {
+                Err(format!("account: {a:?} is not a 12-digit AWS account id"))
+            }
+            a => Ok(a),
+        }
+    }
+}
+
+/// Answers a bad `?account=` with a 400 before anything else.
+macro_rules! account_or_400 {
+    ($q:expr) => {
+        match $q.account() {
+            Ok(a) => a,
+            Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
+        }
+    };
 }
 
 fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -275,7 +467,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 }
 
 async fn admin_state(State(s): State<Shared>, Query(q): Query<RegionQuery>) -> Response {
-    axum::Json(s.lock().snapshot(q.region.as_deref())).into_response()
+    let account = account_or_400!(q);
+    axum::Json(s.lock().snapshot(account, q.region.as_deref())).into_response()
 }
 
 async fn admin_put_job(State(s): State<Shared>, body: Bytes) -> Response {
@@ -303,7 +496,8 @@ async fn admin_delete_job(
     Path(job_id): Path<String>,
     Query(q): Query<RegionQuery>,
 ) -> Response {
-    if s.lock().remove_job(q.region.as_deref(), &job_id) {
+    let account = account_or_400!(q);
+    if s.lock().remove_job(account, q.region.as_deref(), &job_id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         admin_error(StatusCode::NOT_FOUND, format!("no job {job_id:?}"))
@@ -322,9 +516,10 @@ async fn admin_job_status(
     Query(q): Query<RegionQuery>,
     AdminJson(b): AdminJson<StatusBody>,
 ) -> Response {
+    let account = account_or_400!(q);
     match s
         .lock()
-        .set_status_service_side(q.region.as_deref(), &job_id, b.job_status)
+        .set_status_service_side(account, q.region.as_deref(), &job_id, b.job_status)
     {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) if e.starts_with("no job") => admin_error(StatusCode::NOT_FOUND, e),
@@ -350,7 +545,8 @@ async fn admin_put_account(
         status: b.status,
         paused: b.paused,
     };
-    match s.lock().put_account(q.region.as_deref(), &account_id, account) {
+    let owner = account_or_400!(q);
+    match s.lock().put_account(owner, q.region.as_deref(), &account_id, account) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => admin_error(StatusCode::BAD_REQUEST, e),
     }
@@ -361,7 +557,8 @@ async fn admin_delete_account(
     Path(account_id): Path<String>,
     Query(q): Query<RegionQuery>,
 ) -> Response {
-    if s.lock().remove_account(q.region.as_deref(), &account_id) {
+    let owner = account_or_400!(q);
+    if s.lock().remove_account(owner, q.region.as_deref(), &account_id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         admin_error(StatusCode::NOT_FOUND, format!("no account {account_id:?}"))
@@ -422,8 +619,17 @@ async fn admin_counters(State(s): State<Shared>) -> Response {
     axum::Json(s.lock().counters.clone()).into_response()
 }
 
-async fn admin_calls(State(s): State<Shared>) -> Response {
-    axum::Json(json!({ "calls": s.lock().calls })).into_response()
+/// The call log; `?account=` and `?region=` keep only the calls of that account or region.
+async fn admin_calls(State(s): State<Shared>, Query(q): Query<RegionQuery>) -> Response {
+    let account = account_or_400!(q);
+    let e = s.lock();
+    let calls: Vec<_> = e
+        .calls
+        .iter()
+        .filter(|c| account.is_none_or(|a| c.aws_account_id == a))
+        .filter(|c| q.region.as_deref().is_none_or(|r| c.region == r))
+        .collect();
+    axum::Json(json!({ "calls": calls })).into_response()
 }
 
 async fn admin_reset(State(s): State<Shared>) -> Response {

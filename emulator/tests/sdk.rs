@@ -71,6 +71,7 @@ fn job(name: &str, ty: JobType, status: JobStatus) -> SeedJob {
         name: name.into(),
         job_type: ty,
         job_status: status,
+        aws_account_id: None,
         region: None,
         created_at: None,
         paused_at: None,
@@ -1280,7 +1281,7 @@ async fn admin_service_side_changes() {
 impl Env {
     fn status_of_raw(&self, id: &str) -> JobStatus {
         let mut e = self.state.lock();
-        let snap = e.snapshot(None);
+        let snap = e.snapshot(None, None);
         let j = snap["jobs"]
             .as_array()
             .unwrap()

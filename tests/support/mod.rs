@@ -84,7 +84,7 @@ impl EmulatorHandle {
 
     pub fn status(&self, job_id: &str) -> Option<String> {
         let mut e = self.state.lock();
-        let snap = e.snapshot(None);
+        let snap = e.snapshot(None, None);
         snap["jobs"]
             .as_array()?
             .iter()
@@ -315,13 +315,13 @@ impl EmulatorHandle {
         let status = serde_json::from_value(json!(status)).expect("status");
         self.state
             .lock()
-            .put_account(None, id, macie_emulator::state::Account { status, paused })
+            .put_account(None, None, id, macie_emulator::state::Account { status, paused })
             .expect("account");
     }
 
     pub fn account(&self, id: &str) -> Option<String> {
         let mut e = self.state.lock();
-        let snap = e.snapshot(None);
+        let snap = e.snapshot(None, None);
         snap["accounts"][id]["status"].as_str().map(str::to_string)
     }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Emulator;
+use super::{Emulator, Scope};
 use crate::model::*;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -27,14 +27,22 @@ pub struct AccountCall {
     pub outcome: String,
 }
 
-/// One UpdateClassificationJob or BatchUpdateAutomatedDiscoveryAccounts call.
+/// One UpdateClassificationJob, BatchUpdateAutomatedDiscoveryAccounts or AssumeRole call.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallRecord {
     pub seq: u64,
     pub at: Timestamp,
     pub region: String,
+    /// The AWS account of the credentials that signed the call.
+    pub aws_account_id: String,
     pub operation: String,
+    /// AssumeRole: the role asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// AssumeRole: the session name asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_session_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
     /// The job's real status when the call arrived (not what a delayed read showed).
@@ -66,31 +74,41 @@ impl Emulator {
     pub fn record(
         &mut self,
         op: &str,
-        region: &str,
+        at: &Scope,
         job_id: Option<&str>,
         result: &Result<(), &ApiError>,
         injected: bool,
     ) {
-        let c = self.counters.entry(op.to_string()).or_default();
-        match result {
-            Ok(()) => c.ok += 1,
-            Err(e) => *c.errors.entry(e.code.as_str().to_string()).or_default() += 1,
-        }
-        if injected {
-            c.injected += 1;
-        }
+        self.count(op, result.map_err(|e| e.code.as_str()), injected);
         if let (Err(e), true) = (result, injected || !self.macie_enabled)
             && (op == "UpdateClassificationJob" || op == "BatchUpdateAutomatedDiscoveryAccounts")
         {
-            let mut rec = self.new_record(region, op, e.code.as_str(), Some(e.message.clone()), injected);
+            let mut rec = self.new_record(at, op, e.code.as_str(), Some(e.message.clone()), injected);
             rec.job_id = job_id.map(str::to_string);
             self.calls.push(rec);
         }
     }
 
-    pub(super) fn new_record(
+    /// Counts a request as it arrives.
+    pub fn count_request(&mut self, op: &str) {
+        self.counters.entry(op.to_string()).or_default().requests += 1;
+    }
+
+    /// Counts the outcome of a request: `Ok` or the error code answered.
+    pub fn count(&mut self, op: &str, outcome: Result<(), &str>, injected: bool) {
+        let c = self.counters.entry(op.to_string()).or_default();
+        match outcome {
+            Ok(()) => c.ok += 1,
+            Err(code) => *c.errors.entry(code.to_string()).or_default() += 1,
+        }
+        if injected {
+            c.injected += 1;
+        }
+    }
+
+    pub(crate) fn new_record(
         &mut self,
-        region: &str,
+        at: &Scope,
         op: &str,
         outcome: &str,
         message: Option<String>,
@@ -99,8 +117,11 @@ impl Emulator {
         CallRecord {
             seq: self.calls.len() as u64 + 1,
             at: self.now(),
-            region: region.to_string(),
+            region: at.region.clone(),
+            aws_account_id: at.account.clone(),
             operation: op.to_string(),
+            role_arn: None,
+            role_session_name: None,
             job_id: None,
             from_status: None,
             requested_status: None,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::calls::AccountCall;
 use super::paging::{decode_token, encode_token, fingerprint};
-use super::{ApiResult, Emulator, Region, decode};
+use super::{ApiResult, Emulator, Region, Scope, decode};
 use crate::model::*;
 use crate::seed::is_account_id;
 
@@ -47,24 +47,32 @@ impl Region {
 }
 
 impl Emulator {
-    pub fn put_account(&mut self, region: Option<&str>, account_id: &str, account: Account) -> Result<(), String> {
+    pub fn put_account(
+        &mut self,
+        owner: Option<&str>,
+        region: Option<&str>,
+        account_id: &str,
+        account: Account,
+    ) -> Result<(), String> {
         if !is_account_id(account_id) {
             return Err(format!("accountId: {account_id:?} is not a 12-digit AWS account id"));
         }
-        let r = self.region_mut(region);
+        let at = self.scope(owner, region);
+        let r = self.region_mut(&at);
         // An out-of-band change is visible at once.
         r.shown_accounts.remove(account_id);
         r.accounts.insert(account_id.to_string(), account);
         Ok(())
     }
 
-    pub fn remove_account(&mut self, region: Option<&str>, account_id: &str) -> bool {
-        let r = self.region_mut(region);
+    pub fn remove_account(&mut self, owner: Option<&str>, region: Option<&str>, account_id: &str) -> bool {
+        let at = self.scope(owner, region);
+        let r = self.region_mut(&at);
         r.shown_accounts.remove(account_id);
         r.accounts.remove(account_id).is_some()
     }
 
-    pub fn batch_update_accounts(&mut self, region: &str, body: Value) -> ApiResult {
+    pub fn batch_update_accounts(&mut self, at: &Scope, body: Value) -> ApiResult {
         let req: BatchUpdateRequest = decode(body)?;
         let accounts = req.accounts.unwrap_or_default();
         for (i, a) in accounts.iter().enumerate() {
@@ -77,8 +85,8 @@ impl Emulator {
         }
         let now = self.now();
         let delay = Duration::from_millis(self.faults.discovery_visibility_delay_ms);
-        let mut rec = self.new_record(region, "BatchUpdateAutomatedDiscoveryAccounts", "OK", None, false);
-        let r = self.region_mut(Some(region));
+        let mut rec = self.new_record(at, "BatchUpdateAutomatedDiscoveryAccounts", "OK", None, false);
+        let r = self.region_mut(at);
         let mut errors = Vec::new();
         for a in accounts {
             let (previous, outcome) = match r.accounts.get_mut(&a.account_id) {
@@ -120,7 +128,7 @@ impl Emulator {
 
     pub fn list_accounts(
         &mut self,
-        region: &str,
+        at: &Scope,
         account_ids: &[String],
         max_results: Option<&str>,
         next_token: Option<&str>,
@@ -151,7 +159,7 @@ impl Emulator {
             None => 0,
         };
         let now = self.now();
-        let r = self.region_mut(Some(region));
+        let r = self.region_mut(at);
         let all: Vec<Value> = r
             .accounts
             .iter()
@@ -167,8 +175,8 @@ impl Emulator {
         Ok(out)
     }
 
-    pub fn get_discovery_configuration(&mut self, region: &str) -> ApiResult {
-        let r = self.region_mut(Some(region));
+    pub fn get_discovery_configuration(&mut self, at: &Scope) -> ApiResult {
+        let r = self.region_mut(at);
         let mut out = json!({
             "autoEnableOrganizationMembers": r.auto_enable,
             "classificationScopeId": "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4",

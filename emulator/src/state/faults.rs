@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::{Emulator, OPERATIONS};
+use super::{Emulator, OPERATIONS, STS_OPERATIONS};
 use crate::model::*;
 
 /// Fault injection for one operation (or `*` for all).
@@ -126,6 +126,13 @@ pub struct Faults {
     pub errors: Vec<ErrorRule>,
 }
 
+/// A fault drawn for a call from the `operations` rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injected {
+    Throttle,
+    Error,
+}
+
 impl Emulator {
     fn fault_for(&self, op: &str) -> Fault {
         let mut f = self.faults.operations.get("*").cloned().unwrap_or_default();
@@ -139,9 +146,9 @@ impl Emulator {
 
     pub fn set_faults(&mut self, faults: Faults) -> Result<(), String> {
         for (op, f) in &faults.operations {
-            if op != "*" && !OPERATIONS.contains(&op.as_str()) {
+            if op != "*" && !OPERATIONS.contains(&op.as_str()) && !STS_OPERATIONS.contains(&op.as_str()) {
                 return Err(format!(
-                    "operations.{op}: not an operation the emulator serves ({OPERATIONS:?} or *)"
+                    "operations.{op}: not an operation the emulator serves ({OPERATIONS:?}, {STS_OPERATIONS:?} or *)"
                 ));
             }
             for (name, rate) in [("throttleRate", f.throttle_rate), ("errorRate", f.error_rate)] {
@@ -163,20 +170,34 @@ impl Emulator {
         Duration::from_millis(self.fault_for(op).latency_ms)
     }
 
+    /// Draws the throttle and error rates of `operations` for one call to `op`.
+    pub fn draw_fault(&mut self, op: &str) -> Option<Injected> {
+        let f = self.fault_for(op);
+        if f.throttle_rate > 0.0 && self.rng.random_bool(f.throttle_rate) {
+            return Some(Injected::Throttle);
+        }
+        if f.error_rate > 0.0 && self.rng.random_bool(f.error_rate) {
+            return Some(Injected::Error);
+        }
+        None
+    }
+
     /// Counts the request and decides whether it is answered with an injected fault or with
     /// "Macie is not enabled". `job_id` is the job a job operation's path names: the `errors`
     /// rules are checked against it here, before the handler can change anything.
     pub fn admit(&mut self, op: &str, region: &str, job_id: Option<&str>) -> Result<(), (ApiError, bool)> {
-        self.counters.entry(op.to_string()).or_default().requests += 1;
-        let f = self.fault_for(op);
-        if f.throttle_rate > 0.0 && self.rng.random_bool(f.throttle_rate) {
-            return Err((ApiError::new(ErrorCode::ThrottlingException, "Rate exceeded"), true));
-        }
-        if f.error_rate > 0.0 && self.rng.random_bool(f.error_rate) {
-            return Err((
-                ApiError::new(ErrorCode::InternalServerException, "Internal server error (injected)"),
-                true,
-            ));
+        self.count_request(op);
+        match self.draw_fault(op) {
+            Some(Injected::Throttle) => {
+                return Err((ApiError::new(ErrorCode::ThrottlingException, "Rate exceeded"), true));
+            }
+            Some(Injected::Error) => {
+                return Err((
+                    ApiError::new(ErrorCode::InternalServerException, "Internal server error (injected)"),
+                    true,
+                ));
+            }
+            None => {}
         }
         if let Some(rule) = self.faults.errors.iter().find(|r| r.applies(op, region, job_id))
             && let Ok(code) = rule.code.parse::<ErrorCode>()

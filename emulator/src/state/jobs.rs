@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::paging::{FilterCriteria, OrderBy, SortAttribute, SortCriteria, decode_token, encode_token, fingerprint};
-use super::{ApiResult, Emulator, decode};
+use super::{ApiResult, Emulator, Scope, decode};
 use crate::model::*;
 use crate::seed::SeedJob;
 
@@ -73,9 +73,10 @@ impl Emulator {
             at: job.paused_at.unwrap_or(now),
             resume_to: job.paused_while.unwrap_or(JobStatus::Running),
         });
+        let at = self.scope(job.aws_account_id.as_deref(), job.region.as_deref());
         let bucket_definitions = job.bucket_definitions.clone().or_else(|| {
             Some(vec![S3BucketDefinitionForJob {
-                account_id: self.account_id.clone(),
+                account_id: at.account.clone(),
                 buckets: vec![format!("{}-data", job.name.to_lowercase().replace(' ', "-"))],
             }])
         });
@@ -89,7 +90,6 @@ impl Emulator {
             "statistics": { "approximateNumberOfObjectsToProcess": 0.0, "numberOfRuns": 1.0 },
             "tags": {},
         });
-        let region = job.region.clone();
         let job = Job {
             job_id: job_id.clone(),
             name: job.name.clone(),
@@ -104,16 +104,23 @@ impl Emulator {
             last_request: None,
             details,
         };
-        self.region_mut(region.as_deref()).jobs.insert(job_id.clone(), job);
+        self.region_mut(&at).jobs.insert(job_id.clone(), job);
         Ok(job_id)
     }
 
     /// A change Macie itself makes (a run completes, a scheduled job goes idle, the quota
     /// pauses a job) or any out-of-band change a test needs. Not subject to the update rules.
-    pub fn set_status_service_side(&mut self, region: Option<&str>, job_id: &str, to: JobStatus) -> Result<(), String> {
+    pub fn set_status_service_side(
+        &mut self,
+        account: Option<&str>,
+        region: Option<&str>,
+        job_id: &str,
+        to: JobStatus,
+    ) -> Result<(), String> {
         let now = self.now();
+        let at = self.scope(account, region);
         let job = self
-            .region_mut(region)
+            .region_mut(&at)
             .jobs
             .get_mut(job_id)
             .ok_or_else(|| format!("no job {job_id:?}"))?;
@@ -138,15 +145,16 @@ impl Emulator {
         Ok(())
     }
 
-    pub fn remove_job(&mut self, region: Option<&str>, job_id: &str) -> bool {
-        self.region_mut(region).jobs.remove(job_id).is_some()
+    pub fn remove_job(&mut self, account: Option<&str>, region: Option<&str>, job_id: &str) -> bool {
+        let at = self.scope(account, region);
+        self.region_mut(&at).jobs.remove(job_id).is_some()
     }
 
-    pub fn create_job(&mut self, region: &str, body: Value) -> ApiResult {
+    pub fn create_job(&mut self, at: &Scope, body: Value) -> ApiResult {
         let req: CreateJobRequest = decode(body)?;
-        if let Some(id) = self.region_mut(Some(region)).client_tokens.get(&req.client_token) {
+        if let Some(id) = self.region_mut(at).client_tokens.get(&req.client_token) {
             let id = id.clone();
-            return Ok(json!({ "jobId": id, "jobArn": self.job_arn(region, &id) }));
+            return Ok(json!({ "jobId": id, "jobArn": self.job_arn(at, &id) }));
         }
         if req.name.is_empty() || req.name.len() > 500 {
             return Err(ApiError::validation("name must be 1 to 500 characters"));
@@ -216,27 +224,23 @@ impl Emulator {
             last_request: None,
             details,
         };
-        let r = self.region_mut(Some(region));
+        let r = self.region_mut(at);
         r.client_tokens.insert(req.client_token, job_id.clone());
         r.jobs.insert(job_id.clone(), job);
-        Ok(json!({ "jobId": job_id, "jobArn": self.job_arn(region, &job_id) }))
+        Ok(json!({ "jobId": job_id, "jobArn": self.job_arn(at, &job_id) }))
     }
 
-    fn job_arn(&self, region: &str, job_id: &str) -> String {
+    fn job_arn(&self, at: &Scope, job_id: &str) -> String {
         format!(
-            "arn:aws:macie2:{region}:{}:classification-job/{job_id}",
-            self.account_id
+            "arn:aws:macie2:{}:{}:classification-job/{job_id}",
+            at.region, at.account
         )
     }
 
-    pub fn describe_job(&mut self, region: &str, job_id: &str) -> ApiResult {
+    pub fn describe_job(&mut self, at: &Scope, job_id: &str) -> ApiResult {
         let now = self.now();
-        let arn = self.job_arn(region, job_id);
-        let job = self
-            .region_mut(Some(region))
-            .jobs
-            .get(job_id)
-            .ok_or_else(|| not_found(job_id))?;
+        let arn = self.job_arn(at, job_id);
+        let job = self.region_mut(at).jobs.get(job_id).ok_or_else(|| not_found(job_id))?;
         let s = summary(job, now, true);
         let mut v = job.details.clone();
         let obj = v.as_object_mut().expect("details is an object");
@@ -274,7 +278,7 @@ impl Emulator {
         }
     }
 
-    pub fn list_jobs(&mut self, region: &str, body: Value) -> ApiResult {
+    pub fn list_jobs(&mut self, at: &Scope, body: Value) -> ApiResult {
         let req: ListJobsRequest = decode(body)?;
         let page = match req.max_results {
             Some(n) if n < 1 => return Err(ApiError::validation("maxResults must be at least 1")),
@@ -292,7 +296,7 @@ impl Emulator {
         for term in filter.includes.iter().chain(filter.excludes.iter()) {
             term.check()?;
         }
-        let r = self.region_mut(Some(region));
+        let r = self.region_mut(at);
         // Filter and sort references; only the page's jobs are turned into summaries.
         let mut items: Vec<&Job> = Vec::with_capacity(r.jobs.len());
         for job in r.jobs.values() {
@@ -344,14 +348,14 @@ impl Emulator {
         Ok(out)
     }
 
-    pub fn update_job(&mut self, region: &str, job_id: &str, body: Value) -> ApiResult {
+    pub fn update_job(&mut self, at: &Scope, job_id: &str, body: Value) -> ApiResult {
         let req: UpdateJobRequest = decode(body)?;
         let now = self.now();
         let delay = Duration::from_millis(self.faults.visibility_delay_ms);
-        let mut rec = self.new_record(region, "UpdateClassificationJob", "OK", None, false);
+        let mut rec = self.new_record(at, "UpdateClassificationJob", "OK", None, false);
         rec.job_id = Some(job_id.to_string());
         rec.requested_status = Some(req.job_status);
-        let result = match self.region_mut(Some(region)).jobs.get_mut(job_id) {
+        let result = match self.region_mut(at).jobs.get_mut(job_id) {
             None => Err(not_found(job_id)),
             Some(job) => {
                 let from = job.status;

@@ -4,13 +4,15 @@
 //! One state type, [`Emulator`], with its methods grouped by concern in private modules: `jobs`
 //! (classification jobs), `discovery` (automated discovery accounts and configuration), `faults`
 //! (fault injection), `calls` (call log and counters) and `paging` (page tokens, filter and sort
-//! criteria). Their public types are re-exported here.
+//! criteria), and `sts` (roles, temporary credentials and who signed a request). State is kept
+//! per [`Scope`]: an AWS account and a region. Their public types are re-exported here.
 
 mod calls;
 mod discovery;
 mod faults;
 mod jobs;
 mod paging;
+mod sts;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
@@ -27,10 +29,11 @@ use jobs::summary;
 
 pub use calls::{AccountCall, CallRecord, OpCounters};
 pub use discovery::{Account, DEFAULT_ACCOUNTS_PAGE};
-pub use faults::{ErrorRule, Fault, Faults, JOB_OPERATIONS};
+pub use faults::{ErrorRule, Fault, Faults, Injected, JOB_OPERATIONS};
 pub use jobs::{DEFAULT_JOBS_PAGE, HEALTH_EVENT_AFTER, Job, PAUSE_EXPIRY, Paused};
+pub use sts::{Caller, DEFAULT_SESSION, Session, StsError};
 
-/// The operations the emulator serves, by their service-model names.
+/// The Macie operations the emulator serves, by their service-model names.
 pub const OPERATIONS: [&str; 7] = [
     "CreateClassificationJob",
     "DescribeClassificationJob",
@@ -40,6 +43,17 @@ pub const OPERATIONS: [&str; 7] = [
     "ListAutomatedDiscoveryAccounts",
     "GetAutomatedDiscoveryConfiguration",
 ];
+
+/// The STS operations the emulator serves (query protocol, `POST /`).
+pub const STS_OPERATIONS: [&str; 2] = ["AssumeRole", "GetCallerIdentity"];
+
+/// Where a call acts: the AWS account of the credentials that signed it and the region of its
+/// SigV4 scope. Each scope has its own jobs, member accounts and discovery configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    pub account: String,
+    pub region: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct Region {
@@ -73,7 +87,9 @@ pub struct Emulator {
     seed: Seed,
     pub default_region: String,
     pub account_id: String,
-    regions: HashMap<String, Region>,
+    regions: HashMap<Scope, Region>,
+    /// Temporary credentials issued by AssumeRole, by access key id. They survive a reset.
+    sessions: HashMap<String, Session>,
     pub macie_enabled: bool,
     clock_offset: Duration,
     pub faults: Faults,
@@ -92,6 +108,7 @@ impl Emulator {
             default_region: default_region.to_string(),
             account_id: account_id.to_string(),
             regions: HashMap::new(),
+            sessions: HashMap::new(),
             macie_enabled: true,
             clock_offset: Duration::ZERO,
             faults: Faults::default(),
@@ -116,7 +133,8 @@ impl Emulator {
         let now = self.now();
         let seed = self.seed.clone();
         if let Some(cfg) = &seed.automated_discovery {
-            let r = self.region_mut(None);
+            let at = self.scope(None, None);
+            let r = self.region_mut(&at);
             r.discovery_status = cfg.status;
             if let Some(a) = &cfg.auto_enable_organization_members {
                 r.auto_enable = a.clone();
@@ -126,7 +144,8 @@ impl Emulator {
             self.put_job(job, now).expect("seed was validated");
         }
         for a in &seed.accounts {
-            self.region_mut(a.region.as_deref()).accounts.insert(
+            let at = self.scope(a.aws_account_id.as_deref(), a.region.as_deref());
+            self.region_mut(&at).accounts.insert(
                 a.account_id.clone(),
                 Account {
                     status: a.status,
@@ -149,10 +168,18 @@ impl Emulator {
         self.clock_offset
     }
 
-    pub fn region_mut(&mut self, region: Option<&str>) -> &mut Region {
+    /// The scope named by an (optional) account and region: `--account-id` and `--region` by
+    /// default.
+    pub fn scope(&self, account: Option<&str>, region: Option<&str>) -> Scope {
+        Scope {
+            account: account.unwrap_or(&self.account_id).to_string(),
+            region: region.unwrap_or(&self.default_region).to_string(),
+        }
+    }
+
+    pub fn region_mut(&mut self, at: &Scope) -> &mut Region {
         let now = self.now();
-        let name = region.unwrap_or(&self.default_region).to_string();
-        self.regions.entry(name).or_insert_with(|| Region::new(now))
+        self.regions.entry(at.clone()).or_insert_with(|| Region::new(now))
     }
 
     /// Applies what time does: visibility delays run out, paused jobs expire after 30 days.
@@ -181,10 +208,12 @@ impl Emulator {
         }
     }
 
-    pub fn snapshot(&mut self, region: Option<&str>) -> Value {
+    /// The state of one account in one region (defaults: `--account-id`, `--region`).
+    pub fn snapshot(&mut self, account: Option<&str>, region: Option<&str>) -> Value {
         self.tick();
         let now = self.now();
-        let r = self.region_mut(region);
+        let at = self.scope(account, region);
+        let r = self.region_mut(&at);
         let jobs: Vec<Value> = r
             .jobs
             .values()
@@ -203,7 +232,13 @@ impl Emulator {
                 (id.clone(), v)
             })
             .collect();
-        json!({ "jobs": jobs, "accounts": accounts, "discoveryStatus": r.discovery_status })
+        json!({
+            "awsAccountId": at.account,
+            "region": at.region,
+            "jobs": jobs,
+            "accounts": accounts,
+            "discoveryStatus": r.discovery_status,
+        })
     }
 }
 
