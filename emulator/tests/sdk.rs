@@ -28,10 +28,32 @@ struct Env {
 }
 
 fn client_for(addr: SocketAddr, region: &str, retries: bool) -> Client {
+    let creds = Credentials::new("AKIDEMULATOR", "secret", None, None, "test");
+    client_with(addr, region, retries, creds)
+}
+
+fn http_client() -> aws_sdk_macie2::config::SharedHttpClient {
     use aws_smithy_http_client::tls;
-    let http = aws_smithy_http_client::Builder::new()
+    aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-        .build_https();
+        .build_https()
+}
+
+/// An STS client on the emulator, signing with `creds`.
+fn sts_client(addr: SocketAddr, creds: Credentials) -> aws_sdk_sts::Client {
+    let conf = aws_sdk_sts::Config::builder()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .region(aws_sdk_sts::config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://{addr}"))
+        .credentials_provider(creds)
+        .http_client(http_client())
+        .retry_config(aws_sdk_sts::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_sts::Client::from_conf(conf)
+}
+
+fn client_with(addr: SocketAddr, region: &str, retries: bool, creds: Credentials) -> Client {
+    let http = http_client();
     let retry = if retries {
         aws_sdk_macie2::config::retry::RetryConfig::standard()
             .with_max_attempts(5)
@@ -43,7 +65,7 @@ fn client_for(addr: SocketAddr, region: &str, retries: bool) -> Client {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .endpoint_url(format!("http://{addr}"))
-        .credentials_provider(Credentials::new("AKIDEMULATOR", "secret", None, None, "test"))
+        .credentials_provider(creds)
         .http_client(http)
         .retry_config(retry)
         .build();
@@ -1291,4 +1313,222 @@ impl Env {
             .clone();
         serde_json::from_value(j["jobStatus"].clone()).unwrap()
     }
+}
+
+const ROLE: &str = "arn:aws:iam::111122223333:role/macie-operator";
+
+fn own_credentials() -> Credentials {
+    Credentials::new("AKIDEMULATOR", "secret", None, None, "test")
+}
+
+/// Jobs in two AWS accounts and a role in the second one.
+fn two_accounts_seed() -> Seed {
+    Seed::parse(&format!(
+        "roles:\n- {{arn: '{ROLE}', externalId: ext-123}}\n- {{arn: 'arn:aws:iam::444455556666:role/open'}}\n\
+         jobs:\n- {{jobId: home1, name: home, jobType: ONE_TIME, jobStatus: RUNNING}}\n\
+         - {{jobId: prod1, name: prod, jobType: SCHEDULED, jobStatus: IDLE, awsAccountId: '111122223333'}}\n\
+         accounts:\n- {{accountId: '999988887777', status: ENABLED, awsAccountId: '111122223333'}}\n"
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sts_assume_role_credentials_act_in_the_role_account_until_they_expire() {
+    let env = start(two_accounts_seed()).await;
+    let sts = sts_client(env.addr, own_credentials());
+
+    let me = sts.get_caller_identity().send().await.unwrap();
+    assert_eq!(me.account(), Some("123456789012"));
+    assert_eq!(me.arn(), Some("arn:aws:iam::123456789012:root"));
+
+    let out = sts
+        .assume_role()
+        .role_arn(ROLE)
+        .role_session_name("op-session")
+        .external_id("ext-123")
+        .send()
+        .await
+        .unwrap();
+    let user = out.assumed_role_user().unwrap();
+    assert_eq!(
+        user.arn(),
+        "arn:aws:sts::111122223333:assumed-role/macie-operator/op-session"
+    );
+    assert!(user.assumed_role_id().ends_with(":op-session"), "{user:?}");
+    let c = out.credentials().unwrap();
+    let now = std::time::SystemTime::now();
+    let expires = std::time::SystemTime::try_from(*c.expiration()).unwrap();
+    let lifetime = expires.duration_since(now).unwrap();
+    assert!(
+        lifetime > Duration::from_secs(3590) && lifetime <= Duration::from_secs(3600),
+        "{lifetime:?}"
+    );
+    let role_creds = Credentials::new(
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token().to_string()),
+        Some(expires),
+        "assumed",
+    );
+
+    // Macie with the role's credentials sees the role account's jobs only; the operator's own
+    // credentials still see the default account's.
+    let prod = client_with(env.addr, "us-east-1", false, role_creds.clone());
+    let ids = |r: aws_sdk_macie2::operation::list_classification_jobs::ListClassificationJobsOutput| {
+        r.items()
+            .iter()
+            .filter_map(|j| j.job_id().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(prod.list_classification_jobs().send().await.unwrap()),
+        vec!["prod1"]
+    );
+    assert_eq!(
+        ids(env.client.list_classification_jobs().send().await.unwrap()),
+        vec!["home1"]
+    );
+    let created = prod
+        .create_classification_job()
+        .client_token("t1")
+        .job_type(SdkType::OneTime)
+        .name("made-in-prod")
+        .s3_job_definition(
+            S3JobDefinition::builder()
+                .bucket_definitions(
+                    S3BucketDefinitionForJob::builder()
+                        .account_id("111122223333")
+                        .buckets("b")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        created
+            .job_arn()
+            .unwrap()
+            .starts_with("arn:aws:macie2:us-east-1:111122223333:classification-job/"),
+        "{created:?}"
+    );
+    prod.update_classification_job()
+        .job_id("prod1")
+        .job_status(SdkStatus::UserPaused)
+        .send()
+        .await
+        .unwrap();
+    let err = env
+        .client
+        .describe_classification_job()
+        .job_id("prod1")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("ResourceNotFoundException"));
+    let accounts = prod.list_automated_discovery_accounts().send().await.unwrap();
+    assert_eq!(accounts.items().len(), 1);
+
+    let role_sts = sts_client(env.addr, role_creds.clone());
+    let who = role_sts.get_caller_identity().send().await.unwrap();
+    assert_eq!(who.account(), Some("111122223333"));
+    assert_eq!(
+        who.arn(),
+        Some("arn:aws:sts::111122223333:assumed-role/macie-operator/op-session")
+    );
+
+    // The admin API and the call log name the account.
+    let (c, state) = env.admin("GET", "/__admin/state?account=111122223333", None).await;
+    assert_eq!(c, 200);
+    assert_eq!(state["awsAccountId"], "111122223333");
+    assert_eq!(state["jobs"].as_array().unwrap().len(), 2, "{state}");
+    assert!(state["accounts"]["999988887777"].is_object(), "{state}");
+    let (_, home) = env.admin("GET", "/__admin/state", None).await;
+    assert_eq!(home["jobs"].as_array().unwrap().len(), 1, "{home}");
+    let (c, _) = env.admin("GET", "/__admin/state?account=12", None).await;
+    assert_eq!(c, 400);
+    let (c, _) = env
+        .admin(
+            "PUT",
+            "/__admin/jobs/prod1/status?account=111122223333",
+            Some(json!({"jobStatus": "CANCELLED"})),
+        )
+        .await;
+    assert_eq!(c, 204);
+    let (_, calls) = env.admin("GET", "/__admin/calls", None).await;
+    let calls = calls["calls"].as_array().unwrap().clone();
+    assert_eq!(calls[0]["operation"], "AssumeRole");
+    assert_eq!(calls[0]["awsAccountId"], "123456789012");
+    assert_eq!(calls[0]["roleArn"], ROLE);
+    assert_eq!(calls[0]["roleSessionName"], "op-session");
+    assert_eq!(calls[0]["outcome"], "OK");
+    assert_eq!(calls[1]["operation"], "UpdateClassificationJob");
+    assert_eq!(calls[1]["awsAccountId"], "111122223333");
+    let (_, mine) = env.admin("GET", "/__admin/calls?account=111122223333", None).await;
+    assert_eq!(mine["calls"].as_array().unwrap().len(), 1, "{mine}");
+    let (_, counters) = env.admin("GET", "/__admin/counters", None).await;
+    assert_eq!(counters["AssumeRole"]["ok"], 1);
+    assert_eq!(counters["GetCallerIdentity"]["requests"], 2);
+
+    // Past the expiry, both services refuse the credentials.
+    env.admin("POST", "/__admin/clock/advance", Some(json!({"seconds": 3601})))
+        .await;
+    let err = prod.list_classification_jobs().send().await.unwrap_err();
+    assert_eq!(err.code(), Some("ExpiredTokenException"), "{err:?}");
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(403));
+    let err = role_sts.get_caller_identity().send().await.unwrap_err();
+    assert_eq!(err.code(), Some("ExpiredTokenException"), "{err:?}");
+    assert!(env.client.list_classification_jobs().send().await.is_ok());
+}
+
+#[tokio::test]
+async fn sts_refuses_unknown_roles_wrong_external_ids_and_bad_parameters() {
+    let env = start(two_accounts_seed()).await;
+    let sts = sts_client(env.addr, own_credentials());
+    let attempt = |arn: &str, ext: Option<&str>, secs: Option<i32>| {
+        sts.assume_role()
+            .role_arn(arn)
+            .role_session_name("s1")
+            .set_external_id(ext.map(str::to_string))
+            .set_duration_seconds(secs)
+            .send()
+    };
+    for (arn, ext) in [
+        ("arn:aws:iam::111122223333:role/nobody", None),
+        (ROLE, None),
+        (ROLE, Some("wrong-id")),
+    ] {
+        let err = attempt(arn, ext, None).await.unwrap_err();
+        assert_eq!(err.code(), Some("AccessDenied"), "{arn} {ext:?}: {err:?}");
+        assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(403));
+        assert!(err.message().unwrap().contains(arn), "{err:?}");
+    }
+    // A role without an external id takes any; DurationSeconds is honoured within 900..43200.
+    let out = attempt("arn:aws:iam::444455556666:role/open", Some("anything"), Some(900))
+        .await
+        .unwrap();
+    let expires = std::time::SystemTime::try_from(*out.credentials().unwrap().expiration()).unwrap();
+    assert!(expires.duration_since(std::time::SystemTime::now()).unwrap() <= Duration::from_secs(900));
+    for secs in [899, 43201] {
+        let err = attempt(ROLE, Some("ext-123"), Some(secs)).await.unwrap_err();
+        assert_eq!(err.code(), Some("ValidationError"), "{secs}: {err:?}");
+    }
+    let (_, counters) = env.admin("GET", "/__admin/counters", None).await;
+    assert_eq!(counters["AssumeRole"]["errors"]["AccessDenied"], 3);
+    assert_eq!(counters["AssumeRole"]["errors"]["ValidationError"], 2);
+
+    // Fault injection takes the STS operation names.
+    let (c, b) = env
+        .admin(
+            "PUT",
+            "/__admin/faults",
+            Some(json!({"operations": {"GetCallerIdentity": {"throttleRate": 1.0}}})),
+        )
+        .await;
+    assert_eq!(c, 204, "{b}");
+    let err = sts.get_caller_identity().send().await.unwrap_err();
+    assert_eq!(err.code(), Some("Throttling"), "{err:?}");
+    let (_, counters) = env.admin("GET", "/__admin/counters", None).await;
+    assert_eq!(counters["GetCallerIdentity"]["injected"], 1);
 }
