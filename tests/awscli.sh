@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 emulator=${1:-$root/target/debug/macie-emulator}
-aws=$root/.cache/tools/awscli/bin/aws
+aws=${AWS_CLI:-$root/.cache/tools/awscli/bin/aws}
 log=$(mktemp)
 "$emulator" --seed "$root/examples/emulator-seed.yaml" --addr 127.0.0.1:0 >"$log" 2>&1 &
 pid=$!
@@ -67,6 +67,26 @@ check "batch update reports per-account errors" '"errorCode": "ACCOUNT_PAUSED"' 
   --accounts accountId=222222222222,status=ENABLED accountId=444444444444,status=DISABLED accountId=999999999999,status=ENABLED
 check "batch update took effect" '"status": "ENABLED"' mac list-automated-discovery-accounts --account-ids 222222222222
 check "automated discovery configuration" '"autoEnableOrganizationMembers": "NONE"' mac get-automated-discovery-configuration
+
+# STS (query protocol, same address): the CLI parses the XML against the official sts model.
+sts() { "$aws" sts --endpoint-url "$url" --output json "$@"; }
+role=arn:aws:iam::111122223333:role/macie-operator
+check "sts get-caller-identity names the default account" '"Account": "123456789012"' sts get-caller-identity
+check "sts assume-role of a seeded role" '"Arn": "arn:aws:sts::111122223333:assumed-role/macie-operator/cli"' \
+  sts assume-role --role-arn "$role" --role-session-name cli --external-id macie-demo
+check_error "sts assume-role with a wrong external id is AccessDenied" "(AccessDenied)" \
+  sts assume-role --role-arn "$role" --role-session-name cli --external-id wrong-id
+as_role() { # runs the rest of the line with credentials of the seeded role
+  local c; c=$(sts assume-role --role-arn "$role" --role-session-name cli --external-id macie-demo \
+    --query 'Credentials.[AccessKeyId,SecretAccessKey,SessionToken]' --output text) || return 1
+  read -r AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN <<<"$c"
+  AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN=$AWS_SESSION_TOKEN "$@"
+}
+check "assumed credentials: get-caller-identity names the role account" '"Account": "111122223333"' as_role sts get-caller-identity
+check "assumed credentials: Macie shows the role account's jobs" '"name": "prod-account-scan"' as_role mac list-classification-jobs
+check_error "expired credentials are refused" "(ExpiredTokenException)" \
+  bash -c "$(declare -f mac sts); aws=$aws url=$url role=$role; c=\$(sts assume-role --role-arn \$role --role-session-name cli --external-id macie-demo --query 'Credentials.[AccessKeyId,SecretAccessKey,SessionToken]' --output text); curl -fsS -X POST $url/__admin/clock/advance -H 'content-type: application/json' -d '{\"seconds\":3601}' >/dev/null; read -r k s t <<<\"\$c\"; AWS_ACCESS_KEY_ID=\$k AWS_SECRET_ACCESS_KEY=\$s AWS_SESSION_TOKEN=\$t mac list-classification-jobs"
+
 curl -fsS -X PUT "$url/__admin/faults" -H 'content-type: application/json' \
   -d '{"operations":{"ListClassificationJobs":{"throttleRate":1.0}}}'
 check_error "throttling is a typed ThrottlingException" "(ThrottlingException)" \
