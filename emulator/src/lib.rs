@@ -1,4 +1,5 @@
-//! macie-emulator: a local Amazon Macie API (rest-json 1.1) for testing macie-operator.
+//! macie-emulator: a local Amazon Macie API (rest-json 1.1) and STS (query protocol) for testing
+//! macie-operator.
 //!
 //! It serves the operations macie-operator uses, with the wire format of the official service
 //! model and the documented job status rules, plus an admin API under `/__admin` for tests

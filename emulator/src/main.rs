@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use macie_emulator::{Emulator, Seed};
 
-/// A local Amazon Macie API (rest-json) for testing macie-operator.
+/// A local Amazon Macie API (rest-json) and STS (AssumeRole, GetCallerIdentity) for testing
+/// macie-operator.
 ///
 /// Point any AWS client at it with an endpoint override, e.g.
 /// `aws macie2 list-classification-jobs --endpoint-url http://127.0.0.1:4566`.
@@ -24,7 +25,8 @@ struct Args {
     /// Region used when a request carries no SigV4 scope, and for seed entries without one.
     #[arg(long, env = "MACIE_EMULATOR_REGION", default_value = "us-east-1")]
     region: String,
-    /// Account id in job ARNs.
+    /// AWS account of the caller's own credentials (any key AssumeRole did not issue), and of
+    /// seed entries without awsAccountId.
     #[arg(long, env = "MACIE_EMULATOR_ACCOUNT_ID", default_value = "123456789012")]
     account_id: String,
     /// Log filter (tracing EnvFilter syntax).
