@@ -440,7 +440,12 @@ async fn a_leader_that_cannot_renew_makes_no_update_after_its_renew_deadline() -
     let drift = || {
         emu.state
             .lock()
-            .set_status_service_side(None, None, &job, serde_json::from_value(json!("RUNNING")).expect("status"))
+            .set_status_service_side(
+                None,
+                None,
+                &job,
+                serde_json::from_value(json!("RUNNING")).expect("status"),
+            )
             .map_err(anyhow::Error::msg)
     };
     drift()?;
