@@ -1,6 +1,8 @@
 //! The MacieJob controller: observe (the shared sweep) -> plan (pure) -> act
 //! (UpdateClassificationJob) -> status (server-side apply) and Events.
 
+pub mod outcome;
+pub mod ownership;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -23,9 +25,9 @@ use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob, MacieJobSpec, Macie
 use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView};
 use crate::macie::{MacieClients, MacieError};
 use crate::runtime::{Error, Failures, MANAGER, status};
-use plan::{
-    Act, CallEvent, CallVerdict, Declaration, Observation, Plan, Reason, Settings, Step, StepOutcome, StepState,
-};
+use outcome::{CallEvent, CallVerdict};
+use ownership::Declaration;
+use plan::{Act, Observation, Plan, Reason, Settings, Step, StepOutcome, StepState};
 
 /// Holds a MacieJob with `deletionPolicy: Cancel` until its job is cancelled.
 pub const FINALIZER: &str = "macie.kubeops.dev/cancel-job";
@@ -188,7 +190,7 @@ fn step_from_status(t: &RequestedTransition, settings: &Settings) -> Option<Step
             let retry_at = t
                 .requested_at
                 .0
-                .checked_add(plan::retry_delay(Reason::AccessDenied, 1, 1.0))
+                .checked_add(outcome::retry_delay(Reason::AccessDenied, 1, 1.0))
                 .unwrap_or(Timestamp::MAX);
             step.state = StepState::Refused {
                 reason: Reason::AccessDenied,
@@ -476,14 +478,14 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
             ),
             shows_conflict: false,
         };
-        let own = plan::ownership(&me, &peers);
+        let own = ownership::ownership(&me, &peers);
         // Peers whose reported conflict this declaration starts or ends: look at them now.
-        for peer in plan::peers_to_wake(&own, &peers) {
+        for peer in ownership::peers_to_wake(&own, &peers) {
             let _ = ctx
                 .trigger
                 .unbounded_send(ObjectRef::new(&peer.name).within(&peer.namespace));
         }
-        p = plan::owned(p, &own);
+        p = ownership::owned(p, &own);
     }
     if deleting {
         if let Some(why) = release_after_cancel(&observation, &p) {
@@ -649,7 +651,7 @@ async fn act(ctx: &Context, obj: &MacieJob, step: Step, prev_attempts: u32) -> C
         step.to.as_str()
     );
     let jitter = 0.5 + rand::random::<f64>() * 0.5;
-    let verdict = plan::after_call(
+    let verdict = outcome::after_call(
         step,
         result.as_ref().map(|_| ()),
         prev_attempts,

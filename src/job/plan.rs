@@ -9,7 +9,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use crate::api::DesiredJobStatus;
 pub use crate::api::conditions::{ALL_REASONS, Announce, Reason};
 use crate::api::conditions::{Phase, Summary};
-use crate::api::macie_job::{ObservedJob, TransitionOutcome};
+use crate::api::macie_job::ObservedJob;
 use crate::macie::MacieError;
 
 /// A Macie job status as the API reports it.
@@ -231,7 +231,7 @@ impl Plan {
     }
 }
 
-fn add(t: Timestamp, d: Duration) -> Timestamp {
+pub(crate) fn add(t: Timestamp, d: Duration) -> Timestamp {
     t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX)
 }
@@ -373,7 +373,7 @@ fn ambiguous(ids: &[String]) -> String {
     )
 }
 
-fn refused_message(s: &Step, code: &str, message: &str, retry_at: Timestamp) -> String {
+pub(crate) fn refused_message(s: &Step, code: &str, message: &str, retry_at: Timestamp) -> String {
     let hint = if code == "AccessDeniedException" {
         "; check the operator's IAM role (macie2:UpdateClassificationJob)"
     } else {
@@ -392,234 +392,6 @@ pub fn transitioning(from: &str, to: DesiredJobStatus) -> String {
         "UpdateClassificationJob {from} -> {} requested; waiting for a sweep to show it",
         to.as_str()
     )
-}
-
-/// How long to wait before trying a refused call again: a base per kind of refusal, doubled
-/// per attempt, capped, times `jitter` (0.5..=1.0, drawn by the caller).
-pub fn retry_delay(reason: Reason, attempts: u32, jitter: f64) -> Duration {
-    let (base, cap) = match reason {
-        // Needs a person (IAM, SCPs): try again rarely.
-        Reason::AccessDenied => (Duration::from_secs(60), Duration::from_secs(30 * 60)),
-        _ => (Duration::from_secs(1), Duration::from_secs(5 * 60)),
-    };
-    let doubled = base.saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
-    doubled.min(cap).mul_f64(jitter.clamp(0.5, 1.0))
-}
-
-/// What one UpdateClassificationJob call's result means: the step it leaves, the resource's
-/// summary, and the outcome recorded in `status.lastTransition`. `step` is the write-ahead
-/// step (state InFlight, no error); `previous_attempts` are the refusals in a row before it.
-pub fn after_call(
-    mut step: Step,
-    result: Result<(), &MacieError>,
-    previous_attempts: u32,
-    now: Timestamp,
-    jitter: f64,
-) -> CallVerdict {
-    let to = step.to.as_str();
-    let from = step.from.clone();
-    let refused = |reason: Reason, e: &MacieError, step: &mut Step| {
-        let attempts = previous_attempts + 1;
-        let retry_at = add(now, retry_delay(reason, attempts, jitter));
-        step.state = StepState::Refused {
-            reason,
-            code: e.code().to_string(),
-            message: e.message().to_string(),
-            retry_at,
-            attempts,
-        };
-        retry_at
-    };
-    match result {
-        Ok(()) => CallVerdict {
-            summary: Reason::Transitioning.summary(transitioning(&from, step.to)),
-            outcome: TransitionOutcome::Pending,
-            event: CallEvent::Requested,
-            step,
-        },
-        Err(e @ MacieError::Throttled { .. }) => {
-            let retry_at = refused(Reason::Throttled, e, &mut step);
-            CallVerdict {
-                summary: Reason::Throttled.summary(format!(
-                    "UpdateClassificationJob {from} -> {to} was throttled ({e}); next try at {retry_at}"
-                )),
-                outcome: TransitionOutcome::Failed,
-                event: CallEvent::None,
-                step,
-            }
-        }
-        Err(e @ MacieError::AccessDenied { .. }) => {
-            let retry_at = refused(Reason::AccessDenied, e, &mut step);
-            let summary = Reason::AccessDenied.summary(refused_message(&step, e.code(), e.message(), retry_at));
-            CallVerdict {
-                summary,
-                outcome: TransitionOutcome::Failed,
-                event: CallEvent::Failed,
-                step,
-            }
-        }
-        Err(e @ MacieError::Other { .. }) => {
-            let retry_at = refused(Reason::UpdateRejected, e, &mut step);
-            let summary = Reason::UpdateRejected.summary(refused_message(&step, e.code(), e.message(), retry_at));
-            CallVerdict {
-                summary,
-                outcome: TransitionOutcome::Failed,
-                event: CallEvent::Failed,
-                step,
-            }
-        }
-        Err(e @ (MacieError::Rejected { .. } | MacieError::NotFound { .. })) => {
-            // The job is not where the sweep showed it (moved or gone): the next sweep says.
-            step.state = StepState::InFlight {
-                error: Some(e.code().to_string()),
-            };
-            CallVerdict {
-                summary: Reason::UpdateRejected.summary(format!(
-                    "Macie rejected UpdateClassificationJob {from} -> {to}: {e}; the operator waits for a sweep to show the job's status before trying again"
-                )),
-                outcome: TransitionOutcome::Failed,
-                event: CallEvent::Failed,
-                step,
-            }
-        }
-        Err(e @ MacieError::Uncertain { .. }) => {
-            // It may have taken effect: never repeat it before a sweep shows the job.
-            step.state = StepState::InFlight {
-                error: Some(e.code().to_string()),
-            };
-            CallVerdict {
-                summary: Reason::Transitioning.summary(format!(
-                    "UpdateClassificationJob {from} -> {to} failed with {e}; it may have taken effect, so the operator waits for a sweep to show the job's status before trying again"
-                )),
-                outcome: TransitionOutcome::Pending,
-                event: CallEvent::Failed,
-                step,
-            }
-        }
-    }
-}
-
-/// The verdict on one call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CallVerdict {
-    pub step: Step,
-    pub summary: Summary,
-    pub outcome: TransitionOutcome,
-    pub event: CallEvent,
-}
-
-/// The Event a call deserves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallEvent {
-    /// Normal `UpdateRequested`.
-    Requested,
-    /// Warning `UpdateFailed` with the AWS error code.
-    Failed,
-    /// None (throttling is routine; the condition says it).
-    None,
-}
-
-/// A MacieJob that names a job, as the ownership decision sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Declaration {
-    pub namespace: String,
-    pub name: String,
-    pub desired: DesiredJobStatus,
-    /// Creation time: the oldest agreeing declaration acts.
-    pub created: Option<Timestamp>,
-    /// It has a step in flight for the job.
-    pub in_flight: bool,
-    /// Its status reports a Conflict.
-    pub shows_conflict: bool,
-}
-
-/// Who acts for a job that several MacieJobs name.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ownership {
-    /// This resource acts (alone, or the oldest of those that agree).
-    Acts,
-    /// Another agreeing resource acts (or has a call in flight); this one only reports.
-    Follows { by: String },
-    /// The declarations disagree: nobody acts until they do.
-    Conflict { message: String },
-}
-
-/// Decides who acts for one job: `me` and the other MacieJobs naming the same job in the same
-/// region. Names of resources in other namespaces are never shown, only counted.
-pub fn ownership(me: &Declaration, peers: &[Declaration]) -> Ownership {
-    if peers.is_empty() {
-        return Ownership::Acts;
-    }
-    let label = |d: &Declaration| {
-        if d.namespace == me.namespace {
-            d.name.clone()
-        } else {
-            "a MacieJob in another namespace".to_string()
-        }
-    };
-    if peers.iter().any(|p| p.desired != me.desired) {
-        let mut local: Vec<String> = peers
-            .iter()
-            .filter(|p| p.namespace == me.namespace)
-            .map(|p| format!("{} ({})", p.name, p.desired.as_str()))
-            .collect();
-        local.sort();
-        let elsewhere = peers.iter().filter(|p| p.namespace != me.namespace).count();
-        let mut others = local.join(", ");
-        if elsewhere > 0 {
-            if !others.is_empty() {
-                others.push_str(" and ");
-            }
-            others.push_str(&format!("{elsewhere} in other namespaces"));
-        }
-        return Ownership::Conflict {
-            message: format!(
-                "this MacieJob declares {} but other MacieJobs name the same job: {others}; nothing is changed until they agree",
-                me.desired.as_str()
-            ),
-        };
-    }
-    if let Some(p) = peers.iter().find(|p| p.in_flight) {
-        return Ownership::Follows { by: label(p) };
-    }
-    let key = |d: &Declaration| (d.created, d.namespace.clone(), d.name.clone());
-    let owner = peers.iter().min_by_key(|p| key(p)).filter(|p| key(p) < key(me));
-    match owner {
-        Some(p) => Ownership::Follows { by: label(p) },
-        None => Ownership::Acts,
-    }
-}
-
-/// The peers to reconcile now because `own` (this resource's decision) starts or ends their
-/// conflict: in a conflict, those not yet showing one; out of it, those still showing one.
-pub fn peers_to_wake<'a>(own: &Ownership, peers: &'a [Declaration]) -> Vec<&'a Declaration> {
-    let conflict = matches!(own, Ownership::Conflict { .. });
-    peers.iter().filter(|p| p.shows_conflict != conflict).collect()
-}
-
-/// Applies the ownership decision to a plan.
-pub fn owned(mut p: Plan, own: &Ownership) -> Plan {
-    match own {
-        Ownership::Acts => p,
-        Ownership::Conflict { message } => {
-            p.act = Act::Nothing;
-            p.summary = Reason::Conflict.summary(message.clone());
-            // Looked at again every sweep: a peer deleted meanwhile ends the conflict.
-            p.after_next_sweep = true;
-            p
-        }
-        Ownership::Follows { by } => {
-            if let Act::Update { from, to, .. } = &p.act {
-                p.summary = Reason::Transitioning.summary(format!(
-                    "{from} -> {}: {by} declares the same status and acts for this job",
-                    to.as_str()
-                ));
-                p.act = Act::Nothing;
-                p.after_next_sweep = true;
-            }
-            p
-        }
-    }
 }
 
 /// One cell of the (desired x actual) table, for a job with no step in flight.
@@ -692,26 +464,26 @@ fn paused(job: &ObservedJob, now: Timestamp, s: &Settings) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::macie_job::UserPausedDetails;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    const ALL: [&str; 6] = ["RUNNING", "PAUSED", "CANCELLED", "COMPLETE", "IDLE", "USER_PAUSED"];
-    const DESIRED: [DesiredJobStatus; 3] = [
+    pub(crate) const ALL: [&str; 6] = ["RUNNING", "PAUSED", "CANCELLED", "COMPLETE", "IDLE", "USER_PAUSED"];
+    pub(crate) const DESIRED: [DesiredJobStatus; 3] = [
         DesiredJobStatus::Running,
         DesiredJobStatus::UserPaused,
         DesiredJobStatus::Cancelled,
     ];
 
-    fn settings() -> Settings {
+    pub(crate) fn settings() -> Settings {
         Settings {
             step_timeout: Duration::from_secs(300),
             expiry_warning: Duration::from_secs(7 * 86400),
         }
     }
 
-    fn job(status: &str) -> ObservedJob {
+    pub(crate) fn job(status: &str) -> ObservedJob {
         ObservedJob {
             job_id: "j1".into(),
             name: Some("n".into()),
@@ -720,11 +492,23 @@ mod tests {
         }
     }
 
-    fn now() -> Timestamp {
+    pub(crate) fn err(kind: &str) -> MacieError {
+        let (code, message) = (kind.to_string(), "m".to_string());
+        match kind {
+            "ThrottlingException" => MacieError::Throttled { code, message },
+            "AccessDeniedException" => MacieError::AccessDenied { code, message },
+            "ResourceNotFoundException" => MacieError::NotFound { code, message },
+            "ValidationException" => MacieError::Rejected { code, message },
+            "InternalServerException" | "Timeout" | "DispatchFailure" => MacieError::Uncertain { code, message },
+            _ => MacieError::Other { code, message },
+        }
+    }
+
+    pub(crate) fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
     }
 
-    fn run(desired: DesiredJobStatus, status: &str) -> Plan {
+    pub(crate) fn run(desired: DesiredJobStatus, status: &str) -> Plan {
         let j = job(status);
         plan(desired, Observation::Found(&j), Some(now()), None, now(), &settings())
     }
@@ -1014,208 +798,6 @@ mod tests {
         );
     }
 
-    fn err(kind: &str) -> MacieError {
-        let (code, message) = (kind.to_string(), "m".to_string());
-        match kind {
-            "ThrottlingException" => MacieError::Throttled { code, message },
-            "AccessDeniedException" => MacieError::AccessDenied { code, message },
-            "ResourceNotFoundException" => MacieError::NotFound { code, message },
-            "ValidationException" => MacieError::Rejected { code, message },
-            "InternalServerException" | "Timeout" | "DispatchFailure" => MacieError::Uncertain { code, message },
-            _ => MacieError::Other { code, message },
-        }
-    }
-
-    /// Every kind of call result: the resource's reason, the recorded outcome, the Event, and
-    /// whether (and when) the step may be retried.
-    #[test]
-    fn every_call_outcome_row() {
-        use StepOutcome as O;
-        let t = now();
-        let s = settings();
-        // (result code or "ok", reason, lastTransition outcome, event, state after,
-        //  outcome of a plan 10 s later with the job still unmoved)
-        let rows: [(&str, &str, TransitionOutcome, CallEvent, &str, O); 8] = [
-            (
-                "ok",
-                "Transitioning",
-                TransitionOutcome::Pending,
-                CallEvent::Requested,
-                "in-flight",
-                O::Waiting,
-            ),
-            (
-                "ThrottlingException",
-                "Throttled",
-                TransitionOutcome::Failed,
-                CallEvent::None,
-                "refused",
-                O::RetryDue,
-            ),
-            (
-                "AccessDeniedException",
-                "AccessDenied",
-                TransitionOutcome::Failed,
-                CallEvent::Failed,
-                "refused",
-                O::Waiting,
-            ),
-            (
-                "ResourceNotFoundException",
-                "UpdateRejected",
-                TransitionOutcome::Failed,
-                CallEvent::Failed,
-                "in-flight",
-                O::Waiting,
-            ),
-            (
-                "ValidationException",
-                "UpdateRejected",
-                TransitionOutcome::Failed,
-                CallEvent::Failed,
-                "in-flight",
-                O::Waiting,
-            ),
-            (
-                "InternalServerException",
-                "Transitioning",
-                TransitionOutcome::Pending,
-                CallEvent::Failed,
-                "in-flight",
-                O::Waiting,
-            ),
-            (
-                "Timeout",
-                "Transitioning",
-                TransitionOutcome::Pending,
-                CallEvent::Failed,
-                "in-flight",
-                O::Waiting,
-            ),
-            (
-                "ConflictException",
-                "UpdateRejected",
-                TransitionOutcome::Failed,
-                CallEvent::Failed,
-                "refused",
-                O::RetryDue,
-            ),
-        ];
-        for (code, reason, outcome, event, state, later) in rows {
-            let e = err(code);
-            let result = if code == "ok" { Ok(()) } else { Err(&e) };
-            let st = Step::new("j1", "RUNNING", DesiredJobStatus::UserPaused, t);
-            let v = after_call(st, result, 0, t, 1.0);
-            assert_eq!(v.summary.reason, reason, "{code}");
-            assert_eq!(v.outcome, outcome, "{code}");
-            assert_eq!(v.event, event, "{code}");
-            let is_refused = matches!(v.step.state, StepState::Refused { .. });
-            assert_eq!(is_refused, state == "refused", "{code}");
-            if code != "ok" {
-                assert!(v.summary.message.contains(code), "{code}: the AWS error code is shown");
-            }
-            // 10 s later, a sweep that started after the call still shows RUNNING.
-            let running = job("RUNNING");
-            let later_t = t + SignedDuration::from_secs(10);
-            let p = plan(
-                DesiredJobStatus::UserPaused,
-                Observation::Found(&running),
-                Some(later_t),
-                Some(&v.step),
-                later_t,
-                &s,
-            );
-            assert_eq!(p.step, Some(later.clone()), "{code}");
-            // Never a second call while the step blocks.
-            if later == O::Waiting {
-                assert_eq!(p.act, Act::Nothing, "{code}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_refused_call_is_retried_only_at_its_retry_time_with_growing_backoff() {
-        let t = now();
-        let s = settings();
-        let denied = err("AccessDeniedException");
-        let running = job("RUNNING");
-        let mut st = Step::new("j1", "RUNNING", DesiredJobStatus::UserPaused, t);
-        let mut last_delay = Duration::ZERO;
-        for attempt in 1..=4u32 {
-            let v = after_call(st.clone(), Err(&denied), attempt - 1, t, 1.0);
-            let StepState::Refused { retry_at, attempts, .. } = v.step.state.clone() else {
-                panic!("refused")
-            };
-            assert_eq!(attempts, attempt);
-            let delay = t.duration_until(retry_at).unsigned_abs();
-            assert!(delay > last_delay, "backoff grows: {delay:?} after {last_delay:?}");
-            assert!(
-                delay >= Duration::from_secs(60),
-                "access denied waits at least a minute"
-            );
-            last_delay = delay;
-            // Any number of reconciles before the retry time (status writes, sweeps): no call.
-            let before = retry_at - SignedDuration::from_secs(1);
-            let p = plan(
-                DesiredJobStatus::UserPaused,
-                Observation::Found(&running),
-                Some(before),
-                Some(&v.step),
-                before,
-                &s,
-            );
-            assert_eq!(p.act, Act::Nothing);
-            assert_eq!(
-                (p.summary.phase, p.summary.reason.as_str()),
-                (Phase::Stalled, "AccessDenied")
-            );
-            assert_eq!(p.recheck_at, Some(retry_at));
-            // At the retry time: one call.
-            let p = plan(
-                DesiredJobStatus::UserPaused,
-                Observation::Found(&running),
-                Some(retry_at),
-                Some(&v.step),
-                retry_at,
-                &s,
-            );
-            assert_eq!(p.step, Some(StepOutcome::RetryDue));
-            assert!(matches!(p.act, Act::Update { .. }));
-            st = Step::new("j1", "RUNNING", DesiredJobStatus::UserPaused, retry_at);
-        }
-        // A new desired status is a new request: not held by the old refusal.
-        let v = after_call(st, Err(&denied), 0, t, 1.0);
-        let p = plan(
-            DesiredJobStatus::Cancelled,
-            Observation::Found(&running),
-            Some(t),
-            Some(&v.step),
-            t,
-            &s,
-        );
-        assert!(matches!(
-            p.act,
-            Act::Update {
-                to: DesiredJobStatus::Cancelled,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn retry_delay_is_jittered_and_capped() {
-        assert_eq!(retry_delay(Reason::Throttled, 1, 1.0), Duration::from_secs(1));
-        assert_eq!(retry_delay(Reason::Throttled, 3, 1.0), Duration::from_secs(4));
-        assert_eq!(retry_delay(Reason::Throttled, 3, 0.5), Duration::from_secs(2));
-        assert_eq!(retry_delay(Reason::Throttled, 40, 1.0), Duration::from_secs(300));
-        assert_eq!(retry_delay(Reason::AccessDenied, 40, 1.0), Duration::from_secs(1800));
-        assert_eq!(
-            retry_delay(Reason::AccessDenied, 1, 0.1),
-            Duration::from_secs(30),
-            "jitter is clamped"
-        );
-    }
-
     #[test]
     fn sweep_failures_hold_the_conditions_until_they_repeat() {
         let e = err("InternalServerException");
@@ -1272,110 +854,5 @@ mod tests {
         assert_eq!(Reason::Transitioning.announce(), Announce::Silent);
         assert_eq!(Reason::Conflict.announce(), Announce::Warning);
         assert_eq!(Reason::Converged.announce(), Announce::Normal);
-    }
-
-    fn decl(ns: &str, name: &str, desired: DesiredJobStatus, created: i64) -> Declaration {
-        Declaration {
-            namespace: ns.into(),
-            name: name.into(),
-            desired,
-            created: Some(Timestamp::from_second(created).unwrap()),
-            in_flight: false,
-            shows_conflict: false,
-        }
-    }
-
-    #[test]
-    fn peers_are_woken_when_a_conflict_starts_or_ends() {
-        use DesiredJobStatus::*;
-        let mut calm = decl("a", "calm", UserPaused, 1);
-        let mut flagged = decl("a", "flagged", UserPaused, 2);
-        flagged.shows_conflict = true;
-        let peers = [calm.clone(), flagged.clone()];
-        let names = |v: Vec<&Declaration>| v.into_iter().map(|d| d.name.clone()).collect::<Vec<_>>();
-        // Agreeing now: the one still showing a conflict is looked at.
-        assert_eq!(names(peers_to_wake(&Ownership::Acts, &peers)), ["flagged"]);
-        assert_eq!(
-            names(peers_to_wake(&Ownership::Follows { by: "x".into() }, &peers)),
-            ["flagged"]
-        );
-        // In conflict now: the one not showing it yet is.
-        let conflict = Ownership::Conflict { message: "m".into() };
-        assert_eq!(names(peers_to_wake(&conflict, &peers)), ["calm"]);
-        calm.shows_conflict = true;
-        flagged.shows_conflict = true;
-        assert!(peers_to_wake(&conflict, &[calm, flagged]).is_empty(), "nothing to tell");
-    }
-
-    #[test]
-    fn ownership_rows() {
-        use DesiredJobStatus::*;
-        let me = decl("a", "mine", UserPaused, 10);
-        // Alone: acts.
-        assert_eq!(ownership(&me, &[]), Ownership::Acts);
-        // Agreeing, I am the oldest: acts; a younger peer follows me.
-        let younger = decl("a", "young", UserPaused, 20);
-        assert_eq!(ownership(&me, std::slice::from_ref(&younger)), Ownership::Acts);
-        assert_eq!(
-            ownership(&younger, std::slice::from_ref(&me)),
-            Ownership::Follows { by: "mine".into() }
-        );
-        // Same age: the name breaks the tie, so exactly one acts.
-        let twin = decl("a", "twin", UserPaused, 10);
-        let acts = [
-            ownership(&me, std::slice::from_ref(&twin)),
-            ownership(&twin, std::slice::from_ref(&me)),
-        ]
-        .iter()
-        .filter(|o| **o == Ownership::Acts)
-        .count();
-        assert_eq!(acts, 1);
-        // An older peer in another namespace acts; its name is not shown.
-        let foreign = decl("b", "secret-name", UserPaused, 1);
-        let o = ownership(&me, std::slice::from_ref(&foreign));
-        assert_eq!(
-            o,
-            Ownership::Follows {
-                by: "a MacieJob in another namespace".into()
-            }
-        );
-        // A peer with a call in flight: follow it, even if I am older.
-        let mut busy = younger.clone();
-        busy.in_flight = true;
-        assert!(matches!(ownership(&me, &[busy]), Ownership::Follows { .. }));
-        // Disagreeing: a conflict on both sides, naming local peers only.
-        let other = decl("a", "other", Running, 30);
-        let Ownership::Conflict { message } = ownership(&me, &[other.clone(), foreign.clone()]) else {
-            panic!("conflict")
-        };
-        assert!(message.contains("other (RUNNING)"), "{message}");
-        assert!(message.contains("1 in other namespaces"), "{message}");
-        assert!(!message.contains("secret-name"), "{message}");
-        assert!(matches!(
-            ownership(&other, std::slice::from_ref(&me)),
-            Ownership::Conflict { .. }
-        ));
-        let Ownership::Conflict { message } = ownership(&decl("b", "x", Running, 1), &[me]) else {
-            panic!("conflict")
-        };
-        assert!(!message.contains("mine"), "{message}");
-    }
-
-    #[test]
-    fn a_conflict_or_a_follower_never_calls() {
-        for d in DESIRED {
-            for a in ALL {
-                let conflict = owned(run(d, a), &Ownership::Conflict { message: "m".into() });
-                assert_eq!(conflict.act, Act::Nothing);
-                assert_eq!(
-                    (conflict.summary.phase, conflict.summary.reason.as_str()),
-                    (Phase::Stalled, "Conflict")
-                );
-                let follower = owned(run(d, a), &Ownership::Follows { by: "x".into() });
-                assert_eq!(follower.act, Act::Nothing);
-                let owner = owned(run(d, a), &Ownership::Acts);
-                assert_eq!(owner, run(d, a));
-            }
-        }
     }
 }
