@@ -1,6 +1,7 @@
 //! The MacieJob controller: observe (the shared sweep) -> plan (pure) -> act
 //! (UpdateClassificationJob) -> status (server-side apply) and Events.
 
+pub mod lifecycle;
 pub mod outcome;
 pub mod ownership;
 pub mod plan;
@@ -11,23 +12,23 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use crate::api::conditions::{self, Phase, Summary};
+use crate::api::conditions::{self, Summary};
 use crate::api::macie_job::{ObservedJob, RequestedTransition, TransitionOutcome};
-use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
+use crate::api::{DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
 use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView};
 use crate::macie::{MacieClients, MacieError};
 use crate::runtime::{Error, Failures, MANAGER, status};
+use lifecycle::{Lifecycle, lifecycle, release_after_cancel, set_finalizer};
 use outcome::{CallEvent, CallVerdict};
 use ownership::Declaration;
-use plan::{Act, Observation, Plan, Reason, Settings, Step, StepOutcome, StepState};
+use plan::{Act, Observation, Reason, Settings, Step, StepOutcome, StepState};
 
 /// Holds a MacieJob with `deletionPolicy: Cancel` until its job is cancelled.
 pub const FINALIZER: &str = "macie.kubeops.dev/cancel-job";
@@ -203,49 +204,6 @@ fn step_from_status(t: &RequestedTransition, settings: &Settings) -> Option<Step
         _ => return None,
     }
     Some(step)
-}
-
-/// What the resource's lifecycle asks of a reconcile.
-#[derive(Debug, Clone, PartialEq)]
-enum Lifecycle {
-    /// Deleted without our finalizer: drop what we know of it.
-    Forget,
-    /// Add (true) or remove (false) the finalizer, as deletionPolicy asks.
-    SetFinalizer(bool),
-    /// Being deleted with deletionPolicy Orphan (now): release it without any call.
-    Release(&'static str),
-    /// Keep the job in `desired` (CANCELLED while being deleted with deletionPolicy Cancel).
-    Manage { desired: DesiredJobStatus, deleting: bool },
-}
-
-/// Pure: what the resource's deletion state and (current) deletionPolicy ask for.
-fn lifecycle(obj: &MacieJob) -> Lifecycle {
-    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
-    let cancel = obj.spec.deletion_policy == DeletionPolicy::Cancel;
-    match (obj.meta().deletion_timestamp.is_some(), has_finalizer, cancel) {
-        (true, false, _) => Lifecycle::Forget,
-        (true, true, false) => Lifecycle::Release("deletionPolicy is Orphan: the job is left as it is"),
-        (true, true, true) => Lifecycle::Manage {
-            desired: DesiredJobStatus::Cancelled,
-            deleting: true,
-        },
-        (false, has, wants) if has != wants => Lifecycle::SetFinalizer(wants),
-        (false, _, _) => Lifecycle::Manage {
-            desired: obj.spec.job_status,
-            deleting: false,
-        },
-    }
-}
-
-/// Pure: while deleting with deletionPolicy Cancel, whether the finalizer can go (nothing left
-/// to cancel, or the job cannot be cancelled) and why.
-fn release_after_cancel(observation: &Observation<'_>, p: &Plan) -> Option<String> {
-    match observation {
-        Observation::NotFound => Some("the job no longer exists; nothing to cancel".into()),
-        Observation::Ambiguous(_) => Some(format!("{}; nothing was cancelled", p.summary.message)),
-        Observation::Found(_) if p.summary.phase == Phase::Ready => Some(p.summary.message.clone()),
-        _ => None,
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -683,19 +641,6 @@ async fn release(ctx: &Context, api: &Api<MacieJob>, obj: &MacieJob, why: String
     Ok(())
 }
 
-async fn set_finalizer(api: &Api<MacieJob>, obj: &MacieJob, present: bool) -> Result<(), Error> {
-    let mut finalizers: Vec<String> = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    if present {
-        finalizers.push(FINALIZER.to_string());
-    }
-    let patch = json!({
-        "metadata": { "finalizers": finalizers, "resourceVersion": obj.resource_version() }
-    });
-    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
 /// What a status write is given.
 struct StatusUpdate<'a> {
     /// What the resource holds now.
@@ -754,120 +699,7 @@ async fn publish(ctx: &Context, obj: &MacieJob, type_: EventType, reason: &str, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::api::ObjectMeta;
-
-    fn obj(policy: DeletionPolicy, finalizer: bool, deleting: bool) -> MacieJob {
-        let mut o = MacieJob::new(
-            "m",
-            MacieJobSpec {
-                job_id: Some("j1".into()),
-                job_name: None,
-                job_status: DesiredJobStatus::UserPaused,
-                region: None,
-                deletion_policy: policy,
-            },
-        );
-        o.metadata = ObjectMeta {
-            name: Some("m".into()),
-            namespace: Some("ns".into()),
-            finalizers: finalizer.then(|| vec![FINALIZER.to_string()]),
-            deletion_timestamp: deleting.then(|| Time(Timestamp::now())),
-            ..Default::default()
-        };
-        o
-    }
-
-    #[test]
-    fn lifecycle_rows() {
-        use DeletionPolicy::*;
-        use DesiredJobStatus::*;
-        let rows = [
-            // (policy, finalizer, deleting) -> lifecycle
-            (
-                (Orphan, false, false),
-                Lifecycle::Manage {
-                    desired: UserPaused,
-                    deleting: false,
-                },
-            ),
-            ((Orphan, true, false), Lifecycle::SetFinalizer(false)),
-            ((Cancel, false, false), Lifecycle::SetFinalizer(true)),
-            (
-                (Cancel, true, false),
-                Lifecycle::Manage {
-                    desired: UserPaused,
-                    deleting: false,
-                },
-            ),
-            ((Orphan, false, true), Lifecycle::Forget),
-            ((Cancel, false, true), Lifecycle::Forget),
-            // Switched to Orphan while deleting: released, no call.
-            (
-                (Orphan, true, true),
-                Lifecycle::Release("deletionPolicy is Orphan: the job is left as it is"),
-            ),
-            (
-                (Cancel, true, true),
-                Lifecycle::Manage {
-                    desired: Cancelled,
-                    deleting: true,
-                },
-            ),
-        ];
-        for ((policy, finalizer, deleting), want) in rows {
-            assert_eq!(
-                lifecycle(&obj(policy, finalizer, deleting)),
-                want,
-                "{policy:?} {finalizer} {deleting}"
-            );
-        }
-    }
-
-    #[test]
-    fn release_after_cancel_rows() {
-        let settings = Settings {
-            step_timeout: Duration::from_secs(300),
-            expiry_warning: Duration::from_secs(86400),
-        };
-        let job = |s: &str| ObservedJob {
-            job_id: "j1".into(),
-            job_status: s.into(),
-            ..Default::default()
-        };
-        let t = Timestamp::now();
-        let err = MacieError::Uncertain {
-            code: "DispatchFailure".into(),
-            message: "dns error".into(),
-        };
-        let ids = vec!["a".to_string(), "b".to_string()];
-        let cases: Vec<(Observation<'_>, bool)> = vec![
-            (Observation::NotFound, true),
-            (Observation::Ambiguous(&ids), true),
-            (Observation::NoSweepYet, false),
-            (
-                Observation::SweepFailed {
-                    error: &err,
-                    failures: 5,
-                },
-                false,
-            ),
-        ];
-        for (o, released) in cases {
-            let p = plan::plan(DesiredJobStatus::Cancelled, o, Some(t), None, t, &settings);
-            assert_eq!(release_after_cancel(&o, &p).is_some(), released, "{o:?}");
-        }
-        for (status, released) in [
-            ("CANCELLED", true),
-            ("COMPLETE", true),
-            ("RUNNING", false),
-            ("USER_PAUSED", false),
-        ] {
-            let j = job(status);
-            let o = Observation::Found(&j);
-            let p = plan::plan(DesiredJobStatus::Cancelled, o, Some(t), None, t, &settings);
-            assert_eq!(release_after_cancel(&o, &p).is_some(), released, "{status}");
-        }
-    }
+    use crate::api::DeletionPolicy;
 
     #[test]
     fn a_restarted_process_reads_the_step_from_the_status() {

@@ -1,0 +1,196 @@
+//! The resource's lifecycle: the finalizer that deletionPolicy Cancel needs, and what a
+//! deletion asks of a reconcile (pure, table-tested), decided before anything else.
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::FINALIZER;
+use super::plan::{Observation, Plan};
+use crate::api::conditions::Phase;
+use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob};
+use crate::runtime::Error;
+
+/// What the resource's lifecycle asks of a reconcile.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lifecycle {
+    /// Deleted without our finalizer: drop what we know of it.
+    Forget,
+    /// Add (true) or remove (false) the finalizer, as deletionPolicy asks.
+    SetFinalizer(bool),
+    /// Being deleted with deletionPolicy Orphan (now): release it without any call.
+    Release(&'static str),
+    /// Keep the job in `desired` (CANCELLED while being deleted with deletionPolicy Cancel).
+    Manage { desired: DesiredJobStatus, deleting: bool },
+}
+
+/// Pure: what the resource's deletion state and (current) deletionPolicy ask for.
+pub fn lifecycle(obj: &MacieJob) -> Lifecycle {
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+    let cancel = obj.spec.deletion_policy == DeletionPolicy::Cancel;
+    match (obj.meta().deletion_timestamp.is_some(), has_finalizer, cancel) {
+        (true, false, _) => Lifecycle::Forget,
+        (true, true, false) => Lifecycle::Release("deletionPolicy is Orphan: the job is left as it is"),
+        (true, true, true) => Lifecycle::Manage {
+            desired: DesiredJobStatus::Cancelled,
+            deleting: true,
+        },
+        (false, has, wants) if has != wants => Lifecycle::SetFinalizer(wants),
+        (false, _, _) => Lifecycle::Manage {
+            desired: obj.spec.job_status,
+            deleting: false,
+        },
+    }
+}
+
+/// Pure: while deleting with deletionPolicy Cancel, whether the finalizer can go (nothing left
+/// to cancel, or the job cannot be cancelled) and why.
+pub fn release_after_cancel(observation: &Observation<'_>, p: &Plan) -> Option<String> {
+    match observation {
+        Observation::NotFound => Some("the job no longer exists; nothing to cancel".into()),
+        Observation::Ambiguous(_) => Some(format!("{}; nothing was cancelled", p.summary.message)),
+        Observation::Found(_) if p.summary.phase == Phase::Ready => Some(p.summary.message.clone()),
+        _ => None,
+    }
+}
+
+pub async fn set_finalizer(api: &Api<MacieJob>, obj: &MacieJob, present: bool) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    if present {
+        finalizers.push(FINALIZER.to_string());
+    }
+    let patch = json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": obj.resource_version() }
+    });
+    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::api::MacieJobSpec;
+    use crate::api::macie_job::ObservedJob;
+    use crate::job::plan::{self, Settings};
+    use crate::macie::MacieError;
+
+    fn obj(policy: DeletionPolicy, finalizer: bool, deleting: bool) -> MacieJob {
+        let mut o = MacieJob::new(
+            "m",
+            MacieJobSpec {
+                job_id: Some("j1".into()),
+                job_name: None,
+                job_status: DesiredJobStatus::UserPaused,
+                region: None,
+                deletion_policy: policy,
+            },
+        );
+        o.metadata = ObjectMeta {
+            name: Some("m".into()),
+            namespace: Some("ns".into()),
+            finalizers: finalizer.then(|| vec![FINALIZER.to_string()]),
+            deletion_timestamp: deleting.then(|| Time(Timestamp::now())),
+            ..Default::default()
+        };
+        o
+    }
+
+    #[test]
+    fn lifecycle_rows() {
+        use DeletionPolicy::*;
+        use DesiredJobStatus::*;
+        let rows = [
+            // (policy, finalizer, deleting) -> lifecycle
+            (
+                (Orphan, false, false),
+                Lifecycle::Manage {
+                    desired: UserPaused,
+                    deleting: false,
+                },
+            ),
+            ((Orphan, true, false), Lifecycle::SetFinalizer(false)),
+            ((Cancel, false, false), Lifecycle::SetFinalizer(true)),
+            (
+                (Cancel, true, false),
+                Lifecycle::Manage {
+                    desired: UserPaused,
+                    deleting: false,
+                },
+            ),
+            ((Orphan, false, true), Lifecycle::Forget),
+            ((Cancel, false, true), Lifecycle::Forget),
+            // Switched to Orphan while deleting: released, no call.
+            (
+                (Orphan, true, true),
+                Lifecycle::Release("deletionPolicy is Orphan: the job is left as it is"),
+            ),
+            (
+                (Cancel, true, true),
+                Lifecycle::Manage {
+                    desired: Cancelled,
+                    deleting: true,
+                },
+            ),
+        ];
+        for ((policy, finalizer, deleting), want) in rows {
+            assert_eq!(
+                lifecycle(&obj(policy, finalizer, deleting)),
+                want,
+                "{policy:?} {finalizer} {deleting}"
+            );
+        }
+    }
+
+    #[test]
+    fn release_after_cancel_rows() {
+        let settings = Settings {
+            step_timeout: Duration::from_secs(300),
+            expiry_warning: Duration::from_secs(86400),
+        };
+        let job = |s: &str| ObservedJob {
+            job_id: "j1".into(),
+            job_status: s.into(),
+            ..Default::default()
+        };
+        let t = Timestamp::now();
+        let err = MacieError::Uncertain {
+            code: "DispatchFailure".into(),
+            message: "dns error".into(),
+        };
+        let ids = vec!["a".to_string(), "b".to_string()];
+        let cases: Vec<(Observation<'_>, bool)> = vec![
+            (Observation::NotFound, true),
+            (Observation::Ambiguous(&ids), true),
+            (Observation::NoSweepYet, false),
+            (
+                Observation::SweepFailed {
+                    error: &err,
+                    failures: 5,
+                },
+                false,
+            ),
+        ];
+        for (o, released) in cases {
+            let p = plan::plan(DesiredJobStatus::Cancelled, o, Some(t), None, t, &settings);
+            assert_eq!(release_after_cancel(&o, &p).is_some(), released, "{o:?}");
+        }
+        for (status, released) in [
+            ("CANCELLED", true),
+            ("COMPLETE", true),
+            ("RUNNING", false),
+            ("USER_PAUSED", false),
+        ] {
+            let j = job(status);
+            let o = Observation::Found(&j);
+            let p = plan::plan(DesiredJobStatus::Cancelled, o, Some(t), None, t, &settings);
+            assert_eq!(release_after_cancel(&o, &p).is_some(), released, "{status}");
+        }
+    }
+}
