@@ -101,7 +101,7 @@ impl Context {
             Some(Known::Cleared) => return None,
             None => {}
         }
-        step_from_status(status?.last_transition.as_ref()?, &self.config.plan)
+        step_from_status(status?.last_transition.as_ref()?)
     }
 
     fn remember(&self, oref: &ObjectRef<MacieJob>, known: Known) {
@@ -177,8 +177,7 @@ fn names_job(spec: &MacieJobSpec, job: &ObservedJob, by_name: &HashMap<String, V
 /// The step a status records, for a process that has none in memory (after a restart or a
 /// takeover): a Pending transition is a call in flight; an AccessDenied one is held for the
 /// first retry delay from when it was made.
-fn step_from_status(t: &RequestedTransition, settings: &Settings) -> Option<Step> {
-    let _ = settings;
+fn step_from_status(t: &RequestedTransition) -> Option<Step> {
     let to = parse_desired(&t.to)?;
     let mut step = Step::new(&t.job_id, &t.from, to, t.requested_at.0);
     match (t.outcome, t.error_code.as_deref()) {
@@ -703,10 +702,6 @@ mod tests {
 
     #[test]
     fn a_restarted_process_reads_the_step_from_the_status() {
-        let settings = Settings {
-            step_timeout: Duration::from_secs(300),
-            expiry_warning: Duration::from_secs(86400),
-        };
         let at = Timestamp::from_second(1_800_000_000).unwrap();
         let mut t = RequestedTransition {
             job_id: "j1".into(),
@@ -717,12 +712,12 @@ mod tests {
             error_code: None,
             message: None,
         };
-        let s = step_from_status(&t, &settings).expect("pending is in flight");
+        let s = step_from_status(&t).expect("pending is in flight");
         assert_eq!(s.state, StepState::InFlight { error: None });
         assert_eq!(s.requested_at, at);
         t.outcome = TransitionOutcome::Failed;
         t.error_code = Some("AccessDeniedException".into());
-        let s = step_from_status(&t, &settings).expect("denied is held");
+        let s = step_from_status(&t).expect("denied is held");
         assert!(matches!(
             s.state,
             StepState::Refused {
@@ -731,10 +726,10 @@ mod tests {
             }
         ));
         t.error_code = Some("ValidationException".into());
-        assert_eq!(step_from_status(&t, &settings), None);
+        assert_eq!(step_from_status(&t), None);
         t.outcome = TransitionOutcome::Succeeded;
         t.error_code = None;
-        assert_eq!(step_from_status(&t, &settings), None);
+        assert_eq!(step_from_status(&t), None);
     }
 
     #[test]
