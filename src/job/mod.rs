@@ -504,11 +504,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
             }
             StepState::Refused { retry_at, .. } => recheck_at = Some(*retry_at),
         }
-        let error = match &verdict.step.state {
-            StepState::InFlight { error } => error.clone(),
-            StepState::Refused { code, .. } => Some(code.clone()),
-        };
-        let mut record = transition_record(&verdict.step, verdict.outcome, error);
+        let mut record = transition_record(&verdict.step, verdict.outcome, step_error(&verdict.step));
         if record.error_code.is_some() {
             record.message = Some(verdict.summary.message.clone());
         }
@@ -560,6 +556,14 @@ fn transition_record(step: &Step, outcome: TransitionOutcome, error: Option<Stri
     }
 }
 
+/// The AWS error code a step's call ended with, if any.
+fn step_error(step: &Step) -> Option<String> {
+    match &step.state {
+        StepState::InFlight { error } => error.clone(),
+        StepState::Refused { code, .. } => Some(code.clone()),
+    }
+}
+
 /// Records what became of the step in flight.
 fn resolve_step(
     ctx: &Context,
@@ -579,18 +583,27 @@ fn resolve_step(
         StepOutcome::RetryDue => None,
     };
     ctx.remember(oref, Known::Cleared);
+    let Some(new_outcome) = new_outcome else {
+        return;
+    };
     // Timestamps are compared at the precision the API stores (whole seconds).
-    if let (Some(new_outcome), Some(t)) = (new_outcome, last_transition.as_mut())
-        && t.requested_at.0.as_second() == plan::ceil_second(step.requested_at).as_second()
-        && t.outcome == TransitionOutcome::Pending
-    {
-        t.outcome = new_outcome;
-        if *outcome == StepOutcome::TimedOut {
-            t.message = Some(format!(
-                "no sweep that started within {:?} after the call showed the change",
-                ctx.config.plan.step_timeout
-            ));
-        }
+    let at = plan::ceil_second(step.requested_at).as_second();
+    let t = match last_transition {
+        Some(t) if t.requested_at.0.as_second() == at => t,
+        // The cached object predates this step's own write-ahead (the watch lags behind our
+        // writes): the step this process holds is the record.
+        Some(t) if t.requested_at.0.as_second() > at => return,
+        _ => last_transition.insert(transition_record(step, TransitionOutcome::Pending, step_error(step))),
+    };
+    if t.outcome != TransitionOutcome::Pending {
+        return;
+    }
+    t.outcome = new_outcome;
+    if *outcome == StepOutcome::TimedOut {
+        t.message = Some(format!(
+            "no sweep that started within {:?} after the call showed the change",
+            ctx.config.plan.step_timeout
+        ));
     }
 }
 

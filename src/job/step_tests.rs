@@ -257,6 +257,28 @@ async fn a_converged_step_is_recorded_and_then_nothing_is_written() {
 }
 
 #[tokio::test]
+async fn a_stale_cached_object_still_gets_the_steps_outcome() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie);
+    let created = object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"}));
+    r.create(created.clone());
+    r.sweeps(1).await;
+    r.reconcile("m", 1).await;
+    assert_eq!(r.macie.updates().len(), 1);
+    // The next sweep shows the job paused; the reconcile it triggers still sees the object as
+    // created (the watch has not delivered the operator's own status writes yet).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    r.sweeps(2).await;
+    let stale: MacieJob = serde_json::from_value(created).unwrap();
+    reconcile_inner(&stale, &r.ctx).await.expect("reconcile");
+    let st = r.get("m").unwrap().status.unwrap();
+    assert_eq!(st.last_transition.unwrap().outcome, TransitionOutcome::Succeeded);
+    assert_eq!(r.reason("m").1, "Converged");
+    assert_eq!(r.macie.updates().len(), 1);
+}
+
+#[tokio::test]
 async fn disagreeing_resources_never_call_and_agreeing_ones_call_once() {
     let macie = Arc::new(FakeMacie::default());
     macie.put(REGION, "j1", "shared", "RUNNING");
