@@ -60,6 +60,16 @@ pub enum Reason {
     Pending,
     /// MacieDiscovery: some accounts failed (per-account error codes).
     AccountErrors,
+    /// A rule of the MacieAccount forbids what the resource asks for (the message names it).
+    NotPermitted,
+    /// The MacieAccount's credentials cannot be obtained (or are being verified).
+    AccountNotReady,
+    /// The MacieAccount does not list the resource's region.
+    RegionNotAllowed,
+    /// The referenced MacieAccount does not exist or does not select the namespace.
+    AccountNotFound,
+    /// MacieAccount: credentials obtained and verified.
+    Verified,
 }
 
 /// The type of Event a reason is announced with.
@@ -90,6 +100,11 @@ impl Reason {
             Reason::Conflict => "Conflict",
             Reason::Pending => "Pending",
             Reason::AccountErrors => "AccountErrors",
+            Reason::NotPermitted => "NotPermitted",
+            Reason::AccountNotReady => "AccountNotReady",
+            Reason::RegionNotAllowed => "RegionNotAllowed",
+            Reason::AccountNotFound => "AccountNotFound",
+            Reason::Verified => "Verified",
         }
     }
 
@@ -101,7 +116,7 @@ impl Reason {
     /// Which of Ready, Reconciling, Stalled is True with this reason.
     pub fn phase(self) -> Phase {
         match self {
-            Reason::Converged | Reason::TerminalState | Reason::ExpiringSoon => Phase::Ready,
+            Reason::Converged | Reason::TerminalState | Reason::ExpiringSoon | Reason::Verified => Phase::Ready,
             Reason::Transitioning
             | Reason::JobNotFound
             | Reason::Throttled
@@ -114,7 +129,11 @@ impl Reason {
             | Reason::AccessDenied
             | Reason::UnknownJobStatus
             | Reason::Conflict
-            | Reason::AccountErrors => Phase::Stalled,
+            | Reason::AccountErrors
+            | Reason::NotPermitted
+            | Reason::AccountNotReady
+            | Reason::RegionNotAllowed
+            | Reason::AccountNotFound => Phase::Stalled,
         }
     }
 
@@ -123,7 +142,7 @@ impl Reason {
         match self {
             // The call's own Event (or the resource's creation) already said it.
             Reason::Transitioning | Reason::Pending => Announce::Silent,
-            Reason::Converged | Reason::TerminalState | Reason::WaitingForSweep => Announce::Normal,
+            Reason::Converged | Reason::TerminalState | Reason::WaitingForSweep | Reason::Verified => Announce::Normal,
             _ => Announce::Warning,
         }
     }
@@ -134,7 +153,7 @@ impl Reason {
 }
 
 /// Every reason (tests and parsing).
-pub const ALL_REASONS: [Reason; 16] = [
+pub const ALL_REASONS: [Reason; 21] = [
     Reason::Converged,
     Reason::Transitioning,
     Reason::TerminalState,
@@ -151,6 +170,11 @@ pub const ALL_REASONS: [Reason; 16] = [
     Reason::Conflict,
     Reason::Pending,
     Reason::AccountErrors,
+    Reason::NotPermitted,
+    Reason::AccountNotReady,
+    Reason::RegionNotAllowed,
+    Reason::AccountNotFound,
+    Reason::Verified,
 ];
 
 /// Builds the three conditions for `summary`, keeping `lastTransitionTime` from `previous` when

@@ -31,6 +31,12 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.accountRef) == has(oldSelf.accountRef)",
+        "message": "spec.accountRef cannot be added or removed after creation: create a new MacieDiscovery to use another account"
+    }
+]))]
 pub struct MacieDiscoverySpec {
     /// Member accounts and the automated discovery status each should have. Each accountId may
     /// appear once. An account declared by two MacieDiscovery resources with different statuses
@@ -44,6 +50,14 @@ pub struct MacieDiscoverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-\d+$"))]
     pub region: Option<String>,
+
+    /// The MacieAccount (cluster-scoped) to act in: the Macie administrator account. Omitted:
+    /// the operator's default account (the MacieAccount named `default` unless the operator
+    /// runs with `--default-account`). Accounts the MacieAccount does not allow are refused one
+    /// by one (NotPermitted); the others proceed. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.accountRef is immutable"}]))]
+    pub account_ref: Option<crate::api::AccountRef>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -37,6 +37,10 @@ use serde::{Deserialize, Serialize};
     {
         "rule": "has(self.jobId) == has(oldSelf.jobId) && has(self.jobName) == has(oldSelf.jobName) && has(self.region) == has(oldSelf.region)",
         "message": "spec.jobId, spec.jobName and spec.region cannot be added or removed after creation: create a new MacieJob to manage another job"
+    },
+    {
+        "rule": "has(self.accountRef) == has(oldSelf.accountRef)",
+        "message": "spec.accountRef cannot be added or removed after creation: create a new MacieJob to use another account"
     }
 ]))]
 pub struct MacieJobSpec {
@@ -67,6 +71,15 @@ pub struct MacieJobSpec {
     #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z]{2}(-[a-z]+)+-\d+$"))]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.region is immutable"}]))]
     pub region: Option<String>,
+
+    /// The MacieAccount (cluster-scoped) whose AWS account the job is in. Omitted: the
+    /// operator's default account (the MacieAccount named `default` unless the operator runs
+    /// with `--default-account`). The account must select this namespace and allow what this
+    /// resource asks for; otherwise the resource is refused (Stalled) without any Macie call.
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.accountRef is immutable"}]))]
+    pub account_ref: Option<crate::api::AccountRef>,
 
     /// What happens to the Macie job when this resource is deleted. Orphan (default): the job
     /// is left as it is. Cancel: the operator cancels the job first (a finalizer holds the

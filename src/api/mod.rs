@@ -1,9 +1,11 @@
 //! Custom resource types: one file per kind, plus the shared conditions.
 
 pub mod conditions;
+pub mod macie_account;
 pub mod macie_discovery;
 pub mod macie_job;
 
+pub use macie_account::{AccountRef, MacieAccount, MacieAccountSpec, MacieAccountStatus};
 pub use macie_discovery::{DiscoveryStatus, MacieDiscovery, MacieDiscoverySpec, MacieDiscoveryStatus};
 pub use macie_job::{DeletionPolicy, DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
 
@@ -15,7 +17,7 @@ pub const GROUP: &str = "macie.kubeops.dev";
 
 /// Every CRD the operator serves, in the order `macie-operator crd` prints them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![MacieJob::crd(), MacieDiscovery::crd()]
+    vec![MacieJob::crd(), MacieDiscovery::crd(), MacieAccount::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream (what `crds/` holds).

@@ -89,6 +89,7 @@ mod tests {
                 job_name: None,
                 job_status: DesiredJobStatus::UserPaused,
                 region: None,
+                account_ref: None,
                 deletion_policy: policy,
             },
         );

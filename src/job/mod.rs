@@ -760,6 +760,7 @@ mod tests {
             job_name: name.map(str::to_string),
             job_status: DesiredJobStatus::Running,
             region: None,
+            account_ref: None,
             deletion_policy: DeletionPolicy::Orphan,
         };
         assert!(names_job(&spec(Some("j1"), None), &job, &by_name));
