@@ -2,6 +2,7 @@
 //! the state declared by Kubernetes custom resources.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod api;
 pub mod discovery;
 pub mod job;

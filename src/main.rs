@@ -13,7 +13,7 @@ use macie_operator::runtime::gate::WriteGate;
 use macie_operator::runtime::leader::{self, LeaderElector, LeaseConfig};
 use macie_operator::runtime::metrics::Metrics;
 use macie_operator::runtime::{self, Health, LogFormat};
-use macie_operator::{discovery, job};
+use macie_operator::{account, discovery, job};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,6 +45,11 @@ struct RunArgs {
     /// Time between ListClassificationJobs sweeps: seconds (`60`) or a duration (`1m30s`, `500ms`).
     #[arg(long, env = "MACIE_OPERATOR_POLL_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// The MacieAccount of resources without spec.accountRef. With no MacieAccount of this
+    /// name (or one that does not select their namespace), such resources are refused
+    /// (AccountNotFound) with a message saying how to fix it.
+    #[arg(long, env = "MACIE_OPERATOR_DEFAULT_ACCOUNT", default_value = "default")]
+    default_account: String,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "MACIE_OPERATOR_NAMESPACE")]
     namespace: Option<String>,
@@ -223,6 +228,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         poll_interval = ?args.poll_interval,
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
         leader_elect = args.leader_elect,
+        default_account = %args.default_account,
         %identity,
         "starting macie-operator"
     );
@@ -296,10 +302,20 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
         metrics.leader.set(1);
     }
-    let jobs = job::JobController::new(client.clone(), clients.clone(), config);
-    let discoveries = discovery::DiscoveryController::new(client, clients, discovery_config);
+    let tenancy = account::Tenancy::start(client.clone(), &args.default_account);
+    let accounts = account::AccountController::new(
+        client.clone(),
+        clients.clone(),
+        account::Config {
+            instance: Some(identity.clone()),
+            ..account::Config::default()
+        },
+    );
+    let jobs = job::JobController::new(client.clone(), clients.clone(), tenancy.clone(), config);
+    let discoveries = discovery::DiscoveryController::new(client, clients, tenancy, discovery_config);
     let controllers = async {
         tokio::join!(
+            accounts.run(stopped(stop_rx.clone())),
             jobs.run(stopped(stop_rx.clone())),
             discoveries.run(stopped(stop_rx.clone()))
         );

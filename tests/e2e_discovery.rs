@@ -420,7 +420,11 @@ async fn gated_clients(endpoint: &str, gate: WriteGate) -> Arc<MacieClients> {
         .http_client(macie_operator::macie::http_client())
         .load()
         .await;
-    Arc::new(MacieClients::new(sdk, Some(endpoint.to_string())).with_gate(gate))
+    Arc::new(
+        MacieClients::new(sdk, Some(endpoint.to_string()))
+            .with_sts_endpoint(Some(endpoint.to_string()))
+            .with_gate(gate),
+    )
 }
 
 /// Issue 10.1: a converged resource left alone is not rewritten (its status times are
@@ -559,11 +563,11 @@ async fn a_failed_status_write_is_a_warning_event() -> Result<()> {
     emu.put_account(&acct(2000), "DISABLED", false);
     let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
     create(&api, "unwritable", &declare(2000, 1, "ENABLED")).await?;
-    let controller = DiscoveryController::new(
-        limited,
-        gated_clients(&emu.url, WriteGate::open()).await,
-        discovery_config(&ns),
-    );
+    let clients = gated_clients(&emu.url, WriteGate::open()).await;
+    // The tenancy reads MacieAccounts and namespaces with the admin client: this test is about
+    // the status write.
+    let _accounts = Accounts::start(client.clone(), clients.clone());
+    let controller = DiscoveryController::new(limited, clients, _accounts.tenancy.clone(), discovery_config(&ns));
     let op = Running::spawn(|stop| controller.run(stop));
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let e = wait_for("a StatusWriteFailed Warning Event", DEADLINE, || async {
@@ -734,11 +738,9 @@ async fn a_closed_write_gate_sends_nothing_until_it_opens() -> Result<()> {
     let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
     create(&api, "gated", &accounts).await?;
     let gate = WriteGate::closed();
-    let controller = DiscoveryController::new(
-        client.clone(),
-        gated_clients(&emu.url, gate.clone()).await,
-        discovery_config(&ns),
-    );
+    let clients = gated_clients(&emu.url, gate.clone()).await;
+    let _accounts = Accounts::start(client.clone(), clients.clone());
+    let controller = DiscoveryController::new(client.clone(), clients, _accounts.tenancy.clone(), discovery_config(&ns));
     let op = Running::spawn(|stop| controller.run(stop));
     wait_reason(&api, "gated", "Pending", |_| true).await?;
     let lists = emu.requests("ListAutomatedDiscoveryAccounts");

@@ -13,6 +13,7 @@ use anyhow::{Result, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use macie_emulator::Seed;
+use macie_operator::macie::Place;
 use macie_operator::api::{MacieDiscovery, MacieJob};
 use serde_json::json;
 use support::*;
@@ -294,9 +295,9 @@ async fn kube_apiserver_restart_watches_recover() -> Result<()> {
             .set_status_service_side(None, None, id, serde_json::from_value(json!("USER_PAUSED"))?)
             .map_err(anyhow::Error::msg)?;
     }
-    let sweeps = op.poller.view(REGION).sweeps;
+    let sweeps = op.poller.view(&Place::new("default", REGION)).sweeps;
     wait_for("two sweeps while the API server is down", DEADLINE, || async {
-        Ok((op.poller.view(REGION).sweeps >= sweeps + 2).then_some(()))
+        Ok((op.poller.view(&Place::new("default", REGION)).sweeps >= sweeps + 2).then_some(()))
     })
     .await?;
     cp.start_apiserver().await?;

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use macie_operator::macie::Place;
 use macie_operator::api::MacieJob;
 use serde_json::json;
 use support::*;
@@ -303,7 +304,7 @@ async fn one_sweep_costs_pages_whatever_the_number_of_resources() -> Result<()> 
 
     // Count calls between sweep k and sweep k+3 (the next sweep starts a whole interval after
     // the previous one finished, so the counters are read between sweeps).
-    let mut rx = op.poller.subscribe(REGION);
+    let mut rx = op.poller.subscribe(&Place::new("default", REGION));
     let k = rx.borrow().sweeps;
     rx.wait_for(|v| v.sweeps > k).await?;
     let k = rx.borrow().sweeps;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use macie_operator::macie::Place;
 use macie_operator::api::MacieJob;
 use macie_operator::api::macie_job::TransitionOutcome;
 use serde_json::{Value, json};
@@ -38,7 +39,7 @@ fn attempts_for(emu: &EmulatorHandle, job_id: &str) -> Vec<Value> {
 
 /// Waits until the region's sweeper has completed `n` more sweeps.
 async fn sweeps(op: &OperatorHandle, n: u64) -> Result<()> {
-    let mut rx = op.poller.subscribe(REGION);
+    let mut rx = op.poller.subscribe(&Place::new("default", REGION));
     let k = rx.borrow().sweeps;
     tokio::time::timeout(DEADLINE, rx.wait_for(|v| v.sweeps >= k + n)).await??;
     Ok(())
@@ -279,7 +280,7 @@ async fn failed_sweeps_leave_every_resource_as_it_was_until_they_repeat() -> Res
         &emu,
         json!({"maxJobsPage": 4, "operations": {"ListClassificationJobs": {"errorRate": 1.0}}}),
     )?;
-    let mut rx = op.poller.subscribe(REGION);
+    let mut rx = op.poller.subscribe(&Place::new("default", REGION));
     tokio::time::timeout(DEADLINE, rx.wait_for(|v| v.failures == 1)).await??;
     set_faults(&emu, json!({"maxJobsPage": 4}))?;
     tokio::time::timeout(DEADLINE, rx.wait_for(|v| v.failures == 0)).await??;
@@ -377,8 +378,8 @@ async fn a_regions_sweeper_stops_with_its_last_resource() -> Result<()> {
     let Scene { client, ns, emu, .. } = scene("regions").await?;
     let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
     let op = OperatorHandle::start(client.clone(), &ns, &emu.url, |_| {}).await;
-    sweeps(&op, 1).await?;
-    assert_eq!(op.poller.regions(), vec![REGION.to_string()]);
+    let places = |op: &OperatorHandle| -> Vec<String> { op.poller.places().iter().map(|p| p.to_string()).collect() };
+    assert!(places(&op).is_empty(), "no sweeper before a resource uses a place");
     for i in 0..200 {
         emu.put_job(
             json!({"jobId": format!("far{i}"), "name": format!("far{i}"), "jobType": "ONE_TIME",
@@ -420,16 +421,13 @@ async fn a_regions_sweeper_stops_with_its_last_resource() -> Result<()> {
         },
     )
     .await?;
-    assert_eq!(
-        op.poller.regions(),
-        ["ap-southeast-4", "us-east-1", "us-eats-1"].map(String::from).to_vec()
-    );
+    assert_eq!(places(&op), ["default/ap-southeast-4", "default/us-eats-1"]);
     let (steps, _, _) = op.tracked.counts();
     assert_eq!(steps, 200, "each resource's (resolved) step is known while it exists");
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await?;
-    wait_for("the region's sweeper to stop", DEADLINE, || async {
-        Ok((op.poller.regions() == vec![REGION.to_string()]).then_some(()))
+    wait_for("the sweepers to stop", DEADLINE, || async {
+        Ok(places(&op).is_empty().then_some(()))
     })
     .await?;
     // Nothing is kept for the deleted resources (pruned after the next sweep).
@@ -458,7 +456,7 @@ async fn a_denied_update_is_stalled_and_retried_rarely() -> Result<()> {
         Ok((!attempts_for(&emu, &denied).is_empty()).then_some(()))
     })
     .await?;
-    let mut rx = op.poller.subscribe(REGION);
+    let mut rx = op.poller.subscribe(&Place::new("default", REGION));
     let k = rx.borrow().sweeps;
     let o = wait_reason(&api, "den-0", "AccessDenied", DEADLINE).await?;
     assert!(rx.borrow_and_update().sweeps <= k + 2, "reported within two sweeps");

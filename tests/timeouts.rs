@@ -34,13 +34,18 @@ async fn clients(endpoint: &str, timeouts: AwsTimeouts) -> MacieClients {
         .http_client(macie_operator::macie::http_client())
         .load()
         .await;
-    MacieClients::new(sdk, Some(endpoint.to_string())).with_timeouts(timeouts)
+    let c = MacieClients::new(sdk, Some(endpoint.to_string())).with_timeouts(timeouts);
+    c.use_account("default", None);
+    c
 }
 
 /// Calls ListClassificationJobs; the outer deadline only keeps a broken build from hanging.
 async fn list_jobs(c: &MacieClients) -> Result<(Result<(), MacieError>, Duration)> {
     let start = Instant::now();
-    let call = c.client("us-east-1").list_classification_jobs().send();
+    let call = c
+        .client(&macie_operator::macie::Place::new("default", "us-east-1"))?
+        .list_classification_jobs()
+        .send();
     let r = tokio::time::timeout(Duration::from_secs(60), call)
         .await
         .map_err(|_| anyhow::anyhow!("the call did not end within 60 s: no timeout applied"))?;

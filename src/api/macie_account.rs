@@ -165,6 +165,11 @@ pub struct MacieAccountStatus {
     /// The ARN the credentials resolve to (sts:GetCallerIdentity), e.g. an assumed-role ARN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arn: Option<String>,
+
+    /// The AWS error code of the last failure to obtain or verify the credentials (e.g.
+    /// AccessDenied); absent while they work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
 }
 
 /// `spec.accountRef` of MacieJob and MacieDiscovery: the MacieAccount to act in.

@@ -1,4 +1,4 @@
-//! The MacieDiscovery controller. Per region, one engine task observes the declared accounts
+//! The MacieDiscovery controller. Per place (MacieAccount and region), one engine task observes the declared accounts
 //! (ListAutomatedDiscoveryAccounts) and coalesces the changes every MacieDiscovery asks for into
 //! BatchUpdateAutomatedDiscoveryAccounts calls; reconciles only project the engine's view into
 //! each resource's status.
@@ -25,9 +25,11 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::account::policy::{self, Refusal};
+use crate::account::{Admitted, Change, Tenancy};
 use crate::api::conditions;
-use crate::api::{MacieDiscovery, MacieDiscoveryStatus};
-use crate::macie::{MacieClients, MacieError, discovery as calls};
+use crate::api::{DiscoveryStatus, MacieDiscovery, MacieDiscoveryStatus};
+use crate::macie::{MacieClients, MacieError, Place, discovery as calls};
 use crate::runtime::gate::WriteGate;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::regions::{RegionTasks, Retire};
@@ -100,9 +102,11 @@ struct RegionEngine {
     view: watch::Receiver<Arc<View>>,
 }
 
-/// One engine per region, started on first use and stopped when no resource names the region.
+/// One engine per place, started on first use and stopped when no admitted resource uses the
+/// place.
 pub struct Engines {
     clients: Arc<MacieClients>,
+    tenancy: Arc<Tenancy>,
     config: Config,
     store: Store<MacieDiscovery>,
     /// Set once the watch has listed every resource into the store.
@@ -113,20 +117,31 @@ pub struct Engines {
 
 impl Engines {
     fn region_of<'a>(&'a self, obj: &'a MacieDiscovery) -> &'a str {
-        obj.spec.region.as_deref().unwrap_or(&self.config.default_region)
+        region_of(obj, &self.config.default_region)
     }
 
-    /// The region's engine, started when none runs.
-    fn engine(&self, region: &str) -> (mpsc::UnboundedSender<()>, watch::Receiver<Arc<View>>) {
+    /// Where a resource's calls would go (whether or not it is admitted).
+    fn place_of(&self, obj: &MacieDiscovery) -> Place {
+        place_of(obj, &self.tenancy, &self.config.default_region)
+    }
+
+    /// Whether the resource's MacieAccount admits it (namespace, region, credentials).
+    fn admit(&self, obj: &MacieDiscovery) -> Result<Admitted, Refusal> {
+        admit(obj, &self.tenancy, &self.config.default_region)
+    }
+
+    /// The place's engine, started when none runs.
+    fn engine(&self, place: &Place) -> (mpsc::UnboundedSender<()>, watch::Receiver<Arc<View>>) {
         let e = self.regions.get_or_start(
-            region,
+            place,
             |e| !e.kick.is_closed(),
             |retire| {
                 let (kick_tx, kick_rx) = mpsc::unbounded_channel();
                 let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
                 let env = EngineEnv {
-                    region: region.to_string(),
-                    client: self.clients.client(region),
+                    place: place.clone(),
+                    clients: self.clients.clone(),
+                    tenancy: self.tenancy.clone(),
                     metrics: self.clients.metrics().clone(),
                     gate: self.clients.gate().clone(),
                     config: self.config.clone(),
@@ -147,19 +162,24 @@ impl Engines {
         (e.kick, e.view)
     }
 
-    /// The region's view (starting its engine when none runs; an engine for a region no
-    /// resource names stops after its first pass).
-    pub fn subscribe(&self, region: &str) -> watch::Receiver<Arc<View>> {
-        self.engine(region).1
+    /// The place's view (starting its engine when none runs; an engine for a place no
+    /// resource uses stops after its first pass).
+    pub fn subscribe(&self, place: &Place) -> watch::Receiver<Arc<View>> {
+        self.engine(place).1
     }
 
     /// Regions with a running engine, sorted.
     pub fn running(&self) -> Vec<String> {
-        self.regions.regions()
+        self.regions.places().into_iter().map(|p| p.region).collect()
     }
 
-    /// Kicks the running engines for which `affected(region, view)` holds.
-    fn kick_where(&self, affected: impl Fn(&str, &View) -> bool) {
+    /// Places with a running engine, sorted.
+    pub fn places(&self) -> Vec<Place> {
+        self.regions.places()
+    }
+
+    /// Kicks the running engines for which `affected(place, view)` holds.
+    fn kick_where(&self, affected: impl Fn(&Place, &View) -> bool) {
         for (region, e) in self.regions.handles() {
             if affected(&region, &e.view.borrow()) {
                 let _ = e.kick.send(());
@@ -172,14 +192,14 @@ impl Engines {
         match event {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
                 let key = key(o);
-                let region = self.region_of(o);
+                let place = self.place_of(o);
                 let version = (o.meta().deletion_timestamp.is_none()).then(|| taken_in(o));
-                self.kick_where(|r, view| {
+                self.kick_where(|p, view| {
                     let held = view.resources.get(&key);
-                    if r == region {
+                    if *p == place {
                         held != version.as_ref()
                     } else {
-                        // It moved to another region.
+                        // It moved to another place.
                         held.is_some()
                     }
                 });
@@ -198,6 +218,43 @@ impl Engines {
     }
 }
 
+fn region_of<'a>(obj: &'a MacieDiscovery, default_region: &'a str) -> &'a str {
+    obj.spec.region.as_deref().unwrap_or(default_region)
+}
+
+fn place_of(obj: &MacieDiscovery, tenancy: &Tenancy, default_region: &str) -> Place {
+    Place::new(
+        tenancy.account_name(obj.spec.account_ref.as_ref()),
+        region_of(obj, default_region),
+    )
+}
+
+fn admit(obj: &MacieDiscovery, tenancy: &Tenancy, default_region: &str) -> Result<Admitted, Refusal> {
+    tenancy.admit(
+        &obj.namespace().unwrap_or_default(),
+        obj.spec.account_ref.as_ref(),
+        region_of(obj, default_region),
+    )
+}
+
+/// The rows of a resource its account's discovery rules refuse, by member account id.
+fn refused_rows(obj: &MacieDiscovery, admitted: &Admitted) -> BTreeMap<String, Refusal> {
+    obj.spec
+        .accounts
+        .iter()
+        .filter_map(|a| {
+            policy::discovery_allowed(
+                &admitted.place.account,
+                &admitted.account.spec.discovery,
+                &a.account_id,
+                a.status,
+            )
+            .err()
+            .map(|r| (a.account_id.clone(), r))
+        })
+        .collect()
+}
+
 fn key(o: &MacieDiscovery) -> String {
     format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
 }
@@ -211,8 +268,9 @@ fn taken_in(o: &MacieDiscovery) -> TakenIn {
 
 /// What an engine works with.
 struct EngineEnv {
-    region: String,
-    client: aws_sdk_macie2::Client,
+    place: Place,
+    clients: Arc<MacieClients>,
+    tenancy: Arc<Tenancy>,
     metrics: Arc<Metrics>,
     gate: WriteGate,
     config: Config,
@@ -222,7 +280,8 @@ struct EngineEnv {
 }
 
 impl EngineEnv {
-    /// The declarations of the region's resources (those being deleted excluded), by key.
+    /// The declarations of the place's admitted resources (those being deleted excluded), by
+    /// key, without the rows their account's rules refuse.
     fn declared(&self) -> Vec<Declared> {
         let default_region = &self.config.default_region;
         let mut out: Vec<Declared> = self
@@ -230,16 +289,22 @@ impl EngineEnv {
             .state()
             .iter()
             .filter(|o| o.meta().deletion_timestamp.is_none())
-            .filter(|o| o.spec.region.as_deref().unwrap_or(default_region) == self.region)
-            .map(|o| Declared {
-                resource: key(o),
-                taken: taken_in(o),
-                accounts: o
-                    .spec
-                    .accounts
-                    .iter()
-                    .map(|a| (a.account_id.clone(), a.status))
-                    .collect(),
+            .filter_map(|o| {
+                let admitted = admit(o, &self.tenancy, default_region).ok()?;
+                (admitted.place == self.place).then(|| {
+                    let refused = refused_rows(o, &admitted);
+                    Declared {
+                        resource: key(o),
+                        taken: taken_in(o),
+                        accounts: o
+                            .spec
+                            .accounts
+                            .iter()
+                            .filter(|a| !refused.contains_key(&a.account_id))
+                            .map(|a| (a.account_id.clone(), a.status))
+                            .collect(),
+                    }
+                })
             })
             .collect();
         out.sort_by(|a, b| a.resource.cmp(&b.resource));
@@ -260,7 +325,7 @@ impl EngineEnv {
         tx.send_replace(shown.clone());
         if changed {
             for obj in self.store.state() {
-                if obj.spec.region.as_deref().unwrap_or(&self.config.default_region) == self.region {
+                if place_of(&obj, &self.tenancy, &self.config.default_region) == self.place {
                     let _ = self.trigger.unbounded_send(ObjectRef::from_obj(&*obj));
                 }
             }
@@ -275,7 +340,7 @@ async fn engine_loop(
     mut kick: mpsc::UnboundedReceiver<()>,
     view_tx: watch::Sender<Arc<View>>,
 ) {
-    let region = &env.region;
+    let region = &env.place;
     let config = &env.config;
     // Start once the watch has listed the resources.
     if store_ready.wait_for(|r| *r).await.is_err() {
@@ -292,7 +357,7 @@ async fn engine_loop(
     loop {
         let declared = env.declared();
         if declared.is_empty() && env.retire_if_unused() {
-            tracing::debug!(%region, "no MacieDiscovery names the region: discovery engine stopped");
+            tracing::debug!(%region, "no MacieDiscovery uses the account and region: discovery engine stopped");
             return;
         }
         view.take_in(&declared);
@@ -345,7 +410,14 @@ async fn engine_loop(
 /// Lists `ids` and records what each shows; `full` when they are every declared account.
 async fn observe(env: &EngineEnv, ids: &[String], view: &mut View, full: bool) {
     let started = Timestamp::now();
-    match calls::list_accounts(&env.client, ids, &env.metrics).await {
+    let listed = match env.clients.client(&env.place) {
+        Ok(client) => calls::list_accounts(&client, ids, &env.metrics).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &listed {
+        env.clients.after_error(&env.place, e);
+    }
+    match listed {
         Ok((found, _calls)) => {
             for id in ids {
                 let a = view.accounts.entry(id.clone()).or_default();
@@ -359,7 +431,7 @@ async fn observe(env: &EngineEnv, ids: &[String], view: &mut View, full: bool) {
             view.api_error = None;
         }
         Err(e) => {
-            tracing::warn!(region = %env.region, error = %e, "ListAutomatedDiscoveryAccounts failed");
+            tracing::warn!(place = %env.place, error = %e, "ListAutomatedDiscoveryAccounts failed");
             view.api_error = Some(e);
         }
     }
@@ -376,7 +448,7 @@ struct SendStep {
 /// Sends the accounts that differ from their declaration, in batches, while the write gate
 /// allows Macie writes.
 async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep {
-    let region = &env.region;
+    let region = &env.place;
     let mut step = SendStep {
         any: false,
         retry_after: None,
@@ -388,7 +460,15 @@ async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep
             break;
         }
         let at = Timestamp::now();
-        match calls::batch_update(&env.client, &batch, &env.metrics).await {
+        log_write(env, &batch);
+        let sent = match env.clients.client(&env.place) {
+            Ok(client) => calls::batch_update(&client, &batch, &env.metrics).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &sent {
+            env.clients.after_error(&env.place, e);
+        }
+        match sent {
             Ok(errors) => {
                 *throttled = 0;
                 step.any = true;
@@ -455,6 +535,27 @@ async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep
     step
 }
 
+/// Logs an AWS write: where it goes, the accounts it changes, and the resources that ask.
+fn log_write(env: &EngineEnv, batch: &[(String, DiscoveryStatus)]) {
+    let ids: std::collections::BTreeSet<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
+    let resources: Vec<String> = env
+        .store
+        .state()
+        .iter()
+        .filter(|o| place_of(o, &env.tenancy, &env.config.default_region) == env.place)
+        .filter(|o| o.spec.accounts.iter().any(|a| ids.contains(a.account_id.as_str())))
+        .map(|o| format!("{}/{} ({})", o.namespace().unwrap_or_default(), o.name_any(), o.uid().unwrap_or_default()))
+        .collect();
+    tracing::info!(
+        account = %env.place.account,
+        region = %env.place.region,
+        operation = "BatchUpdateAutomatedDiscoveryAccounts",
+        accounts = ?batch.iter().map(|(id, s)| format!("{id}={}", s.as_str())).collect::<Vec<_>>(),
+        resources = ?resources,
+        "AWS write"
+    );
+}
+
 struct Context {
     client: kube::Client,
     engines: Arc<Engines>,
@@ -470,7 +571,12 @@ pub struct DiscoveryController {
 }
 
 impl DiscoveryController {
-    pub fn new(client: kube::Client, clients: Arc<MacieClients>, config: Config) -> DiscoveryController {
+    pub fn new(
+        client: kube::Client,
+        clients: Arc<MacieClients>,
+        tenancy: Arc<Tenancy>,
+        config: Config,
+    ) -> DiscoveryController {
         let api: Api<MacieDiscovery> = crate::runtime::scoped_api(client.clone(), config.namespace.as_deref());
         let (store, writer) = reflector::store();
         let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
@@ -480,6 +586,7 @@ impl DiscoveryController {
         };
         let engines = Arc::new(Engines {
             clients,
+            tenancy: tenancy.clone(),
             store: store.clone(),
             store_ready: watch::channel(false).0,
             trigger: trigger_tx,
@@ -499,6 +606,23 @@ impl DiscoveryController {
                 }
             })
             .touched_objects();
+        {
+            // A MacieAccount or a namespace changed: the engines take in the declarations again
+            // and the resources it concerns are decided again.
+            let (engines, store) = (Arc::downgrade(&engines), store.clone());
+            tenancy.subscribe(move |change: &Change| {
+                let Some(engines) = engines.upgrade() else { return };
+                engines.kick_where(|_, _| true);
+                for o in store.state() {
+                    if engines
+                        .tenancy
+                        .affects(change, &o.namespace().unwrap_or_default(), o.spec.account_ref.as_ref())
+                    {
+                        let _ = engines.trigger.unbounded_send(ObjectRef::from_obj(&*o));
+                    }
+                }
+            });
+        }
         let controller = Controller::for_stream(events, store);
         DiscoveryController {
             controller,
@@ -517,6 +641,11 @@ impl DiscoveryController {
     }
 
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+        // Decisions need every MacieAccount and namespace.
+        let mut shutdown = Box::pin(shutdown);
+        if !self.ctx.engines.tenancy.ready_or(shutdown.as_mut()).await {
+            return;
+        }
         crate::runtime::drive(
             self.controller
                 .reconcile_on(self.trigger_rx)
@@ -539,6 +668,29 @@ async fn reconcile(obj: Arc<MacieDiscovery>, ctx: Arc<Context>) -> Result<Action
     r
 }
 
+/// A resource its MacieAccount refuses as a whole: no Macie call, no engine; the status says
+/// which rule refused (Stalled, with an Event on entering it) and shows nothing observed.
+async fn refused(ctx: &Context, obj: &MacieDiscovery, region: &str, refusal: &Refusal) -> Result<Action, Error> {
+    let prev = obj.status.as_ref();
+    let summary = refusal.reason().summary(refusal.message());
+    let generation = obj.meta().generation;
+    let status = MacieDiscoveryStatus {
+        observed_generation: generation,
+        conditions: conditions::conditions(
+            &summary,
+            generation,
+            prev.map_or(&[][..], |p| &p.conditions),
+            api_time(Timestamp::now()).0,
+        ),
+        region: Some(region.to_string()),
+        ..Default::default()
+    };
+    let api: Api<MacieDiscovery> = crate::runtime::object_api(ctx.client.clone(), obj);
+    status::write(&api, &ctx.recorder, obj, prev, &status).await?;
+    ctx.failures.clear(obj);
+    Ok(Action::await_change())
+}
+
 async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Result<Action, Error> {
     if obj.meta().deletion_timestamp.is_some() {
         // Deleting a MacieDiscovery leaves the accounts as they are.
@@ -547,7 +699,17 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
     let engines = &ctx.engines;
     let region = engines.region_of(obj).to_string();
     tracing::debug!(name = %obj.name_any(), %region, "reconcile MacieDiscovery");
-    let (kick, view_rx) = engines.engine(&region);
+    // Tenancy, before any other step: the account must admit the resource; rows its rules
+    // refuse are reported, the others proceed.
+    let admitted = match engines.admit(obj) {
+        Ok(a) => a,
+        Err(refusal) => return refused(ctx, obj, &region, &refusal).await,
+    };
+    ctx.engines
+        .clients
+        .use_account(&admitted.place.account, admitted.role());
+    let refused = refused_rows(obj, &admitted);
+    let (kick, view_rx) = engines.engine(&admitted.place);
     let view = view_rx.borrow().clone();
     let resource = key(obj);
     let Some(generation) =
@@ -567,6 +729,7 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
     let r = plan::resource_status(
         &resource,
         &accounts,
+        &refused,
         &view.desired,
         &view.accounts,
         view.api_error.as_ref(),

@@ -1,11 +1,12 @@
 //! Pure steps of the MacieDiscovery controller: the desired set and its conflicts, what to
 //! send, batching, and each resource's status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
+use crate::account::policy::Refusal;
 use crate::api::DiscoveryStatus;
 use crate::api::conditions::{MESSAGE_MAX, Reason, Summary};
 use crate::api::macie_discovery::{AccountStatus, Counts, ErrorCodeStatus};
@@ -273,10 +274,12 @@ pub struct ResourceStatus {
 }
 
 /// One resource's per-account rows (sorted by account id), its error codes explained once,
-/// counts and summary.
+/// counts and summary. Rows in `refused` (refused by the MacieAccount's rules) show the
+/// refusal and nothing observed.
 pub fn resource_status(
     resource: &str,
     accounts: &[(String, DiscoveryStatus)],
+    refused: &BTreeMap<String, Refusal>,
     desired: &DesiredSet,
     state: &HashMap<String, AccountState>,
     api_error: Option<&MacieError>,
@@ -287,7 +290,20 @@ pub fn resource_status(
     let mut conflicting_with: BTreeMap<String, usize> = BTreeMap::new();
     // code -> (explanation, count)
     let mut codes: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    let mut refusals: BTreeSet<String> = BTreeSet::new();
     for (id, want) in accounts {
+        if let Some(r) = refused.get(id) {
+            refusals.insert(r.message());
+            rows.push(AccountStatus {
+                account_id: id.clone(),
+                desired: want.as_str().to_string(),
+                observed: None,
+                error_code: Some(NOT_PERMITTED.into()),
+            });
+            codes.entry(NOT_PERMITTED.into()).or_default().1 += 1;
+            failed += 1;
+            continue;
+        }
         let st = state.get(id);
         let observed = st.and_then(|st| st.observed);
         let mut row = AccountStatus {
@@ -319,6 +335,12 @@ pub fn resource_status(
         rows.push(row);
     }
     rows.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+    if let Some(c) = codes.get_mut(NOT_PERMITTED) {
+        c.0 = format!(
+            "refused without any call: {}",
+            refusals.iter().cloned().collect::<Vec<_>>().join("; ")
+        );
+    }
     if let Some(c) = codes.get_mut(CONFLICT) {
         c.0 = format!(
             "declared with another status by {}; not changed until the declarations agree",
@@ -344,6 +366,11 @@ pub fn resource_status(
                 "{e}. Check that Macie is enabled and the operator's IAM role allows macie2:ListAutomatedDiscoveryAccounts and macie2:BatchUpdateAutomatedDiscoveryAccounts"
             ),
         ),
+        _ if !refusals.is_empty() => Reason::NotPermitted.summary(format!(
+            "{} of {total} account(s) refused: {}; the other accounts proceed",
+            refused.len(),
+            refusals.iter().cloned().collect::<Vec<_>>().join("; ")
+        )),
         _ if !conflicting_with.is_empty() => Reason::Conflict.summary(format!(
                 "{} account(s) are declared with another status by {}; they are not changed until the declarations agree",
                 conflicting_with.values().sum::<usize>(),
@@ -380,6 +407,8 @@ pub fn resource_status(
     }
 }
 
+/// The errorCode of an account the MacieAccount's rules refuse.
+pub const NOT_PERMITTED: &str = "NotPermitted";
 /// The errorCode of an account declared with different statuses by several resources.
 pub const CONFLICT: &str = "Conflict";
 /// Longest explanation of an error code (the schema's maxLength).
@@ -729,7 +758,7 @@ mod tests {
             ("000000000002".to_string(), E),
             ("000000000004".to_string(), E),
         ];
-        let r = resource_status("ns/a", a, &set, &state, None, &settings());
+        let r = resource_status("ns/a", a, &BTreeMap::new(), &set, &state, None, &settings());
         assert_eq!((r.counts.desired, r.counts.converged, r.counts.failed), (4, 1, 3));
         let ids: Vec<&str> = r.accounts.iter().map(|a| a.account_id.as_str()).collect();
         assert_eq!(
@@ -751,13 +780,13 @@ mod tests {
         );
         assert!(r.summary.message.contains("by b;"));
         let b = &[("000000000003".to_string(), E)];
-        let r = resource_status("ns/b", b, &set, &state, None, &settings());
+        let r = resource_status("ns/b", b, &BTreeMap::new(), &set, &state, None, &settings());
         assert!(
             r.summary.message.contains("by a;"),
             "the conflict is reported on both sides"
         );
         // Errors only.
-        let r = resource_status("ns/a", &a[1..], &set, &state, None, &settings());
+        let r = resource_status("ns/a", &a[1..], &BTreeMap::new(), &set, &state, None, &settings());
         assert_eq!(r.summary.reason, "AccountErrors");
         assert!(
             r.summary.message.contains("2 ACCOUNT_NOT_FOUND"),
@@ -766,7 +795,7 @@ mod tests {
         );
         // All converged.
         let one = &[("000000000001".to_string(), E)];
-        let r = resource_status("ns/a", one, &set, &state, None, &settings());
+        let r = resource_status("ns/a", one, &BTreeMap::new(), &set, &state, None, &settings());
         assert_eq!((r.counts.converged, r.summary.reason.as_str()), (1, "Converged"));
         assert_eq!(r.summary.phase, Phase::Ready);
         assert!(r.error_codes.is_empty());
@@ -774,7 +803,7 @@ mod tests {
             code: "AccessDeniedException".into(),
             message: "no".into(),
         };
-        let r = resource_status("ns/a", one, &set, &state, Some(&denied), &settings());
+        let r = resource_status("ns/a", one, &BTreeMap::new(), &set, &state, Some(&denied), &settings());
         assert_eq!(r.summary.reason, "AccessDenied");
     }
 
@@ -788,6 +817,7 @@ mod tests {
         let r = resource_status(
             "ns/a",
             &[("000000000001".to_string(), E)],
+            &BTreeMap::new(),
             &set,
             &HashMap::new(),
             None,
@@ -836,7 +866,7 @@ mod tests {
                 (id.clone(), st)
             })
             .collect();
-        let r = resource_status("ns/big", &ids, &set, &state, None, &settings());
+        let r = resource_status("ns/big", &ids, &BTreeMap::new(), &set, &state, None, &settings());
         assert_eq!(r.counts.failed, 5000);
         assert_eq!(r.error_codes.len(), 1);
         assert_eq!(r.error_codes[0].count, 5000);

@@ -9,6 +9,7 @@ use super::FINALIZER;
 use super::plan::{Observation, Plan};
 use crate::api::conditions::Phase;
 use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob};
+use crate::account::policy::Refusal;
 use crate::runtime::Error;
 
 /// What the resource's lifecycle asks of a reconcile.
@@ -40,6 +41,35 @@ pub fn lifecycle(obj: &MacieJob) -> Lifecycle {
             desired: obj.spec.job_status,
             deleting: false,
         },
+    }
+}
+
+/// What a reconcile does with a resource its MacieAccount refuses (decided before any other
+/// step: no Macie call follows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterRefusal {
+    /// Not being deleted: report the refusal (Stalled) and wait for a change.
+    Report,
+    /// Being deleted: release the finalizer without a call, saying why.
+    Release(String),
+    /// Being deleted with deletionPolicy Cancel while the account's credentials do not work
+    /// (a state that can pass): keep the finalizer and try again later.
+    Hold,
+}
+
+/// Pure: what a refusal means for the resource's lifecycle.
+pub fn after_refusal(obj: &MacieJob, refusal: &Refusal) -> AfterRefusal {
+    let deleting = obj.meta().deletion_timestamp.is_some();
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+    let cancel = obj.spec.deletion_policy == DeletionPolicy::Cancel;
+    match (deleting && has_finalizer, cancel, refusal) {
+        (false, _, _) => AfterRefusal::Report,
+        (true, true, Refusal::AccountNotReady { .. }) => AfterRefusal::Hold,
+        (true, true, r) => AfterRefusal::Release(format!(
+            "deletionPolicy Cancel refused: {}; the finalizer is released and the job was not cancelled",
+            r.message()
+        )),
+        (true, false, _) => AfterRefusal::Release("deletionPolicy is Orphan: the job is left as it is".into()),
     }
 }
 
@@ -146,6 +176,43 @@ mod tests {
                 want,
                 "{policy:?} {finalizer} {deleting}"
             );
+        }
+    }
+
+    #[test]
+    fn after_refusal_rows() {
+        use DeletionPolicy::*;
+        let not_ready = Refusal::AccountNotReady {
+            account: "a".into(),
+            code: Some("AccessDenied".into()),
+        };
+        let not_permitted = Refusal::NotPermitted {
+            account: "a".into(),
+            rule: crate::account::policy::Rule::DeletionPolicyCancel,
+        };
+        let not_found = Refusal::AccountNotFound {
+            account: "a".into(),
+            by_default: false,
+        };
+        // (policy, finalizer, deleting, refusal) -> what happens
+        let rows: Vec<((DeletionPolicy, bool, bool, &Refusal), fn(&AfterRefusal) -> bool)> = vec![
+            ((Cancel, false, false, &not_permitted), |a| *a == AfterRefusal::Report),
+            ((Cancel, true, false, &not_ready), |a| *a == AfterRefusal::Report),
+            ((Orphan, false, false, &not_found), |a| *a == AfterRefusal::Report),
+            // Deleting without our finalizer: nothing to hold (lifecycle forgets it).
+            ((Cancel, false, true, &not_permitted), |a| *a == AfterRefusal::Report),
+            // Cancel not allowed: released without a call, and it says so.
+            ((Cancel, true, true, &not_permitted), |a| {
+                matches!(a, AfterRefusal::Release(m) if m.contains("not cancelled") && m.contains("allowCancel"))
+            }),
+            ((Cancel, true, true, &not_found), |a| matches!(a, AfterRefusal::Release(m) if m.contains("not cancelled"))),
+            // Credentials that do not work (yet): the finalizer waits.
+            ((Cancel, true, true, &not_ready), |a| *a == AfterRefusal::Hold),
+            ((Orphan, true, true, &not_ready), |a| matches!(a, AfterRefusal::Release(m) if m.contains("Orphan"))),
+        ];
+        for ((policy, finalizer, deleting, refusal), ok) in rows {
+            let got = after_refusal(&obj(policy, finalizer, deleting), refusal);
+            assert!(ok(&got), "{policy:?} {finalizer} {deleting} {refusal:?}: {got:?}");
         }
     }
 

@@ -19,13 +19,15 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
+use crate::account::policy::{self, JobAsk, Refusal};
+use crate::account::{Admitted, Change, Tenancy};
 use crate::api::conditions::{self, Summary};
 use crate::api::macie_job::{ObservedJob, RequestedTransition, TransitionOutcome};
 use crate::api::{DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
 use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView};
-use crate::macie::{MacieClients, MacieError};
+use crate::macie::{MacieClients, MacieError, Place};
 use crate::runtime::{Error, Failures, MANAGER, status};
-use lifecycle::{Lifecycle, lifecycle, release_after_cancel, set_finalizer};
+use lifecycle::{AfterRefusal, Lifecycle, after_refusal, lifecycle, release_after_cancel, set_finalizer};
 use outcome::{CallEvent, CallVerdict};
 use ownership::Declaration;
 use plan::{Act, Observation, Reason, Settings, Step, StepOutcome, StepState};
@@ -54,6 +56,8 @@ pub struct Context {
     pub client: kube::Client,
     pub clients: Arc<MacieClients>,
     pub poller: Arc<JobPoller>,
+    /// The MacieAccounts and namespaces: whether a resource may act, and where.
+    pub tenancy: Arc<Tenancy>,
     pub config: Config,
     recorder: Recorder,
     /// Every MacieJob (the controller's cache): who else names a job.
@@ -82,18 +86,45 @@ enum Known {
 
 type Steps = Arc<Mutex<HashMap<ObjectRef<MacieJob>, Known>>>;
 
-/// Resource -> (region, wake after a sweep started later than this).
-type Waiters = Arc<Mutex<HashMap<ObjectRef<MacieJob>, (String, Timestamp)>>>;
+/// Resource -> (place, wake after a sweep started later than this).
+type Waiters = Arc<Mutex<HashMap<ObjectRef<MacieJob>, (Place, Timestamp)>>>;
 
 fn region_of<'a>(spec: &'a MacieJobSpec, default_region: &'a str) -> &'a str {
     spec.region.as_deref().unwrap_or(default_region)
 }
 
-impl Context {
-    fn region_of(&self, spec: &MacieJobSpec) -> String {
-        region_of(spec, &self.config.default_region).to_string()
-    }
+/// Where a resource's calls would go (whether or not it is admitted).
+fn place_of(obj: &MacieJob, tenancy: &Tenancy, default_region: &str) -> Place {
+    Place::new(
+        tenancy.account_name(obj.spec.account_ref.as_ref()),
+        region_of(&obj.spec, default_region),
+    )
+}
 
+/// Whether the resource's MacieAccount admits it (namespace, region, credentials).
+fn admit(obj: &MacieJob, tenancy: &Tenancy, default_region: &str) -> Result<Admitted, Refusal> {
+    tenancy.admit(
+        &obj.namespace().unwrap_or_default(),
+        obj.spec.account_ref.as_ref(),
+        region_of(&obj.spec, default_region),
+    )
+}
+
+/// Whether the account's job rules allow what the resource asks; `name` is the job's name
+/// (spec.jobName, or the observed name of a job named by id).
+fn job_rules(obj: &MacieJob, admitted: &Admitted, name: Option<&str>) -> Result<(), Refusal> {
+    policy::job_allowed(
+        &admitted.place.account,
+        &admitted.account.spec.jobs,
+        JobAsk {
+            name,
+            desired: obj.spec.job_status,
+            deletion_policy: obj.spec.deletion_policy,
+        },
+    )
+}
+
+impl Context {
     /// The resource's step: in memory, else the write-ahead status after a restart.
     fn step_for(&self, oref: &ObjectRef<MacieJob>, status: Option<&MacieJobStatus>) -> Option<Step> {
         match lock(&self.steps).get(oref) {
@@ -108,9 +139,9 @@ impl Context {
         lock(&self.steps).insert(oref.clone(), known);
     }
 
-    /// Reconcile `oref` after the first sweep of `region` that starts later than `after`.
-    fn wake_after_sweep(&self, oref: &ObjectRef<MacieJob>, region: &str, after: Timestamp) {
-        lock(&self.waiters).insert(oref.clone(), (region.to_string(), after));
+    /// Reconcile `oref` after the first sweep of `place` that starts later than `after`.
+    fn wake_after_sweep(&self, oref: &ObjectRef<MacieJob>, place: &Place, after: Timestamp) {
+        lock(&self.waiters).insert(oref.clone(), (place.clone(), after));
     }
 
     fn forget(&self, obj: &MacieJob) {
@@ -120,11 +151,12 @@ impl Context {
         self.failures.clear(obj);
     }
 
-    /// The other MacieJobs that name `job` in `region`, as the ownership decision sees them.
+    /// The other MacieJobs that name `job` at `place` and may act on it (admitted by the same
+    /// account, allowed by its rules), as the ownership decision sees them.
     fn peers(
         &self,
         obj: &MacieJob,
-        region: &str,
+        place: &Place,
         job: &ObservedJob,
         by_name: &HashMap<String, Vec<String>>,
     ) -> Vec<Declaration> {
@@ -135,8 +167,15 @@ impl Context {
             .state()
             .iter()
             .filter(|o| names_job(&o.spec, job, by_name))
-            .filter(|o| region_of(&o.spec, &self.config.default_region) == region)
+            .filter(|o| place_of(o, &self.tenancy, &self.config.default_region) == *place)
             .filter(|o| o.metadata.name != obj.metadata.name || o.metadata.namespace != obj.metadata.namespace)
+            // A refused resource is no declaration: it can neither act nor hold others in
+            // Conflict.
+            .filter(|o| {
+                admit(o, &self.tenancy, &self.config.default_region)
+                    .and_then(|a| job_rules(o, &a, job.name.as_deref()))
+                    .is_ok()
+            })
             .filter_map(|o| {
                 let desired = match lifecycle(o) {
                     Lifecycle::Manage { desired, .. } => desired,
@@ -247,8 +286,13 @@ pub struct JobController {
 }
 
 impl JobController {
-    /// Builds the context and starts the shared poller of the default region.
-    pub fn new(client: kube::Client, clients: Arc<MacieClients>, config: Config) -> JobController {
+    /// Builds the context; sweepers start as admitted resources need them.
+    pub fn new(
+        client: kube::Client,
+        clients: Arc<MacieClients>,
+        tenancy: Arc<Tenancy>,
+        config: Config,
+    ) -> JobController {
         let api: Api<MacieJob> = crate::runtime::scoped_api(client.clone(), config.namespace.as_deref());
         let controller = Controller::new(api, watcher::Config::default().any_semantic())
             .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
@@ -262,14 +306,15 @@ impl JobController {
             let (store, waiters, steps, failures) = (store.clone(), waiters.clone(), steps.clone(), failures.clone());
             let trigger_tx = trigger_tx.clone();
             let default_region = default_region.clone();
+            let tenancy = tenancy.clone();
             // After a sweep: reconcile the resources that name the changed jobs and those
             // waiting for a sweep newer than the one they saw; drop what is kept for deleted
             // resources.
-            Arc::new(move |region: &str, changes: &Changes, swept_at: Option<Timestamp>| {
+            Arc::new(move |place: &Place, changes: &Changes, swept_at: Option<Timestamp>| {
                 let objs = store.state();
                 if !changes.is_empty() {
                     for obj in &objs {
-                        if region_of(&obj.spec, &default_region) == region
+                        if place_of(obj, &tenancy, &default_region) == *place
                             && changes.affects(obj.spec.job_id.as_deref(), obj.spec.job_name.as_deref())
                         {
                             let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(&**obj));
@@ -280,7 +325,7 @@ impl JobController {
                     let mut w = lock(&waiters);
                     let due: Vec<ObjectRef<MacieJob>> = w
                         .iter()
-                        .filter(|(_, (r, after))| r == region && *after < t)
+                        .filter(|(_, (p, after))| p == place && *after < t)
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in due {
@@ -288,22 +333,22 @@ impl JobController {
                         let _ = trigger_tx.unbounded_send(k);
                     }
                 }
-                if region == default_region {
-                    let live: std::collections::HashSet<ObjectRef<MacieJob>> =
-                        objs.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
-                    lock(&steps).retain(|k, _| live.contains(k));
-                    lock(&waiters).retain(|k, _| live.contains(k));
-                    failures.retain(|k| live.contains(k));
-                }
+                // Drop what is kept for deleted resources.
+                let live: std::collections::HashSet<ObjectRef<MacieJob>> =
+                    objs.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
+                lock(&steps).retain(|k, _| live.contains(k));
+                lock(&waiters).retain(|k, _| live.contains(k));
+                failures.retain(|k| live.contains(k));
             })
         };
         let in_use: InUse = {
-            let (store, default_region) = (store.clone(), default_region.clone());
-            Arc::new(move |region: &str| {
+            let (store, default_region, tenancy) = (store.clone(), default_region.clone(), tenancy.clone());
+            // Only admitted resources keep a sweeper: a refused region gets none.
+            Arc::new(move |place: &Place| {
                 store
                     .state()
                     .iter()
-                    .any(|o| region_of(&o.spec, &default_region) == region)
+                    .any(|o| admit(o, &tenancy, &default_region).is_ok_and(|a| a.place == *place))
             })
         };
         let poller = Arc::new(JobPoller::new(
@@ -312,9 +357,19 @@ impl JobController {
             config.poll_interval,
             on_change,
             in_use,
-            &default_region,
         ));
-        poller.subscribe(&config.default_region);
+        {
+            // A MacieAccount or a namespace changed: decide again for the resources it concerns.
+            let (store, trigger_tx, t) = (store.clone(), trigger_tx.clone(), Arc::downgrade(&tenancy));
+            tenancy.subscribe(move |change: &Change| {
+                let Some(tenancy) = t.upgrade() else { return };
+                for o in store.state() {
+                    if tenancy.affects(change, &o.namespace().unwrap_or_default(), o.spec.account_ref.as_ref()) {
+                        let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(&*o));
+                    }
+                }
+            });
+        }
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: config.instance.clone(),
@@ -325,6 +380,7 @@ impl JobController {
             client,
             clients,
             poller,
+            tenancy,
             config,
             store,
             steps,
@@ -350,6 +406,11 @@ impl JobController {
 
     /// Runs until `shutdown` resolves.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+        // Decisions need every MacieAccount and namespace.
+        let mut shutdown = Box::pin(shutdown);
+        if !self.ctx.tenancy.ready_or(shutdown.as_mut()).await {
+            return;
+        }
         crate::runtime::drive(
             self.controller
                 .reconcile_on(self.trigger_rx)
@@ -388,14 +449,25 @@ async fn reconcile(obj: Arc<MacieJob>, ctx: Arc<Context>) -> Result<Action, Erro
     r
 }
 
-/// One reconcile: lifecycle -> observe -> plan (pure) -> act -> status.
+/// One reconcile: tenancy -> lifecycle -> observe -> plan (pure) -> act -> status.
 async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error> {
     let api: Api<MacieJob> = crate::runtime::object_api(ctx.client.clone(), obj);
-    let (desired, deleting) = match lifecycle(obj) {
-        Lifecycle::Forget => {
-            ctx.forget(obj);
-            return Ok(Action::await_change());
-        }
+    let lifecycle = lifecycle(obj);
+    if lifecycle == Lifecycle::Forget {
+        ctx.forget(obj);
+        return Ok(Action::await_change());
+    }
+    // Tenancy, before any other step (deletion included): the account must admit the
+    // resource, and its rules allow what it asks.
+    let admitted = match admit(obj, &ctx.tenancy, &ctx.config.default_region)
+        .and_then(|a| job_rules(obj, &a, obj.spec.job_name.as_deref()).map(|()| a))
+    {
+        Ok(a) => a,
+        Err(refusal) => return refused(ctx, &api, obj, &refusal).await,
+    };
+    ctx.clients.use_account(&admitted.place.account, admitted.role());
+    let (desired, deleting) = match lifecycle {
+        Lifecycle::Forget => return Ok(Action::await_change()),
         Lifecycle::SetFinalizer(present) => {
             // The update triggers the next reconcile.
             set_finalizer(&api, obj, present).await?;
@@ -408,11 +480,19 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
         Lifecycle::Manage { desired, deleting } => (desired, deleting),
     };
 
-    // Observe: the region's shared sweep, the step in flight, and who else names the job.
+    // Observe: the place's shared sweep, the step in flight, and who else names the job.
     let oref = ObjectRef::from_obj(obj);
-    let region = ctx.region_of(&obj.spec);
-    let view = ctx.poller.view(&region);
+    let place = admitted.place.clone();
+    let view = ctx.poller.view(&place);
     let observation = resolve(&obj.spec, &view);
+    // A job named by id: the name rule holds for the name Macie reports, so an id cannot
+    // bypass it.
+    if obj.spec.job_id.is_some()
+        && let Observation::Found(job) = &observation
+        && let Err(refusal) = job_rules(obj, &admitted, Some(job.name.as_deref().unwrap_or_default()))
+    {
+        return refused(ctx, &api, obj, &refusal).await;
+    }
     let snapshot_at = view.snapshot.as_ref().map(|s| s.started_at);
     let step = ctx.step_for(&oref, obj.status.as_ref());
     let now = Timestamp::now();
@@ -420,7 +500,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
     // Plan (pure).
     let mut p = plan::plan(desired, observation, snapshot_at, step.as_ref(), now, &ctx.config.plan);
     if let (Observation::Found(job), Some(snap)) = (&observation, &view.snapshot) {
-        let peers = ctx.peers(obj, &region, job, &snap.by_name);
+        let peers = ctx.peers(obj, &place, job, &snap.by_name);
         let me = Declaration {
             namespace: obj.namespace().unwrap_or_default(),
             name: obj.name_any(),
@@ -462,7 +542,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
         .map_or(0, Step::attempts);
     resolve_step(ctx, &oref, step.as_ref(), p.step.as_ref(), &mut last_transition);
     if p.after_next_sweep {
-        ctx.wake_after_sweep(&oref, &region, snapshot_at.unwrap_or(now));
+        ctx.wake_after_sweep(&oref, &place, snapshot_at.unwrap_or(now));
     }
     let job = match observation {
         Observation::Found(j) => Some(j.clone()),
@@ -488,7 +568,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
             ctx,
             StatusUpdate {
                 prev: &stored,
-                region: &region,
+                region: &place.region,
                 job: job.clone(),
                 summary: &summary,
                 last_transition: Some(intent),
@@ -496,11 +576,11 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
             },
         )
         .await?;
-        let verdict = act(ctx, obj, st, prev_attempts).await;
+        let verdict = act(ctx, obj, &place, st, prev_attempts).await;
         match &verdict.step.state {
             StepState::InFlight { .. } => {
                 // Only a sweep that started after the call can show its effect.
-                ctx.wake_after_sweep(&oref, &region, verdict.step.requested_at);
+                ctx.wake_after_sweep(&oref, &place, verdict.step.requested_at);
             }
             StepState::Refused { retry_at, .. } => recheck_at = Some(*retry_at),
         }
@@ -523,7 +603,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
         ctx,
         StatusUpdate {
             prev: &stored,
-            region: &region,
+            region: &place.region,
             job,
             summary: &summary,
             last_transition,
@@ -608,9 +688,21 @@ fn resolve_step(
 }
 
 /// Calls UpdateClassificationJob for the step the plan chose, and judges the result.
-async fn act(ctx: &Context, obj: &MacieJob, step: Step, prev_attempts: u32) -> CallVerdict {
-    let region = ctx.region_of(&obj.spec);
-    let result = ctx.clients.api().update_job(&region, &step.job_id, step.to).await;
+async fn act(ctx: &Context, obj: &MacieJob, place: &Place, step: Step, prev_attempts: u32) -> CallVerdict {
+    // Every AWS write is logged with where it goes and who asked for it.
+    tracing::info!(
+        account = %place.account,
+        region = %place.region,
+        operation = "UpdateClassificationJob",
+        job_id = %step.job_id,
+        from = %step.from,
+        to = step.to.as_str(),
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        uid = %obj.uid().unwrap_or_default(),
+        "AWS write"
+    );
+    let result = ctx.clients.api().update_job(place, &step.job_id, step.to).await;
     ctx.clients
         .metrics()
         .call("UpdateClassificationJob", MacieError::outcome(&result));
@@ -643,6 +735,43 @@ async fn act(ctx: &Context, obj: &MacieJob, step: Step, prev_attempts: u32) -> C
         _ => {}
     }
     verdict
+}
+
+/// A resource its MacieAccount refuses: no Macie call; the status says which rule refused
+/// (Stalled, with an Event on entering it), and a deletion proceeds as `after_refusal` says.
+async fn refused(ctx: &Context, api: &Api<MacieJob>, obj: &MacieJob, refusal: &Refusal) -> Result<Action, Error> {
+    let mut summary = refusal.reason().summary(refusal.message());
+    let next = match after_refusal(obj, refusal) {
+        AfterRefusal::Release(why) => {
+            release(ctx, api, obj, why).await?;
+            return Ok(Action::await_change());
+        }
+        AfterRefusal::Hold => {
+            summary.message = format!(
+                "deletionPolicy Cancel: the finalizer stays until the job can be cancelled: {}",
+                summary.message
+            );
+            ctx.failures.retry(obj, &summary.message)
+        }
+        AfterRefusal::Report => Action::await_change(),
+    };
+    let stored = obj.status.clone().unwrap_or_default();
+    write_status(
+        api,
+        obj,
+        ctx,
+        StatusUpdate {
+            prev: &stored,
+            region: region_of(&obj.spec, &ctx.config.default_region),
+            // Nothing observed is shown to a refused resource.
+            job: None,
+            summary: &summary,
+            last_transition: stored.last_transition.clone(),
+            snapshot_at: None,
+        },
+    )
+    .await?;
+    Ok(next)
 }
 
 /// Releases the finalizer of a resource being deleted, with an Event saying why.

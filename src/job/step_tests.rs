@@ -11,12 +11,16 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::account::testing::Fed;
+use crate::api::MacieAccountSpec;
+use crate::api::macie_account::{DiscoveryRules, JobRules};
 use crate::macie::fake::FakeMacie;
 use crate::runtime::fake_kube::{FakeKube, path_of};
 
 const REGION: &str = "us-east-1";
 
 struct Rig {
+    fed: Fed,
     kube: FakeKube,
     macie: Arc<FakeMacie>,
     ctx: Context,
@@ -30,7 +34,30 @@ fn settings() -> Settings {
     }
 }
 
+/// The default account of the rig: every job, cancel allowed (unless a test narrows it).
+fn account_spec(names: &[&str], allow_cancel: bool) -> MacieAccountSpec {
+    MacieAccountSpec {
+        role_arn: None,
+        external_id: None,
+        regions: vec![REGION.into()],
+        namespace_selector: Default::default(),
+        jobs: JobRules {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            allow_cancel,
+            allow_create: false,
+        },
+        discovery: DiscoveryRules::default(),
+    }
+}
+
+fn place() -> Place {
+    Place::new("default", REGION)
+}
+
 fn rig(macie: Arc<FakeMacie>) -> Rig {
+    let mut fed = Fed::new("default");
+    fed.put_verified("default", account_spec(&["*"], true));
+    fed.put_namespace("ns", &[]);
     let kube = FakeKube::default();
     let client = kube.client();
     let clients = Arc::new(
@@ -38,15 +65,14 @@ fn rig(macie: Arc<FakeMacie>) -> Rig {
             .with_api(macie.clone() as Arc<dyn crate::macie::api::MacieApi>),
     );
     let (store, writer) = reflector::store::<MacieJob>();
-    let on_change: OnChange = Arc::new(|_: &str, _: &Changes, _: Option<Timestamp>| {});
-    let in_use: InUse = Arc::new(|_: &str| true);
+    let on_change: OnChange = Arc::new(|_: &Place, _: &Changes, _: Option<Timestamp>| {});
+    let in_use: InUse = Arc::new(|_: &Place| true);
     let poller = Arc::new(JobPoller::new(
         clients.clone(),
         100,
         Duration::from_millis(20),
         on_change,
         in_use,
-        REGION,
     ));
     let config = Config {
         default_region: REGION.into(),
@@ -69,6 +95,7 @@ fn rig(macie: Arc<FakeMacie>) -> Rig {
         client,
         clients,
         poller,
+        tenancy: fed.tenancy.clone(),
         config,
         store,
         steps: Arc::default(),
@@ -76,6 +103,7 @@ fn rig(macie: Arc<FakeMacie>) -> Rig {
         waiters: Arc::default(),
     };
     Rig {
+        fed,
         kube,
         macie,
         ctx,
@@ -119,7 +147,7 @@ impl Rig {
 
     /// Waits for `n` more completed sweeps.
     async fn sweeps(&self, n: u64) {
-        let mut rx = self.ctx.poller.subscribe(REGION);
+        let mut rx = self.ctx.poller.subscribe(&place());
         let k = rx.borrow().sweeps;
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| v.sweeps >= k + n))
             .await
@@ -324,7 +352,7 @@ async fn a_transient_sweep_failure_writes_nothing() {
             message: "oops".into(),
         },
     );
-    let mut rx = r.ctx.poller.subscribe(REGION);
+    let mut rx = r.ctx.poller.subscribe(&place());
     tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| v.failures == 1))
         .await
         .expect("a failed sweep")

@@ -6,7 +6,7 @@ use aws_sdk_macie2::Client;
 use aws_sdk_macie2::types::{ListJobsSortAttributeName, ListJobsSortCriteria, OrderBy};
 use futures::future::BoxFuture;
 
-use super::MacieError;
+use super::{MacieError, Place};
 use super::jobs::observed;
 use crate::api::DesiredJobStatus;
 use crate::api::macie_job::ObservedJob;
@@ -19,12 +19,12 @@ pub struct JobsPage {
     pub next_token: Option<String>,
 }
 
-/// The Macie API as the job controller uses it, per region.
+/// The Macie API as the job controller uses it, per place (MacieAccount and region).
 pub trait MacieApi: Send + Sync {
     /// One page of ListClassificationJobs in a stable order (createdAt ascending).
     fn list_jobs_page<'a>(
         &'a self,
-        region: &'a str,
+        place: &'a Place,
         page_size: i32,
         token: Option<String>,
     ) -> BoxFuture<'a, Result<JobsPage, MacieError>>;
@@ -33,7 +33,7 @@ pub trait MacieApi: Send + Sync {
     /// response could repeat a step that already took effect).
     fn update_job<'a>(
         &'a self,
-        region: &'a str,
+        place: &'a Place,
         job_id: &'a str,
         to: DesiredJobStatus,
     ) -> BoxFuture<'a, Result<(), MacieError>>;

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
-use super::MacieError;
+use super::{MacieError, Place};
 use super::api::{JobsPage, MacieApi};
 use crate::api::DesiredJobStatus;
 use crate::api::macie_job::ObservedJob;
@@ -106,7 +106,7 @@ impl FakeMacie {
 impl MacieApi for FakeMacie {
     fn list_jobs_page<'a>(
         &'a self,
-        region: &'a str,
+        place: &'a Place,
         page_size: i32,
         token: Option<String>,
     ) -> BoxFuture<'a, Result<JobsPage, MacieError>> {
@@ -119,7 +119,7 @@ impl MacieApi for FakeMacie {
                 let size = usize::try_from(page_size.max(1)).unwrap_or(1);
                 let all: Vec<ObservedJob> = s
                     .jobs
-                    .get(region)
+                    .get(&place.region)
                     .map(|r| r.values().cloned().collect())
                     .unwrap_or_default();
                 let end = (start + size).min(all.len());
@@ -134,14 +134,14 @@ impl MacieApi for FakeMacie {
 
     fn update_job<'a>(
         &'a self,
-        region: &'a str,
+        place: &'a Place,
         job_id: &'a str,
         to: DesiredJobStatus,
     ) -> BoxFuture<'a, Result<(), MacieError>> {
         let mut s = self.state();
         let from = s
             .jobs
-            .get(region)
+            .get(&place.region)
             .and_then(|r| r.get(job_id))
             .map(|j| j.job_status.clone());
         let valid = from.as_deref().is_some_and(|f| JobStatus::parse(f).can_update_to(to));
@@ -162,7 +162,7 @@ impl MacieApi for FakeMacie {
                 ),
             })
         } else {
-            if let Some(j) = s.jobs.get_mut(region).and_then(|r| r.get_mut(job_id)) {
+            if let Some(j) = s.jobs.get_mut(&place.region).and_then(|r| r.get_mut(job_id)) {
                 // Resuming lands on RUNNING here (the fake has no scheduled jobs).
                 j.job_status = to.as_str().to_string();
             }

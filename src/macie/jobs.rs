@@ -1,4 +1,4 @@
-//! The shared job sweep: per region, one paginated ListClassificationJobs sweep per poll
+//! The shared job sweep: per place (MacieAccount and region), one paginated ListClassificationJobs sweep per poll
 //! interval feeds a snapshot that every MacieJob reconcile reads. A sweep reports which jobs
 //! changed, appeared or vanished, so only the resources that name them are reconciled.
 
@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
 
 use super::api::{JobsPage, MacieApi};
-use super::{MacieClients, MacieError};
+use super::{MacieClients, MacieError, Place};
 use crate::api::macie_job::{ObservedJob, UserPausedDetails};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::regions::RegionTasks;
@@ -20,7 +20,7 @@ use crate::runtime::regions::RegionTasks;
 /// each response small while an account with 1,000 jobs costs 10 calls per sweep.
 pub const DEFAULT_PAGE_SIZE: i32 = 100;
 
-/// All jobs of a region as one sweep saw them.
+/// All jobs of a place as one sweep saw them.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// When the sweep started: any change made before this instant is in the snapshot, unless
@@ -49,7 +49,7 @@ impl Snapshot {
     }
 }
 
-/// What the sweeps of one region have found so far.
+/// What the sweeps of one place have found so far.
 #[derive(Debug, Clone, Default)]
 pub struct RegionView {
     /// The last successful sweep.
@@ -65,7 +65,7 @@ pub struct RegionView {
 /// Which resources a sweep affects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changes {
-    /// Every resource of the region (first sweep, or the sweep error state changed).
+    /// Every resource of the place (first sweep, or the sweep error state changed).
     All,
     /// Resources naming one of these job ids or exact names.
     Jobs {
@@ -145,7 +145,7 @@ pub fn observed(j: &aws_sdk_macie2::types::JobSummary) -> ObservedJob {
 /// One sweep: every page of ListClassificationJobs, in a stable order.
 pub async fn list_all_jobs(
     api: &dyn MacieApi,
-    region: &str,
+    place: &Place,
     page_size: i32,
     metrics: &Metrics,
 ) -> Result<(Vec<ObservedJob>, u32), MacieError> {
@@ -153,7 +153,7 @@ pub async fn list_all_jobs(
     let mut jobs = Vec::new();
     let mut pages = 0u32;
     loop {
-        let page = list_page(api, region, page_size, token.take(), metrics).await?;
+        let page = list_page(api, place, page_size, token.take(), metrics).await?;
         pages += 1;
         jobs.extend(page.jobs);
         match page.next_token {
@@ -171,14 +171,14 @@ pub const PAGE_RETRIES: u32 = 2;
 /// One page, retried on throttling and uncertain failures with a jittered backoff.
 async fn list_page(
     api: &dyn MacieApi,
-    region: &str,
+    place: &Place,
     page_size: i32,
     token: Option<String>,
     metrics: &Metrics,
 ) -> Result<JobsPage, MacieError> {
     let mut tries = 0u32;
     loop {
-        let resp = api.list_jobs_page(region, page_size, token.clone()).await;
+        let resp = api.list_jobs_page(place, page_size, token.clone()).await;
         metrics.call("ListClassificationJobs", MacieError::outcome(&resp));
         match resp {
             Err(e @ (MacieError::Throttled { .. } | MacieError::Uncertain { .. })) if tries < PAGE_RETRIES => {
@@ -192,26 +192,26 @@ async fn list_page(
     }
 }
 
-/// Called after each sweep with the region, what changed, and when the sweep started if it
+/// Called after each sweep with the place, what changed, and when the sweep started if it
 /// succeeded (so that resources waiting for a sweep newer than the one they saw can be woken
 /// even when nothing changed).
-pub type OnChange = Arc<dyn Fn(&str, &Changes, Option<Timestamp>) + Send + Sync>;
+pub type OnChange = Arc<dyn Fn(&Place, &Changes, Option<Timestamp>) + Send + Sync>;
 
-/// Whether any resource still names a region (checked after each sweep, under the poller's
-/// lock, so that a resource created meanwhile either is seen here or starts a new sweeper).
-pub type InUse = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// Whether any admitted resource still uses a place (checked after each sweep, under the
+/// poller's lock, so that a resource created meanwhile either is seen here or starts a new
+/// sweeper).
+pub type InUse = Arc<dyn Fn(&Place) -> bool + Send + Sync>;
 
-/// Runs one sweeper task per region (the shared per-region registry), started on first use
-/// and stopped after a sweep when no resource names the region any more (except `keep`, the
-/// default region).
+/// Runs one sweeper task per place (the shared per-place registry), started on first use by
+/// an admitted resource and stopped after a sweep when no admitted resource uses the place
+/// any more.
 pub struct JobPoller {
     clients: Arc<MacieClients>,
     page_size: i32,
     interval: Duration,
     on_change: OnChange,
     in_use: InUse,
-    keep: String,
-    regions: RegionTasks<watch::Receiver<RegionView>>,
+    places: RegionTasks<watch::Receiver<RegionView>>,
 }
 
 /// What a sweeper needs to stop itself.
@@ -227,7 +227,6 @@ impl JobPoller {
         interval: Duration,
         on_change: OnChange,
         in_use: InUse,
-        keep: &str,
     ) -> JobPoller {
         JobPoller {
             clients,
@@ -235,35 +234,34 @@ impl JobPoller {
             interval,
             on_change,
             in_use,
-            keep: keep.to_string(),
-            regions: RegionTasks::default(),
+            places: RegionTasks::default(),
         }
     }
 
-    /// Regions with a running sweeper.
-    pub fn regions(&self) -> Vec<String> {
-        self.regions.regions()
+    /// Places with a running sweeper.
+    pub fn places(&self) -> Vec<Place> {
+        self.places.places()
     }
 
     pub fn interval(&self) -> Duration {
         self.interval
     }
 
-    /// The region's sweep results; starts its sweeper on first use.
-    pub fn subscribe(&self, region: &str) -> watch::Receiver<RegionView> {
-        self.regions.get_or_start(
-            region,
+    /// The place's sweep results; starts its sweeper on first use.
+    pub fn subscribe(&self, place: &Place) -> watch::Receiver<RegionView> {
+        self.places.get_or_start(
+            place,
             |_| true,
             |retire| {
                 let (tx, rx) = watch::channel(RegionView::default());
-                self.clients.metrics().region_started(region);
-                let retire = (region != self.keep).then(|| Retire {
+                self.clients.metrics().region_started(place);
+                let retire = Retire {
                     retire,
                     in_use: self.in_use.clone(),
-                });
+                };
                 let task = tokio::spawn(sweep_loop(
                     Sweep {
-                        region: region.to_string(),
+                        place: place.clone(),
                         clients: self.clients.clone(),
                         metrics: self.clients.metrics().clone(),
                         page_size: self.page_size,
@@ -278,21 +276,21 @@ impl JobPoller {
         )
     }
 
-    /// The latest view of a region (starting its sweeper if needed).
-    pub fn view(&self, region: &str) -> RegionView {
-        self.subscribe(region).borrow().clone()
+    /// The latest view of a place (starting its sweeper if needed).
+    pub fn view(&self, place: &Place) -> RegionView {
+        self.subscribe(place).borrow().clone()
     }
 }
 
-/// One region's sweeper.
+/// One place's sweeper.
 struct Sweep {
-    region: String,
+    place: Place,
     clients: Arc<MacieClients>,
     metrics: Arc<Metrics>,
     page_size: i32,
     interval: Duration,
     on_change: OnChange,
-    retire: Option<Retire>,
+    retire: Retire,
 }
 
 /// Which resources a failed sweep affects: none until the failures are reported (the
@@ -310,7 +308,7 @@ pub fn changes_after_failure(failures: u32) -> Changes {
 
 async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
     let Sweep {
-        region,
+        place,
         clients,
         metrics,
         page_size,
@@ -324,7 +322,7 @@ async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
         ticker.tick().await;
         let started_at = Timestamp::now();
         let t = std::time::Instant::now();
-        let result = list_all_jobs(clients.api(), &region, page_size, &metrics).await;
+        let result = list_all_jobs(clients.api(), &place, page_size, &metrics).await;
         let prev = tx.borrow().clone();
         let mut next = RegionView {
             sweeps: prev.sweeps + 1,
@@ -332,20 +330,20 @@ async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
         };
         let changes = match result {
             Ok((jobs, pages)) => {
-                metrics.swept(&region, t.elapsed(), pages);
+                metrics.swept(&place, t.elapsed(), pages);
                 let mut by_status: HashMap<&str, i64> = HashMap::new();
                 for j in &jobs {
                     *by_status.entry(j.job_status.as_str()).or_default() += 1;
                 }
                 let counts: Vec<(String, i64)> = by_status.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
-                metrics.set_jobs(&region, &counts);
+                metrics.set_jobs(&place, &counts);
                 let snap = Snapshot::new(started_at, jobs, pages);
                 let reported = prev.failures >= crate::job::plan::SWEEP_FAILURES_REPORTED;
                 let changes = match &prev.snapshot {
                     Some(old) if !reported => diff(old, &snap),
                     _ => Changes::All,
                 };
-                tracing::debug!(%region, jobs = snap.jobs.len(), pages, elapsed = ?t.elapsed(), "sweep");
+                tracing::debug!(%place, jobs = snap.jobs.len(), pages, elapsed = ?t.elapsed(), "sweep");
                 next.snapshot = Some(Arc::new(snap));
                 next.error = None;
                 next.failures = 0;
@@ -355,24 +353,22 @@ async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
                 next.failures = prev.failures + 1;
                 // One log line per failure streak (and one when it starts to be reported).
                 if next.failures == 1 || next.failures == crate::job::plan::SWEEP_FAILURES_REPORTED {
-                    tracing::warn!(%region, error = %e, failures = next.failures, "ListClassificationJobs sweep failed");
+                    tracing::warn!(%place, error = %e, failures = next.failures, "ListClassificationJobs sweep failed");
                 } else {
-                    tracing::debug!(%region, error = %e, failures = next.failures, "ListClassificationJobs sweep failed again");
+                    tracing::debug!(%place, error = %e, failures = next.failures, "ListClassificationJobs sweep failed again");
                 }
                 next.error = Some(e);
                 changes_after_failure(next.failures)
             }
         };
-        metrics.sweep_finished(&region, next.error.is_none());
+        metrics.sweep_finished(&place, next.error.is_none());
         let swept_at = next.error.is_none().then_some(started_at);
         // Publish before triggering, so the triggered reconciles read this sweep.
         tx.send_replace(next);
-        on_change(&region, &changes, swept_at);
-        if let Some(r) = &retire
-            && r.retire.retire_if(|| !(r.in_use)(&region))
-        {
-            metrics.region_stopped(&region);
-            tracing::info!(%region, "no MacieJob names the region any more; its sweeper stops");
+        on_change(&place, &changes, swept_at);
+        if retire.retire.retire_if(|| !(retire.in_use)(&place)) {
+            metrics.region_stopped(&place);
+            tracing::info!(%place, "no MacieJob uses the account and region any more; its sweeper stops");
             return;
         }
     }

@@ -1,7 +1,9 @@
-//! The AWS side: one `aws-sdk-macie2` client per region (with an optional endpoint override),
-//! error classification, and the shared job sweep.
+//! The AWS side: credentials per MacieAccount (the operator's own, or an assumed role's
+//! session), one `aws-sdk-macie2` client per (account, region) with an optional endpoint
+//! override, error classification, and the shared job sweep.
 
 pub mod api;
+pub mod credentials;
 pub mod discovery;
 pub mod fake;
 pub mod jobs;
@@ -21,7 +23,31 @@ use crate::api::DesiredJobStatus;
 use crate::runtime::gate::WriteGate;
 use crate::runtime::metrics::Metrics;
 use api::{JobsPage, MacieApi};
+use credentials::{RoleSpec, SessionCredentials};
 use futures::future::BoxFuture;
+
+/// Where Macie calls go: a MacieAccount (by its Kubernetes name: its credentials) and an AWS
+/// Region. Sweeps, discovery engines and SDK clients are per place.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Place {
+    pub account: String,
+    pub region: String,
+}
+
+impl Place {
+    pub fn new(account: &str, region: &str) -> Place {
+        Place {
+            account: account.to_string(),
+            region: region.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.account, self.region)
+    }
+}
 
 /// Time budgets of every AWS call (`--aws-attempt-timeout`, `--aws-operation-timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,16 +73,28 @@ impl Default for AwsTimeouts {
     }
 }
 
-/// Builds and caches one Macie client per region.
+/// Builds and caches one Macie client per place: the credentials of each MacieAccount in use
+/// (registered with `use_account`) and one client per region of it.
 pub struct MacieClients {
     base: aws_config::SdkConfig,
     endpoint: Option<String>,
+    /// STS endpoint override (tests); None: the SDK's standard endpoint configuration
+    /// (AWS_ENDPOINT_URL_STS, or AWS).
+    sts_endpoint: Option<String>,
     timeouts: AwsTimeouts,
-    clients: Mutex<HashMap<String, Client>>,
+    sessions: Mutex<HashMap<String, Session>>,
     metrics: Arc<Metrics>,
     gate: WriteGate,
     /// Answers the job calls instead of AWS (the in-process fake of the step tests).
     fake: Option<Arc<dyn MacieApi>>,
+}
+
+/// A MacieAccount's credentials in this process, and its clients by region.
+struct Session {
+    role: Option<RoleSpec>,
+    /// The assumed role's cached session; None: the operator's own credentials.
+    credentials: Option<SessionCredentials>,
+    clients: HashMap<String, Client>,
 }
 
 /// The HTTP client of every AWS call: hyper with rustls on ring, the TLS stack kube uses too.
@@ -83,8 +121,9 @@ impl MacieClients {
         MacieClients {
             base,
             endpoint,
+            sts_endpoint: None,
             timeouts: AwsTimeouts::default(),
-            clients: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
             gate: WriteGate::open(),
             fake: None,
@@ -108,7 +147,16 @@ impl MacieClients {
     /// Sets the per-attempt and per-operation timeouts of every Macie call.
     pub fn with_timeouts(mut self, timeouts: AwsTimeouts) -> MacieClients {
         self.timeouts = timeouts;
-        self.clients.get_mut().unwrap_or_else(|p| p.into_inner()).clear();
+        for s in self.sessions.get_mut().unwrap_or_else(|p| p.into_inner()).values_mut() {
+            s.clients.clear();
+        }
+        self
+    }
+
+    /// Sends STS calls (AssumeRole, GetCallerIdentity) to `endpoint` instead of the SDK's
+    /// standard endpoint configuration (tests: the emulator).
+    pub fn with_sts_endpoint(mut self, endpoint: Option<String>) -> MacieClients {
+        self.sts_endpoint = endpoint;
         self
     }
 
@@ -143,61 +191,145 @@ impl MacieClients {
         self.base.region().map(|r| r.to_string())
     }
 
-    pub fn client(&self, region: &str) -> Client {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(region.to_string())
-            .or_insert_with(|| {
-                let mut conf = aws_sdk_macie2::config::Builder::from(&self.base)
-                    .region(Region::new(region.to_string()))
-                    // Reads are retried by the SDK (standard mode: jittered exponential backoff,
-                    // throttling and transient errors). Updates are not: see `update_job`.
-                    .retry_config(
-                        RetryConfig::standard()
-                            .with_max_attempts(4)
-                            .with_initial_backoff(Duration::from_millis(200))
-                            .with_max_backoff(Duration::from_secs(5)),
-                    );
-                if let Some(e) = &self.endpoint {
-                    conf = conf.endpoint_url(e);
-                }
-                // Every call has a budget: an attempt that gets no answer (a connection that
-                // is accepted but never answered) ends as SdkError::TimeoutError, which
-                // `MacieError::from_sdk` sorts as Uncertain (code "Timeout").
-                let mut timeouts = TimeoutConfig::builder()
-                    .operation_attempt_timeout(self.timeouts.attempt)
-                    .operation_timeout(self.timeouts.operation)
-                    .build();
-                if let Some(base) = self.base.timeout_config() {
-                    timeouts.take_defaults_from(base);
-                }
-                if timeouts.connect_timeout().is_none() {
-                    timeouts = timeouts.to_builder().connect_timeout(AwsTimeouts::CONNECT).build();
-                }
-                conf = conf.timeout_config(timeouts);
-                Client::from_conf(conf.build())
-            })
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers the credentials of MacieAccount `account`: the operator's own (`role` None) or
+    /// a session of the assumed role. Called with every decision that uses the account; a
+    /// changed role replaces the session and its clients, the same one keeps them.
+    pub fn use_account(&self, account: &str, role: Option<RoleSpec>) {
+        let mut sessions = self.sessions();
+        if sessions.get(account).is_some_and(|s| s.role == role) {
+            return;
+        }
+        let credentials = role
             .clone()
+            .map(|r| SessionCredentials::new(&self.base, r, self.sts_endpoint.clone()));
+        sessions.insert(
+            account.to_string(),
+            Session {
+                role,
+                credentials,
+                clients: HashMap::new(),
+            },
+        );
+    }
+
+    /// Drops what is kept for a MacieAccount that is gone.
+    pub fn forget_account(&self, account: &str) {
+        self.sessions().remove(account);
+    }
+
+    /// The session credentials of `account` (None: the operator's own, or not registered).
+    pub fn session(&self, account: &str) -> Option<SessionCredentials> {
+        self.sessions().get(account).and_then(|s| s.credentials.clone())
+    }
+
+    /// Who the credentials of `account` are (sts:GetCallerIdentity in `region`); a role that
+    /// cannot be assumed is its STS error.
+    pub async fn verify(&self, account: &str, region: &str) -> Result<credentials::Identity, MacieError> {
+        let session = self.session(account);
+        credentials::caller_identity(&self.base, session, self.sts_endpoint.clone(), region).await
+    }
+
+    /// Reacts to a failed call at `place`: credentials that AWS says expired (a clock skew
+    /// between here and AWS) are dropped, so that the retry assumes the role again.
+    pub fn after_error(&self, place: &Place, e: &MacieError) {
+        if e.is_expired_credentials()
+            && let Some(c) = self.session(&place.account)
+        {
+            tracing::info!(%place, code = e.code(), "AWS says the session credentials expired; assuming the role again");
+            c.invalidate();
+        }
+    }
+
+    /// The Macie client of `place`; an error when its MacieAccount is not registered (a
+    /// decision that admitted the resource registers it first).
+    pub fn client(&self, place: &Place) -> Result<Client, MacieError> {
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(&place.account) else {
+            return Err(MacieError::AccessDenied {
+                code: "AccountNotReady".into(),
+                message: format!("no credentials for MacieAccount {:?} in this process", place.account),
+            });
+        };
+        let credentials = session.credentials.clone();
+        Ok(session
+            .clients
+            .entry(place.region.clone())
+            .or_insert_with(|| self.build_client(&place.region, credentials))
+            .clone())
+    }
+
+    fn build_client(&self, region: &str, credentials: Option<SessionCredentials>) -> Client {
+        let mut conf = aws_sdk_macie2::config::Builder::from(&self.base)
+            .region(Region::new(region.to_string()))
+            // Reads are retried by the SDK (standard mode: jittered exponential backoff,
+            // throttling and transient errors). Updates are not: see `update_job`.
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(4)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(5)),
+            );
+        if let Some(c) = credentials {
+            // The session caches itself (refreshed before expiry, dropped on ExpiredToken):
+            // no second cache in front of it.
+            conf = conf
+                .credentials_provider(c)
+                .identity_cache(aws_sdk_macie2::config::IdentityCache::no_cache());
+        }
+        if let Some(e) = &self.endpoint {
+            conf = conf.endpoint_url(e);
+        }
+        // Every call has a budget: an attempt that gets no answer (a connection that
+        // is accepted but never answered) ends as SdkError::TimeoutError, which
+        // `MacieError::from_sdk` sorts as Uncertain (code "Timeout").
+        let mut timeouts = TimeoutConfig::builder()
+            .operation_attempt_timeout(self.timeouts.attempt)
+            .operation_timeout(self.timeouts.operation)
+            .build();
+        if let Some(base) = self.base.timeout_config() {
+            timeouts.take_defaults_from(base);
+        }
+        if timeouts.connect_timeout().is_none() {
+            timeouts = timeouts.to_builder().connect_timeout(AwsTimeouts::CONNECT).build();
+        }
+        conf = conf.timeout_config(timeouts);
+        Client::from_conf(conf.build())
     }
 }
 
 impl MacieApi for MacieClients {
     fn list_jobs_page<'a>(
         &'a self,
-        region: &'a str,
+        place: &'a Place,
         page_size: i32,
         token: Option<String>,
     ) -> BoxFuture<'a, Result<JobsPage, MacieError>> {
-        Box::pin(async move { api::sdk_list_jobs_page(&self.client(region), page_size, token).await })
+        Box::pin(async move {
+            let r = api::sdk_list_jobs_page(&self.client(place)?, page_size, token).await;
+            if let Err(e) = &r {
+                self.after_error(place, e);
+            }
+            r
+        })
     }
 
     fn update_job<'a>(
         &'a self,
-        region: &'a str,
+        place: &'a Place,
         job_id: &'a str,
         to: DesiredJobStatus,
     ) -> BoxFuture<'a, Result<(), MacieError>> {
-        Box::pin(async move { api::sdk_update_job(&self.client(region), job_id, to).await })
+        Box::pin(async move {
+            let r = api::sdk_update_job(&self.client(place)?, job_id, to).await;
+            if let Err(e) = &r {
+                self.after_error(place, e);
+            }
+            r
+        })
     }
 }
 

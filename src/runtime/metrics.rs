@@ -5,6 +5,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
+
+use crate::macie::Place;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -31,11 +33,23 @@ pub struct CallLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegionLabels {
+    /// The MacieAccount (its Kubernetes name).
+    pub account: String,
     pub region: String,
+}
+
+impl RegionLabels {
+    pub fn of(place: &Place) -> RegionLabels {
+        RegionLabels {
+            account: place.account.clone(),
+            region: place.region.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobStatusLabels {
+    pub account: String,
     pub region: String,
     pub status: String,
 }
@@ -57,7 +71,7 @@ pub struct Metrics {
     job_statuses: Mutex<Vec<JobStatusLabels>>,
     /// Per region with a running sweeper: when it last finished a sweep (or started), for
     /// /readyz.
-    sweepers: Mutex<HashMap<String, Instant>>,
+    sweepers: Mutex<HashMap<Place, Instant>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -159,43 +173,37 @@ impl Metrics {
         }
     }
 
-    pub fn swept(&self, region: &str, took: Duration, pages: u32) {
-        let r = RegionLabels {
-            region: region.to_string(),
-        };
+    pub fn swept(&self, place: &Place, took: Duration, pages: u32) {
+        let r = RegionLabels::of(place);
         self.sweeps.get_or_create(&r).inc();
         self.sweep_pages.get_or_create(&r).inc_by(u64::from(pages));
         self.sweep_duration.get_or_create(&r).observe(took.as_secs_f64());
     }
 
-    fn sweepers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+    fn sweepers(&self) -> std::sync::MutexGuard<'_, HashMap<Place, Instant>> {
         self.sweepers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A region's sweeper started: /readyz expects its first sweep to finish in time too.
     /// (Optional: `sweep_finished` also registers the region.)
-    pub fn region_started(&self, region: &str) {
-        self.sweepers().entry(region.to_string()).or_insert_with(Instant::now);
+    pub fn region_started(&self, place: &Place) {
+        self.sweepers().entry(place.clone()).or_insert_with(Instant::now);
     }
 
     /// A region's sweeper finished a sweep, successful or not (call it after every sweep,
     /// besides `swept` for the successful ones). /readyz reports not ready while a running
     /// sweeper has not finished one for too long (see `runtime::readiness`).
-    pub fn sweep_finished(&self, region: &str, ok: bool) {
-        self.sweepers().insert(region.to_string(), Instant::now());
+    pub fn sweep_finished(&self, place: &Place, ok: bool) {
+        self.sweepers().insert(place.clone(), Instant::now());
         if !ok {
-            self.sweep_failures
-                .get_or_create(&RegionLabels {
-                    region: region.to_string(),
-                })
-                .inc();
+            self.sweep_failures.get_or_create(&RegionLabels::of(place)).inc();
         }
     }
 
     /// A region's sweeper stopped on purpose (no resource uses the region any more): /readyz
     /// no longer waits for its sweeps.
-    pub fn region_stopped(&self, region: &str) {
-        self.sweepers().remove(region);
+    pub fn region_stopped(&self, place: &Place) {
+        self.sweepers().remove(place);
     }
 
     /// For each region with a running sweeper, how long ago it last finished a sweep (or
@@ -204,21 +212,22 @@ impl Metrics {
         let mut ages: Vec<(String, Duration)> = self
             .sweepers()
             .iter()
-            .map(|(r, t)| (r.clone(), now.saturating_duration_since(*t)))
+            .map(|(r, t)| (r.to_string(), now.saturating_duration_since(*t)))
             .collect();
         ages.sort();
         ages
     }
 
     /// Sets the job gauges of a region from a sweep's counts by status.
-    pub fn set_jobs(&self, region: &str, counts: &[(String, i64)]) {
+    pub fn set_jobs(&self, place: &Place, counts: &[(String, i64)]) {
         let mut known = self.job_statuses.lock().unwrap_or_else(|p| p.into_inner());
-        for l in known.iter().filter(|l| l.region == region) {
+        for l in known.iter().filter(|l| l.region == place.region && l.account == place.account) {
             self.jobs.get_or_create(l).set(0);
         }
         for (status, n) in counts {
             let l = JobStatusLabels {
-                region: region.to_string(),
+                account: place.account.clone(),
+                region: place.region.clone(),
                 status: status.clone(),
             };
             self.jobs.get_or_create(&l).set(*n);
@@ -241,26 +250,30 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn p(region: &str) -> Place {
+        Place::new("default", region)
+    }
+
     #[test]
     fn exposition_has_the_metrics() {
         let m = Metrics::new();
         m.call("ListClassificationJobs", "ok");
         m.call("UpdateClassificationJob", "throttled");
         m.reconciled("MacieJob", Duration::from_millis(3), Some("kubernetes"));
-        m.swept("us-east-1", Duration::from_millis(20), 3);
-        m.sweep_finished("us-east-1", true);
-        m.sweep_finished("eu-west-1", false);
-        m.set_jobs("us-east-1", &[("RUNNING".into(), 2)]);
-        m.set_jobs("us-east-1", &[("IDLE".into(), 1)]);
+        m.swept(&p("us-east-1"), Duration::from_millis(20), 3);
+        m.sweep_finished(&p("us-east-1"), true);
+        m.sweep_finished(&p("eu-west-1"), false);
+        m.set_jobs(&p("us-east-1"), &[("RUNNING".into(), 2)]);
+        m.set_jobs(&p("us-east-1"), &[("IDLE".into(), 1)]);
         m.leader.set(1);
         let text = m.encode();
         for line in [
             r#"macie_operator_macie_api_calls_total{operation="UpdateClassificationJob",outcome="throttled"} 1"#,
             r#"macie_operator_reconcile_errors_total{kind="MacieJob",category="kubernetes"} 1"#,
-            r#"macie_operator_job_sweep_pages_total{region="us-east-1"} 3"#,
-            r#"macie_operator_job_sweep_failures_total{region="eu-west-1"} 1"#,
-            r#"macie_operator_jobs{region="us-east-1",status="RUNNING"} 0"#,
-            r#"macie_operator_jobs{region="us-east-1",status="IDLE"} 1"#,
+            r#"macie_operator_job_sweep_pages_total{account="default",region="us-east-1"} 3"#,
+            r#"macie_operator_job_sweep_failures_total{account="default",region="eu-west-1"} 1"#,
+            r#"macie_operator_jobs{account="default",region="us-east-1",status="RUNNING"} 0"#,
+            r#"macie_operator_jobs{account="default",region="us-east-1",status="IDLE"} 1"#,
             "macie_operator_leader 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
@@ -272,17 +285,17 @@ mod tests {
     fn sweep_progress_is_tracked_per_running_region() {
         let m = Metrics::new();
         let t0 = Instant::now();
-        m.region_started("us-east-1");
-        m.sweep_finished("eu-west-1", false);
-        m.region_started("eu-west-1"); // already known: keeps its last sweep
+        m.region_started(&p("us-east-1"));
+        m.sweep_finished(&p("eu-west-1"), false);
+        m.region_started(&p("eu-west-1")); // already known: keeps its last sweep
         let later = t0 + Duration::from_secs(3600);
         let ages = m.sweep_ages(later);
         assert_eq!(
             ages.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
-            ["eu-west-1", "us-east-1"]
+            ["default/eu-west-1", "default/us-east-1"]
         );
         assert!(ages.iter().all(|(_, a)| *a <= Duration::from_secs(3600)));
-        m.region_stopped("us-east-1");
+        m.region_stopped(&p("us-east-1"));
         assert_eq!(m.sweep_ages(later).len(), 1);
     }
 }

@@ -512,12 +512,13 @@ mod tests {
         let h = Health::new(m.clone(), Duration::from_secs(180));
         assert!(h.check().unwrap_err().contains("not checked yet"));
         h.set_kube(KubeState::Ok);
-        m.sweep_finished("us-east-1", false);
+        let place = crate::macie::Place::new("default", "us-east-1");
+        m.sweep_finished(&place, false);
         let t = Instant::now();
         assert_eq!(h.check_at(t), Ok(()));
         let later = t + Duration::from_secs(181);
         assert!(h.check_at(later).unwrap_err().contains("us-east-1"));
-        m.region_stopped("us-east-1");
+        m.region_stopped(&place);
         assert_eq!(h.check_at(later), Ok(()));
     }
 

@@ -42,6 +42,12 @@ impl Conditions for crate::api::MacieJobStatus {
     }
 }
 
+impl Conditions for crate::api::MacieAccountStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
 impl Conditions for crate::api::MacieDiscoveryStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions

@@ -11,7 +11,8 @@ use aws_sdk_macie2::config::{BehaviorVersion, Credentials, Region};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use macie_emulator::seed::SeedJob;
 use macie_emulator::{Seed, Shared};
-use macie_operator::api::MacieJob;
+use macie_operator::account::{self, AccountController, Tenancy};
+use macie_operator::api::{MacieAccount, MacieJob};
 use macie_operator::job::{self, JobController};
 use macie_operator::macie::MacieClients;
 use macie_operator::macie::jobs::JobPoller;
@@ -30,6 +31,7 @@ pub async fn control_plane() -> Result<&'static ControlPlane> {
         .get_or_try_init(|| async {
             let cp = ControlPlane::start().await?;
             install_crds(&cp).await?;
+            default_account(&cp.client().await?).await?;
             Ok::<_, anyhow::Error>(cp)
         })
         .await
@@ -50,6 +52,30 @@ pub async fn scene(namespace_name: &str) -> Result<Scene> {
     let ns = namespace(&client, namespace_name).await?;
     let emu = EmulatorHandle::start(Seed::default()).await?;
     Ok(Scene { cp, client, ns, emu })
+}
+
+/// Regions the tests' default account allows (us-eats-1: a typo region some tests use for an
+/// unreachable region).
+pub const TEST_REGIONS: [&str; 4] = ["us-east-1", "eu-west-1", "ap-southeast-4", "us-eats-1"];
+
+/// The `default` MacieAccount as the chart's default values create it (the operator's own
+/// credentials, every namespace, every job, cancel allowed, every discovery account), with
+/// the regions the tests use.
+pub async fn default_account(client: &kube::Client) -> Result<()> {
+    let api: Api<MacieAccount> = Api::all(client.clone());
+    let obj: MacieAccount = serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieAccount",
+        "metadata": {"name": "default"},
+        "spec": {
+            "regions": TEST_REGIONS,
+            "namespaceSelector": {},
+            "jobs": {"names": ["*"], "allowCancel": true},
+            "discovery": {"accountIds": ["*"]}
+        }
+    }))?;
+    api.patch("default", &PatchParams::apply("e2e").force(), &Patch::Apply(&obj))
+        .await?;
+    Ok(())
 }
 
 /// Applies the operator's CRDs and waits until they are established.
@@ -150,10 +176,40 @@ fn init_test_logging() {
     let _ = macie_operator::runtime::init_logging(macie_operator::runtime::LogFormat::Text, &filter);
 }
 
+/// The MacieAccount controller and the tenancy, in process (what both controllers need).
+pub struct Accounts {
+    pub tenancy: Arc<Tenancy>,
+    running: Running,
+}
+
+impl Accounts {
+    pub fn start(client: kube::Client, clients: Arc<MacieClients>) -> Accounts {
+        let tenancy = Tenancy::start(client.clone(), "default");
+        let controller = AccountController::new(
+            client,
+            clients,
+            account::Config {
+                recheck: Duration::from_secs(60),
+                instance: Some("e2e".into()),
+            },
+        );
+        Accounts {
+            tenancy,
+            running: Running::spawn(|stop| controller.run(stop)),
+        }
+    }
+
+    pub async fn stop(self) {
+        self.running.stop().await;
+    }
+}
+
 /// The MacieJob controller, in process, watching one namespace.
 pub struct OperatorHandle {
     pub poller: Arc<JobPoller>,
     pub tracked: job::Tracked,
+    pub clients: Arc<MacieClients>,
+    accounts: Accounts,
     running: Running,
 }
 
@@ -179,18 +235,22 @@ impl OperatorHandle {
             instance: Some("e2e".into()),
         };
         tune(&mut config);
-        let controller = JobController::new(client, clients, config);
+        let accounts = Accounts::start(client.clone(), clients.clone());
+        let controller = JobController::new(client, clients.clone(), accounts.tenancy.clone(), config);
         let poller = controller.poller();
         let tracked = controller.tracked();
         OperatorHandle {
             poller,
             tracked,
+            clients,
+            accounts,
             running: Running::spawn(|stop| controller.run(stop)),
         }
     }
 
     pub async fn stop(self) {
         self.running.stop().await;
+        self.accounts.stop().await;
     }
 }
 
@@ -272,6 +332,7 @@ pub fn discovery_config(namespace: &str) -> macie_operator::discovery::Config {
 /// The MacieDiscovery controller, in process, watching one namespace.
 pub struct DiscoveryHandle {
     pub engines: Arc<macie_operator::discovery::Engines>,
+    accounts: Accounts,
     running: Running,
 }
 
@@ -282,7 +343,7 @@ pub async fn static_clients(endpoint: &str) -> Arc<MacieClients> {
         .http_client(macie_operator::macie::http_client())
         .load()
         .await;
-    Arc::new(MacieClients::new(sdk, Some(endpoint.to_string())))
+    Arc::new(MacieClients::new(sdk, Some(endpoint.to_string())).with_sts_endpoint(Some(endpoint.to_string())))
 }
 
 impl DiscoveryHandle {
@@ -295,17 +356,25 @@ impl DiscoveryHandle {
         init_test_logging();
         let mut config = discovery_config(namespace);
         tune(&mut config);
-        let controller =
-            macie_operator::discovery::DiscoveryController::new(client, static_clients(endpoint).await, config);
+        let clients = static_clients(endpoint).await;
+        let accounts = Accounts::start(client.clone(), clients.clone());
+        let controller = macie_operator::discovery::DiscoveryController::new(
+            client,
+            clients,
+            accounts.tenancy.clone(),
+            config,
+        );
         let engines = controller.engines();
         DiscoveryHandle {
             engines,
+            accounts,
             running: Running::spawn(|stop| controller.run(stop)),
         }
     }
 
     pub async fn stop(self) {
         self.running.stop().await;
+        self.accounts.stop().await;
     }
 }
 
@@ -390,6 +459,7 @@ impl OperatorProcess {
             .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
             .env("AWS_SECRET_ACCESS_KEY", "secret")
             .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ENDPOINT_URL_STS", endpoint)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .kill_on_drop(true)

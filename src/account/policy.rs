@@ -1,0 +1,549 @@
+//! Whether a tenant's resource may act with a MacieAccount: pure decisions, decided before any
+//! other step (deletion included), one test per rule. A refusal never reaches AWS; its message
+//! names the rule that refused and never another namespace's resources or the account's role.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::api::conditions::{self, Reason};
+use crate::api::macie_account::{DiscoveryRules, JobRules};
+use crate::api::{AccountRef, DeletionPolicy, DesiredJobStatus, DiscoveryStatus, MacieAccount};
+
+/// Why a resource may not act.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The account does not exist or does not select the namespace (the message does not say
+    /// which, so that a tenant cannot probe other tenants' accounts).
+    AccountNotFound { account: String, by_default: bool },
+    /// The account's credentials cannot be obtained (`code`), or are not verified yet (None).
+    AccountNotReady { account: String, code: Option<String> },
+    /// The account does not list the region.
+    RegionNotAllowed { account: String, region: String },
+    /// A rule of the account forbids what the resource asks for.
+    NotPermitted { account: String, rule: Rule },
+}
+
+/// The rule of a MacieAccount that refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// `spec.jobs.names` matches no pattern for the job's name.
+    JobName(String),
+    /// `spec.jobs.allowCancel` is false and the resource asks for CANCELLED.
+    Cancel,
+    /// `spec.jobs.allowCancel` is false and the resource has `deletionPolicy: Cancel`.
+    DeletionPolicyCancel,
+    /// `spec.discovery.accountIds` does not include the member account.
+    DiscoveryAccount(String),
+    /// `spec.discovery.allowedStatuses` does not include the status.
+    DiscoveryStatus(DiscoveryStatus),
+}
+
+impl Refusal {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::AccountNotFound { .. } => Reason::AccountNotFound,
+            Refusal::AccountNotReady { .. } => Reason::AccountNotReady,
+            Refusal::RegionNotAllowed { .. } => Reason::RegionNotAllowed,
+            Refusal::NotPermitted { .. } => Reason::NotPermitted,
+        }
+    }
+
+    /// What the tenant reads: the rule and how to get past it.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::AccountNotFound { account, by_default } => {
+                let how = if *by_default {
+                    format!(
+                        "the resource has no spec.accountRef, so the operator's default account {account:?} is used: \
+                         ask a cluster admin to create MacieAccount {account:?} selecting this namespace, or set spec.accountRef"
+                    )
+                } else {
+                    "ask a cluster admin for a MacieAccount that selects this namespace".to_string()
+                };
+                format!("MacieAccount {account:?} does not exist or does not allow this namespace; {how}")
+            }
+            Refusal::AccountNotReady { account, code: Some(code) } => format!(
+                "MacieAccount {account:?} has no working credentials ({code}); nothing is sent to Macie until it is Ready"
+            ),
+            Refusal::AccountNotReady { account, code: None } => format!(
+                "MacieAccount {account:?} is not verified yet; nothing is sent to Macie until it is Ready"
+            ),
+            Refusal::RegionNotAllowed { account, region } => {
+                format!("region {region:?} is not in spec.regions of MacieAccount {account:?}")
+            }
+            Refusal::NotPermitted { account, rule } => match rule {
+                Rule::JobName(name) => {
+                    format!("spec.jobs.names of MacieAccount {account:?} does not allow the job name {name:?}")
+                }
+                Rule::Cancel => format!(
+                    "spec.jobs.allowCancel of MacieAccount {account:?} is false: jobStatus CANCELLED is not allowed"
+                ),
+                Rule::DeletionPolicyCancel => format!(
+                    "spec.jobs.allowCancel of MacieAccount {account:?} is false: deletionPolicy Cancel is not allowed"
+                ),
+                Rule::DiscoveryAccount(id) => {
+                    format!("spec.discovery.accountIds of MacieAccount {account:?} does not include {id}")
+                }
+                Rule::DiscoveryStatus(s) => format!(
+                    "spec.discovery.allowedStatuses of MacieAccount {account:?} does not include {}",
+                    s.as_str()
+                ),
+            },
+        }
+    }
+}
+
+/// The MacieAccount a resource uses: its `spec.accountRef`, else the operator's default.
+pub fn account_name<'a>(account_ref: Option<&'a AccountRef>, default: &'a str) -> &'a str {
+    account_ref.map_or(default, |r| r.name.as_str())
+}
+
+/// Whether `selector` selects an object with `labels` (matchLabels and matchExpressions, as
+/// Kubernetes evaluates them; an empty selector selects everything). An operator it does not
+/// know selects nothing.
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// Whether `name` matches the glob `pattern`: `*` any run of characters (none included), `?`
+/// exactly one character, anything else itself.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    // Iterative matching with backtracking to the last `*` (linear in practice).
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Whether an account's credentials work, as its status says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Not verified for the current generation yet.
+    Verifying,
+    /// Credentials cannot be obtained: the AWS error code.
+    Failed(String),
+}
+
+/// The readiness of `account`: Ready only when its status was computed for the current
+/// generation and says Ready.
+pub fn readiness(account: &MacieAccount) -> Readiness {
+    let Some(status) = &account.status else {
+        return Readiness::Verifying;
+    };
+    if status.observed_generation != account.metadata.generation {
+        return Readiness::Verifying;
+    }
+    match conditions::find(&status.conditions, conditions::READY) {
+        Some(c) if c.status == "True" => Readiness::Ready,
+        Some(c) if c.reason == Reason::AccountNotReady.as_str() => {
+            Readiness::Failed(status.error_code.clone().unwrap_or_else(|| "Unknown".into()))
+        }
+        _ => Readiness::Verifying,
+    }
+}
+
+/// Whether a resource in a namespace with `namespace_labels` (None: the namespace is not known)
+/// may use `account` (None: no such MacieAccount) in `region`. Checked in this order: the
+/// account exists and selects the namespace, allows the region, has working credentials.
+pub fn admit<'a>(
+    name: &str,
+    by_default: bool,
+    account: Option<&'a MacieAccount>,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    region: &str,
+) -> Result<&'a MacieAccount, Refusal> {
+    let selected = account.filter(|a| namespace_labels.is_some_and(|l| selects(&a.spec.namespace_selector, l)));
+    let Some(account) = selected else {
+        return Err(Refusal::AccountNotFound {
+            account: name.to_string(),
+            by_default,
+        });
+    };
+    if !account.spec.regions.iter().any(|r| r == region) {
+        return Err(Refusal::RegionNotAllowed {
+            account: name.to_string(),
+            region: region.to_string(),
+        });
+    }
+    match readiness(account) {
+        Readiness::Ready => Ok(account),
+        Readiness::Verifying => Err(Refusal::AccountNotReady {
+            account: name.to_string(),
+            code: None,
+        }),
+        Readiness::Failed(code) => Err(Refusal::AccountNotReady {
+            account: name.to_string(),
+            code: Some(code),
+        }),
+    }
+}
+
+/// What a MacieJob asks of an account's job rules.
+#[derive(Debug, Clone, Copy)]
+pub struct JobAsk<'a> {
+    /// The job's name: spec.jobName, or for a MacieJob by id the name Macie reports (None
+    /// until the job is observed: the name rule is checked once it is).
+    pub name: Option<&'a str>,
+    pub desired: DesiredJobStatus,
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Whether `account`'s job rules allow what a MacieJob asks.
+pub fn job_allowed(account: &str, rules: &JobRules, ask: JobAsk<'_>) -> Result<(), Refusal> {
+    let refuse = |rule| {
+        Err(Refusal::NotPermitted {
+            account: account.to_string(),
+            rule,
+        })
+    };
+    if let Some(name) = ask.name
+        && !rules.names.iter().any(|p| glob(p, name))
+    {
+        return refuse(Rule::JobName(name.to_string()));
+    }
+    if !rules.allow_cancel {
+        if ask.desired == DesiredJobStatus::Cancelled {
+            return refuse(Rule::Cancel);
+        }
+        if ask.deletion_policy == DeletionPolicy::Cancel {
+            return refuse(Rule::DeletionPolicyCancel);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `account`'s discovery rules allow setting member account `id` to `status`.
+pub fn discovery_allowed(account: &str, rules: &DiscoveryRules, id: &str, status: DiscoveryStatus) -> Result<(), Refusal> {
+    let refuse = |rule| {
+        Err(Refusal::NotPermitted {
+            account: account.to_string(),
+            rule,
+        })
+    };
+    if !rules.account_ids.iter().any(|a| a == "*" || a == id) {
+        return refuse(Rule::DiscoveryAccount(id.to_string()));
+    }
+    if !rules.allowed_statuses.contains(&status) {
+        return refuse(Rule::DiscoveryStatus(status));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MacieAccountSpec;
+    use crate::api::MacieAccountStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelectorRequirement, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn selector_rows() {
+        let team = labels(&[("team", "security"), ("env", "prod")]);
+        let none = labels(&[]);
+        let by_labels = |pairs: &[(&str, &str)]| LabelSelector {
+            match_labels: Some(labels(pairs)),
+            match_expressions: None,
+        };
+        let by_expr = |e: LabelSelectorRequirement| LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![e]),
+        };
+        // (selector, labels, selected)
+        let rows: Vec<(LabelSelector, &BTreeMap<String, String>, bool)> = vec![
+            (LabelSelector::default(), &none, true),
+            (LabelSelector::default(), &team, true),
+            (by_labels(&[("team", "security")]), &team, true),
+            (by_labels(&[("team", "finance")]), &team, false),
+            (by_labels(&[("team", "security")]), &none, false),
+            (by_expr(expr("team", "In", &["finance", "security"])), &team, true),
+            (by_expr(expr("team", "In", &["finance"])), &team, false),
+            (by_expr(expr("team", "NotIn", &["finance"])), &team, true),
+            (by_expr(expr("team", "NotIn", &["security"])), &team, false),
+            (by_expr(expr("team", "NotIn", &["security"])), &none, true),
+            (by_expr(expr("env", "Exists", &[])), &team, true),
+            (by_expr(expr("env", "Exists", &[])), &none, false),
+            (by_expr(expr("env", "DoesNotExist", &[])), &team, false),
+            (by_expr(expr("env", "DoesNotExist", &[])), &none, true),
+            (by_expr(expr("env", "Gt", &["1"])), &team, false),
+        ];
+        for (i, (sel, l, want)) in rows.iter().enumerate() {
+            assert_eq!(selects(sel, l), *want, "row {i}: {sel:?} on {l:?}");
+        }
+    }
+
+    #[test]
+    fn glob_rows() {
+        let rows = [
+            ("*", "anything", true),
+            ("*", "", true),
+            ("nightly-*", "nightly-scan", true),
+            ("nightly-*", "nightly-", true),
+            ("nightly-*", "weekly-scan", false),
+            ("nightly-*", "a-nightly-scan", false),
+            ("*-prod", "scan-prod", true),
+            ("*-prod", "scan-prod-2", false),
+            ("scan-?", "scan-1", true),
+            ("scan-?", "scan-12", false),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("exact", "exact", true),
+            ("exact", "Exact", false),
+            ("**", "x", true),
+            ("finance-*-daily", "finance-eu-daily", true),
+            ("finance-*-daily", "finance-eu-weekly", false),
+            ("ünï*", "ünïcode", true),
+        ];
+        for (p, n, want) in rows {
+            assert_eq!(glob(p, n), want, "{p:?} vs {n:?}");
+        }
+    }
+
+    fn account(regions: &[&str], selector: LabelSelector, ready: Option<(&str, Option<&str>)>, gen_seen: i64) -> MacieAccount {
+        let mut a = MacieAccount::new(
+            "acct",
+            MacieAccountSpec {
+                role_arn: Some("arn:aws:iam::111122223333:role/secret-role".into()),
+                external_id: None,
+                regions: regions.iter().map(|r| r.to_string()).collect(),
+                namespace_selector: selector,
+                jobs: JobRules::default(),
+                discovery: DiscoveryRules::default(),
+            },
+        );
+        a.metadata.generation = Some(2);
+        if let Some((reason, code)) = ready {
+            let phase_true = reason == Reason::Verified.as_str();
+            a.status = Some(MacieAccountStatus {
+                observed_generation: Some(gen_seen),
+                conditions: vec![Condition {
+                    type_: conditions::READY.into(),
+                    status: if phase_true { "True" } else { "False" }.into(),
+                    reason: reason.into(),
+                    message: String::new(),
+                    observed_generation: Some(gen_seen),
+                    last_transition_time: Time(Timestamp::now()),
+                }],
+                error_code: code.map(str::to_string),
+                ..Default::default()
+            });
+        }
+        a
+    }
+
+    #[test]
+    fn admission_rows() {
+        let sec = LabelSelector {
+            match_labels: Some(labels(&[("team", "security")])),
+            match_expressions: None,
+        };
+        let ready = Some(("Verified", None));
+        let denied = Some(("AccountNotReady", Some("AccessDenied")));
+        let ns_sec = labels(&[("team", "security")]);
+        let ns_other = labels(&[("team", "finance")]);
+        let found = |r: Result<&MacieAccount, Refusal>| r.map(|_| ()).map_err(|e| e.reason());
+        let ok: Result<(), Reason> = Ok(());
+        let rows: Vec<(&str, Option<MacieAccount>, Option<&BTreeMap<String, String>>, &str, Result<(), Reason>)> = vec![
+            ("ready, selected, region listed", Some(account(&["us-east-1"], sec.clone(), ready, 2)), Some(&ns_sec), "us-east-1", ok),
+            ("no such account", None, Some(&ns_sec), "us-east-1", Err(Reason::AccountNotFound)),
+            ("namespace not selected", Some(account(&["us-east-1"], sec.clone(), ready, 2)), Some(&ns_other), "us-east-1", Err(Reason::AccountNotFound)),
+            ("namespace not known", Some(account(&["us-east-1"], LabelSelector::default(), ready, 2)), None, "us-east-1", Err(Reason::AccountNotFound)),
+            ("region not listed", Some(account(&["us-east-1"], sec.clone(), ready, 2)), Some(&ns_sec), "eu-west-1", Err(Reason::RegionNotAllowed)),
+            ("not selected beats region", Some(account(&["us-east-1"], sec.clone(), ready, 2)), Some(&ns_other), "eu-west-1", Err(Reason::AccountNotFound)),
+            ("role cannot be assumed", Some(account(&["us-east-1"], sec.clone(), denied, 2)), Some(&ns_sec), "us-east-1", Err(Reason::AccountNotReady)),
+            ("region beats readiness", Some(account(&["us-east-1"], sec.clone(), denied, 2)), Some(&ns_sec), "eu-west-1", Err(Reason::RegionNotAllowed)),
+            ("no status yet", Some(account(&["us-east-1"], sec.clone(), None, 2)), Some(&ns_sec), "us-east-1", Err(Reason::AccountNotReady)),
+            ("status of an older generation", Some(account(&["us-east-1"], sec.clone(), ready, 1)), Some(&ns_sec), "us-east-1", Err(Reason::AccountNotReady)),
+        ];
+        for (what, acct, ns, region, want) in rows {
+            assert_eq!(found(admit("acct", false, acct.as_ref(), ns, region)), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn job_rule_rows() {
+        let rules = |names: &[&str], cancel: bool| JobRules {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            allow_cancel: cancel,
+            allow_create: false,
+        };
+        let ask = |name: Option<&'static str>, desired, deletion_policy| JobAsk {
+            name,
+            desired,
+            deletion_policy,
+        };
+        use DeletionPolicy::{Cancel as DelCancel, Orphan};
+        use DesiredJobStatus::{Cancelled, Running, UserPaused};
+        let rows: Vec<(JobRules, JobAsk, Option<Rule>)> = vec![
+            (rules(&["*"], false), ask(Some("x"), Running, Orphan), None),
+            (rules(&["*"], false), ask(Some("x"), UserPaused, Orphan), None),
+            (rules(&["*"], false), ask(Some("x"), Cancelled, Orphan), Some(Rule::Cancel)),
+            (rules(&["*"], false), ask(Some("x"), Running, DelCancel), Some(Rule::DeletionPolicyCancel)),
+            (rules(&["*"], true), ask(Some("x"), Cancelled, DelCancel), None),
+            (rules(&["nightly-*"], true), ask(Some("nightly-1"), Running, Orphan), None),
+            (rules(&["nightly-*"], true), ask(Some("weekly-1"), Running, Orphan), Some(Rule::JobName("weekly-1".into()))),
+            (rules(&[], true), ask(Some("x"), Running, Orphan), Some(Rule::JobName("x".into()))),
+            // A job by id before it is observed: the name rule waits for the name.
+            (rules(&["nightly-*"], false), ask(None, Running, Orphan), None),
+            (rules(&["nightly-*"], false), ask(None, Cancelled, Orphan), Some(Rule::Cancel)),
+            // The name rule is named first.
+            (rules(&["nightly-*"], false), ask(Some("weekly-1"), Cancelled, Orphan), Some(Rule::JobName("weekly-1".into()))),
+        ];
+        for (i, (r, a, want)) in rows.into_iter().enumerate() {
+            let got = job_allowed("acct", &r, a);
+            match want {
+                None => assert_eq!(got, Ok(()), "row {i}"),
+                Some(rule) => assert_eq!(
+                    got,
+                    Err(Refusal::NotPermitted {
+                        account: "acct".into(),
+                        rule
+                    }),
+                    "row {i}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn discovery_rule_rows() {
+        use DiscoveryStatus::{Disabled, Enabled};
+        let rules = |ids: &[&str], statuses: &[DiscoveryStatus]| DiscoveryRules {
+            account_ids: ids.iter().map(|n| n.to_string()).collect(),
+            allowed_statuses: statuses.to_vec(),
+        };
+        let a = "111111111111";
+        let rows: Vec<(DiscoveryRules, DiscoveryStatus, Option<Rule>)> = vec![
+            (rules(&["*"], &[Enabled, Disabled]), Enabled, None),
+            (rules(&[a], &[Enabled, Disabled]), Disabled, None),
+            (rules(&["222222222222"], &[Enabled, Disabled]), Enabled, Some(Rule::DiscoveryAccount(a.into()))),
+            (rules(&[], &[Enabled, Disabled]), Enabled, Some(Rule::DiscoveryAccount(a.into()))),
+            (rules(&["*"], &[Enabled]), Disabled, Some(Rule::DiscoveryStatus(Disabled))),
+            (rules(&[a], &[Disabled]), Disabled, None),
+            (DiscoveryRules::default(), Enabled, Some(Rule::DiscoveryAccount(a.into()))),
+        ];
+        for (i, (r, s, want)) in rows.into_iter().enumerate() {
+            let got = discovery_allowed("acct", &r, a, s);
+            assert_eq!(
+                got,
+                want.map_or(Ok(()), |rule| Err(Refusal::NotPermitted {
+                    account: "acct".into(),
+                    rule
+                })),
+                "row {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_name_the_rule_and_never_the_role() {
+        let all = [
+            Refusal::AccountNotFound {
+                account: "acct".into(),
+                by_default: true,
+            },
+            Refusal::AccountNotFound {
+                account: "acct".into(),
+                by_default: false,
+            },
+            Refusal::AccountNotReady {
+                account: "acct".into(),
+                code: Some("AccessDenied".into()),
+            },
+            Refusal::AccountNotReady {
+                account: "acct".into(),
+                code: None,
+            },
+            Refusal::RegionNotAllowed {
+                account: "acct".into(),
+                region: "eu-west-1".into(),
+            },
+            Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::JobName("weekly".into()),
+            },
+            Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::Cancel,
+            },
+            Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::DeletionPolicyCancel,
+            },
+            Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::DiscoveryAccount("111111111111".into()),
+            },
+            Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::DiscoveryStatus(DiscoveryStatus::Disabled),
+            },
+        ];
+        let expect = [
+            "spec.accountRef",
+            "selects this namespace",
+            "AccessDenied",
+            "not verified",
+            "spec.regions",
+            "spec.jobs.names",
+            "spec.jobs.allowCancel",
+            "deletionPolicy Cancel",
+            "spec.discovery.accountIds",
+            "spec.discovery.allowedStatuses",
+        ];
+        for (r, e) in all.iter().zip(expect) {
+            let m = r.message();
+            assert!(m.contains(e), "{m:?} should contain {e:?}");
+            assert!(!m.contains("arn:"), "{m:?} names a role");
+            assert_eq!(r.reason().phase(), conditions::Phase::Stalled);
+        }
+        assert_eq!(account_name(None, "default"), "default");
+        let r = AccountRef { name: "team".into() };
+        assert_eq!(account_name(Some(&r), "default"), "team");
+    }
+}
