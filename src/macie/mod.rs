@@ -2,6 +2,7 @@
 //! error classification, and the shared job sweep.
 
 pub mod api;
+pub mod credentials;
 pub mod discovery;
 pub mod fake;
 pub mod jobs;
