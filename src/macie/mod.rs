@@ -336,16 +336,19 @@ impl MacieApi for MacieClients {
 /// A failed Macie call, sorted by what the operator should do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MacieError {
-    /// ThrottlingException: the call was not processed; retry after a backoff.
+    /// ThrottlingException: the call was not processed; retry after a backoff. Also expired
+    /// credentials (ExpiredToken, ExpiredTokenException, RequestExpired; see
+    /// [`MacieError::is_expired_credentials`]).
     #[error("{code}: {message}")]
     Throttled { code: String, message: String },
-    /// AccessDeniedException (also "Macie is not enabled", which arrives as HTTP 401).
+    /// AccessDeniedException (also "Macie is not enabled", which arrives as HTTP 401), and STS
+    /// AccessDenied (a role that cannot be assumed) and RegionDisabledException.
     #[error("{code}: {message}")]
     AccessDenied { code: String, message: String },
     /// ResourceNotFoundException.
     #[error("{code}: {message}")]
     NotFound { code: String, message: String },
-    /// ValidationException: Macie refused the request as it stands.
+    /// ValidationException (STS: ValidationError): the service refused the request as it stands.
     #[error("{code}: {message}")]
     Rejected { code: String, message: String },
     /// 5xx, a timeout or a broken connection: the call may or may not have taken effect.
@@ -388,6 +391,13 @@ impl MacieError {
         }
     }
 
+    /// Whether AWS refused the credentials that signed the call as expired (ExpiredToken,
+    /// ExpiredTokenException, RequestExpired). The holder of cached temporary credentials should
+    /// drop them (`credentials::SessionCredentials::invalidate`) before the retry.
+    pub fn is_expired_credentials(&self) -> bool {
+        matches!(self, MacieError::Throttled { code, .. } if is_expired_code(code))
+    }
+
     /// A fixed label for metrics.
     pub fn category(&self) -> &'static str {
         match self {
@@ -400,8 +410,8 @@ impl MacieError {
         }
     }
 
-    /// Sorts an SDK error. Matches on the error code, never the HTTP status alone ("Macie is
-    /// not enabled" is an AccessDeniedException with status 401).
+    /// Sorts an SDK error of any AWS client (Macie, STS). Matches on the error code, never the
+    /// HTTP status alone ("Macie is not enabled" is an AccessDeniedException with status 401).
     pub fn from_sdk<E>(err: SdkError<E, HttpResponse>) -> MacieError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -419,9 +429,17 @@ impl MacieError {
                     "ThrottlingException" | "TooManyRequestsException" | "Throttling" => {
                         MacieError::Throttled { code, message }
                     }
-                    "AccessDeniedException" | "UnauthorizedException" => MacieError::AccessDenied { code, message },
+                    // Expired credentials (temporary credentials past their expiration, or a
+                    // request signed too long ago, e.g. with a skewed clock): AWS refused the
+                    // signature before doing anything, so nothing was processed and the call is
+                    // safe to retry, after a backoff and with fresh credentials (the caller
+                    // checks `is_expired_credentials` and invalidates its cached ones).
+                    c if is_expired_code(c) => MacieError::Throttled { code, message },
+                    "AccessDeniedException" | "UnauthorizedException" | "AccessDenied" | "RegionDisabledException" => {
+                        MacieError::AccessDenied { code, message }
+                    }
                     "ResourceNotFoundException" => MacieError::NotFound { code, message },
-                    "ValidationException" => MacieError::Rejected { code, message },
+                    "ValidationException" | "ValidationError" => MacieError::Rejected { code, message },
                     "InternalServerException" | "ServiceUnavailableException" => {
                         MacieError::Uncertain { code, message }
                     }
@@ -447,4 +465,11 @@ impl MacieError {
             },
         }
     }
+}
+
+/// The error codes of credentials AWS refuses as expired: STS and most query-protocol services
+/// answer ExpiredToken, JSON services (Macie among them) ExpiredTokenException, and a signature
+/// older than AWS accepts is RequestExpired.
+fn is_expired_code(code: &str) -> bool {
+    matches!(code, "ExpiredToken" | "ExpiredTokenException" | "RequestExpired")
 }
