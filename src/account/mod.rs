@@ -227,6 +227,11 @@ pub mod testing {
             self.accounts.apply_watcher_event(&watcher::Event::Apply(a));
         }
 
+        /// Puts a MacieAccount as it is (e.g. without a status: not verified yet).
+        pub fn put(&mut self, account: MacieAccount) {
+            self.accounts.apply_watcher_event(&watcher::Event::Apply(account));
+        }
+
         pub fn put_namespace(&mut self, name: &str, labels: &[(&str, &str)]) {
             let mut ns: PartialObjectMeta<Namespace> = PartialObjectMeta::default();
             ns.metadata.name = Some(name.to_string());
