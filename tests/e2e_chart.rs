@@ -451,7 +451,9 @@ async fn chart_rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
     let with_lease = |base: BTreeSet<String>, release: &str| -> BTreeSet<String> {
         base.into_iter().chain(lease(release)).collect()
     };
-    let cases: Vec<(&str, Vec<&str>, Vec<(&str, BTreeSet<String>)>)> = vec![
+    // (release, extra values, [(namespace, permissions expected there)])
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, BTreeSet<String>)>);
+    let cases: Vec<Case> = vec![
         // Every namespace watched: a ClusterRole for the kinds and Events.
         (
             all,
