@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -33,6 +34,12 @@ fn chart() -> PathBuf {
 
 /// Runs a command; returns stdout, or fails with its stderr.
 fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
+    run_with_stderr(cmd, stdin).map(|(out, _)| out)
+}
+
+/// Runs a command; returns stdout and stderr (where kubectl prints API warnings), or fails with
+/// its stderr.
+fn run_with_stderr(cmd: &mut Command, stdin: Option<&str>) -> Result<(String, String)> {
     let mut child = cmd
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -51,7 +58,10 @@ fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 fn helm(kubeconfig: &Path) -> Command {
@@ -85,6 +95,12 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
     )
     .unwrap_err();
     assert!(err.to_string().contains("/operator/logFormat"), "{err}");
+    let err = run(
+        helm(kc).args(["template", "x", chart, "--set", "defaultAccount.regions={moon-1}"]),
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("/defaultAccount/regions/0"), "{err}");
 
     // Every rendered object is valid for this Kubernetes version (server-side dry run), in both
     // RBAC modes and with the optional objects on.
@@ -146,6 +162,28 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
         "RuntimeDefault"
     );
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == name))
+            .map(|v| v["value"].clone())
+    };
+    assert_eq!(env("MACIE_OPERATOR_DEFAULT_ACCOUNT"), Some(json!("default")));
+    assert_eq!(env("AWS_EC2_METADATA_DISABLED"), Some(json!("true")));
+
+    // The default MacieAccount: today's behaviour made explicit (the operator's own
+    // credentials in operator.region, every namespace, every job, cancel allowed).
+    let account = run(kubectl(kc).args(["get", "macieaccount", "default", "-o", "json"]), None)?;
+    let account: serde_json::Value = serde_json::from_str(&account)?;
+    assert_eq!(
+        account["spec"],
+        json!({
+            "regions": [REGION],
+            "namespaceSelector": {},
+            "jobs": {"names": ["*"], "allowCancel": true, "allowCreate": false},
+            "discovery": {"accountIds": ["*"], "allowedStatuses": ["ENABLED", "DISABLED"]}
+        })
+    );
 
     // A token for the chart's ServiceAccount (TokenRequest API), in a kubeconfig of its own.
     let token = run(
@@ -200,6 +238,10 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
         .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
         .env("AWS_SECRET_ACCESS_KEY", "secret")
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        // As the Deployment names the default MacieAccount (an environment variable, so a
+        // binary without the setting ignores it), and STS at the emulator.
+        .env("MACIE_OPERATOR_DEFAULT_ACCOUNT", "default")
+        .env("AWS_ENDPOINT_URL_STS", &emu.url)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path)?)
         .kill_on_drop(true)
@@ -303,5 +345,236 @@ async fn invalid_manifest_files_are_rejected_naming_the_field() -> Result<()> {
             f.display()
         );
     }
+    Ok(())
+}
+
+/// What `kubectl auth can-i --list` says `user` may do in `ns`, one entry per permission:
+/// `resource verb`, `resource[name] verb` for a rule limited to names, `/url verb` for a
+/// non-resource URL.
+fn can_i_list(kc: &Path, user: &str, ns: &str) -> Result<BTreeSet<String>> {
+    let out = run(
+        kubectl(kc).args([
+            "auth",
+            "can-i",
+            "--list",
+            "--no-headers",
+            "--as",
+            user,
+            "--namespace",
+            ns,
+        ]),
+        None,
+    )?;
+    let mut granted = BTreeSet::new();
+    for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        // Columns: the resource (blank on non-resource URL rows), then three bracketed lists:
+        // non-resource URLs, resource names, verbs.
+        let (resource, mut rest) = match line.strip_prefix('[') {
+            Some(_) => ("", line),
+            None => line.split_once(char::is_whitespace).unwrap_or((line, "")),
+        };
+        let mut lists = Vec::new();
+        while let Some(start) = rest.find('[') {
+            let end = rest[start..].find(']').map(|e| start + e).context(line.to_string())?;
+            lists.push(rest[start + 1..end].split_whitespace().collect::<Vec<_>>());
+            rest = &rest[end + 1..];
+        }
+        let [urls, names, verbs] = lists.as_slice() else {
+            bail!("unexpected `kubectl auth can-i --list` line: {line}");
+        };
+        let subjects: Vec<String> = if resource.is_empty() {
+            urls.iter().map(|u| u.to_string()).collect()
+        } else if names.is_empty() {
+            vec![resource.to_string()]
+        } else {
+            names.iter().map(|n| format!("{resource}[{n}]")).collect()
+        };
+        for s in &subjects {
+            granted.extend(verbs.iter().map(|v| format!("{s} {v}")));
+        }
+    }
+    Ok(granted)
+}
+
+/// The chart's RBAC grants its ServiceAccount exactly what the operator's code uses (list,
+/// watch and patch through watchers, finalizer patches, server-side-apply status, Events, the
+/// Lease, the readiness CRD reads), in both RBAC modes and in the namespaces that matter: a
+/// verb added to or dropped from a rule fails this test. What every authenticated account may
+/// do (discovery, self reviews) is measured on a ServiceAccount with no binding and left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let kc = cp.kubeconfig();
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    let set = |items: &[&[&str]]| -> BTreeSet<String> { items.concat().iter().map(|s| s.to_string()).collect() };
+
+    // Cluster-scoped, granted in every mode: readiness reads the three CRDs by name; the
+    // MacieAccounts are watched and their status applied; namespace labels are watched.
+    let cluster: &[&str] = &[
+        "customresourcedefinitions.apiextensions.k8s.io[maciejobs.macie.kubeops.dev] get",
+        "customresourcedefinitions.apiextensions.k8s.io[maciediscoveries.macie.kubeops.dev] get",
+        "customresourcedefinitions.apiextensions.k8s.io[macieaccounts.macie.kubeops.dev] get",
+        "macieaccounts.macie.kubeops.dev list",
+        "macieaccounts.macie.kubeops.dev watch",
+        "macieaccounts.macie.kubeops.dev/status patch",
+        "namespaces list",
+        "namespaces watch",
+    ];
+    // The namespaced kinds, where they are watched: no get, no patch on MacieDiscoveries.
+    let kinds: &[&str] = &[
+        "maciejobs.macie.kubeops.dev list",
+        "maciejobs.macie.kubeops.dev watch",
+        "maciejobs.macie.kubeops.dev patch",
+        "maciejobs.macie.kubeops.dev/status patch",
+        "maciediscoveries.macie.kubeops.dev list",
+        "maciediscoveries.macie.kubeops.dev watch",
+        "maciediscoveries.macie.kubeops.dev/status patch",
+    ];
+    // Events about the watched resources, and in `default` about MacieAccounts.
+    let events: &[&str] = &["events.events.k8s.io create", "events.events.k8s.io patch"];
+
+    namespace(&client, "rbac-tenant").await?;
+    namespace(&client, "rbac-watched").await?;
+    // Two releases side by side; neither creates the default MacieAccount (the install test's
+    // release owns `default`).
+    let all = "rbac-all";
+    let one = "rbac-one";
+    let lease = |release: &str| -> Vec<String> {
+        vec![
+            "leases.coordination.k8s.io create".to_string(),
+            format!("leases.coordination.k8s.io[{release}-macie-operator] get"),
+            format!("leases.coordination.k8s.io[{release}-macie-operator] update"),
+        ]
+    };
+    let with_lease = |base: BTreeSet<String>, release: &str| -> BTreeSet<String> {
+        base.into_iter().chain(lease(release)).collect()
+    };
+    // (release, extra values, [(namespace, permissions expected there)])
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, BTreeSet<String>)>);
+    let cases: Vec<Case> = vec![
+        // Every namespace watched: a ClusterRole for the kinds and Events.
+        (
+            all,
+            vec![],
+            vec![
+                ("rbac-all-system", with_lease(set(&[cluster, kinds, events]), all)),
+                ("rbac-tenant", set(&[cluster, kinds, events])),
+                ("default", set(&[cluster, kinds, events])),
+            ],
+        ),
+        // One namespace watched: the kinds and Events only there, Events about MacieAccounts in
+        // `default`, and still the cluster-scoped reads.
+        (
+            one,
+            vec!["--set", "operator.watchNamespace=rbac-watched"],
+            vec![
+                ("rbac-one-system", with_lease(set(&[cluster]), one)),
+                ("rbac-watched", set(&[cluster, kinds, events])),
+                ("default", set(&[cluster, events])),
+                ("rbac-tenant", set(&[cluster])),
+            ],
+        ),
+    ];
+    for (release, extra, expectations) in &cases {
+        let release_ns = format!("{release}-system");
+        run(
+            helm(kc)
+                .args([
+                    "install",
+                    release,
+                    chart,
+                    "--namespace",
+                    &release_ns,
+                    "--create-namespace",
+                ])
+                .args(["--set", "defaultAccount.create=false", "--wait=false"])
+                .args(extra),
+            None,
+        )?;
+        let sa = format!("system:serviceaccount:{release_ns}:{release}-macie-operator");
+        let nobody = format!("system:serviceaccount:{release_ns}:rbac-baseline");
+        for (ns, expected) in expectations {
+            let baseline = can_i_list(kc, &nobody, ns)?;
+            let granted: BTreeSet<String> = can_i_list(kc, &sa, ns)?.difference(&baseline).cloned().collect();
+            let extra: Vec<_> = granted.difference(expected).collect();
+            let missing: Vec<_> = expected.difference(&granted).collect();
+            assert!(
+                extra.is_empty() && missing.is_empty(),
+                "release {release}, namespace {ns}:\n  granted but not expected: {extra:#?}\n  expected but not granted: {missing:#?}"
+            );
+        }
+        run(helm(kc).args(["uninstall", release, "--namespace", &release_ns]), None)?;
+    }
+    Ok(())
+}
+
+/// The chart's Deployment into `ns` (values `extra`), checked by the API server with a dry run:
+/// the Deployment's warnings (PodSecurity checks a workload's pod template only as a warning),
+/// and a Pod made from its pod template, which PodSecurity admits (None) or refuses
+/// (Some(message)).
+fn pod_security(kc: &Path, ns: &str, extra: &[&str]) -> Result<(String, Option<String>)> {
+    let chart = chart();
+    let rendered = run(
+        helm(kc)
+            .args(["template", "psa", chart.to_str().unwrap(), "--namespace", ns])
+            .args(["--show-only", "templates/deployment.yaml"])
+            .args(extra),
+        None,
+    )?;
+    let (_, warnings) = run_with_stderr(
+        kubectl(kc).args(["apply", "--dry-run=server", "-f", "-"]),
+        Some(&rendered),
+    )?;
+    let deployment: serde_json::Value = serde_yaml::from_str(&rendered)?;
+    let template = &deployment["spec"]["template"];
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "psa-check", "namespace": ns, "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    });
+    let created = run(
+        kubectl(kc).args(["create", "--dry-run=server", "-f", "-"]),
+        Some(&pod.to_string()),
+    );
+    Ok((warnings, created.err().map(|e| e.to_string())))
+}
+
+/// The chart's workload meets the Pod Security `restricted` standard: in a namespace that
+/// enforces it, a Pod from the Deployment's pod template is admitted and the Deployment draws
+/// no PodSecurity warning. The same check refuses a template that may run as root, so it is
+/// live (no controller-manager runs here, so the Deployment itself never makes Pods).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_workload_passes_pod_security_restricted() -> Result<()> {
+    let cp = control_plane().await?;
+    let kc = cp.kubeconfig();
+    let ns = "psa-restricted";
+    let manifest = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": ns, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+        }},
+    });
+    run(kubectl(kc).args(["create", "-f", "-"]), Some(&manifest.to_string()))?;
+
+    let (warnings, refused) = pod_security(kc, ns, &[])?;
+    assert_eq!(refused, None, "a Pod from the chart's pod template is refused");
+    assert!(
+        !warnings.contains("PodSecurity"),
+        "the Deployment draws warnings: {warnings}"
+    );
+
+    let (warnings, refused) = pod_security(kc, ns, &["--set", "podSecurityContext.runAsNonRoot=false"])?;
+    let refused = refused.context("a pod template that may run as root was admitted")?;
+    assert!(
+        refused.contains("violates PodSecurity \"restricted:latest\""),
+        "{refused}"
+    );
+    assert!(refused.contains("runAsNonRoot"), "{refused}");
+    assert!(warnings.contains("would violate PodSecurity"), "no warning: {warnings}");
     Ok(())
 }
