@@ -48,6 +48,7 @@ struct Operator {
 
 impl Operator {
     async fn start(client: &kube::Client, endpoint: &str) -> Operator {
+        init_test_logging();
         let clients = static_clients(endpoint).await;
         let accounts = Accounts::start(client.clone(), clients.clone());
         let config = macie_operator::job::Config {
@@ -345,7 +346,11 @@ async fn two_tenants_converge_each_in_its_own_aws_account() -> Result<()> {
             .iter()
             .map(|a| a["accountId"].as_str().unwrap())
             .collect();
-        let expect = if c["awsAccountId"] == A { "210000000001" } else { "220000000001" };
+        let expect = if c["awsAccountId"] == A {
+            "210000000001"
+        } else {
+            "220000000001"
+        };
         assert_eq!(ids, [expect], "{c}");
     }
     // One sweeper per (account, region), shared by the resources of that account.
@@ -362,18 +367,26 @@ async fn two_tenants_converge_each_in_its_own_aws_account() -> Result<()> {
         .lock()
         .set_status_service_side(Some(B), None, "b-nightly", serde_json::from_value(json!("RUNNING"))?)
         .map_err(anyhow::Error::msg)?;
-    wait_for("drift in account B corrected with new credentials", DEADLINE, || async {
-        Ok((job_status(&emu, B, "b-nightly").as_deref() == Some("USER_PAUSED")).then_some(()))
-    })
+    wait_for(
+        "drift in account B corrected with new credentials",
+        DEADLINE,
+        || async { Ok((job_status(&emu, B, "b-nightly").as_deref() == Some("USER_PAUSED")).then_some(())) },
+    )
     .await?;
     wait_for("account A's sweeps use new credentials", DEADLINE, || async {
         Ok((assume_role_calls(&emu, ROLE_A) == 2).then_some(()))
     })
     .await?;
     // A few more sweeps: no further AssumeRole within the new lifetime.
-    let sweeps = op.poller.view(&macie_operator::macie::Place::new("t1-team-a", REGION)).sweeps;
+    let sweeps = op
+        .poller
+        .view(&macie_operator::macie::Place::new("t1-team-a", REGION))
+        .sweeps;
     wait_for("four more sweeps", DEADLINE, || async {
-        let now = op.poller.view(&macie_operator::macie::Place::new("t1-team-a", REGION)).sweeps;
+        let now = op
+            .poller
+            .view(&macie_operator::macie::Place::new("t1-team-a", REGION))
+            .sweeps;
         Ok((now >= sweeps + 4).then_some(()))
     })
     .await?;
@@ -415,12 +428,48 @@ async fn refusals_never_reach_macie_and_a_changed_account_decides_again() -> Res
     let out_jobs: Api<MacieJob> = Api::namespaced(client.clone(), &outsider);
     // (api, name, spec, reason, what the message names)
     let cases: Vec<(&Api<MacieJob>, &str, Value, &str, &str)> = vec![
-        (&out_jobs, "outsider", json!({"jobName": "nightly", "jobStatus": "USER_PAUSED", "accountRef": at("t2-team-a")}), "AccountNotFound", "does not exist or does not allow this namespace"),
-        (&jobs, "by-name", json!({"jobName": "weekly", "jobStatus": "USER_PAUSED", "accountRef": at("t2-team-a")}), "NotPermitted", "spec.jobs.names"),
-        (&jobs, "by-id", json!({"jobId": "a-weekly", "jobStatus": "USER_PAUSED", "accountRef": at("t2-team-a")}), "NotPermitted", "spec.jobs.names"),
-        (&jobs, "cancel", json!({"jobName": "nightly", "jobStatus": "CANCELLED", "accountRef": at("t2-team-a")}), "NotPermitted", "spec.jobs.allowCancel"),
-        (&jobs, "cancel-on-delete", json!({"jobName": "nightly", "jobStatus": "RUNNING", "deletionPolicy": "Cancel", "accountRef": at("t2-team-a")}), "NotPermitted", "deletionPolicy Cancel"),
-        (&jobs, "far", json!({"jobName": "nightly", "jobStatus": "USER_PAUSED", "region": "eu-west-1", "accountRef": at("t2-team-a")}), "RegionNotAllowed", "spec.regions"),
+        (
+            &out_jobs,
+            "outsider",
+            json!({"jobName": "nightly", "jobStatus": "USER_PAUSED", "accountRef": at("t2-team-a")}),
+            "AccountNotFound",
+            "does not exist or does not allow this namespace",
+        ),
+        (
+            &jobs,
+            "by-name",
+            json!({"jobName": "weekly", "jobStatus": "USER_PAUSED", "accountRef": at("t2-team-a")}),
+            "NotPermitted",
+            "spec.jobs.names",
+        ),
+        (
+            &jobs,
+            "by-id",
+            json!({"jobId": "a-weekly", "jobStatus": "USER_PAUSED", "accountRef": at("t2-team-a")}),
+            "NotPermitted",
+            "spec.jobs.names",
+        ),
+        (
+            &jobs,
+            "cancel",
+            json!({"jobName": "nightly", "jobStatus": "CANCELLED", "accountRef": at("t2-team-a")}),
+            "NotPermitted",
+            "spec.jobs.allowCancel",
+        ),
+        (
+            &jobs,
+            "cancel-on-delete",
+            json!({"jobName": "nightly", "jobStatus": "RUNNING", "deletionPolicy": "Cancel", "accountRef": at("t2-team-a")}),
+            "NotPermitted",
+            "deletionPolicy Cancel",
+        ),
+        (
+            &jobs,
+            "far",
+            json!({"jobName": "nightly", "jobStatus": "USER_PAUSED", "region": "eu-west-1", "accountRef": at("t2-team-a")}),
+            "RegionNotAllowed",
+            "spec.regions",
+        ),
     ];
     for (api, name, spec, _, _) in &cases {
         create(*api, name, spec.clone()).await?;
@@ -438,7 +487,10 @@ async fn refusals_never_reach_macie_and_a_changed_account_decides_again() -> Res
         let v = wait_ready_reason(*api, name, reason).await?;
         let (_, message) = ready_of(&v).unwrap();
         assert!(message.contains(names), "{name}: {message}");
-        assert!(!message.contains("arn:"), "{name}: a refusal never names the role: {message}");
+        assert!(
+            !message.contains("arn:"),
+            "{name}: a refusal never names the role: {message}"
+        );
         assert!(v["status"].get("job").is_none(), "{name}: nothing observed is shown");
         let stalled = v["status"]["conditions"]
             .as_array()
@@ -483,7 +535,9 @@ async fn refusals_never_reach_macie_and_a_changed_account_decides_again() -> Res
         )
         .await;
     assert!(
-        moved.as_ref().is_err_and(|e| e.to_string().contains("spec.accountRef is immutable")),
+        moved
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("spec.accountRef is immutable")),
         "{moved:?}"
     );
 
@@ -581,7 +635,10 @@ async fn a_role_that_cannot_be_assumed_stalls_the_account_and_its_resources() ->
     let j = wait_ready_reason(&jobs, "nightly", "AccountNotReady").await?;
     let message = ready_of(&j).unwrap().1;
     assert!(message.contains("AccessDenied"), "{message}");
-    assert!(!message.contains("arn:"), "the role is not named to the tenant: {message}");
+    assert!(
+        !message.contains("arn:"),
+        "the role is not named to the tenant: {message}"
+    );
     wait_ready_reason(&disc, "members", "AccountNotReady").await?;
     assert_eq!(emu.requests("ListClassificationJobs"), 0, "no Macie call");
     assert_eq!(emu.requests("ListAutomatedDiscoveryAccounts"), 0, "no Macie call");

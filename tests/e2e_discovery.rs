@@ -740,7 +740,12 @@ async fn a_closed_write_gate_sends_nothing_until_it_opens() -> Result<()> {
     let gate = WriteGate::closed();
     let clients = gated_clients(&emu.url, gate.clone()).await;
     let _accounts = Accounts::start(client.clone(), clients.clone());
-    let controller = DiscoveryController::new(client.clone(), clients, _accounts.tenancy.clone(), discovery_config(&ns));
+    let controller = DiscoveryController::new(
+        client.clone(),
+        clients,
+        _accounts.tenancy.clone(),
+        discovery_config(&ns),
+    );
     let op = Running::spawn(|stop| controller.run(stop));
     wait_reason(&api, "gated", "Pending", |_| true).await?;
     let lists = emu.requests("ListAutomatedDiscoveryAccounts");

@@ -46,6 +46,9 @@ pub struct Tenancy {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     default_account: String,
     subscribers: Arc<Mutex<Vec<Subscriber>>>,
+    /// True once both watches have listed everything (a store's own readiness wakes only one
+    /// waiter; this one wakes every controller).
+    ready: tokio::sync::watch::Receiver<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -107,10 +110,13 @@ impl Tenancy {
         };
         let ns_task = {
             let subs = subscribers.clone();
-            let stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client), watcher::Config::default())
-                .default_backoff()
-                .reflect(ns_writer)
-                .touched_objects();
+            let stream = watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(ns_writer)
+            .touched_objects();
             tokio::spawn(async move {
                 stream
                     .for_each(|r| {
@@ -123,26 +129,38 @@ impl Tenancy {
                     .await;
             })
         };
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let ready_task = {
+            let (accounts, namespaces) = (accounts.clone(), namespaces.clone());
+            tokio::spawn(async move {
+                if accounts.wait_until_ready().await.is_ok() && namespaces.wait_until_ready().await.is_ok() {
+                    ready_tx.send_replace(true);
+                }
+            })
+        };
         Arc::new(Tenancy {
             accounts,
             namespaces,
             default_account: default_account.to_string(),
             subscribers,
-            tasks: vec![account_task, ns_task],
+            ready,
+            tasks: vec![account_task, ns_task, ready_task],
         })
     }
 
     /// Waits until both watches have listed everything once.
     pub async fn ready(&self) {
-        let _ = self.accounts.wait_until_ready().await;
-        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.ready.clone().wait_for(|r| *r).await;
     }
 
     /// Waits until both watches have listed everything once, or `shutdown` resolves first
     /// (false).
     pub async fn ready_or<F: std::future::Future<Output = ()>>(&self, shutdown: std::pin::Pin<&mut F>) -> bool {
         tokio::select! {
-            _ = self.ready() => true,
+            _ = self.ready() => {
+                tracing::debug!("MacieAccounts and namespaces listed");
+                true
+            }
             _ = shutdown => false,
         }
     }
@@ -202,6 +220,7 @@ pub mod testing {
                     namespaces,
                     default_account: default_account.to_string(),
                     subscribers: Arc::default(),
+                    ready: tokio::sync::watch::channel(true).1,
                     tasks: Vec::new(),
                 }),
                 accounts: account_writer,
@@ -215,12 +234,7 @@ pub mod testing {
             a.metadata.generation = Some(1);
             a.status = Some(MacieAccountStatus {
                 observed_generation: Some(1),
-                conditions: conditions::conditions(
-                    &Reason::Verified.summary("ok"),
-                    Some(1),
-                    &[],
-                    Timestamp::now(),
-                ),
+                conditions: conditions::conditions(&Reason::Verified.summary("ok"), Some(1), &[], Timestamp::now()),
                 account_id: Some("123456789012".into()),
                 ..Default::default()
             });

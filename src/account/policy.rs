@@ -63,12 +63,15 @@ impl Refusal {
                 };
                 format!("MacieAccount {account:?} does not exist or does not allow this namespace; {how}")
             }
-            Refusal::AccountNotReady { account, code: Some(code) } => format!(
+            Refusal::AccountNotReady {
+                account,
+                code: Some(code),
+            } => format!(
                 "MacieAccount {account:?} has no working credentials ({code}); nothing is sent to Macie until it is Ready"
             ),
-            Refusal::AccountNotReady { account, code: None } => format!(
-                "MacieAccount {account:?} is not verified yet; nothing is sent to Macie until it is Ready"
-            ),
+            Refusal::AccountNotReady { account, code: None } => {
+                format!("MacieAccount {account:?} is not verified yet; nothing is sent to Macie until it is Ready")
+            }
             Refusal::RegionNotAllowed { account, region } => {
                 format!("region {region:?} is not in spec.regions of MacieAccount {account:?}")
             }
@@ -246,7 +249,12 @@ pub fn job_allowed(account: &str, rules: &JobRules, ask: JobAsk<'_>) -> Result<(
 }
 
 /// Whether `account`'s discovery rules allow setting member account `id` to `status`.
-pub fn discovery_allowed(account: &str, rules: &DiscoveryRules, id: &str, status: DiscoveryStatus) -> Result<(), Refusal> {
+pub fn discovery_allowed(
+    account: &str,
+    rules: &DiscoveryRules,
+    id: &str,
+    status: DiscoveryStatus,
+) -> Result<(), Refusal> {
     let refuse = |rule| {
         Err(Refusal::NotPermitted {
             account: account.to_string(),
@@ -344,7 +352,12 @@ mod tests {
         }
     }
 
-    fn account(regions: &[&str], selector: LabelSelector, ready: Option<(&str, Option<&str>)>, gen_seen: i64) -> MacieAccount {
+    fn account(
+        regions: &[&str],
+        selector: LabelSelector,
+        ready: Option<(&str, Option<&str>)>,
+        gen_seen: i64,
+    ) -> MacieAccount {
         let mut a = MacieAccount::new(
             "acct",
             MacieAccountSpec {
@@ -376,6 +389,15 @@ mod tests {
         a
     }
 
+    /// (what, account, namespace labels, region, expected reason)
+    type AdmissionRow<'a> = (
+        &'a str,
+        Option<MacieAccount>,
+        Option<&'a BTreeMap<String, String>>,
+        &'a str,
+        Result<(), Reason>,
+    );
+
     #[test]
     fn admission_rows() {
         let sec = LabelSelector {
@@ -388,17 +410,77 @@ mod tests {
         let ns_other = labels(&[("team", "finance")]);
         let found = |r: Result<&MacieAccount, Refusal>| r.map(|_| ()).map_err(|e| e.reason());
         let ok: Result<(), Reason> = Ok(());
-        let rows: Vec<(&str, Option<MacieAccount>, Option<&BTreeMap<String, String>>, &str, Result<(), Reason>)> = vec![
-            ("ready, selected, region listed", Some(account(&["us-east-1"], sec.clone(), ready, 2)), Some(&ns_sec), "us-east-1", ok),
-            ("no such account", None, Some(&ns_sec), "us-east-1", Err(Reason::AccountNotFound)),
-            ("namespace not selected", Some(account(&["us-east-1"], sec.clone(), ready, 2)), Some(&ns_other), "us-east-1", Err(Reason::AccountNotFound)),
-            ("namespace not known", Some(account(&["us-east-1"], LabelSelector::default(), ready, 2)), None, "us-east-1", Err(Reason::AccountNotFound)),
-            ("region not listed", Some(account(&["us-east-1"], sec.clone(), ready, 2)), Some(&ns_sec), "eu-west-1", Err(Reason::RegionNotAllowed)),
-            ("not selected beats region", Some(account(&["us-east-1"], sec.clone(), ready, 2)), Some(&ns_other), "eu-west-1", Err(Reason::AccountNotFound)),
-            ("role cannot be assumed", Some(account(&["us-east-1"], sec.clone(), denied, 2)), Some(&ns_sec), "us-east-1", Err(Reason::AccountNotReady)),
-            ("region beats readiness", Some(account(&["us-east-1"], sec.clone(), denied, 2)), Some(&ns_sec), "eu-west-1", Err(Reason::RegionNotAllowed)),
-            ("no status yet", Some(account(&["us-east-1"], sec.clone(), None, 2)), Some(&ns_sec), "us-east-1", Err(Reason::AccountNotReady)),
-            ("status of an older generation", Some(account(&["us-east-1"], sec.clone(), ready, 1)), Some(&ns_sec), "us-east-1", Err(Reason::AccountNotReady)),
+        let rows: Vec<AdmissionRow> = vec![
+            (
+                "ready, selected, region listed",
+                Some(account(&["us-east-1"], sec.clone(), ready, 2)),
+                Some(&ns_sec),
+                "us-east-1",
+                ok,
+            ),
+            (
+                "no such account",
+                None,
+                Some(&ns_sec),
+                "us-east-1",
+                Err(Reason::AccountNotFound),
+            ),
+            (
+                "namespace not selected",
+                Some(account(&["us-east-1"], sec.clone(), ready, 2)),
+                Some(&ns_other),
+                "us-east-1",
+                Err(Reason::AccountNotFound),
+            ),
+            (
+                "namespace not known",
+                Some(account(&["us-east-1"], LabelSelector::default(), ready, 2)),
+                None,
+                "us-east-1",
+                Err(Reason::AccountNotFound),
+            ),
+            (
+                "region not listed",
+                Some(account(&["us-east-1"], sec.clone(), ready, 2)),
+                Some(&ns_sec),
+                "eu-west-1",
+                Err(Reason::RegionNotAllowed),
+            ),
+            (
+                "not selected beats region",
+                Some(account(&["us-east-1"], sec.clone(), ready, 2)),
+                Some(&ns_other),
+                "eu-west-1",
+                Err(Reason::AccountNotFound),
+            ),
+            (
+                "role cannot be assumed",
+                Some(account(&["us-east-1"], sec.clone(), denied, 2)),
+                Some(&ns_sec),
+                "us-east-1",
+                Err(Reason::AccountNotReady),
+            ),
+            (
+                "region beats readiness",
+                Some(account(&["us-east-1"], sec.clone(), denied, 2)),
+                Some(&ns_sec),
+                "eu-west-1",
+                Err(Reason::RegionNotAllowed),
+            ),
+            (
+                "no status yet",
+                Some(account(&["us-east-1"], sec.clone(), None, 2)),
+                Some(&ns_sec),
+                "us-east-1",
+                Err(Reason::AccountNotReady),
+            ),
+            (
+                "status of an older generation",
+                Some(account(&["us-east-1"], sec.clone(), ready, 1)),
+                Some(&ns_sec),
+                "us-east-1",
+                Err(Reason::AccountNotReady),
+            ),
         ];
         for (what, acct, ns, region, want) in rows {
             assert_eq!(found(admit("acct", false, acct.as_ref(), ns, region)), want, "{what}");
@@ -422,17 +504,45 @@ mod tests {
         let rows: Vec<(JobRules, JobAsk, Option<Rule>)> = vec![
             (rules(&["*"], false), ask(Some("x"), Running, Orphan), None),
             (rules(&["*"], false), ask(Some("x"), UserPaused, Orphan), None),
-            (rules(&["*"], false), ask(Some("x"), Cancelled, Orphan), Some(Rule::Cancel)),
-            (rules(&["*"], false), ask(Some("x"), Running, DelCancel), Some(Rule::DeletionPolicyCancel)),
+            (
+                rules(&["*"], false),
+                ask(Some("x"), Cancelled, Orphan),
+                Some(Rule::Cancel),
+            ),
+            (
+                rules(&["*"], false),
+                ask(Some("x"), Running, DelCancel),
+                Some(Rule::DeletionPolicyCancel),
+            ),
             (rules(&["*"], true), ask(Some("x"), Cancelled, DelCancel), None),
-            (rules(&["nightly-*"], true), ask(Some("nightly-1"), Running, Orphan), None),
-            (rules(&["nightly-*"], true), ask(Some("weekly-1"), Running, Orphan), Some(Rule::JobName("weekly-1".into()))),
-            (rules(&[], true), ask(Some("x"), Running, Orphan), Some(Rule::JobName("x".into()))),
+            (
+                rules(&["nightly-*"], true),
+                ask(Some("nightly-1"), Running, Orphan),
+                None,
+            ),
+            (
+                rules(&["nightly-*"], true),
+                ask(Some("weekly-1"), Running, Orphan),
+                Some(Rule::JobName("weekly-1".into())),
+            ),
+            (
+                rules(&[], true),
+                ask(Some("x"), Running, Orphan),
+                Some(Rule::JobName("x".into())),
+            ),
             // A job by id before it is observed: the name rule waits for the name.
             (rules(&["nightly-*"], false), ask(None, Running, Orphan), None),
-            (rules(&["nightly-*"], false), ask(None, Cancelled, Orphan), Some(Rule::Cancel)),
+            (
+                rules(&["nightly-*"], false),
+                ask(None, Cancelled, Orphan),
+                Some(Rule::Cancel),
+            ),
             // The name rule is named first.
-            (rules(&["nightly-*"], false), ask(Some("weekly-1"), Cancelled, Orphan), Some(Rule::JobName("weekly-1".into()))),
+            (
+                rules(&["nightly-*"], false),
+                ask(Some("weekly-1"), Cancelled, Orphan),
+                Some(Rule::JobName("weekly-1".into())),
+            ),
         ];
         for (i, (r, a, want)) in rows.into_iter().enumerate() {
             let got = job_allowed("acct", &r, a);
@@ -461,11 +571,27 @@ mod tests {
         let rows: Vec<(DiscoveryRules, DiscoveryStatus, Option<Rule>)> = vec![
             (rules(&["*"], &[Enabled, Disabled]), Enabled, None),
             (rules(&[a], &[Enabled, Disabled]), Disabled, None),
-            (rules(&["222222222222"], &[Enabled, Disabled]), Enabled, Some(Rule::DiscoveryAccount(a.into()))),
-            (rules(&[], &[Enabled, Disabled]), Enabled, Some(Rule::DiscoveryAccount(a.into()))),
-            (rules(&["*"], &[Enabled]), Disabled, Some(Rule::DiscoveryStatus(Disabled))),
+            (
+                rules(&["222222222222"], &[Enabled, Disabled]),
+                Enabled,
+                Some(Rule::DiscoveryAccount(a.into())),
+            ),
+            (
+                rules(&[], &[Enabled, Disabled]),
+                Enabled,
+                Some(Rule::DiscoveryAccount(a.into())),
+            ),
+            (
+                rules(&["*"], &[Enabled]),
+                Disabled,
+                Some(Rule::DiscoveryStatus(Disabled)),
+            ),
             (rules(&[a], &[Disabled]), Disabled, None),
-            (DiscoveryRules::default(), Enabled, Some(Rule::DiscoveryAccount(a.into()))),
+            (
+                DiscoveryRules::default(),
+                Enabled,
+                Some(Rule::DiscoveryAccount(a.into())),
+            ),
         ];
         for (i, (r, s, want)) in rows.into_iter().enumerate() {
             let got = discovery_allowed("acct", &r, a, s);

@@ -544,7 +544,14 @@ fn log_write(env: &EngineEnv, batch: &[(String, DiscoveryStatus)]) {
         .iter()
         .filter(|o| place_of(o, &env.tenancy, &env.config.default_region) == env.place)
         .filter(|o| o.spec.accounts.iter().any(|a| ids.contains(a.account_id.as_str())))
-        .map(|o| format!("{}/{} ({})", o.namespace().unwrap_or_default(), o.name_any(), o.uid().unwrap_or_default()))
+        .map(|o| {
+            format!(
+                "{}/{} ({})",
+                o.namespace().unwrap_or_default(),
+                o.name_any(),
+                o.uid().unwrap_or_default()
+            )
+        })
         .collect();
     tracing::info!(
         account = %env.place.account,

@@ -7,9 +7,9 @@ use serde_json::json;
 
 use super::FINALIZER;
 use super::plan::{Observation, Plan};
+use crate::account::policy::Refusal;
 use crate::api::conditions::Phase;
 use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob};
-use crate::account::policy::Refusal;
 use crate::runtime::Error;
 
 /// What the resource's lifecycle asks of a reconcile.
@@ -195,20 +195,29 @@ mod tests {
             by_default: false,
         };
         // (policy, finalizer, deleting, refusal) -> what happens
-        let rows: Vec<((DeletionPolicy, bool, bool, &Refusal), fn(&AfterRefusal) -> bool)> = vec![
+        type Case<'a> = (DeletionPolicy, bool, bool, &'a Refusal);
+        type Check = fn(&AfterRefusal) -> bool;
+        let rows: Vec<(Case, Check)> = vec![
             ((Cancel, false, false, &not_permitted), |a| *a == AfterRefusal::Report),
             ((Cancel, true, false, &not_ready), |a| *a == AfterRefusal::Report),
             ((Orphan, false, false, &not_found), |a| *a == AfterRefusal::Report),
             // Deleting without our finalizer: nothing to hold (lifecycle forgets it).
             ((Cancel, false, true, &not_permitted), |a| *a == AfterRefusal::Report),
             // Cancel not allowed: released without a call, and it says so.
-            ((Cancel, true, true, &not_permitted), |a| {
-                matches!(a, AfterRefusal::Release(m) if m.contains("not cancelled") && m.contains("allowCancel"))
-            }),
-            ((Cancel, true, true, &not_found), |a| matches!(a, AfterRefusal::Release(m) if m.contains("not cancelled"))),
+            (
+                (Cancel, true, true, &not_permitted),
+                |a| matches!(a, AfterRefusal::Release(m) if m.contains("not cancelled") && m.contains("allowCancel")),
+            ),
+            (
+                (Cancel, true, true, &not_found),
+                |a| matches!(a, AfterRefusal::Release(m) if m.contains("not cancelled")),
+            ),
             // Credentials that do not work (yet): the finalizer waits.
             ((Cancel, true, true, &not_ready), |a| *a == AfterRefusal::Hold),
-            ((Orphan, true, true, &not_ready), |a| matches!(a, AfterRefusal::Release(m) if m.contains("Orphan"))),
+            (
+                (Orphan, true, true, &not_ready),
+                |a| matches!(a, AfterRefusal::Release(m) if m.contains("Orphan")),
+            ),
         ];
         for ((policy, finalizer, deleting, refusal), ok) in rows {
             let got = after_refusal(&obj(policy, finalizer, deleting), refusal);

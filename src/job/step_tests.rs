@@ -430,18 +430,41 @@ async fn refused_resources_never_call_say_which_rule_and_hold_no_one_in_conflict
     r.fed.put_verified("default", account_spec(&["nightly-*"], false));
     // (name, spec, the rule its message names)
     let refused = [
-        ("by-name", json!({"jobName": "weekly-2", "jobStatus": "USER_PAUSED"}), "spec.jobs.names"),
+        (
+            "by-name",
+            json!({"jobName": "weekly-2", "jobStatus": "USER_PAUSED"}),
+            "spec.jobs.names",
+        ),
         // By id: the name rule holds for the name Macie reports.
-        ("by-id", json!({"jobId": "j2", "jobStatus": "USER_PAUSED"}), "spec.jobs.names"),
-        ("cancel", json!({"jobId": "j1", "jobStatus": "CANCELLED"}), "allowCancel"),
-        ("cancel-on-delete", json!({"jobId": "j1", "jobStatus": "RUNNING", "deletionPolicy": "Cancel"}), "deletionPolicy Cancel"),
-        ("far", json!({"jobName": "nightly-1", "jobStatus": "USER_PAUSED", "region": "eu-west-1"}), "spec.regions"),
+        (
+            "by-id",
+            json!({"jobId": "j2", "jobStatus": "USER_PAUSED"}),
+            "spec.jobs.names",
+        ),
+        (
+            "cancel",
+            json!({"jobId": "j1", "jobStatus": "CANCELLED"}),
+            "allowCancel",
+        ),
+        (
+            "cancel-on-delete",
+            json!({"jobId": "j1", "jobStatus": "RUNNING", "deletionPolicy": "Cancel"}),
+            "deletionPolicy Cancel",
+        ),
+        (
+            "far",
+            json!({"jobName": "nightly-1", "jobStatus": "USER_PAUSED", "region": "eu-west-1"}),
+            "spec.regions",
+        ),
     ];
     for (name, spec, _) in &refused {
         r.create(object(name, spec.clone()));
     }
     // An allowed resource naming j1 with another status than "cancel" asks: not a conflict.
-    r.create(object("ok", json!({"jobName": "nightly-1", "jobStatus": "USER_PAUSED"})));
+    r.create(object(
+        "ok",
+        json!({"jobName": "nightly-1", "jobStatus": "USER_PAUSED"}),
+    ));
     r.sweeps(1).await;
     for (name, _, rule) in &refused {
         r.reconcile(name, 3).await;
@@ -454,7 +477,10 @@ async fn refused_resources_never_call_say_which_rule_and_hold_no_one_in_conflict
         assert!(message.contains(rule), "{name}: {message}");
         let o = r.get(name).unwrap();
         assert!(o.status.unwrap().job.is_none(), "{name}: nothing observed is shown");
-        assert!(o.metadata.finalizers.is_none(), "{name}: no finalizer for a refused resource");
+        assert!(
+            o.metadata.finalizers.is_none(),
+            "{name}: no finalizer for a refused resource"
+        );
     }
     assert!(macie.updates().is_empty(), "refused: no call");
     r.reconcile("ok", 3).await;
@@ -472,7 +498,10 @@ async fn a_refused_deletion_cancel_releases_the_finalizer_without_a_call() {
     macie.put(REGION, "j1", "n", "RUNNING");
     let mut r = rig(macie.clone());
     r.fed.put_verified("default", account_spec(&["*"], false));
-    let mut obj = object("m", json!({"jobId": "j1", "jobStatus": "RUNNING", "deletionPolicy": "Cancel"}));
+    let mut obj = object(
+        "m",
+        json!({"jobId": "j1", "jobStatus": "RUNNING", "deletionPolicy": "Cancel"}),
+    );
     obj["metadata"]["finalizers"] = json!([FINALIZER]);
     obj["metadata"]["deletionTimestamp"] = json!("2026-01-02T00:00:00Z");
     r.create(obj);
@@ -495,8 +524,12 @@ async fn an_account_without_working_credentials_holds_a_cancel_deletion() {
     macie.put(REGION, "j1", "n", "RUNNING");
     let mut r = rig(macie.clone());
     // Not verified (no status): AccountNotReady, a state that can pass.
-    r.fed.put(crate::api::MacieAccount::new("default", account_spec(&["*"], true)));
-    let mut obj = object("m", json!({"jobId": "j1", "jobStatus": "RUNNING", "deletionPolicy": "Cancel"}));
+    r.fed
+        .put(crate::api::MacieAccount::new("default", account_spec(&["*"], true)));
+    let mut obj = object(
+        "m",
+        json!({"jobId": "j1", "jobStatus": "RUNNING", "deletionPolicy": "Cancel"}),
+    );
     obj["metadata"]["finalizers"] = json!([FINALIZER]);
     obj["metadata"]["deletionTimestamp"] = json!("2026-01-02T00:00:00Z");
     r.create(obj);
@@ -504,7 +537,10 @@ async fn an_account_without_working_credentials_holds_a_cancel_deletion() {
     assert!(r.get("m").is_some(), "the finalizer waits for the account");
     assert_eq!(r.reason("m").1, "AccountNotReady");
     assert!(macie.updates().is_empty());
-    assert!(r.ctx.poller.places().is_empty(), "no sweeper for an account that is not ready");
+    assert!(
+        r.ctx.poller.places().is_empty(),
+        "no sweeper for an account that is not ready"
+    );
     // Verified: the cancel goes out once.
     r.fed.put_verified("default", account_spec(&["*"], true));
     r.sweeps(1).await;

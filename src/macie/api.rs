@@ -6,8 +6,8 @@ use aws_sdk_macie2::Client;
 use aws_sdk_macie2::types::{ListJobsSortAttributeName, ListJobsSortCriteria, OrderBy};
 use futures::future::BoxFuture;
 
-use super::{MacieError, Place};
 use super::jobs::observed;
+use super::{MacieError, Place};
 use crate::api::DesiredJobStatus;
 use crate::api::macie_job::ObservedJob;
 

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
-use super::{MacieError, Place};
 use super::api::{JobsPage, MacieApi};
+use super::{MacieError, Place};
 use crate::api::DesiredJobStatus;
 use crate::api::macie_job::ObservedJob;
 use crate::job::plan::JobStatus;

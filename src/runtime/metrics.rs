@@ -221,7 +221,10 @@ impl Metrics {
     /// Sets the job gauges of a region from a sweep's counts by status.
     pub fn set_jobs(&self, place: &Place, counts: &[(String, i64)]) {
         let mut known = self.job_statuses.lock().unwrap_or_else(|p| p.into_inner());
-        for l in known.iter().filter(|l| l.region == place.region && l.account == place.account) {
+        for l in known
+            .iter()
+            .filter(|l| l.region == place.region && l.account == place.account)
+        {
             self.jobs.get_or_create(l).set(0);
         }
         for (status, n) in counts {

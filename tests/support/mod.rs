@@ -170,7 +170,7 @@ impl Running {
     }
 }
 
-fn init_test_logging() {
+pub fn init_test_logging() {
     // Operator logs go to the test output; RUST_LOG picks the level (default warn).
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
     let _ = macie_operator::runtime::init_logging(macie_operator::runtime::LogFormat::Text, &filter);
@@ -358,12 +358,8 @@ impl DiscoveryHandle {
         tune(&mut config);
         let clients = static_clients(endpoint).await;
         let accounts = Accounts::start(client.clone(), clients.clone());
-        let controller = macie_operator::discovery::DiscoveryController::new(
-            client,
-            clients,
-            accounts.tenancy.clone(),
-            config,
-        );
+        let controller =
+            macie_operator::discovery::DiscoveryController::new(client, clients, accounts.tenancy.clone(), config);
         let engines = controller.engines();
         DiscoveryHandle {
             engines,
