@@ -37,7 +37,8 @@ wait_line "$work/cp.log" 's/^ready \(.*\)$/\1/p' "the API server" >/dev/null
 export KUBECONFIG=$work/kubeconfig
 $kubectl apply -f crds/ >/dev/null
 $kubectl wait --for condition=established --timeout=30s \
-  crd/maciejobs.macie.kubeops.dev crd/maciediscoveries.macie.kubeops.dev >/dev/null
+  crd/maciejobs.macie.kubeops.dev crd/maciediscoveries.macie.kubeops.dev \
+  crd/macieaccounts.macie.kubeops.dev >/dev/null
 echo "demo: CRDs installed from crds/"
 
 "$bin/macie-emulator" --seed examples/emulator-seed.yaml --addr 127.0.0.1:0 >"$work/emulator.log" 2>&1 &
@@ -45,16 +46,18 @@ pids+=("$!")
 url=$(wait_line "$work/emulator.log" 's/^macie-emulator listening on \(http:.*\)$/\1/p' "the emulator")
 echo "demo: macie-emulator at $url, seeded from examples/emulator-seed.yaml"
 
-AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true \
+AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_STS="$url" \
   "$bin/macie-operator" run --region us-east-1 --macie-endpoint "$url" --poll-interval 2s \
   --metrics-addr 127.0.0.1:0 --log "${DEMO_LOG:-info,kube=warn}" >"$work/operator.log" 2>&1 &
 pids+=("$!")
 echo "demo: macie-operator running (poll interval 2s; log: $work/operator.log)"
+$kubectl apply -f examples/macieaccounts.yaml
 $kubectl apply -f examples/maciejobs.yaml -f examples/maciediscovery.yaml
 echo
 
 show() {
   echo "--- $(date +%T)"
+  $kubectl get macieaccounts -o wide
   $kubectl get maciejobs -o wide
   $kubectl get maciediscoveries -o wide
 }

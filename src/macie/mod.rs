@@ -333,6 +333,35 @@ impl MacieApi for MacieClients {
     }
 }
 
+/// What replaces an IAM or STS principal ARN in an AWS error message.
+pub const REDACTED_PRINCIPAL: &str = "<the operator's AWS principal>";
+
+/// `message` with every IAM and STS ARN (`arn:<partition>:iam::...`, `arn:<partition>:sts::...`)
+/// replaced by [`REDACTED_PRINCIPAL`]: AWS error messages name the calling principal (the
+/// operator's role), and tenants read these messages in conditions and Events.
+pub fn redact_principals(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("arn:") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ')' | ']'))
+            .unwrap_or(tail.len());
+        let arn = &tail[..end];
+        // arn:<partition>:<service>:...
+        let service = arn.split(':').nth(2).unwrap_or_default();
+        if service == "iam" || service == "sts" {
+            out.push_str(REDACTED_PRINCIPAL);
+        } else {
+            out.push_str(arn);
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A failed Macie call, sorted by what the operator should do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MacieError {
@@ -424,7 +453,9 @@ impl MacieError {
             SdkError::ServiceError(se) => {
                 let e = se.err();
                 let code = e.code().unwrap_or("Unknown").to_string();
-                let message = e.message().unwrap_or("").to_string();
+                // Conditions and Events show this message to tenants: never the operator's
+                // role (AWS names the calling principal in AccessDenied messages).
+                let message = redact_principals(e.message().unwrap_or(""));
                 match code.as_str() {
                     "ThrottlingException" | "TooManyRequestsException" | "Throttling" => {
                         MacieError::Throttled { code, message }
@@ -472,4 +503,33 @@ impl MacieError {
 /// older than AWS accepts is RequestExpired.
 fn is_expired_code(code: &str) -> bool {
     matches!(code, "ExpiredToken" | "ExpiredTokenException" | "RequestExpired")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn principal_arns_are_redacted_and_other_text_kept() {
+        let rows = [
+            (
+                "User: arn:aws:sts::111122223333:assumed-role/macie-operator/macie-operator is not authorized to perform: macie2:UpdateClassificationJob",
+                "User: <the operator's AWS principal> is not authorized to perform: macie2:UpdateClassificationJob",
+            ),
+            (
+                "User: arn:aws-us-gov:iam::123456789012:root is not authorized on arn:aws:iam::1:role/x.",
+                "User: <the operator's AWS principal> is not authorized on <the operator's AWS principal>",
+            ),
+            (
+                "bucket arn:aws:s3:::my-bucket is fine",
+                "bucket arn:aws:s3:::my-bucket is fine",
+            ),
+            ("no arn here", "no arn here"),
+            ("", ""),
+            ("ends with arn:", "ends with arn:"),
+        ];
+        for (input, want) in rows {
+            assert_eq!(redact_principals(input), want, "{input}");
+        }
+    }
 }

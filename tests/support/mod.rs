@@ -31,7 +31,6 @@ pub async fn control_plane() -> Result<&'static ControlPlane> {
         .get_or_try_init(|| async {
             let cp = ControlPlane::start().await?;
             install_crds(&cp).await?;
-            default_account(&cp.client().await?).await?;
             Ok::<_, anyhow::Error>(cp)
         })
         .await
@@ -46,9 +45,11 @@ pub struct Scene {
     pub emu: EmulatorHandle,
 }
 
+/// (with the `default` MacieAccount, as the chart's default values create it).
 pub async fn scene(namespace_name: &str) -> Result<Scene> {
     let cp = control_plane().await?;
     let client = cp.client().await?;
+    default_account(&client).await?;
     let ns = namespace(&client, namespace_name).await?;
     let emu = EmulatorHandle::start(Seed::default()).await?;
     Ok(Scene { cp, client, ns, emu })
@@ -235,6 +236,7 @@ impl OperatorHandle {
             instance: Some("e2e".into()),
         };
         tune(&mut config);
+        default_account(&client).await.expect("the default MacieAccount");
         let accounts = Accounts::start(client.clone(), clients.clone());
         let controller = JobController::new(client, clients.clone(), accounts.tenancy.clone(), config);
         let poller = controller.poller();
