@@ -574,7 +574,26 @@ async fn refusals_never_reach_macie_and_a_changed_account_decides_again() -> Res
         assert_ne!(ready_of(&v).unwrap().0, "Converged", "{name}");
     }
 
-    clean_up(&client, &[&ns, &outsider], &["t2-team-a"]).await?;
+    // A namespace gains the selected label: its refused resource is decided again at once.
+    let late = labelled_namespace(&client, "refused-late", &[("team", "d")]).await?;
+    let late_jobs: Api<MacieJob> = Api::namespaced(client.clone(), &late);
+    create(
+        &late_jobs,
+        "late",
+        json!({"jobName": "nightly", "jobStatus": "USER_PAUSED", "accountRef": at("t2-team-a")}),
+    )
+    .await?;
+    wait_ready_reason(&late_jobs, "late", "AccountNotFound").await?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            &late,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+        )
+        .await?;
+    wait_ready_reason(&late_jobs, "late", "Converged").await?;
+
+    clean_up(&client, &[&ns, &outsider, &late], &["t2-team-a"]).await?;
     assert_eq!(
         calls(&emu)
             .iter()

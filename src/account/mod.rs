@@ -78,6 +78,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Drives a reflector's stream, telling the subscribers what changed once the cache holds it.
+fn spawn_watch<K: kube::Resource<DynamicType = ()> + Send + 'static>(
+    stream: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    subscribers: Arc<Mutex<Vec<Subscriber>>>,
+    change: fn(&K) -> Change,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(stream.for_each(move |r| {
+        match r {
+            Ok(obj) => {
+                let c = change(&obj);
+                for s in lock(&subscribers).iter() {
+                    s(&c);
+                }
+            }
+            Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
+        }
+        std::future::ready(())
+    }))
+}
+
 impl Tenancy {
     /// Starts watching MacieAccounts and namespaces (metadata only). Resources without
     /// spec.accountRef use the MacieAccount named `default_account`.
@@ -85,50 +105,25 @@ impl Tenancy {
         let subscribers: Arc<Mutex<Vec<Subscriber>>> = Arc::default();
         let (accounts, account_writer) = reflector::store::<MacieAccount>();
         let (namespaces, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-        let notify = |subs: Arc<Mutex<Vec<Subscriber>>>, change: Change| {
-            for s in lock(&subs).iter() {
-                s(&change);
-            }
-        };
-        let account_task = {
-            let subs = subscribers.clone();
-            let stream = watcher(Api::<MacieAccount>::all(client.clone()), watcher::Config::default())
+        let account_task = spawn_watch(
+            watcher(Api::<MacieAccount>::all(client.clone()), watcher::Config::default())
                 .default_backoff()
                 .reflect(account_writer)
-                .touched_objects();
-            tokio::spawn(async move {
-                stream
-                    .for_each(|r| {
-                        match r {
-                            Ok(a) => notify(subs.clone(), Change::Account(a.name_any())),
-                            Err(e) => tracing::warn!(error = %e, "watching MacieAccounts failed; retrying"),
-                        }
-                        std::future::ready(())
-                    })
-                    .await;
-            })
-        };
-        let ns_task = {
-            let subs = subscribers.clone();
-            let stream = watcher(
+                .touched_objects(),
+            subscribers.clone(),
+            |a: &MacieAccount| Change::Account(a.name_any()),
+        );
+        let ns_task = spawn_watch(
+            watcher(
                 Api::<PartialObjectMeta<Namespace>>::all(client),
                 watcher::Config::default(),
             )
             .default_backoff()
             .reflect(ns_writer)
-            .touched_objects();
-            tokio::spawn(async move {
-                stream
-                    .for_each(|r| {
-                        match r {
-                            Ok(n) => notify(subs.clone(), Change::Namespace(n.name_any())),
-                            Err(e) => tracing::warn!(error = %e, "watching namespaces failed; retrying"),
-                        }
-                        std::future::ready(())
-                    })
-                    .await;
-            })
-        };
+            .touched_objects(),
+            subscribers.clone(),
+            |n: &PartialObjectMeta<Namespace>| Change::Namespace(n.name_any()),
+        );
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let ready_task = {
             let (accounts, namespaces) = (accounts.clone(), namespaces.clone());

@@ -64,6 +64,35 @@ impl AwsTimeouts {
     pub const CONNECT: Duration = Duration::from_millis(3100);
 }
 
+impl AwsTimeouts {
+    /// The SDK timeout configuration of a call with these budgets (the base configuration's
+    /// connect timeout, else [`AwsTimeouts::CONNECT`]). An attempt that gets no answer (a
+    /// connection accepted but never answered) ends as SdkError::TimeoutError, which
+    /// `MacieError::from_sdk` sorts as Uncertain (code "Timeout").
+    pub fn sdk_config(&self, base: &aws_config::SdkConfig) -> TimeoutConfig {
+        let mut timeouts = TimeoutConfig::builder()
+            .operation_attempt_timeout(self.attempt)
+            .operation_timeout(self.operation)
+            .build();
+        if let Some(base) = base.timeout_config() {
+            timeouts.take_defaults_from(base);
+        }
+        if timeouts.connect_timeout().is_none() {
+            timeouts = timeouts.to_builder().connect_timeout(AwsTimeouts::CONNECT).build();
+        }
+        timeouts
+    }
+}
+
+/// The SDK's standard retry mode (jittered exponential backoff from 200 ms up to 5 s,
+/// throttling and transient errors) with at most `max_attempts` attempts.
+pub fn standard_retries(max_attempts: u32) -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(max_attempts)
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(5))
+}
+
 impl Default for AwsTimeouts {
     fn default() -> Self {
         AwsTimeouts {
@@ -265,14 +294,9 @@ impl MacieClients {
     fn build_client(&self, region: &str, credentials: Option<SessionCredentials>) -> Client {
         let mut conf = aws_sdk_macie2::config::Builder::from(&self.base)
             .region(Region::new(region.to_string()))
-            // Reads are retried by the SDK (standard mode: jittered exponential backoff,
-            // throttling and transient errors). Updates are not: see `update_job`.
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(4)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(5)),
-            );
+            // Reads are retried by the SDK. Updates are not: see `update_job`.
+            .retry_config(standard_retries(4))
+            .timeout_config(self.timeouts.sdk_config(&self.base));
         if let Some(c) = credentials {
             // The session caches itself (refreshed before expiry, dropped on ExpiredToken):
             // no second cache in front of it.
@@ -283,20 +307,6 @@ impl MacieClients {
         if let Some(e) = &self.endpoint {
             conf = conf.endpoint_url(e);
         }
-        // Every call has a budget: an attempt that gets no answer (a connection that
-        // is accepted but never answered) ends as SdkError::TimeoutError, which
-        // `MacieError::from_sdk` sorts as Uncertain (code "Timeout").
-        let mut timeouts = TimeoutConfig::builder()
-            .operation_attempt_timeout(self.timeouts.attempt)
-            .operation_timeout(self.timeouts.operation)
-            .build();
-        if let Some(base) = self.base.timeout_config() {
-            timeouts.take_defaults_from(base);
-        }
-        if timeouts.connect_timeout().is_none() {
-            timeouts = timeouts.to_builder().connect_timeout(AwsTimeouts::CONNECT).build();
-        }
-        conf = conf.timeout_config(timeouts);
         Client::from_conf(conf.build())
     }
 }
