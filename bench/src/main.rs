@@ -134,6 +134,7 @@ impl Env {
         let client = cp.client().await?;
         let ns = testkit::create_namespace(&client, "bench").await?;
         let emu = Background::start(Seed::default(), REGION, ACCOUNT).await?;
+        default_account(&client).await?;
         Ok(Env { cp, client, ns, emu })
     }
 
@@ -148,6 +149,27 @@ impl Env {
     fn requests(&self, op: &str) -> u64 {
         self.emu.state.lock().counters.get(op).map_or(0, |c| c.requests)
     }
+}
+
+/// The `default` MacieAccount as the chart's default values create it: the operator's own
+/// credentials, every namespace, every job, cancel allowed, every discovery account.
+async fn default_account(client: &kube::Client) -> Result<()> {
+    use kube::api::{Api, Patch, PatchParams};
+    use macie_operator::api::MacieAccount;
+    let obj: MacieAccount = serde_json::from_value(serde_json::json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieAccount",
+        "metadata": {"name": "default"},
+        "spec": {"regions": [REGION], "namespaceSelector": {},
+                 "jobs": {"names": ["*"], "allowCancel": true}, "discovery": {"accountIds": ["*"]}}
+    }))?;
+    Api::<MacieAccount>::all(client.clone())
+        .patch(
+            "default",
+            &PatchParams::apply("macie-bench").force(),
+            &Patch::Apply(&obj),
+        )
+        .await?;
+    Ok(())
 }
 
 /// The release operator as a child process.
@@ -175,6 +197,7 @@ impl Operator {
             .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
             .env("AWS_SECRET_ACCESS_KEY", "secret")
             .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ENDPOINT_URL_STS", &env.emu.url)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(log)?)
             .kill_on_drop(true)
