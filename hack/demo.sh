@@ -91,7 +91,10 @@ $kubectl get events --sort-by=.lastTimestamp -o custom-columns=OBJECT:.involvedO
 echo "demo: calls the emulator saw:"
 curl -fsS "$url/__admin/calls" | python3 -c 'import json, sys
 for c in json.load(sys.stdin)["calls"]:
+    who = "account %s" % c.get("awsAccountId")
     if c["operation"] == "UpdateClassificationJob":
-        print("  UpdateClassificationJob %s: %s -> %s: %s" % (c["jobId"], c.get("fromStatus"), c.get("requestedStatus"), c["outcome"]))
+        print("  %s UpdateClassificationJob %s: %s -> %s: %s" % (who, c["jobId"], c.get("fromStatus"), c.get("requestedStatus"), c["outcome"]))
+    elif c["operation"] == "AssumeRole":
+        print("  %s AssumeRole %s (session %s): %s" % (who, c.get("roleArn"), c.get("roleSessionName"), c["outcome"]))
     else:
-        print("  %s: %s" % (c["operation"], ", ".join("%s=%s %s" % (a["accountId"], a["status"], a["outcome"]) for a in c["accounts"])))'
+        print("  %s %s: %s" % (who, c["operation"], ", ".join("%s=%s %s" % (a["accountId"], a["status"], a["outcome"]) for a in c.get("accounts", []))))'
