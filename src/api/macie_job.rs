@@ -41,6 +41,14 @@ use serde::{Deserialize, Serialize};
     {
         "rule": "has(self.accountRef) == has(oldSelf.accountRef)",
         "message": "spec.accountRef cannot be added or removed after creation: create a new MacieJob to use another account"
+    },
+    {
+        "rule": "!has(self.definition) || (has(self.jobName) && !has(self.jobId))",
+        "message": "spec.definition requires spec.jobName (the name of the job to create) and cannot be used with spec.jobId"
+    },
+    {
+        "rule": "has(self.definition) == has(oldSelf.definition)",
+        "message": "spec.definition cannot be added or removed after creation: Macie cannot change a job's settings; create a new MacieJob"
     }
 ]))]
 pub struct MacieJobSpec {
@@ -80,6 +88,16 @@ pub struct MacieJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.accountRef is immutable"}]))]
     pub account_ref: Option<crate::api::AccountRef>,
+
+    /// A classification job to create when none with jobName exists: the operator calls
+    /// CreateClassificationJob once (a client token derived from this resource's UID makes a
+    /// retried call create nothing new) and then keeps the job in jobStatus. Requires jobName;
+    /// a job of that name this resource did not create is never adopted (NameInUse). The
+    /// MacieAccount must allow it (spec.jobs.allowCreate). Immutable: Macie cannot change a
+    /// job's settings; to change a job, create a new MacieJob and delete this one with
+    /// deletionPolicy Cancel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<crate::api::job_definition::JobDefinition>,
 
     /// What happens to the Macie job when this resource is deleted. Orphan (default): the job
     /// is left as it is. Cancel: the operator cancels the job first (a finalizer holds the

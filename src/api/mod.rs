@@ -1,6 +1,7 @@
 //! Custom resource types: one file per kind, plus the shared conditions.
 
 pub mod conditions;
+pub mod job_definition;
 pub mod macie_account;
 pub mod macie_discovery;
 pub mod macie_job;

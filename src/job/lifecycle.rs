@@ -120,6 +120,7 @@ mod tests {
                 job_status: DesiredJobStatus::UserPaused,
                 region: None,
                 account_ref: None,
+                definition: None,
                 deletion_policy: policy,
             },
         );

@@ -890,6 +890,7 @@ mod tests {
             job_status: DesiredJobStatus::Running,
             region: None,
             account_ref: None,
+            definition: None,
             deletion_policy: DeletionPolicy::Orphan,
         };
         assert!(names_job(&spec(Some("j1"), None), &job, &by_name));
