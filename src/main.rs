@@ -77,6 +77,10 @@ struct RunArgs {
     /// lost and may be made again). Wall-clock time alone never does.
     #[arg(long, env = "MACIE_OPERATOR_STEP_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     step_timeout: Duration,
+    /// CreateClassificationJob calls per second per AWS account and region (spec.definition);
+    /// creates beyond it wait their turn (WaitingForCreateQuota). Macie publishes 0.1.
+    #[arg(long, env = "MACIE_OPERATOR_CREATE_RATE", default_value_t = 0.1, value_parser = parse_rate)]
+    create_rate: f64,
     /// Reconciles running at once.
     #[arg(long, env = "MACIE_OPERATOR_CONCURRENCY", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -132,6 +136,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1000.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate from above 0 to 1000 per second")),
+    }
 }
 
 fn parse_batch_size(s: &str) -> Result<usize, String> {
@@ -254,6 +265,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         },
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
+        create_rate: args.create_rate,
         instance: Some(identity.clone()),
     };
 

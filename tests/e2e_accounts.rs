@@ -61,6 +61,7 @@ impl Operator {
             },
             namespace: None,
             concurrency: 8,
+            create_rate: 0.1,
             instance: Some("e2e".into()),
         };
         let jobs = JobController::new(client.clone(), clients.clone(), accounts.tenancy.clone(), config);

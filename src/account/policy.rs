@@ -33,6 +33,8 @@ pub enum Rule {
     Cancel,
     /// `spec.jobs.allowCancel` is false and the resource has `deletionPolicy: Cancel`.
     DeletionPolicyCancel,
+    /// `spec.jobs.allowCreate` is false and the resource has a `spec.definition`.
+    Create,
     /// `spec.discovery.accountIds` does not include the member account.
     DiscoveryAccount(String),
     /// `spec.discovery.allowedStatuses` does not include the status.
@@ -84,6 +86,9 @@ impl Refusal {
                 ),
                 Rule::DeletionPolicyCancel => format!(
                     "spec.jobs.allowCancel of MacieAccount {account:?} is false: deletionPolicy Cancel is not allowed"
+                ),
+                Rule::Create => format!(
+                    "spec.jobs.allowCreate of MacieAccount {account:?} is false: spec.definition (creating a job) is not allowed"
                 ),
                 Rule::DiscoveryAccount(id) => {
                     format!("spec.discovery.accountIds of MacieAccount {account:?} does not include {id}")
@@ -222,6 +227,8 @@ pub struct JobAsk<'a> {
     pub name: Option<&'a str>,
     pub desired: DesiredJobStatus,
     pub deletion_policy: DeletionPolicy,
+    /// The resource creates its job (spec.definition).
+    pub create: bool,
 }
 
 /// Whether `account`'s job rules allow what a MacieJob asks.
@@ -236,6 +243,9 @@ pub fn job_allowed(account: &str, rules: &JobRules, ask: JobAsk<'_>) -> Result<(
         && !rules.names.iter().any(|p| glob(p, name))
     {
         return refuse(Rule::JobName(name.to_string()));
+    }
+    if ask.create && !rules.allow_create {
+        return refuse(Rule::Create);
     }
     if !rules.allow_cancel {
         if ask.desired == DesiredJobStatus::Cancelled {
@@ -498,6 +508,7 @@ mod tests {
             name,
             desired,
             deletion_policy,
+            create: false,
         };
         use DeletionPolicy::{Cancel as DelCancel, Orphan};
         use DesiredJobStatus::{Cancelled, Running, UserPaused};
@@ -544,6 +555,39 @@ mod tests {
                 Some(Rule::JobName("weekly-1".into())),
             ),
         ];
+        // Creating needs allowCreate; the name rule is named first.
+        let creating = |name, allow_create| {
+            let rules = JobRules {
+                names: vec!["nightly-*".into()],
+                allow_cancel: false,
+                allow_create,
+            };
+            job_allowed(
+                "acct",
+                &rules,
+                JobAsk {
+                    name: Some(name),
+                    desired: Running,
+                    deletion_policy: Orphan,
+                    create: true,
+                },
+            )
+        };
+        assert_eq!(creating("nightly-1", true), Ok(()));
+        assert_eq!(
+            creating("nightly-1", false),
+            Err(Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::Create
+            })
+        );
+        assert_eq!(
+            creating("weekly", false),
+            Err(Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::JobName("weekly".into())
+            })
+        );
         for (i, (r, a, want)) in rows.into_iter().enumerate() {
             let got = job_allowed("acct", &r, a);
             match want {
@@ -643,6 +687,10 @@ mod tests {
             },
             Refusal::NotPermitted {
                 account: "acct".into(),
+                rule: Rule::Create,
+            },
+            Refusal::NotPermitted {
+                account: "acct".into(),
                 rule: Rule::DiscoveryAccount("111111111111".into()),
             },
             Refusal::NotPermitted {
@@ -659,6 +707,7 @@ mod tests {
             "spec.jobs.names",
             "spec.jobs.allowCancel",
             "deletionPolicy Cancel",
+            "spec.jobs.allowCreate",
             "spec.discovery.accountIds",
             "spec.discovery.allowedStatuses",
         ];

@@ -70,6 +70,16 @@ pub enum Reason {
     AccountNotFound,
     /// MacieAccount: credentials obtained and verified.
     Verified,
+    /// MacieJob with spec.definition: a job of the name exists that this resource did not
+    /// create; it is not adopted and nothing is created.
+    NameInUse,
+    /// MacieJob with spec.definition: waiting for its turn in the create queue (the
+    /// CreateClassificationJob quota), or throttled.
+    WaitingForCreateQuota,
+    /// MacieJob with spec.definition: CreateClassificationJob sent; waiting for the job.
+    Creating,
+    /// MacieJob with spec.definition: Macie refused CreateClassificationJob.
+    CreateFailed,
 }
 
 /// The type of Event a reason is announced with.
@@ -105,6 +115,10 @@ impl Reason {
             Reason::RegionNotAllowed => "RegionNotAllowed",
             Reason::AccountNotFound => "AccountNotFound",
             Reason::Verified => "Verified",
+            Reason::NameInUse => "NameInUse",
+            Reason::WaitingForCreateQuota => "WaitingForCreateQuota",
+            Reason::Creating => "Creating",
+            Reason::CreateFailed => "CreateFailed",
         }
     }
 
@@ -123,7 +137,9 @@ impl Reason {
             | Reason::UpdateRejected
             | Reason::WaitingForSweep
             | Reason::MacieError
-            | Reason::Pending => Phase::Reconciling,
+            | Reason::Pending
+            | Reason::WaitingForCreateQuota
+            | Reason::Creating => Phase::Reconciling,
             Reason::AmbiguousName
             | Reason::PausedByMacie
             | Reason::AccessDenied
@@ -133,7 +149,9 @@ impl Reason {
             | Reason::NotPermitted
             | Reason::AccountNotReady
             | Reason::RegionNotAllowed
-            | Reason::AccountNotFound => Phase::Stalled,
+            | Reason::AccountNotFound
+            | Reason::NameInUse
+            | Reason::CreateFailed => Phase::Stalled,
         }
     }
 
@@ -141,7 +159,9 @@ impl Reason {
     pub fn announce(self) -> Announce {
         match self {
             // The call's own Event (or the resource's creation) already said it.
-            Reason::Transitioning | Reason::Pending => Announce::Silent,
+            Reason::Transitioning | Reason::Pending | Reason::WaitingForCreateQuota | Reason::Creating => {
+                Announce::Silent
+            }
             Reason::Converged | Reason::TerminalState | Reason::WaitingForSweep | Reason::Verified => Announce::Normal,
             _ => Announce::Warning,
         }
@@ -153,7 +173,7 @@ impl Reason {
 }
 
 /// Every reason (tests and parsing).
-pub const ALL_REASONS: [Reason; 21] = [
+pub const ALL_REASONS: [Reason; 25] = [
     Reason::Converged,
     Reason::Transitioning,
     Reason::TerminalState,
@@ -175,6 +195,10 @@ pub const ALL_REASONS: [Reason; 21] = [
     Reason::RegionNotAllowed,
     Reason::AccountNotFound,
     Reason::Verified,
+    Reason::NameInUse,
+    Reason::WaitingForCreateQuota,
+    Reason::Creating,
+    Reason::CreateFailed,
 ];
 
 /// Builds the three conditions for `summary`, keeping `lastTransitionTime` from `previous` when

@@ -167,6 +167,11 @@ pub struct MacieJobStatus {
     /// The last UpdateClassificationJob call the operator made for this resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition: Option<RequestedTransition>,
+
+    /// spec.definition: the CreateClassificationJob call for this resource, written before
+    /// the call (so that it is never repeated) and completed with the job it created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation: Option<CreationRecord>,
 }
 
 /// A Macie job as ListClassificationJobs reports it.
@@ -235,4 +240,38 @@ pub enum TransitionOutcome {
     Succeeded,
     Failed,
     Superseded,
+}
+
+/// The create of a MacieJob with spec.definition.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreationRecord {
+    /// The idempotency token sent (derived from the resource's UID): a job with this token is
+    /// this resource's job.
+    pub client_token: String,
+    /// When the call was made (whole seconds, rounded up).
+    pub requested_at: Time,
+    /// Pending (sent; its result not known yet), Succeeded, NotProcessed (throttled: sent again
+    /// later) or Failed (refused: sent again at retryAt).
+    pub outcome: CreationOutcome,
+    /// The job created (the resource follows it from then on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// When a create that was not processed or was refused is sent again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Time>,
+    /// The AWS error code of a failed create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub message: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CreationOutcome {
+    Pending,
+    Succeeded,
+    NotProcessed,
+    Failed,
 }

@@ -1,6 +1,7 @@
 //! The MacieJob controller: observe (the shared sweep) -> plan (pure) -> act
 //! (UpdateClassificationJob) -> status (server-side apply) and Events.
 
+pub mod create;
 pub mod lifecycle;
 pub mod outcome;
 pub mod ownership;
@@ -22,11 +23,13 @@ use kube::{Resource, ResourceExt};
 use crate::account::policy::{self, JobAsk, Refusal};
 use crate::account::{Admitted, Change, Tenancy};
 use crate::api::conditions::{self, Summary};
-use crate::api::macie_job::{ObservedJob, RequestedTransition, TransitionOutcome};
+use crate::api::macie_job::{CreationOutcome, CreationRecord, ObservedJob, RequestedTransition, TransitionOutcome};
 use crate::api::{DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
+use crate::macie::api::NewJob;
 use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView};
 use crate::macie::{MacieClients, MacieError, Place};
 use crate::runtime::{Error, Failures, MANAGER, status};
+use create::{CreateAction, CreateQueue, Ticket, Waiting};
 use lifecycle::{AfterRefusal, Lifecycle, after_refusal, lifecycle, release_after_cancel, set_finalizer};
 use outcome::{CallEvent, CallVerdict};
 use ownership::Declaration;
@@ -49,6 +52,9 @@ pub struct Config {
     pub concurrency: u16,
     /// Name of this instance in Events (the pod name in a cluster).
     pub instance: Option<String>,
+    /// CreateClassificationJob calls per second per (account, region) (the published quota
+    /// is 0.1).
+    pub create_rate: f64,
 }
 
 /// Shared by every reconcile.
@@ -73,6 +79,14 @@ pub struct Context {
     waiters: Waiters,
     /// Reconciles a resource now (a peer whose conflict this reconcile may have ended).
     trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<MacieJob>>,
+    /// What this process knows of each resource's create (spec.definition): the source of
+    /// truth within this process, with the status as the fallback after a restart.
+    creations: Arc<Mutex<HashMap<ObjectRef<MacieJob>, CreationRecord>>>,
+    /// The client token of jobs (DescribeClassificationJob), by place and job id: whose job it
+    /// is never changes.
+    tokens: Arc<Mutex<HashMap<(Place, String), String>>>,
+    /// Creates wait their turn per place (the CreateClassificationJob quota).
+    queue: Arc<Mutex<CreateQueue<Place, ObjectRef<MacieJob>>>>,
 }
 
 /// What this process knows of a resource's step.
@@ -120,6 +134,7 @@ fn job_rules(obj: &MacieJob, admitted: &Admitted, name: Option<&str>) -> Result<
             name,
             desired: obj.spec.job_status,
             deletion_policy: obj.spec.deletion_policy,
+            create: obj.spec.definition.is_some(),
         },
     )
 }
@@ -148,7 +163,21 @@ impl Context {
         let oref = ObjectRef::from_obj(obj);
         lock(&self.steps).remove(&oref);
         lock(&self.waiters).remove(&oref);
+        lock(&self.creations).remove(&oref);
+        lock(&self.queue).leave(&oref);
         self.failures.clear(obj);
+    }
+
+    /// The resource's create: in memory, else the write-ahead status after a restart.
+    fn creation_for(&self, oref: &ObjectRef<MacieJob>, status: Option<&MacieJobStatus>) -> Option<CreationRecord> {
+        lock(&self.creations)
+            .get(oref)
+            .cloned()
+            .or_else(|| status?.creation.clone())
+    }
+
+    fn remember_creation(&self, oref: &ObjectRef<MacieJob>, record: CreationRecord) {
+        lock(&self.creations).insert(oref.clone(), record);
     }
 
     /// The other MacieJobs that name `job` at `place` and may act on it (admitted by the same
@@ -374,6 +403,7 @@ impl JobController {
             controller: MANAGER.into(),
             instance: config.instance.clone(),
         };
+        let config_rate = config.create_rate;
         let ctx = Arc::new(Context {
             trigger: trigger_tx,
             recorder: Recorder::new(client.clone(), reporter),
@@ -386,6 +416,9 @@ impl JobController {
             steps,
             failures,
             waiters,
+            creations: Arc::default(),
+            tokens: Arc::default(),
+            queue: Arc::new(Mutex::new(CreateQueue::new(config_rate))),
         });
         JobController {
             controller,
@@ -484,7 +517,35 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
     let oref = ObjectRef::from_obj(obj);
     let place = admitted.place.clone();
     let view = ctx.poller.view(&place);
-    let observation = resolve(&obj.spec, &view);
+    let snapshot_at = view.snapshot.as_ref().map(|s| s.started_at);
+    let mut creation = ctx.creation_for(&oref, obj.status.as_ref());
+    let mut observation = resolve(&obj.spec, &view);
+    // spec.definition: create the job once, then follow it by id.
+    if let Some(definition) = &obj.spec.definition {
+        let asked = CreateAsk {
+            api: &api,
+            obj,
+            place: &place,
+            definition,
+            desired,
+            observation: &observation,
+            snapshot_at,
+            record: creation.clone(),
+        };
+        match create_step(ctx, asked).await? {
+            Created::Follow(job_id, record) => {
+                creation = Some(record);
+                let followed = MacieJobSpec {
+                    job_id: Some(job_id),
+                    job_name: None,
+                    ..obj.spec.clone()
+                };
+                observation = resolve(&followed, &view);
+            }
+            Created::ByName => {}
+            Created::Done(action) => return Ok(action),
+        }
+    }
     // A job named by id: the name rule holds for the name Macie reports, so an id cannot
     // bypass it.
     if obj.spec.job_id.is_some()
@@ -493,7 +554,6 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
     {
         return refused(ctx, &api, obj, &refusal).await;
     }
-    let snapshot_at = view.snapshot.as_ref().map(|s| s.started_at);
     let step = ctx.step_for(&oref, obj.status.as_ref());
     let now = Timestamp::now();
 
@@ -573,6 +633,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
                 summary: &summary,
                 last_transition: Some(intent),
                 snapshot_at,
+                creation: creation.clone(),
             },
         )
         .await?;
@@ -608,6 +669,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
             summary: &summary,
             last_transition,
             snapshot_at,
+            creation,
         },
     )
     .await?;
@@ -737,6 +799,326 @@ async fn act(ctx: &Context, obj: &MacieJob, place: &Place, step: Step, prev_atte
     verdict
 }
 
+/// What the create step is given.
+struct CreateAsk<'a> {
+    api: &'a Api<MacieJob>,
+    obj: &'a MacieJob,
+    place: &'a Place,
+    definition: &'a crate::api::job_definition::JobDefinition,
+    desired: DesiredJobStatus,
+    /// The place's latest sweep, by the job's name.
+    observation: &'a Observation<'a>,
+    snapshot_at: Option<Timestamp>,
+    record: Option<CreationRecord>,
+}
+
+/// What the create step leaves to the rest of the reconcile.
+enum Created {
+    /// The resource's own job: keep it in the desired status.
+    Follow(String, CreationRecord),
+    /// Nothing to create now; the plan reports on the job by name (no sweep yet, several jobs
+    /// of the name).
+    ByName,
+    /// The reconcile ends here (a create was sent, waits its turn, or cannot be made).
+    Done(Action),
+}
+
+/// spec.definition: whose job carries the name, and the create, exactly once (see `create`).
+async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Created, Error> {
+    let CreateAsk {
+        api,
+        obj,
+        place,
+        definition,
+        desired,
+        observation,
+        snapshot_at,
+        record,
+    } = ask;
+    let oref = ObjectRef::from_obj(obj);
+    let ours = create::client_token(&obj.uid().unwrap_or_default());
+    let name = obj.spec.job_name.clone().unwrap_or_default();
+    let status = |summary: Summary, record: Option<CreationRecord>| async move {
+        let stored = obj.status.clone().unwrap_or_default();
+        write_status(
+            api,
+            obj,
+            ctx,
+            StatusUpdate {
+                prev: &stored,
+                region: &place.region,
+                job: None,
+                summary: &summary,
+                last_transition: stored.last_transition.clone(),
+                snapshot_at: None,
+                creation: record,
+            },
+        )
+        .await
+        .map(|_| ())
+    };
+    // At most one DescribeClassificationJob per reconcile: its answer decides again.
+    for _ in 0..2 {
+        let now = Timestamp::now();
+        let action = create::decide(create::Facts {
+            desired,
+            record: record.as_ref(),
+            observation,
+            snapshot_at,
+            token_of: |id: &str| lock(&ctx.tokens).get(&(place.clone(), id.to_string())).cloned(),
+            ours: &ours,
+            step_timeout: ctx.config.plan.step_timeout,
+            now,
+        });
+        match action {
+            CreateAction::Follow(job_id) => {
+                let r = match record {
+                    Some(r) if r.job_id.as_deref() == Some(job_id.as_str()) => r,
+                    // Found through its token (the create's answer was lost, or a restart).
+                    other => CreationRecord {
+                        client_token: ours.clone(),
+                        requested_at: other.map_or(Time(plan::ceil_second(now)), |r| r.requested_at),
+                        outcome: CreationOutcome::Succeeded,
+                        job_id: Some(job_id.clone()),
+                        retry_at: None,
+                        error_code: None,
+                        message: None,
+                    },
+                };
+                lock(&ctx.queue).leave(&oref);
+                ctx.remember_creation(&oref, r.clone());
+                return Ok(Created::Follow(job_id, r));
+            }
+            CreateAction::Describe(job_id) => {
+                let r = ctx.clients.api().job_client_token(place, &job_id).await;
+                ctx.clients
+                    .metrics()
+                    .call("DescribeClassificationJob", MacieError::outcome(&r));
+                match r {
+                    Ok(token) => {
+                        lock(&ctx.tokens).insert((place.clone(), job_id), token.unwrap_or_default());
+                    }
+                    Err(e) => {
+                        let reason = if matches!(e, MacieError::AccessDenied { .. }) {
+                            Reason::AccessDenied
+                        } else {
+                            Reason::MacieError
+                        };
+                        status(
+                            reason.summary(format!(
+                                "DescribeClassificationJob {job_id} (is the job of this name ours?) failed: {e}"
+                            )),
+                            record,
+                        )
+                        .await?;
+                        return Ok(Created::Done(ctx.failures.retry(obj, &e)));
+                    }
+                }
+            }
+            CreateAction::NameInUse(job_id) => {
+                lock(&ctx.queue).leave(&oref);
+                status(
+                    Reason::NameInUse.summary(format!(
+                        "a job named {name:?} ({job_id}) exists and was not created by this MacieJob: it is not adopted and no job is created; manage it with spec.jobId in a MacieJob without a definition, or choose another jobName"
+                    )),
+                    record,
+                )
+                .await?;
+                return Ok(Created::Done(Action::await_change()));
+            }
+            CreateAction::Ambiguous | CreateAction::Wait(Waiting::ForSweep) => return Ok(Created::ByName),
+            CreateAction::NothingToCreate => {
+                lock(&ctx.queue).leave(&oref);
+                status(
+                    Reason::TerminalState.summary(format!(
+                        "jobStatus is CANCELLED and no job named {name:?} exists: nothing is created"
+                    )),
+                    record,
+                )
+                .await?;
+                return Ok(Created::Done(Action::await_change()));
+            }
+            CreateAction::Wait(Waiting::ForCreated) => {
+                let at = record.as_ref().map_or(now, |r| r.requested_at.0);
+                ctx.wake_after_sweep(&oref, place, at);
+                status(
+                    Reason::Creating.summary(format!(
+                        "CreateClassificationJob {name:?} sent at {at}; waiting for a sweep to show the job"
+                    )),
+                    record,
+                )
+                .await?;
+                return Ok(Created::Done(Action::await_change()));
+            }
+            CreateAction::Wait(Waiting::ForRetry(at)) => {
+                let summary = match record.as_ref() {
+                    Some(CreationRecord {
+                        outcome: CreationOutcome::Failed,
+                        message,
+                        ..
+                    }) => Reason::CreateFailed
+                        .summary(format!("{}; sent again at {at}", message.clone().unwrap_or_default())),
+                    _ => Reason::WaitingForCreateQuota
+                        .summary(format!("CreateClassificationJob was throttled; sent again at {at}")),
+                };
+                status(summary, record).await?;
+                return Ok(Created::Done(requeue_at(at)));
+            }
+            CreateAction::Create => {
+                let ticket = lock(&ctx.queue).ticket(place, &oref, std::time::Instant::now());
+                if let Ticket::Wait { position, at } = ticket {
+                    let wait = at.saturating_duration_since(std::time::Instant::now());
+                    status(
+                        Reason::WaitingForCreateQuota.summary(format!(
+                            "number {position} in line for CreateClassificationJob in {place} (one every {:?}, the create quota); about {}s to go",
+                            lock(&ctx.queue).interval(),
+                            wait.as_secs()
+                        )),
+                        record,
+                    )
+                    .await?;
+                    return Ok(Created::Done(Action::requeue(wait.max(Duration::from_millis(100)))));
+                }
+                if !ctx.clients.gate().allows_writes() {
+                    lock(&ctx.queue).leave(&oref);
+                    tracing::info!(name = %obj.name_any(), "not the leader any more: no CreateClassificationJob");
+                    return Ok(Created::Done(Action::requeue(ctx.poller.interval())));
+                }
+                // Write-ahead: the create is recorded before the call.
+                let mut r = CreationRecord {
+                    client_token: ours.clone(),
+                    requested_at: Time(plan::ceil_second(Timestamp::now())),
+                    outcome: CreationOutcome::Pending,
+                    job_id: None,
+                    retry_at: None,
+                    error_code: None,
+                    message: None,
+                };
+                status(
+                    Reason::Creating.summary(format!("CreateClassificationJob {name:?} being sent")),
+                    Some(r.clone()),
+                )
+                .await?;
+                ctx.remember_creation(&oref, r.clone());
+                tracing::info!(
+                    account = %place.account,
+                    region = %place.region,
+                    operation = "CreateClassificationJob",
+                    job_name = %name,
+                    client_token = %ours,
+                    namespace = %obj.namespace().unwrap_or_default(),
+                    name = %obj.name_any(),
+                    uid = %obj.uid().unwrap_or_default(),
+                    "AWS write"
+                );
+                let new_job = NewJob {
+                    name: &name,
+                    definition,
+                    client_token: &ours,
+                };
+                let result = ctx.clients.api().create_job(place, &new_job).await;
+                ctx.clients
+                    .metrics()
+                    .call("CreateClassificationJob", MacieError::outcome(&result));
+                let (summary, next) = match result {
+                    Ok(job_id) => {
+                        r.outcome = CreationOutcome::Succeeded;
+                        r.job_id = Some(job_id.clone());
+                        lock(&ctx.tokens).insert((place.clone(), job_id.clone()), ours.clone());
+                        publish(
+                            ctx,
+                            obj,
+                            EventType::Normal,
+                            "Created",
+                            format!("CreateClassificationJob {name:?}: job {job_id}"),
+                        )
+                        .await;
+                        ctx.wake_after_sweep(&oref, place, Timestamp::now());
+                        (
+                            Reason::Creating.summary(format!("created job {job_id}; waiting for a sweep to show it")),
+                            Action::await_change(),
+                        )
+                    }
+                    Err(e @ MacieError::Throttled { .. }) => {
+                        // Not processed, not a failure: first in line again after a backoff.
+                        let wait = (lock(&ctx.queue).interval() * 2).max(Duration::from_secs(2));
+                        lock(&ctx.queue).throttled(place, &oref, std::time::Instant::now(), wait);
+                        r.outcome = CreationOutcome::NotProcessed;
+                        r.error_code = Some(e.code().to_string());
+                        let at = Timestamp::now().checked_add(wait).unwrap_or(Timestamp::MAX);
+                        r.retry_at = Some(Time(at));
+                        (
+                            Reason::WaitingForCreateQuota.summary(format!(
+                                "CreateClassificationJob was throttled ({}); sent again in {}s",
+                                e.code(),
+                                wait.as_secs()
+                            )),
+                            Action::requeue(wait),
+                        )
+                    }
+                    Err(e @ MacieError::Uncertain { .. }) => {
+                        // It may have been processed: a sweep shows the job (found by its
+                        // token) or, past the step timeout, the same token is sent again.
+                        r.error_code = Some(e.code().to_string());
+                        ctx.wake_after_sweep(&oref, place, r.requested_at.0);
+                        publish(
+                            ctx,
+                            obj,
+                            EventType::Warning,
+                            "CreateFailed",
+                            format!("CreateClassificationJob {name:?}: outcome unknown: {e}"),
+                        )
+                        .await;
+                        (
+                            Reason::Creating.summary(format!(
+                                "CreateClassificationJob {name:?}: outcome unknown ({e}); a sweep shows whether the job exists"
+                            )),
+                            Action::await_change(),
+                        )
+                    }
+                    Err(e) => {
+                        let reason = if matches!(e, MacieError::AccessDenied { .. }) {
+                            Reason::AccessDenied
+                        } else {
+                            Reason::CreateFailed
+                        };
+                        let wait = outcome::retry_delay(Reason::AccessDenied, 1, 0.75);
+                        let at = Timestamp::now().checked_add(wait).unwrap_or(Timestamp::MAX);
+                        r.outcome = CreationOutcome::Failed;
+                        r.error_code = Some(e.code().to_string());
+                        r.retry_at = Some(Time(at));
+                        r.message = Some(format!("CreateClassificationJob {name:?} failed: {e}"));
+                        publish(
+                            ctx,
+                            obj,
+                            EventType::Warning,
+                            "CreateFailed",
+                            format!("CreateClassificationJob {name:?} failed: {e}"),
+                        )
+                        .await;
+                        (
+                            reason.summary(format!(
+                                "CreateClassificationJob {name:?} failed: {e}; sent again at {at}"
+                            )),
+                            requeue_at(at),
+                        )
+                    }
+                };
+                ctx.remember_creation(&oref, r.clone());
+                status(summary, Some(r)).await?;
+                return Ok(Created::Done(next));
+            }
+        }
+    }
+    Ok(Created::Done(Action::requeue(ctx.poller.interval())))
+}
+
+/// Reconcile again at `at` (at least 1 s, at most a day from now).
+fn requeue_at(at: Timestamp) -> Action {
+    let wait = Timestamp::now().duration_until(at).unsigned_abs();
+    Action::requeue(wait.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)))
+}
+
 /// A resource its MacieAccount refuses: no Macie call; the status says which rule refused
 /// (Stalled, with an Event on entering it), and a deletion proceeds as `after_refusal` says.
 async fn refused(ctx: &Context, api: &Api<MacieJob>, obj: &MacieJob, refusal: &Refusal) -> Result<Action, Error> {
@@ -768,6 +1150,7 @@ async fn refused(ctx: &Context, api: &Api<MacieJob>, obj: &MacieJob, refusal: &R
             summary: &summary,
             last_transition: stored.last_transition.clone(),
             snapshot_at: None,
+            creation: stored.creation.clone(),
         },
     )
     .await?;
@@ -791,6 +1174,7 @@ struct StatusUpdate<'a> {
     summary: &'a Summary,
     last_transition: Option<RequestedTransition>,
     snapshot_at: Option<Timestamp>,
+    creation: Option<CreationRecord>,
 }
 
 /// Writes the status unless it equals what the resource holds (the shared
@@ -809,6 +1193,7 @@ async fn write_status(
         summary,
         last_transition,
         snapshot_at,
+        creation,
     } = u;
     let mut status = MacieJobStatus {
         observed_generation: obj.meta().generation,
@@ -817,6 +1202,7 @@ async fn write_status(
         job,
         last_sync_time: prev.last_sync_time.clone(),
         last_transition,
+        creation,
     };
     if !status::differs(Some(prev), &status) {
         return Ok(status);
@@ -831,6 +1217,7 @@ async fn write_status(
 async fn publish(ctx: &Context, obj: &MacieJob, type_: EventType, reason: &str, note: String) {
     let action = match reason {
         "UpdateRequested" | "UpdateFailed" => "UpdateClassificationJob",
+        "Created" | "CreateFailed" => "CreateClassificationJob",
         "Released" => "ReleaseFinalizer",
         _ => "Observe",
     };

@@ -81,6 +81,7 @@ fn rig(macie: Arc<FakeMacie>) -> Rig {
         plan: settings(),
         namespace: None,
         concurrency: 1,
+        create_rate: 1000.0,
         instance: None,
     };
     let ctx = Context {
@@ -101,6 +102,9 @@ fn rig(macie: Arc<FakeMacie>) -> Rig {
         steps: Arc::default(),
         failures: Arc::default(),
         waiters: Arc::default(),
+        creations: Arc::default(),
+        tokens: Arc::default(),
+        queue: Arc::new(Mutex::new(CreateQueue::new(1000.0))),
     };
     Rig {
         fed,
@@ -547,4 +551,163 @@ async fn an_account_without_working_credentials_holds_a_cancel_deletion() {
     r.reconcile("m", 3).await;
     assert_eq!(macie.updates().len(), 1);
     assert_eq!(macie.updates()[0].to, DesiredJobStatus::Cancelled);
+}
+
+fn creating_rig(macie: Arc<FakeMacie>) -> Rig {
+    let mut r = rig(macie);
+    let mut spec = account_spec(&["*"], true);
+    spec.jobs.allow_create = true;
+    r.fed.put_verified("default", spec);
+    r
+}
+
+fn definition(name: &str, status: &str) -> Value {
+    json!({"jobName": name, "jobStatus": status, "definition": {
+        "jobType": "ONE_TIME",
+        "s3JobDefinition": {"bucketDefinitions": [{"accountId": "111122223333", "buckets": ["b1"]}]}
+    }})
+}
+
+#[tokio::test]
+async fn a_definition_is_created_once_then_followed_and_paused() {
+    let macie = Arc::new(FakeMacie::default());
+    let mut r = creating_rig(macie.clone());
+    r.create(object("m", definition("scan", "USER_PAUSED")));
+    r.sweeps(1).await;
+    r.reconcile("m", 5).await;
+    assert_eq!(macie.creates().len(), 1, "created once");
+    let (_, token, outcome) = &macie.creates()[0];
+    assert_eq!((token.as_str(), outcome.as_str()), ("macie-operator-uid-m", "OK"));
+    let rec = r.get("m").unwrap().status.unwrap().creation.unwrap();
+    assert_eq!(rec.outcome, CreationOutcome::Succeeded);
+    let id = rec.job_id.expect("the created job id is in status");
+    // The first status write recorded the create before the call.
+    let first = &r.kube.status_writes()[0];
+    assert_eq!(first.body["status"]["creation"]["outcome"], "Pending");
+    // Followed by id, then paused through the usual step.
+    r.sweeps(1).await;
+    r.reconcile("m", 5).await;
+    r.sweeps(1).await;
+    r.reconcile("m", 5).await;
+    assert_eq!(macie.status(REGION, &id).as_deref(), Some("USER_PAUSED"));
+    assert_eq!(macie.creates().len(), 1, "never created again");
+    assert_eq!(macie.updates().len(), 1);
+    assert!(macie.updates().iter().all(|u| u.valid));
+    assert_eq!(r.reason("m").1, "Converged");
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_is_found_by_its_token_also_after_a_restart() {
+    let macie = Arc::new(FakeMacie::default());
+    // Macie creates the job, but the answer is lost.
+    macie.fail_next_create(None);
+    let mut r = creating_rig(macie.clone());
+    r.create(object("m", definition("scan", "RUNNING")));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    assert_eq!(macie.creates().len(), 1);
+    assert_eq!(r.reason("m").1, "Creating");
+    let rec = r.get("m").unwrap().status.unwrap().creation.unwrap();
+    assert_eq!((rec.outcome, rec.job_id), (CreationOutcome::Pending, None));
+    // A new process (nothing in memory) reads the create from the status: no second call;
+    // the next sweep shows a job of the name whose token is ours.
+    let kube = r.kube.clone();
+    let mut r2 = creating_rig(macie.clone());
+    r2.kube = kube;
+    r2.ctx.client = r2.kube.client();
+    r2.sync(&object("m", definition("scan", "RUNNING")));
+    r2.sweeps(1).await;
+    r2.reconcile("m", 5).await;
+    assert_eq!(macie.creates().len(), 1, "not created again");
+    let rec = r2.get("m").unwrap().status.unwrap().creation.unwrap();
+    assert_eq!(rec.outcome, CreationOutcome::Succeeded);
+    assert_eq!(rec.job_id.as_deref(), Some("created1"));
+    assert_eq!(r2.reason("m").1, "Converged");
+}
+
+#[tokio::test]
+async fn a_job_of_the_name_created_by_someone_else_is_name_in_use() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "theirs", "scan", "RUNNING");
+    macie.set_token("theirs", "console-1234");
+    let mut r = creating_rig(macie.clone());
+    r.create(object("m", definition("scan", "USER_PAUSED")));
+    r.sweeps(1).await;
+    r.reconcile("m", 5).await;
+    let (phase, reason, message) = r.reason("m");
+    assert_eq!((phase.as_str(), reason.as_str()), ("Stalled", "NameInUse"));
+    assert!(
+        message.contains("theirs") && message.contains("not adopted"),
+        "{message}"
+    );
+    assert!(macie.creates().is_empty() && macie.updates().is_empty());
+}
+
+#[tokio::test]
+async fn cancelled_at_creation_creates_nothing() {
+    let macie = Arc::new(FakeMacie::default());
+    let mut r = creating_rig(macie.clone());
+    r.create(object("m", definition("scan", "CANCELLED")));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    assert!(macie.creates().is_empty());
+    let (phase, reason, message) = r.reason("m");
+    assert_eq!((phase.as_str(), reason.as_str()), ("Ready", "TerminalState"));
+    assert!(message.contains("nothing is created"), "{message}");
+}
+
+#[tokio::test]
+async fn creates_wait_their_turn_and_a_throttled_create_is_not_a_failure() {
+    let macie = Arc::new(FakeMacie::default());
+    let mut r = creating_rig(macie.clone());
+    // One create every 10 s at this place.
+    r.ctx.queue = Arc::new(Mutex::new(CreateQueue::new(0.1)));
+    for n in ["a", "b", "c"] {
+        r.create(object(n, definition(&format!("scan-{n}"), "RUNNING")));
+    }
+    r.sweeps(1).await;
+    for n in ["a", "b", "c"] {
+        r.reconcile(n, 1).await;
+    }
+    assert_eq!(macie.creates().len(), 1, "one create per interval");
+    for (n, place) in [("b", "number 1 in line"), ("c", "number 2 in line")] {
+        let (phase, reason, message) = r.reason(n);
+        assert_eq!(
+            (phase.as_str(), reason.as_str()),
+            ("Reconciling", "WaitingForCreateQuota")
+        );
+        assert!(message.contains(place), "{n}: {message}");
+    }
+    // A throttled create: not processed, first in line again, no failure counted.
+    let macie = Arc::new(FakeMacie::default());
+    macie.fail_next_create(Some(MacieError::Throttled {
+        code: "ThrottlingException".into(),
+        message: "Rate exceeded".into(),
+    }));
+    let mut r = creating_rig(macie.clone());
+    r.create(object("m", definition("scan", "RUNNING")));
+    r.sweeps(1).await;
+    r.reconcile("m", 1).await;
+    let (_, reason, message) = r.reason("m");
+    assert_eq!(reason, "WaitingForCreateQuota");
+    assert!(message.contains("throttled"), "{message}");
+    assert_eq!(r.ctx.failures.len(), 0, "a throttled create is not a failure");
+    let rec = r.get("m").unwrap().status.unwrap().creation.unwrap();
+    assert_eq!(rec.outcome, CreationOutcome::NotProcessed);
+    // Reconciles before its retry time send nothing.
+    r.reconcile("m", 3).await;
+    assert_eq!(macie.creates().len(), 1);
+}
+
+#[tokio::test]
+async fn a_definition_needs_allow_create() {
+    let macie = Arc::new(FakeMacie::default());
+    let mut r = rig(macie.clone());
+    r.create(object("m", definition("scan", "RUNNING")));
+    r.sweeps(1).await;
+    r.reconcile("m", 2).await;
+    let (_, reason, message) = r.reason("m");
+    assert_eq!(reason, "NotPermitted");
+    assert!(message.contains("spec.jobs.allowCreate"), "{message}");
+    assert!(macie.creates().is_empty());
 }

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use super::jobs::observed;
 use super::{MacieError, Place};
 use crate::api::DesiredJobStatus;
+use crate::api::job_definition::JobDefinition;
 use crate::api::macie_job::ObservedJob;
 
 /// One page of ListClassificationJobs.
@@ -37,6 +38,25 @@ pub trait MacieApi: Send + Sync {
         job_id: &'a str,
         to: DesiredJobStatus,
     ) -> BoxFuture<'a, Result<(), MacieError>>;
+
+    /// CreateClassificationJob of `definition` named `name` with the idempotency token
+    /// `client_token`, sent once (never retried by the client): the job id.
+    fn create_job<'a>(&'a self, place: &'a Place, create: &'a NewJob<'a>) -> BoxFuture<'a, Result<String, MacieError>>;
+
+    /// The client token a job was created with (DescribeClassificationJob).
+    fn job_client_token<'a>(
+        &'a self,
+        place: &'a Place,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, MacieError>>;
+}
+
+/// A job to create.
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob<'a> {
+    pub name: &'a str,
+    pub definition: &'a JobDefinition,
+    pub client_token: &'a str,
 }
 
 /// ListClassificationJobs through the SDK (the client's standard retries apply: it is a read).
@@ -83,4 +103,212 @@ pub async fn sdk_update_job(client: &Client, job_id: &str, to: DesiredJobStatus)
         .await
         .map(|_| ())
         .map_err(MacieError::from_sdk)
+}
+
+/// CreateClassificationJob through the SDK, with its retries disabled (a retry is a repeated
+/// create; throttling is retried by the caller's queue). The definition goes as declared.
+pub async fn sdk_create_job(client: &Client, job: &NewJob<'_>) -> Result<String, MacieError> {
+    use aws_sdk_macie2::config::retry::RetryConfig;
+    let d = job.definition;
+    let resp = client
+        .create_classification_job()
+        .name(job.name)
+        .client_token(job.client_token)
+        .job_type(aws_sdk_macie2::types::JobType::from(d.job_type.as_str()))
+        .set_description(d.description.clone())
+        .set_initial_run(d.initial_run)
+        .set_sampling_percentage(d.sampling_percentage)
+        .set_schedule_frequency(d.schedule_frequency.as_ref().map(sdk::schedule))
+        .s3_job_definition(sdk::s3_job_definition(&d.s3_job_definition))
+        .set_managed_data_identifier_selector(
+            d.managed_data_identifier_selector
+                .map(|m| aws_sdk_macie2::types::ManagedDataIdentifierSelector::from(m.as_str())),
+        )
+        .set_managed_data_identifier_ids(d.managed_data_identifier_ids.clone())
+        .set_custom_data_identifier_ids(d.custom_data_identifier_ids.clone())
+        .set_allow_list_ids(d.allow_list_ids.clone())
+        .set_tags(d.tags.clone().map(|t| t.into_iter().collect()))
+        .customize()
+        .config_override(aws_sdk_macie2::config::Config::builder().retry_config(RetryConfig::disabled()))
+        .send()
+        .await
+        .map_err(MacieError::from_sdk)?;
+    resp.job_id().map(str::to_string).ok_or_else(|| MacieError::Uncertain {
+        code: "ResponseError".into(),
+        message: "CreateClassificationJob answered without a jobId".into(),
+    })
+}
+
+/// DescribeClassificationJob through the SDK: the job's client token.
+pub async fn sdk_job_client_token(client: &Client, job_id: &str) -> Result<Option<String>, MacieError> {
+    let resp = client
+        .describe_classification_job()
+        .job_id(job_id)
+        .send()
+        .await
+        .map_err(MacieError::from_sdk)?;
+    Ok(resp.client_token().map(str::to_string))
+}
+
+/// The definition's types as the SDK's.
+mod sdk {
+    use aws_sdk_macie2::types as t;
+
+    use crate::api::job_definition as d;
+
+    pub fn schedule(s: &d::ScheduleFrequency) -> t::JobScheduleFrequency {
+        t::JobScheduleFrequency::builder()
+            .set_daily_schedule(s.daily_schedule.as_ref().map(|_| t::DailySchedule::builder().build()))
+            .set_weekly_schedule(s.weekly_schedule.as_ref().map(|w| {
+                t::WeeklySchedule::builder()
+                    .day_of_week(t::DayOfWeek::from(day(w.day_of_week)))
+                    .build()
+            }))
+            .set_monthly_schedule(
+                s.monthly_schedule
+                    .as_ref()
+                    .map(|m| t::MonthlySchedule::builder().day_of_month(m.day_of_month).build()),
+            )
+            .build()
+    }
+
+    fn day(d: d::DayOfWeek) -> &'static str {
+        match d {
+            d::DayOfWeek::Sunday => "SUNDAY",
+            d::DayOfWeek::Monday => "MONDAY",
+            d::DayOfWeek::Tuesday => "TUESDAY",
+            d::DayOfWeek::Wednesday => "WEDNESDAY",
+            d::DayOfWeek::Thursday => "THURSDAY",
+            d::DayOfWeek::Friday => "FRIDAY",
+            d::DayOfWeek::Saturday => "SATURDAY",
+        }
+    }
+
+    fn comparator(c: d::Comparator) -> t::JobComparator {
+        t::JobComparator::from(match c {
+            d::Comparator::Eq => "EQ",
+            d::Comparator::Gt => "GT",
+            d::Comparator::Gte => "GTE",
+            d::Comparator::Lt => "LT",
+            d::Comparator::Lte => "LTE",
+            d::Comparator::Ne => "NE",
+            d::Comparator::Contains => "CONTAINS",
+            d::Comparator::StartsWith => "STARTS_WITH",
+        })
+    }
+
+    pub fn s3_job_definition(s: &d::S3JobDefinition) -> t::S3JobDefinition {
+        t::S3JobDefinition::builder()
+            .set_bucket_definitions(s.bucket_definitions.as_ref().map(|defs| {
+                defs.iter()
+                    .map(|b| {
+                        t::S3BucketDefinitionForJob::builder()
+                            .account_id(&b.account_id)
+                            .set_buckets(Some(b.buckets.clone()))
+                            .build()
+                    })
+                    .collect()
+            }))
+            .set_bucket_criteria(s.bucket_criteria.as_ref().map(|c| {
+                t::S3BucketCriteriaForJob::builder()
+                    .set_includes(c.includes.as_ref().map(criteria_block))
+                    .set_excludes(c.excludes.as_ref().map(criteria_block))
+                    .build()
+            }))
+            .set_scoping(s.scoping.as_ref().map(|sc| {
+                t::Scoping::builder()
+                    .set_includes(sc.includes.as_ref().map(scoping_block))
+                    .set_excludes(sc.excludes.as_ref().map(scoping_block))
+                    .build()
+            }))
+            .build()
+    }
+
+    fn criteria_block(b: &d::CriteriaBlock) -> t::CriteriaBlockForJob {
+        t::CriteriaBlockForJob::builder()
+            .set_and(Some(
+                b.and
+                    .iter()
+                    .map(|c| {
+                        t::CriteriaForJob::builder()
+                            .set_simple_criterion(c.simple_criterion.as_ref().map(|s| {
+                                t::SimpleCriterionForJob::builder()
+                                    .comparator(comparator(s.comparator))
+                                    .key(t::SimpleCriterionKeyForJob::from(match s.key {
+                                        d::BucketCriterionKey::AccountId => "ACCOUNT_ID",
+                                        d::BucketCriterionKey::S3BucketName => "S3_BUCKET_NAME",
+                                        d::BucketCriterionKey::S3BucketEffectivePermission => {
+                                            "S3_BUCKET_EFFECTIVE_PERMISSION"
+                                        }
+                                        d::BucketCriterionKey::S3BucketSharedAccess => "S3_BUCKET_SHARED_ACCESS",
+                                    }))
+                                    .set_values(Some(s.values.clone()))
+                                    .build()
+                            }))
+                            .set_tag_criterion(c.tag_criterion.as_ref().map(|tc| {
+                                t::TagCriterionForJob::builder()
+                                    .comparator(comparator(tc.comparator))
+                                    .set_tag_values(Some(
+                                        tc.tag_values
+                                            .iter()
+                                            .map(|p| {
+                                                t::TagCriterionPairForJob::builder()
+                                                    .set_key(p.key.clone())
+                                                    .set_value(p.value.clone())
+                                                    .build()
+                                            })
+                                            .collect(),
+                                    ))
+                                    .build()
+                            }))
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build()
+    }
+
+    fn scoping_block(b: &d::ScopingBlock) -> t::JobScopingBlock {
+        t::JobScopingBlock::builder()
+            .set_and(Some(
+                b.and
+                    .iter()
+                    .map(|term| {
+                        t::JobScopeTerm::builder()
+                            .set_simple_scope_term(term.simple_scope_term.as_ref().map(|s| {
+                                t::SimpleScopeTerm::builder()
+                                    .comparator(comparator(s.comparator))
+                                    .key(t::ScopeFilterKey::from(match s.key {
+                                        d::ScopeKey::ObjectExtension => "OBJECT_EXTENSION",
+                                        d::ScopeKey::ObjectLastModifiedDate => "OBJECT_LAST_MODIFIED_DATE",
+                                        d::ScopeKey::ObjectSize => "OBJECT_SIZE",
+                                        d::ScopeKey::ObjectKey => "OBJECT_KEY",
+                                    }))
+                                    .set_values(Some(s.values.clone()))
+                                    .build()
+                            }))
+                            .set_tag_scope_term(term.tag_scope_term.as_ref().map(|ts| {
+                                t::TagScopeTerm::builder()
+                                    .comparator(comparator(ts.comparator))
+                                    .key(&ts.key)
+                                    .set_tag_values(Some(
+                                        ts.tag_values
+                                            .iter()
+                                            .map(|p| {
+                                                t::TagValuePair::builder()
+                                                    .set_key(p.key.clone())
+                                                    .set_value(p.value.clone())
+                                                    .build()
+                                            })
+                                            .collect(),
+                                    ))
+                                    .target(t::TagTarget::S3Object)
+                                    .build()
+                            }))
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build()
+    }
 }

@@ -36,6 +36,13 @@ struct State {
     update_failures: HashMap<String, MacieError>,
     updates: Vec<FakeUpdate>,
     lists: u64,
+    /// Job id -> client token of the jobs it created (or was given).
+    tokens: HashMap<String, String>,
+    /// The next create calls are answered with these (popped one per call); a `None` answer
+    /// processes the call and then answers a lost response.
+    create_failures: VecDeque<Option<MacieError>>,
+    /// Every create call: (name, client token, outcome).
+    creates: Vec<(String, String, String)>,
 }
 
 /// The fake. Shared as `Arc<FakeMacie>`; `MacieClients::with_api` puts it behind the clients.
@@ -100,6 +107,21 @@ impl FakeMacie {
     /// List calls so far.
     pub fn lists(&self) -> u64 {
         self.state().lists
+    }
+
+    /// Sets the client token a job was created with.
+    pub fn set_token(&self, job_id: &str, token: &str) {
+        self.state().tokens.insert(job_id.to_string(), token.to_string());
+    }
+
+    /// The next create is answered with `err` (`None`: processed, then the answer is lost).
+    pub fn fail_next_create(&self, err: Option<MacieError>) {
+        self.state().create_failures.push_back(err);
+    }
+
+    /// Every create call: (name, client token, outcome).
+    pub fn creates(&self) -> Vec<(String, String, String)> {
+        self.state().creates.clone()
     }
 }
 
@@ -176,5 +198,64 @@ impl MacieApi for FakeMacie {
             valid,
         });
         Box::pin(async move { result })
+    }
+
+    fn create_job<'a>(
+        &'a self,
+        place: &'a Place,
+        job: &'a super::api::NewJob<'a>,
+    ) -> BoxFuture<'a, Result<String, MacieError>> {
+        let mut s = self.state();
+        let failure = s.create_failures.pop_front();
+        let result = match failure {
+            Some(Some(e)) => Err(e),
+            _ => {
+                // Idempotent on the client token, as Macie is.
+                let existing = s
+                    .tokens
+                    .iter()
+                    .find(|(_, t)| *t == job.client_token)
+                    .map(|(id, _)| id.clone());
+                let id = existing.unwrap_or_else(|| {
+                    let id = format!("created{}", s.tokens.len() + 1);
+                    s.tokens.insert(id.clone(), job.client_token.to_string());
+                    let status = match job.definition.job_type {
+                        crate::api::job_definition::JobType::OneTime => "RUNNING",
+                        crate::api::job_definition::JobType::Scheduled => "IDLE",
+                    };
+                    s.jobs.entry(place.region.clone()).or_default().insert(
+                        id.clone(),
+                        ObservedJob {
+                            job_id: id.clone(),
+                            name: Some(job.name.to_string()),
+                            job_type: Some(job.definition.job_type.as_str().into()),
+                            job_status: status.into(),
+                            ..Default::default()
+                        },
+                    );
+                    id
+                });
+                match failure {
+                    Some(None) => Err(MacieError::Uncertain {
+                        code: "ResponseError".into(),
+                        message: "connection reset".into(),
+                    }),
+                    _ => Ok(id),
+                }
+            }
+        };
+        let outcome = result.as_ref().map_or_else(|e| e.code().to_string(), |_| "OK".into());
+        s.creates
+            .push((job.name.to_string(), job.client_token.to_string(), outcome));
+        Box::pin(async move { result })
+    }
+
+    fn job_client_token<'a>(
+        &'a self,
+        _place: &'a Place,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, MacieError>> {
+        let token = self.state().tokens.get(job_id).cloned();
+        Box::pin(async move { Ok(token) })
     }
 }

@@ -341,6 +341,34 @@ impl MacieApi for MacieClients {
             r
         })
     }
+
+    fn create_job<'a>(
+        &'a self,
+        place: &'a Place,
+        job: &'a api::NewJob<'a>,
+    ) -> BoxFuture<'a, Result<String, MacieError>> {
+        Box::pin(async move {
+            let r = api::sdk_create_job(&self.client(place)?, job).await;
+            if let Err(e) = &r {
+                self.after_error(place, e);
+            }
+            r
+        })
+    }
+
+    fn job_client_token<'a>(
+        &'a self,
+        place: &'a Place,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, MacieError>> {
+        Box::pin(async move {
+            let r = api::sdk_job_client_token(&self.client(place)?, job_id).await;
+            if let Err(e) = &r {
+                self.after_error(place, e);
+            }
+            r
+        })
+    }
 }
 
 /// What replaces an IAM or STS principal ARN in an AWS error message.

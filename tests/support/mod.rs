@@ -233,6 +233,7 @@ impl OperatorHandle {
             },
             namespace: Some(namespace.to_string()),
             concurrency: 8,
+            create_rate: 0.1,
             instance: Some("e2e".into()),
         };
         tune(&mut config);
