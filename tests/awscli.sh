@@ -57,8 +57,32 @@ check_error "cancelled job cannot be resumed" "(ValidationException)" \
   mac update-classification-job --job-id 1b2c3d4e5f6a47b8c9d0e1f2a3b4c5d6 --job-status RUNNING
 check_error "unknown job is ResourceNotFoundException" "(ResourceNotFoundException)" \
   mac describe-classification-job --job-id does-not-exist
-check "create job" '"jobArn": "arn:aws:macie2:us-east-1:' mac create-classification-job --job-type ONE_TIME --name cli-job \
-  --s3-job-definition '{"bucketDefinitions":[{"accountId":"111111111111","buckets":["b"]}]}'
+create_args=(create-classification-job --client-token cli-token-1 --job-type SCHEDULED --name cli-job
+  --description "made by the AWS CLI" --initial-run --sampling-percentage 50
+  --schedule-frequency '{"weeklySchedule":{"dayOfWeek":"MONDAY"}}'
+  --s3-job-definition '{"bucketDefinitions":[{"accountId":"111111111111","buckets":["cli-bucket"]}]}'
+  --tags team=sec)
+created=$(mac "${create_args[@]}" 2>&1) || true
+cli_job=$(sed -n 's/.*"jobId": "\([0-9a-f]*\)".*/\1/p' <<<"$created")
+check "create job with a client token" '"jobArn": "arn:aws:macie2:us-east-1:123456789012:classification-job/' echo "$created"
+check "a repeated client token returns the same job" "\"jobId\": \"${cli_job:-none}\"" mac "${create_args[@]}"
+tab=$'\t'
+check "describe returns the definition and the client token" \
+  "cli-token-1${tab}cli-job${tab}made by the AWS CLI${tab}SCHEDULED${tab}True${tab}50${tab}MONDAY${tab}111111111111${tab}cli-bucket${tab}sec" \
+  mac describe-classification-job --job-id "${cli_job:-none}" --output text --query \
+  '[clientToken,name,description,jobType,initialRun,samplingPercentage,scheduleFrequency.weeklySchedule.dayOfWeek,s3JobDefinition.bucketDefinitions[0].accountId,s3JobDefinition.bucketDefinitions[0].buckets[0],tags.team]'
+check_error "create with a bad bucket name is a ValidationException naming the field" \
+  "An error occurred (ValidationException) when calling the CreateClassificationJob operation: s3JobDefinition.bucketDefinitions[0].buckets[0]:" \
+  mac create-classification-job --job-type ONE_TIME --name bad-bucket \
+  --s3-job-definition '{"bucketDefinitions":[{"accountId":"111111111111","buckets":["Bad_Bucket"]}]}'
+check_error "a scheduled job needs a schedule" "(ValidationException) when calling the CreateClassificationJob operation: scheduleFrequency:" \
+  mac create-classification-job --job-type SCHEDULED --name no-schedule \
+  --s3-job-definition '{"bucketDefinitions":[{"accountId":"111111111111","buckets":["cli-bucket"]}]}'
+curl -fsS -X PUT "$url/__admin/quotas" -H 'content-type: application/json' -d '{"createClassificationJobPerSecond":0}'
+check_error "past the create quota is a ThrottlingException" "(ThrottlingException) when calling the CreateClassificationJob operation" \
+  mac create-classification-job --job-type ONE_TIME --name throttled \
+  --s3-job-definition '{"bucketDefinitions":[{"accountId":"111111111111","buckets":["cli-bucket"]}]}'
+curl -fsS -X PUT "$url/__admin/quotas" -H 'content-type: application/json' -d '{"createClassificationJobPerSecond":null}'
 check "list discovery accounts" '"accountId": "444444444444"' mac list-automated-discovery-accounts
 check "list discovery accounts by id" '"status": "DISABLED"' mac list-automated-discovery-accounts --account-ids 222222222222 333333333333
 check_error "more than 25 per page is a ValidationException" "(ValidationException)" \

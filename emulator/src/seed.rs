@@ -23,6 +23,10 @@ pub struct Seed {
     /// IAM roles STS AssumeRole accepts.
     #[serde(default)]
     pub roles: Vec<SeedRole>,
+    /// CreateClassificationJob calls admitted per second per AWS account and region (real
+    /// time, no burst); absent: unlimited.
+    #[serde(default)]
+    pub create_quota_per_second: Option<f64>,
 }
 
 /// A role AssumeRole accepts; its AWS account is the one in its ARN.
@@ -79,6 +83,7 @@ impl Default for Seed {
             jobs: Vec::new(),
             accounts: Vec::new(),
             roles: Vec::new(),
+            create_quota_per_second: None,
         }
     }
 }
@@ -195,6 +200,11 @@ impl Seed {
             if !accounts.insert(key) {
                 return Err(format!("accounts[{i}].accountId: duplicate account {:?}", a.account_id));
             }
+        }
+        if let Some(r) = self.create_quota_per_second
+            && !(r.is_finite() && r >= 0.0)
+        {
+            return Err(format!("createQuotaPerSecond: {r} must be a non-negative number"));
         }
         let mut roles = BTreeSet::new();
         for (i, r) in self.roles.iter().enumerate() {
@@ -337,6 +347,8 @@ mod tests {
                 "roles: [{arn: 'arn:aws:iam::111122223333:role/r', colour: red}]",
                 "colour",
             ),
+            ("createQuotaPerSecond: -1", "createQuotaPerSecond"),
+            ("createQuotaPerSecond: fast", "createQuotaPerSecond"),
         ];
         for (text, field) in cases {
             let err = Seed::parse(text).expect_err(text);

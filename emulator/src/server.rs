@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::model::{ApiError, DiscoveryStatus, JobStatus};
 use crate::seed::SeedJob;
-use crate::state::{Account, Caller, Emulator, Faults, Injected, STS_OPERATIONS, Scope, Session, StsError};
+use crate::state::{Account, Caller, Emulator, Faults, Injected, Quotas, STS_OPERATIONS, Scope, Session, StsError};
 
 /// Shared handle to the emulator state.
 #[derive(Clone)]
@@ -58,6 +58,7 @@ pub fn router(state: Shared) -> Router {
             put(admin_put_faults).get(admin_get_faults).delete(admin_clear_faults),
         )
         .route("/__admin/macie", put(admin_macie))
+        .route("/__admin/quotas", put(admin_put_quotas).get(admin_get_quotas))
         .route("/__admin/counters", get(admin_counters))
         .route("/__admin/calls", get(admin_calls))
         .route("/__admin/reset", post(admin_reset))
@@ -178,7 +179,7 @@ async fn call(
 
 async fn create_job(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     call(&s, "CreateClassificationJob", &headers, None, |e, r| {
-        e.create_job(r, parse_body(&body)?)
+        e.create_job(r, parse_body(&body))
     })
     .await
 }
@@ -613,6 +614,17 @@ struct MacieBody {
 async fn admin_macie(State(s): State<Shared>, AdminJson(b): AdminJson<MacieBody>) -> Response {
     s.lock().macie_enabled = b.enabled;
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn admin_put_quotas(State(s): State<Shared>, AdminJson(q): AdminJson<Quotas>) -> Response {
+    match s.lock().set_quotas(q) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => admin_error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn admin_get_quotas(State(s): State<Shared>) -> Response {
+    axum::Json(s.lock().quotas().clone()).into_response()
 }
 
 async fn admin_counters(State(s): State<Shared>) -> Response {

@@ -1,5 +1,6 @@
 //! The emulator as the real `aws-sdk-macie2` client sees it: every operation, the full 6x6
-//! transition matrix, filters, pagination, typed errors and fault injection.
+//! transition matrix, filters, pagination, typed errors, fault injection, CreateClassificationJob's
+//! input checks and its quota.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,9 +10,11 @@ use aws_sdk_macie2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_macie2::error::ProvideErrorMetadata;
 use aws_sdk_macie2::types::{
     AutomatedDiscoveryAccountStatus, AutomatedDiscoveryAccountUpdate, AutomatedDiscoveryAccountUpdateErrorCode,
-    JobComparator, JobStatus as SdkStatus, JobType as SdkType, ListJobsFilterCriteria, ListJobsFilterKey,
-    ListJobsFilterTerm, ListJobsSortAttributeName, ListJobsSortCriteria, OrderBy, S3BucketDefinitionForJob,
-    S3JobDefinition, WeeklySchedule,
+    CriteriaBlockForJob, CriteriaForJob, DailySchedule, DayOfWeek, JobComparator, JobScheduleFrequency, JobScopeTerm,
+    JobScopingBlock, JobStatus as SdkStatus, JobType as SdkType, ListJobsFilterCriteria, ListJobsFilterKey,
+    ListJobsFilterTerm, ListJobsSortAttributeName, ListJobsSortCriteria, ManagedDataIdentifierSelector,
+    MonthlySchedule, OrderBy, S3BucketCriteriaForJob, S3BucketDefinitionForJob, S3JobDefinition, ScopeFilterKey,
+    Scoping, SimpleCriterionForJob, SimpleCriterionKeyForJob, SimpleScopeTerm, WeeklySchedule,
 };
 use macie_emulator::model::{JobStatus, JobType};
 use macie_emulator::seed::SeedJob;
@@ -305,7 +308,7 @@ async fn create_describe_and_idempotency() {
         .bucket_definitions(
             S3BucketDefinitionForJob::builder()
                 .account_id("111122223333")
-                .buckets("b1")
+                .buckets("bucket-1")
                 .build(),
         )
         .build();
@@ -355,7 +358,7 @@ async fn create_describe_and_idempotency() {
     assert!(d.created_at().is_some());
     assert_eq!(
         d.s3_job_definition().unwrap().bucket_definitions()[0].buckets(),
-        &["b1".to_string()]
+        &["bucket-1".to_string()]
     );
     assert_eq!(
         env.status_of(s.job_id().unwrap()).await,
@@ -1398,7 +1401,7 @@ async fn sts_assume_role_credentials_act_in_the_role_account_until_they_expire()
                 .bucket_definitions(
                     S3BucketDefinitionForJob::builder()
                         .account_id("111122223333")
-                        .buckets("b")
+                        .buckets("prod-bucket")
                         .build(),
                 )
                 .build(),
@@ -1463,10 +1466,13 @@ async fn sts_assume_role_credentials_act_in_the_role_account_until_they_expire()
     assert_eq!(calls[0]["roleArn"], ROLE);
     assert_eq!(calls[0]["roleSessionName"], "op-session");
     assert_eq!(calls[0]["outcome"], "OK");
-    assert_eq!(calls[1]["operation"], "UpdateClassificationJob");
+    assert_eq!(calls[1]["operation"], "CreateClassificationJob");
     assert_eq!(calls[1]["awsAccountId"], "111122223333");
+    assert_eq!(calls[1]["name"], "made-in-prod");
+    assert_eq!(calls[2]["operation"], "UpdateClassificationJob");
+    assert_eq!(calls[2]["awsAccountId"], "111122223333");
     let (_, mine) = env.admin("GET", "/__admin/calls?account=111122223333", None).await;
-    assert_eq!(mine["calls"].as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine["calls"].as_array().unwrap().len(), 2, "{mine}");
     let (_, counters) = env.admin("GET", "/__admin/counters", None).await;
     assert_eq!(counters["AssumeRole"]["ok"], 1);
     assert_eq!(counters["GetCallerIdentity"]["requests"], 2);
@@ -1531,4 +1537,526 @@ async fn sts_refuses_unknown_roles_wrong_external_ids_and_bad_parameters() {
     assert_eq!(err.code(), Some("Throttling"), "{err:?}");
     let (_, counters) = env.admin("GET", "/__admin/counters", None).await;
     assert_eq!(counters["GetCallerIdentity"]["injected"], 1);
+}
+
+// ---- CreateClassificationJob: input checks, the definition as Describe returns it, quota ----
+
+type CreateBuilder =
+    aws_sdk_macie2::operation::create_classification_job::builders::CreateClassificationJobFluentBuilder;
+
+fn bucket_def(account: &str, buckets: &[&str]) -> S3BucketDefinitionForJob {
+    S3BucketDefinitionForJob::builder()
+        .account_id(account)
+        .set_buckets(Some(buckets.iter().map(|b| b.to_string()).collect()))
+        .build()
+}
+
+fn buckets_job(defs: Vec<S3BucketDefinitionForJob>) -> S3JobDefinition {
+    S3JobDefinition::builder().set_bucket_definitions(Some(defs)).build()
+}
+
+/// A CreateClassificationJob call Macie accepts: a one-time job over one bucket.
+fn valid_create(client: &Client, token: &str) -> CreateBuilder {
+    client
+        .create_classification_job()
+        .client_token(token)
+        .name("valid-job")
+        .job_type(SdkType::OneTime)
+        .s3_job_definition(buckets_job(vec![bucket_def("111122223333", &["my-bucket"])]))
+}
+
+fn daily() -> JobScheduleFrequency {
+    JobScheduleFrequency::builder()
+        .daily_schedule(DailySchedule::builder().build())
+        .build()
+}
+
+fn scheduled(b: CreateBuilder) -> CreateBuilder {
+    b.job_type(SdkType::Scheduled)
+}
+
+type Mutation = Box<dyn Fn(CreateBuilder) -> CreateBuilder>;
+
+fn row(field: &'static str, f: impl Fn(CreateBuilder) -> CreateBuilder + 'static) -> (&'static str, Mutation) {
+    (field, Box::new(f))
+}
+
+#[tokio::test]
+async fn create_refuses_bad_input_with_a_validation_exception_naming_the_field() {
+    let env = start(base_seed()).await;
+    let rows: Vec<(&str, Mutation)> = vec![
+        row("name", |b| b.set_name(None)),
+        row("name", |b| b.name("")),
+        row("name", |b| b.name("n".repeat(501))),
+        row("jobType", |b| b.set_job_type(None)),
+        row("jobType", |b| b.job_type(SdkType::from("DAILY"))),
+        row("s3JobDefinition", |b| b.set_s3_job_definition(None)),
+        row("s3JobDefinition", |b| {
+            b.s3_job_definition(S3JobDefinition::builder().build())
+        }),
+        row("s3JobDefinition", |b| {
+            b.s3_job_definition(
+                S3JobDefinition::builder()
+                    .bucket_definitions(bucket_def("111122223333", &["my-bucket"]))
+                    .bucket_criteria(S3BucketCriteriaForJob::builder().build())
+                    .build(),
+            )
+        }),
+        row("s3JobDefinition.bucketDefinitions[0].accountId", |b| {
+            b.s3_job_definition(buckets_job(vec![bucket_def("12345", &["my-bucket"])]))
+        }),
+        row("s3JobDefinition.bucketDefinitions[1].buckets", |b| {
+            b.s3_job_definition(buckets_job(vec![
+                bucket_def("111122223333", &["my-bucket"]),
+                bucket_def("444455556666", &[]),
+            ]))
+        }),
+        row("s3JobDefinition.bucketDefinitions[0].buckets[1]", |b| {
+            b.s3_job_definition(buckets_job(vec![bucket_def(
+                "111122223333",
+                &["my-bucket", "Bad_Bucket"],
+            )]))
+        }),
+        row("s3JobDefinition.bucketDefinitions[0].buckets[0]", |b| {
+            b.s3_job_definition(buckets_job(vec![bucket_def("111122223333", &["ab"])]))
+        }),
+        row("s3JobDefinition.bucketDefinitions[0].buckets[0]", |b| {
+            b.s3_job_definition(buckets_job(vec![bucket_def("111122223333", &["-starts-with-hyphen"])]))
+        }),
+        row("scheduleFrequency", |b| b.schedule_frequency(daily())),
+        row("scheduleFrequency", scheduled),
+        row("scheduleFrequency", |b| {
+            scheduled(b).schedule_frequency(
+                JobScheduleFrequency::builder()
+                    .daily_schedule(DailySchedule::builder().build())
+                    .weekly_schedule(WeeklySchedule::builder().day_of_week(DayOfWeek::Monday).build())
+                    .build(),
+            )
+        }),
+        row("scheduleFrequency", |b| {
+            scheduled(b).schedule_frequency(JobScheduleFrequency::builder().build())
+        }),
+        row("scheduleFrequency.weeklySchedule.dayOfWeek", |b| {
+            scheduled(b).schedule_frequency(
+                JobScheduleFrequency::builder()
+                    .weekly_schedule(WeeklySchedule::builder().day_of_week(DayOfWeek::from("FUNDAY")).build())
+                    .build(),
+            )
+        }),
+        row("scheduleFrequency.monthlySchedule.dayOfMonth", |b| {
+            scheduled(b).schedule_frequency(
+                JobScheduleFrequency::builder()
+                    .monthly_schedule(MonthlySchedule::builder().day_of_month(0).build())
+                    .build(),
+            )
+        }),
+        row("scheduleFrequency.monthlySchedule.dayOfMonth", |b| {
+            scheduled(b).schedule_frequency(
+                JobScheduleFrequency::builder()
+                    .monthly_schedule(MonthlySchedule::builder().day_of_month(32).build())
+                    .build(),
+            )
+        }),
+        row("samplingPercentage", |b| b.sampling_percentage(0)),
+        row("samplingPercentage", |b| b.sampling_percentage(101)),
+        row("managedDataIdentifierSelector", |b| {
+            b.managed_data_identifier_selector(ManagedDataIdentifierSelector::from("SOME"))
+        }),
+        row("managedDataIdentifierIds", |b| {
+            b.managed_data_identifier_selector(ManagedDataIdentifierSelector::Include)
+        }),
+        row("managedDataIdentifierIds", |b| {
+            b.managed_data_identifier_selector(ManagedDataIdentifierSelector::Exclude)
+                .set_managed_data_identifier_ids(Some(vec![]))
+        }),
+        row("managedDataIdentifierIds", |b| {
+            b.managed_data_identifier_selector(ManagedDataIdentifierSelector::All)
+                .managed_data_identifier_ids("CREDIT_CARD_NUMBER")
+        }),
+        row("managedDataIdentifierIds", |b| {
+            b.managed_data_identifier_selector(ManagedDataIdentifierSelector::Recommended)
+                .managed_data_identifier_ids("CREDIT_CARD_NUMBER")
+        }),
+        row("managedDataIdentifierIds", |b| {
+            b.managed_data_identifier_selector(ManagedDataIdentifierSelector::None)
+                .custom_data_identifier_ids("cdi-1")
+                .managed_data_identifier_ids("CREDIT_CARD_NUMBER")
+        }),
+        row("managedDataIdentifierIds", |b| {
+            b.managed_data_identifier_ids("CREDIT_CARD_NUMBER")
+        }),
+        row("customDataIdentifierIds", |b| {
+            b.managed_data_identifier_selector(ManagedDataIdentifierSelector::None)
+        }),
+        row("tags", |b| (0..51).fold(b, |b, i| b.tags(format!("key-{i}"), "v"))),
+        row("tags", |b| b.tags("k".repeat(129), "v")),
+        row("tags.owner", |b| b.tags("owner", "v".repeat(257))),
+        row("description", |b| b.description("d".repeat(201))),
+    ];
+    let n = rows.len();
+    for (i, (field, mutate)) in rows.into_iter().enumerate() {
+        let err = mutate(valid_create(&env.client, &format!("bad-{i}")))
+            .send()
+            .await
+            .expect_err(&format!("row {i} ({field}) must be refused"));
+        assert_eq!(err.raw_response().unwrap().status().as_u16(), 400, "row {i}");
+        let svc = err.into_service_error();
+        assert!(svc.is_validation_exception(), "row {i} ({field}): {svc:?}");
+        let message = svc.message().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("{field}: ")),
+            "row {i}: {message:?} does not name {field}"
+        );
+    }
+    // The SDK always fills clientToken in; a raw request without one is refused too.
+    let (status, body) = env
+        .admin(
+            "POST",
+            "/jobs",
+            Some(json!({"name": "x", "jobType": "ONE_TIME",
+                "s3JobDefinition": {"bucketDefinitions": [{"accountId": "111122223333", "buckets": ["my-bucket"]}]}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("clientToken: "), "{body}");
+
+    // Nothing was created, and every call is in the call log and the counters.
+    let (_, state) = env.admin("GET", "/__admin/state", None).await;
+    assert_eq!(state["jobs"], json!([]), "{state}");
+    let (_, calls) = env.admin("GET", "/__admin/calls", None).await;
+    let calls = calls["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), n + 1);
+    assert!(calls.iter().all(|c| c["operation"] == "CreateClassificationJob"
+        && c["outcome"] == "ValidationException"
+        && c.get("jobId").is_none()));
+    assert_eq!(calls[0]["clientToken"], "bad-0");
+    assert_eq!(calls[1]["name"], "");
+    let (_, counters) = env.admin("GET", "/__admin/counters", None).await;
+    assert_eq!(
+        counters["CreateClassificationJob"]["errors"]["ValidationException"],
+        json!(n + 1)
+    );
+
+    // The limits themselves are accepted; initialRun on a one-time job is allowed (and ignored).
+    let ok = valid_create(&env.client, "at-the-limits")
+        .name("n".repeat(500))
+        .description("d".repeat(200))
+        .sampling_percentage(1)
+        .initial_run(true)
+        .set_tags(Some((0..50).map(|i| (format!("{i:0>128}"), "v".repeat(256))).collect()))
+        .s3_job_definition(buckets_job(vec![bucket_def(
+            "111122223333",
+            &["abc", "my.bucket-1", &"a".repeat(63)],
+        )]))
+        .send()
+        .await
+        .unwrap();
+    let d = env
+        .client
+        .describe_classification_job()
+        .job_id(ok.job_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.initial_run(), Some(false), "the model: false for a one-time job");
+    assert_eq!(d.tags().unwrap().len(), 50);
+    for day in 1..=31 {
+        scheduled(valid_create(&env.client, &format!("monthly-{day}")))
+            .schedule_frequency(
+                JobScheduleFrequency::builder()
+                    .monthly_schedule(MonthlySchedule::builder().day_of_month(day).build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("dayOfMonth {day}: {e:?}"));
+    }
+}
+
+#[tokio::test]
+async fn describe_returns_the_definition_as_created() {
+    let env = start(base_seed()).await;
+    let s3 = S3JobDefinition::builder()
+        .bucket_definitions(bucket_def("111122223333", &["finance-raw", "finance.archive"]))
+        .bucket_definitions(bucket_def("444455556666", &["hr-docs"]))
+        .scoping(
+            Scoping::builder()
+                .excludes(
+                    JobScopingBlock::builder()
+                        .and(
+                            JobScopeTerm::builder()
+                                .simple_scope_term(
+                                    SimpleScopeTerm::builder()
+                                        .comparator(JobComparator::Eq)
+                                        .key(ScopeFilterKey::ObjectExtension)
+                                        .values("tmp")
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .build();
+    let monthly = JobScheduleFrequency::builder()
+        .monthly_schedule(MonthlySchedule::builder().day_of_month(15).build())
+        .build();
+    let created = env
+        .client
+        .create_classification_job()
+        .client_token("full-1")
+        .name("finance-monthly")
+        .description("finance and HR buckets, monthly")
+        .job_type(SdkType::Scheduled)
+        .initial_run(true)
+        .sampling_percentage(50)
+        .schedule_frequency(monthly.clone())
+        .s3_job_definition(s3.clone())
+        .managed_data_identifier_selector(ManagedDataIdentifierSelector::Exclude)
+        .managed_data_identifier_ids("CREDIT_CARD_NUMBER")
+        .custom_data_identifier_ids("cdi-1")
+        .allow_list_ids("al-1")
+        .tags("team", "finance")
+        .tags("cost-center", "42")
+        .send()
+        .await
+        .unwrap();
+    let id = created.job_id().unwrap();
+    let d = env
+        .client
+        .describe_classification_job()
+        .job_id(id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.job_id(), Some(id));
+    assert_eq!(d.job_arn(), created.job_arn());
+    assert_eq!(d.client_token(), Some("full-1"));
+    assert_eq!(d.name(), Some("finance-monthly"));
+    assert_eq!(d.description(), Some("finance and HR buckets, monthly"));
+    assert_eq!(d.job_type(), Some(&SdkType::Scheduled));
+    assert_eq!(d.job_status(), Some(&SdkStatus::Running), "initialRun starts a run");
+    assert_eq!(d.initial_run(), Some(true));
+    assert_eq!(d.sampling_percentage(), Some(50));
+    assert_eq!(d.schedule_frequency(), Some(&monthly));
+    assert_eq!(d.s3_job_definition(), Some(&s3));
+    assert_eq!(
+        d.managed_data_identifier_selector(),
+        Some(&ManagedDataIdentifierSelector::Exclude)
+    );
+    assert_eq!(d.managed_data_identifier_ids(), ["CREDIT_CARD_NUMBER"]);
+    assert_eq!(d.custom_data_identifier_ids(), ["cdi-1"]);
+    assert_eq!(d.allow_list_ids(), ["al-1"]);
+    let tags = d.tags().unwrap();
+    assert_eq!(tags.len(), 2);
+    assert_eq!(tags.get("team").map(String::as_str), Some("finance"));
+    assert_eq!(tags.get("cost-center").map(String::as_str), Some("42"));
+    assert!(d.created_at().is_some());
+
+    // A one-time job over bucket criteria, with the defaults: no schedule, 100 %, the
+    // recommended identifiers (no selector), initialRun false.
+    let criteria = S3BucketCriteriaForJob::builder()
+        .includes(
+            CriteriaBlockForJob::builder()
+                .and(
+                    CriteriaForJob::builder()
+                        .simple_criterion(
+                            SimpleCriterionForJob::builder()
+                                .comparator(JobComparator::Eq)
+                                .key(SimpleCriterionKeyForJob::AccountId)
+                                .values("111122223333")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .build();
+    let by_criteria = env
+        .client
+        .create_classification_job()
+        .client_token("criteria-1")
+        .name("by-criteria")
+        .job_type(SdkType::OneTime)
+        .s3_job_definition(S3JobDefinition::builder().bucket_criteria(criteria.clone()).build())
+        .send()
+        .await
+        .unwrap();
+    let d = env
+        .client
+        .describe_classification_job()
+        .job_id(by_criteria.job_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.client_token(), Some("criteria-1"));
+    assert_eq!(d.s3_job_definition().unwrap().bucket_criteria(), Some(&criteria));
+    assert!(d.s3_job_definition().unwrap().bucket_definitions().is_empty());
+    assert_eq!(d.schedule_frequency(), None);
+    assert_eq!(d.sampling_percentage(), Some(100));
+    assert_eq!(d.initial_run(), Some(false));
+    assert_eq!(d.managed_data_identifier_selector(), None);
+    assert!(d.managed_data_identifier_ids().is_empty());
+    assert_eq!(d.tags().map(|t| t.len()), Some(0));
+    let listed = env.client.list_classification_jobs().send().await.unwrap();
+    let item = listed
+        .items()
+        .iter()
+        .find(|j| j.job_id() == by_criteria.job_id())
+        .unwrap();
+    assert_eq!(item.bucket_criteria(), Some(&criteria));
+
+    // The call log has both creates.
+    let (_, calls) = env.admin("GET", "/__admin/calls", None).await;
+    let c = &calls["calls"][0];
+    assert_eq!(c["operation"], "CreateClassificationJob");
+    assert_eq!(c["jobId"], id);
+    assert_eq!(c["name"], "finance-monthly");
+    assert_eq!(c["clientToken"], "full-1");
+    assert_eq!(c["outcome"], "OK");
+    assert_eq!(c["repeated"], false);
+}
+
+#[tokio::test]
+async fn a_repeated_client_token_returns_the_first_job_and_creates_nothing() {
+    let env = start(base_seed()).await;
+    let first = valid_create(&env.client, "same-token").send().await.unwrap();
+    // Another name, type and schedule: the token alone decides.
+    let again = scheduled(valid_create(&env.client, "same-token"))
+        .name("another-name")
+        .schedule_frequency(daily())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.job_id(), first.job_id());
+    assert_eq!(again.job_arn(), first.job_arn());
+    let (_, state) = env.admin("GET", "/__admin/state", None).await;
+    assert_eq!(state["jobs"].as_array().unwrap().len(), 1, "{state}");
+    let d = env
+        .client
+        .describe_classification_job()
+        .job_id(first.job_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.name(), Some("valid-job"));
+    assert_eq!(d.job_type(), Some(&SdkType::OneTime));
+    let (_, calls) = env.admin("GET", "/__admin/calls", None).await;
+    let calls = calls["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1]["repeated"], true);
+    assert_eq!(calls[1]["jobId"], json!(first.job_id()));
+    assert_eq!(calls[1]["name"], "another-name", "the log has what was sent");
+    assert_eq!(calls[1]["outcome"], "OK");
+    // Another token is another job; a token is per account and region.
+    let other = valid_create(&env.client, "other-token").send().await.unwrap();
+    assert_ne!(other.job_id(), first.job_id());
+    let west = client_for(env.addr, "eu-west-1", false);
+    let in_west = valid_create(&west, "same-token").send().await.unwrap();
+    assert_ne!(in_west.job_id(), first.job_id());
+}
+
+#[tokio::test]
+async fn create_quota_throttles_back_to_back_creates_and_admits_spaced_ones() {
+    let env = start(Seed {
+        create_quota_per_second: Some(2.0),
+        ..Seed::default()
+    })
+    .await;
+    let (c, q) = env.admin("GET", "/__admin/quotas", None).await;
+    assert_eq!((c, q), (200, json!({"createClassificationJobPerSecond": 2.0})));
+
+    use aws_sdk_macie2::operation::create_classification_job::CreateClassificationJobError;
+    let throttled = |err: aws_sdk_macie2::error::SdkError<
+        CreateClassificationJobError,
+        aws_sdk_macie2::config::http::HttpResponse,
+    >| {
+        assert_eq!(err.raw_response().unwrap().status().as_u16(), 429);
+        let svc = err.into_service_error();
+        assert!(svc.is_throttling_exception(), "{svc:?}");
+    };
+    let jobs = |state: Value| state["jobs"].as_array().unwrap().len();
+    let first = valid_create(&env.client, "q-1").send().await.unwrap();
+    throttled(valid_create(&env.client, "q-2").send().await.unwrap_err());
+    throttled(valid_create(&env.client, "q-3").send().await.unwrap_err());
+    assert_eq!(jobs(env.admin("GET", "/__admin/state", None).await.1), 1);
+    // Another region has its own bucket.
+    let west = client_for(env.addr, "eu-west-1", false);
+    valid_create(&west, "west-1").send().await.unwrap();
+    // Spaced by 1/rate, every create is admitted.
+    for token in ["q-2", "q-3", "q-4"] {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        valid_create(&env.client, token).send().await.unwrap();
+    }
+    assert_eq!(jobs(env.admin("GET", "/__admin/state", None).await.1), 4);
+    let (_, calls) = env.admin("GET", "/__admin/calls?region=us-east-1", None).await;
+    let calls = calls["calls"].as_array().unwrap();
+    let outcomes: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| (c["clientToken"].as_str().unwrap(), c["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("q-1", "OK"),
+            ("q-2", "ThrottlingException"),
+            ("q-3", "ThrottlingException"),
+            ("q-2", "OK"),
+            ("q-3", "OK"),
+            ("q-4", "OK")
+        ]
+    );
+    assert_eq!(calls[0]["jobId"], json!(first.job_id()));
+    assert!(calls[1].get("jobId").is_none(), "{}", calls[1]);
+    assert_eq!(calls[1]["name"], "valid-job");
+    assert_eq!(calls[1]["injected"], false);
+    let (_, counters) = env.admin("GET", "/__admin/counters", None).await;
+    let c = &counters["CreateClassificationJob"];
+    assert_eq!(c["requests"], 7);
+    assert_eq!(c["ok"], 5);
+    assert_eq!(c["errors"]["ThrottlingException"], 2);
+    assert_eq!(c["injected"], 0);
+
+    // The admin API changes the quota: null is unlimited, 0 admits nothing; reset restores
+    // the seed's.
+    let (c, _) = env
+        .admin(
+            "PUT",
+            "/__admin/quotas",
+            Some(json!({"createClassificationJobPerSecond": null})),
+        )
+        .await;
+    assert_eq!(c, 204);
+    assert_eq!(
+        env.admin("GET", "/__admin/quotas", None).await.1,
+        json!({"createClassificationJobPerSecond": null})
+    );
+    for i in 0..3 {
+        valid_create(&env.client, &format!("free-{i}")).send().await.unwrap();
+    }
+    let (c, _) = env
+        .admin(
+            "PUT",
+            "/__admin/quotas",
+            Some(json!({"createClassificationJobPerSecond": 0})),
+        )
+        .await;
+    assert_eq!(c, 204);
+    throttled(valid_create(&env.client, "never").send().await.unwrap_err());
+    for bad in [
+        json!({"createClassificationJobPerSecond": -1}),
+        json!({"createJobs": 1}),
+    ] {
+        let (c, body) = env.admin("PUT", "/__admin/quotas", Some(bad.clone())).await;
+        assert_eq!(c, 400, "{bad}: {body}");
+    }
+    let (c, _) = env.admin("POST", "/__admin/reset", None).await;
+    assert_eq!(c, 204);
+    assert_eq!(
+        env.admin("GET", "/__admin/quotas", None).await.1,
+        json!({"createClassificationJobPerSecond": 2.0})
+    );
+    valid_create(&env.client, "after-reset-1").send().await.unwrap();
+    throttled(valid_create(&env.client, "after-reset-2").send().await.unwrap_err());
 }

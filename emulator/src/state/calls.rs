@@ -27,7 +27,8 @@ pub struct AccountCall {
     pub outcome: String,
 }
 
-/// One UpdateClassificationJob, BatchUpdateAutomatedDiscoveryAccounts or AssumeRole call.
+/// One CreateClassificationJob, UpdateClassificationJob, BatchUpdateAutomatedDiscoveryAccounts
+/// or AssumeRole call.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallRecord {
@@ -43,8 +44,16 @@ pub struct CallRecord {
     /// AssumeRole: the session name asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role_session_name: Option<String>,
+    /// UpdateClassificationJob: the job in the path; CreateClassificationJob: the job created
+    /// (or, for a repeated clientToken, the job that token created).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// CreateClassificationJob: the `name` sent (as sent, even when the call was refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// CreateClassificationJob: the `clientToken` sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
     /// The job's real status when the call arrived (not what a delayed read showed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_status: Option<JobStatus>,
@@ -55,7 +64,9 @@ pub struct CallRecord {
     /// Whether the transition is one the Macie documentation allows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid: Option<bool>,
-    /// The same status was already asked for, and accepted, with nothing changed since.
+    /// UpdateClassificationJob: the same status was already asked for, and accepted, with
+    /// nothing changed since. CreateClassificationJob: the clientToken had already created a
+    /// job, which is returned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeated: Option<bool>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -67,6 +78,13 @@ pub struct CallRecord {
     /// The answer was a fault injected before the call was processed.
     pub injected: bool,
 }
+
+/// The Macie operations in the call log (the ones that change something).
+const LOGGED_OPERATIONS: [&str; 3] = [
+    "CreateClassificationJob",
+    "UpdateClassificationJob",
+    "BatchUpdateAutomatedDiscoveryAccounts",
+];
 
 impl Emulator {
     /// Records the outcome of a call in the counters (and, for the write operations, in the
@@ -81,7 +99,7 @@ impl Emulator {
     ) {
         self.count(op, result.map_err(|e| e.code.as_str()), injected);
         if let (Err(e), true) = (result, injected || !self.macie_enabled)
-            && (op == "UpdateClassificationJob" || op == "BatchUpdateAutomatedDiscoveryAccounts")
+            && LOGGED_OPERATIONS.contains(&op)
         {
             let mut rec = self.new_record(at, op, e.code.as_str(), Some(e.message.clone()), injected);
             rec.job_id = job_id.map(str::to_string);
@@ -123,6 +141,8 @@ impl Emulator {
             role_arn: None,
             role_session_name: None,
             job_id: None,
+            name: None,
+            client_token: None,
             from_status: None,
             requested_status: None,
             to_status: None,

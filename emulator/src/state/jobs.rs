@@ -1,7 +1,6 @@
 //! Classification jobs: the job model and CreateClassificationJob, DescribeClassificationJob,
 //! ListClassificationJobs, UpdateClassificationJob, plus the service-side changes of the admin API.
 
-use std::collections::BTreeMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, SystemTime};
@@ -9,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::definition::JobDefinition;
 use super::paging::{FilterCriteria, OrderBy, SortAttribute, SortCriteria, decode_token, encode_token, fingerprint};
 use super::{ApiResult, Emulator, Scope, decode};
 use crate::model::*;
@@ -83,9 +83,10 @@ impl Emulator {
         let details = json!({
             "clientToken": format!("seed-{job_id}"),
             "description": "",
-            "initialRun": true,
+            "initialRun": job.job_type == JobType::Scheduled,
             "managedDataIdentifierSelector": "RECOMMENDED",
             "samplingPercentage": 100,
+            "scheduleFrequency": (job.job_type == JobType::Scheduled).then(|| json!({ "dailySchedule": {} })),
             "s3JobDefinition": { "bucketDefinitions": bucket_definitions },
             "statistics": { "approximateNumberOfObjectsToProcess": 0.0, "numberOfRuns": 1.0 },
             "tags": {},
@@ -150,82 +151,84 @@ impl Emulator {
         self.region_mut(&at).jobs.remove(job_id).is_some()
     }
 
-    pub fn create_job(&mut self, at: &Scope, body: Value) -> ApiResult {
-        let req: CreateJobRequest = decode(body)?;
-        if let Some(id) = self.region_mut(at).client_tokens.get(&req.client_token) {
-            let id = id.clone();
-            return Ok(json!({ "jobId": id, "jobArn": self.job_arn(at, &id) }));
+    /// CreateClassificationJob. In order: the create quota (a throttled call changes nothing),
+    /// the input checks ([`JobDefinition::parse`]), then the clientToken: a token already used
+    /// in this account and region returns the job it created, whatever else the request says.
+    /// Every call is in the call log with the name and clientToken sent.
+    pub fn create_job(&mut self, at: &Scope, body: Result<Value, ApiError>) -> ApiResult {
+        let mut rec = self.new_record(at, "CreateClassificationJob", "OK", None, false);
+        if let Ok(v) = &body {
+            let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+            rec.name = text("name");
+            rec.client_token = text("clientToken");
         }
-        if req.name.is_empty() || req.name.len() > 500 {
-            return Err(ApiError::validation("name must be 1 to 500 characters"));
+        let result = self.admit_create(at, body, &mut rec.repeated);
+        match &result {
+            Ok(v) => rec.job_id = v["jobId"].as_str().map(str::to_string),
+            Err(e) => {
+                rec.outcome = e.code.as_str().to_string();
+                rec.message = Some(e.message.clone());
+            }
         }
-        if let Some(p) = req.sampling_percentage
-            && !(1..=100).contains(&p)
-        {
-            return Err(ApiError::validation("samplingPercentage must be between 1 and 100"));
-        }
-        let defs = req.s3_job_definition.get("bucketDefinitions").filter(|v| !v.is_null());
-        let criteria = req.s3_job_definition.get("bucketCriteria").filter(|v| !v.is_null());
-        if defs.is_some() == criteria.is_some() {
-            return Err(ApiError::validation(
-                "s3JobDefinition must specify exactly one of bucketDefinitions or bucketCriteria",
+        self.calls.push(rec);
+        result
+    }
+
+    fn admit_create(&mut self, at: &Scope, body: Result<Value, ApiError>, repeated: &mut Option<bool>) -> ApiResult {
+        if !self.take_create_token(at) {
+            return Err(ApiError::new(
+                ErrorCode::ThrottlingException,
+                "Rate exceeded: too many CreateClassificationJob requests",
             ));
         }
-        let bucket_definitions: Option<Vec<S3BucketDefinitionForJob>> = match defs {
-            Some(d) => Some(
-                serde_json::from_value(d.clone())
-                    .map_err(|e| ApiError::validation(format!("s3JobDefinition.bucketDefinitions: {e}")))?,
-            ),
-            None => None,
-        };
-        let initial_run = req.initial_run.unwrap_or(false);
-        let status = match req.job_type {
+        let def = JobDefinition::parse(&body?)?;
+        let existing = self.region_mut(at).client_tokens.get(&def.client_token).cloned();
+        *repeated = Some(existing.is_some());
+        if let Some(id) = existing {
+            return Ok(json!({ "jobId": id, "jobArn": self.job_arn(at, &id) }));
+        }
+        let defs = def.s3_job_definition.get("bucketDefinitions").filter(|v| !v.is_null());
+        let bucket_definitions = defs.and_then(Value::as_array).map(|defs| {
+            defs.iter()
+                .map(|d| S3BucketDefinitionForJob {
+                    account_id: d["accountId"].as_str().unwrap_or_default().to_string(),
+                    buckets: d["buckets"]
+                        .as_array()
+                        .map(|b| b.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                        .unwrap_or_default(),
+                })
+                .collect()
+        });
+        let bucket_criteria = def
+            .s3_job_definition
+            .get("bucketCriteria")
+            .filter(|v| !v.is_null())
+            .cloned();
+        let status = match def.job_type {
             JobType::OneTime => JobStatus::Running,
-            JobType::Scheduled => {
-                if req.schedule_frequency.is_none() {
-                    return Err(ApiError::validation(
-                        "scheduleFrequency is required for a SCHEDULED job",
-                    ));
-                }
-                if initial_run {
-                    JobStatus::Running
-                } else {
-                    JobStatus::Idle
-                }
-            }
+            JobType::Scheduled if def.initial_run == Some(true) => JobStatus::Running,
+            JobType::Scheduled => JobStatus::Idle,
         };
+        let mut details = def.describe();
+        details["statistics"] = json!({ "approximateNumberOfObjectsToProcess": 0.0, "numberOfRuns": 0.0 });
         let now = self.now();
         let job_id = self.new_job_id();
-        let details = json!({
-            "allowListIds": req.allow_list_ids,
-            "clientToken": req.client_token,
-            "customDataIdentifierIds": req.custom_data_identifier_ids,
-            "description": req.description,
-            "initialRun": initial_run,
-            "managedDataIdentifierIds": req.managed_data_identifier_ids,
-            "managedDataIdentifierSelector": req.managed_data_identifier_selector,
-            "samplingPercentage": req.sampling_percentage.unwrap_or(100),
-            "scheduleFrequency": req.schedule_frequency,
-            "s3JobDefinition": req.s3_job_definition,
-            "statistics": { "approximateNumberOfObjectsToProcess": 0.0, "numberOfRuns": 0.0 },
-            "tags": req.tags.unwrap_or_default(),
-        });
         let job = Job {
             job_id: job_id.clone(),
-            name: req.name,
-            job_type: req.job_type,
+            name: def.name,
+            job_type: def.job_type,
             status,
             created_at: now,
             last_run_error: LastRunErrorCode::None,
             bucket_definitions,
-            bucket_criteria: criteria.cloned(),
+            bucket_criteria,
             paused: None,
             shown: None,
             last_request: None,
             details,
         };
         let r = self.region_mut(at);
-        r.client_tokens.insert(req.client_token, job_id.clone());
+        r.client_tokens.insert(def.client_token, job_id.clone());
         r.jobs.insert(job_id.clone(), job);
         Ok(json!({ "jobId": job_id, "jobArn": self.job_arn(at, &job_id) }))
     }
@@ -470,33 +473,6 @@ pub(super) fn summary(job: &Job, now: Timestamp, visible: bool) -> JobSummary {
         name: job.name.clone(),
         user_paused_details,
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CreateJobRequest {
-    #[serde(default)]
-    allow_list_ids: Option<Vec<String>>,
-    client_token: String,
-    #[serde(default)]
-    custom_data_identifier_ids: Option<Vec<String>>,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    initial_run: Option<bool>,
-    job_type: JobType,
-    #[serde(default)]
-    managed_data_identifier_ids: Option<Vec<String>>,
-    #[serde(default)]
-    managed_data_identifier_selector: Option<String>,
-    name: String,
-    s3_job_definition: Value,
-    #[serde(default)]
-    sampling_percentage: Option<i64>,
-    #[serde(default)]
-    schedule_frequency: Option<Value>,
-    #[serde(default)]
-    tags: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]

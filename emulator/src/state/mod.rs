@@ -4,18 +4,21 @@
 //! One state type, [`Emulator`], with its methods grouped by concern in private modules: `jobs`
 //! (classification jobs), `discovery` (automated discovery accounts and configuration), `faults`
 //! (fault injection), `calls` (call log and counters) and `paging` (page tokens, filter and sort
-//! criteria), and `sts` (roles, temporary credentials and who signed a request). State is kept
+//! criteria), `sts` (roles, temporary credentials and who signed a request), `definition`
+//! (CreateClassificationJob's input checks) and `quota` (request rate quotas). State is kept
 //! per [`Scope`]: an AWS account and a region. Their public types are re-exported here.
 
 mod calls;
+mod definition;
 mod discovery;
 mod faults;
 mod jobs;
 mod paging;
+mod quota;
 mod sts;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -28,9 +31,11 @@ use discovery::ShownAccount;
 use jobs::summary;
 
 pub use calls::{AccountCall, CallRecord, OpCounters};
+pub use definition::{JobDefinition, is_bucket_name};
 pub use discovery::{Account, DEFAULT_ACCOUNTS_PAGE};
 pub use faults::{ErrorRule, Fault, Faults, Injected, JOB_OPERATIONS};
 pub use jobs::{DEFAULT_JOBS_PAGE, HEALTH_EVENT_AFTER, Job, PAUSE_EXPIRY, Paused};
+pub use quota::Quotas;
 pub use sts::{Caller, DEFAULT_SESSION, Session, StsError};
 
 /// The Macie operations the emulator serves, by their service-model names.
@@ -97,6 +102,9 @@ pub struct Emulator {
     pub counters: BTreeMap<String, OpCounters>,
     pub calls: Vec<CallRecord>,
     next_id: u64,
+    quotas: Quotas,
+    /// When each (account, region) last took a CreateClassificationJob token (wall clock).
+    create_tokens_taken: HashMap<Scope, Instant>,
 }
 
 pub type ApiResult = Result<Value, ApiError>;
@@ -116,14 +124,20 @@ impl Emulator {
             counters: BTreeMap::new(),
             calls: Vec::new(),
             next_id: 0,
+            quotas: Quotas::default(),
+            create_tokens_taken: HashMap::new(),
         };
         e.reset();
         e
     }
 
-    /// Back to the seed: state, clock, faults, counters and call log.
+    /// Back to the seed: state, clock, faults, quotas, counters and call log.
     pub fn reset(&mut self) {
         self.regions.clear();
+        self.quotas = Quotas {
+            create_classification_job_per_second: self.seed.create_quota_per_second,
+        };
+        self.create_tokens_taken.clear();
         self.clock_offset = Duration::ZERO;
         self.faults = Faults::default();
         self.rng = StdRng::seed_from_u64(0);
