@@ -160,7 +160,15 @@ async fn call(
         Ok(()) => {
             let r = handler(&mut e, &at);
             e.record(op, &at, job_id, &r.as_ref().map(|_| ()), false);
-            r
+            if r.is_ok() && e.take_lost_response(op) {
+                // Processed: only the answer is lost.
+                Err(ApiError::new(
+                    crate::model::ErrorCode::InternalServerException,
+                    "the response was lost (injected after processing)",
+                ))
+            } else {
+                r
+            }
         }
     };
     drop(e);

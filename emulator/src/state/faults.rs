@@ -124,6 +124,11 @@ pub struct Faults {
     /// applies wins).
     #[serde(default)]
     pub errors: Vec<ErrorRule>,
+    /// Per operation: the next N calls are processed, then answered InternalServerException
+    /// (500) as if the response were lost on its way back (the change stands). Each such call
+    /// uses one up.
+    #[serde(default)]
+    pub lost_responses: BTreeMap<String, u32>,
 }
 
 /// A fault drawn for a call from the `operations` rates.
@@ -134,6 +139,17 @@ pub enum Injected {
 }
 
 impl Emulator {
+    /// Whether this processed call of `op` loses its response (uses one of `lostResponses`).
+    pub fn take_lost_response(&mut self, op: &str) -> bool {
+        match self.faults.lost_responses.get_mut(op) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn fault_for(&self, op: &str) -> Fault {
         let mut f = self.faults.operations.get("*").cloned().unwrap_or_default();
         if let Some(o) = self.faults.operations.get(op) {
