@@ -322,3 +322,37 @@ async fn twelve_definitions_at_once_wait_their_turn_for_the_create_quota() -> Re
     op.stop().await;
     Ok(())
 }
+
+/// A 500 on the create's answer (Macie created the job): the job is found by its client token,
+/// never created twice; deleting the resource with deletionPolicy Cancel cancels that job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_create_answer_alone_leaves_one_job_which_deletion_cancels() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("create-500").await?;
+    creating_account(&client, "create-500").await?;
+    set_faults(&emu, json!({"lostResponses": {"CreateClassificationJob": 1}}))?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let op = OperatorHandle::start(client.clone(), &ns, &emu.url, |c| c.create_rate = 20.0).await;
+    let mut spec = scheduled("answer-lost", "RUNNING", "create-500");
+    spec["deletionPolicy"] = json!("Cancel");
+    create_job(&api, "m", spec).await?;
+    let o = wait_reason(&api, "m", "Converged", DEADLINE).await?;
+    let ids = jobs_named(&emu, "answer-lost");
+    assert_eq!(ids.len(), 1, "exactly one job");
+    assert_eq!(
+        o.status.unwrap().creation.unwrap().job_id.as_deref(),
+        Some(ids[0].as_str())
+    );
+    assert_eq!(
+        creates(&emu),
+        [("answer-lost".to_string(), "OK".to_string())],
+        "one create call"
+    );
+    api.delete("m", &Default::default()).await?;
+    wait_for("the resource gone after cancelling its job", DEADLINE, || async {
+        Ok(api.get_opt("m").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert_eq!(emu.status(&ids[0]).as_deref(), Some("CANCELLED"));
+    op.stop().await;
+    Ok(())
+}

@@ -93,20 +93,21 @@ pub fn decide<T: Fn(&str) -> Option<String>>(f: Facts<'_, T>) -> CreateAction {
             None => CreateAction::Describe(job.job_id.clone()),
         },
         Observation::Ambiguous(_) => CreateAction::Ambiguous,
-        Observation::NotFound if desired == DesiredJobStatus::Cancelled => CreateAction::NothingToCreate,
         Observation::NotFound => match record {
+            // A create in flight may still show up (also when the resource now asks for
+            // CANCELLED, or is being deleted): only a sweep that started past the step timeout
+            // after the call, and still shows no job of the name, settles it.
+            Some(r)
+                if r.outcome == CreationOutcome::Pending
+                    && snapshot_at
+                        .is_none_or(|s| s <= r.requested_at.0.checked_add(step_timeout).unwrap_or(Timestamp::MAX)) =>
+            {
+                CreateAction::Wait(Waiting::ForCreated)
+            }
+            _ if desired == DesiredJobStatus::Cancelled => CreateAction::NothingToCreate,
             None => CreateAction::Create,
             Some(r) => match r.outcome {
-                CreationOutcome::Pending => {
-                    // Only a sweep that started past the step timeout after the call, and
-                    // still shows no job of the name, lets the create go again.
-                    let deadline = r.requested_at.0.checked_add(step_timeout).unwrap_or(Timestamp::MAX);
-                    if snapshot_at.is_some_and(|s| s > deadline) {
-                        CreateAction::Create
-                    } else {
-                        CreateAction::Wait(Waiting::ForCreated)
-                    }
-                }
+                CreationOutcome::Pending => CreateAction::Create,
                 CreationOutcome::NotProcessed | CreationOutcome::Failed => match r.retry_at.as_ref() {
                     Some(t) if t.0 > now => CreateAction::Wait(Waiting::ForRetry(t.0)),
                     _ => CreateAction::Create,
@@ -353,6 +354,31 @@ mod tests {
                 Some(301),
                 None,
                 Create,
+            ),
+            // CANCELLED (or a deletion) while a create may be in flight: wait for it to show.
+            (
+                Cancelled,
+                Some(record(Pending, 0, None, None)),
+                Observation::NotFound,
+                Some(10),
+                None,
+                Wait(Waiting::ForCreated),
+            ),
+            (
+                Cancelled,
+                Some(record(Pending, 0, None, None)),
+                Observation::NotFound,
+                Some(301),
+                None,
+                NothingToCreate,
+            ),
+            (
+                Cancelled,
+                Some(record(Pending, 0, None, None)),
+                Observation::Found(&job),
+                Some(10),
+                Some(ours),
+                Follow("j1".into()),
             ),
             (
                 Running,

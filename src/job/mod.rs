@@ -927,6 +927,11 @@ async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Created, Error
                 return Ok(Created::Done(Action::await_change()));
             }
             CreateAction::Ambiguous | CreateAction::Wait(Waiting::ForSweep) => return Ok(Created::ByName),
+            // Being deleted: the deletion step releases it (nothing to cancel).
+            CreateAction::NothingToCreate if obj.meta().deletion_timestamp.is_some() => {
+                lock(&ctx.queue).leave(&oref);
+                return Ok(Created::ByName);
+            }
             CreateAction::NothingToCreate => {
                 lock(&ctx.queue).leave(&oref);
                 status(
