@@ -410,13 +410,12 @@ async fn engine_loop(
 /// Lists `ids` and records what each shows; `full` when they are every declared account.
 async fn observe(env: &EngineEnv, ids: &[String], view: &mut View, full: bool) {
     let started = Timestamp::now();
-    let listed = match env.clients.client(&env.place) {
-        Ok(client) => calls::list_accounts(&client, ids, &env.metrics).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = &listed {
-        env.clients.after_error(&env.place, e);
-    }
+    let listed = env
+        .clients
+        .with_client(&env.place, |c| async move {
+            calls::list_accounts(&c, ids, &env.metrics).await
+        })
+        .await;
     match listed {
         Ok((found, _calls)) => {
             for id in ids {
@@ -461,13 +460,13 @@ async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep
         }
         let at = Timestamp::now();
         log_write(env, &batch);
-        let sent = match env.clients.client(&env.place) {
-            Ok(client) => calls::batch_update(&client, &batch, &env.metrics).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &sent {
-            env.clients.after_error(&env.place, e);
-        }
+        let sent = env
+            .clients
+            .with_client(&env.place, |c| {
+                let batch = &batch;
+                async move { calls::batch_update(&c, batch, &env.metrics).await }
+            })
+            .await;
         match sent {
             Ok(errors) => {
                 *throttled = 0;

@@ -273,6 +273,22 @@ impl MacieClients {
         }
     }
 
+    /// Runs `call` with the client of `place`, and reacts to its failure (`after_error`).
+    pub async fn with_client<T, F, Fut>(&self, place: &Place, call: F) -> Result<T, MacieError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, MacieError>>,
+    {
+        let r = match self.client(place) {
+            Ok(c) => call(c).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &r {
+            self.after_error(place, e);
+        }
+        r
+    }
+
     /// The Macie client of `place`; an error when its MacieAccount is not registered (a
     /// decision that admitted the resource registers it first).
     pub fn client(&self, place: &Place) -> Result<Client, MacieError> {
@@ -318,13 +334,9 @@ impl MacieApi for MacieClients {
         page_size: i32,
         token: Option<String>,
     ) -> BoxFuture<'a, Result<JobsPage, MacieError>> {
-        Box::pin(async move {
-            let r = api::sdk_list_jobs_page(&self.client(place)?, page_size, token).await;
-            if let Err(e) = &r {
-                self.after_error(place, e);
-            }
-            r
-        })
+        Box::pin(self.with_client(place, move |c| async move {
+            api::sdk_list_jobs_page(&c, page_size, token).await
+        }))
     }
 
     fn update_job<'a>(
@@ -333,13 +345,7 @@ impl MacieApi for MacieClients {
         job_id: &'a str,
         to: DesiredJobStatus,
     ) -> BoxFuture<'a, Result<(), MacieError>> {
-        Box::pin(async move {
-            let r = api::sdk_update_job(&self.client(place)?, job_id, to).await;
-            if let Err(e) = &r {
-                self.after_error(place, e);
-            }
-            r
-        })
+        Box::pin(self.with_client(place, move |c| async move { api::sdk_update_job(&c, job_id, to).await }))
     }
 
     fn create_job<'a>(
@@ -347,13 +353,7 @@ impl MacieApi for MacieClients {
         place: &'a Place,
         job: &'a api::NewJob<'a>,
     ) -> BoxFuture<'a, Result<String, MacieError>> {
-        Box::pin(async move {
-            let r = api::sdk_create_job(&self.client(place)?, job).await;
-            if let Err(e) = &r {
-                self.after_error(place, e);
-            }
-            r
-        })
+        Box::pin(self.with_client(place, move |c| async move { api::sdk_create_job(&c, job).await }))
     }
 
     fn job_client_token<'a>(
@@ -361,13 +361,10 @@ impl MacieApi for MacieClients {
         place: &'a Place,
         job_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, MacieError>> {
-        Box::pin(async move {
-            let r = api::sdk_job_client_token(&self.client(place)?, job_id).await;
-            if let Err(e) = &r {
-                self.after_error(place, e);
-            }
-            r
-        })
+        Box::pin(self.with_client(
+            place,
+            move |c| async move { api::sdk_job_client_token(&c, job_id).await },
+        ))
     }
 }
 
