@@ -108,6 +108,7 @@ impl Tenancy {
         let account_task = spawn_watch(
             watcher(Api::<MacieAccount>::all(client.clone()), watcher::Config::default())
                 .default_backoff()
+                .modify(crate::runtime::slim)
                 .reflect(account_writer)
                 .touched_objects(),
             subscribers.clone(),

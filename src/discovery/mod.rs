@@ -603,6 +603,7 @@ impl DiscoveryController {
         let (e, f) = (engines.clone(), failures.clone());
         let events = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
+            .modify(crate::runtime::slim)
             .reflect(writer)
             .inspect_ok(move |event| {
                 e.on_event(event);

@@ -17,7 +17,7 @@ use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
 
 use crate::account::policy::{self, JobAsk, Refusal};
@@ -323,9 +323,15 @@ impl JobController {
         config: Config,
     ) -> JobController {
         let api: Api<MacieJob> = crate::runtime::scoped_api(client.clone(), config.namespace.as_deref());
-        let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        // The cache keeps only what the reconciles read (no managed fields, no last-applied).
+        let (store, writer) = kube::runtime::reflector::store::<MacieJob>();
+        let events = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(crate::runtime::slim)
+            .reflect(writer)
+            .applied_objects();
+        let controller = Controller::for_stream(events, store.clone())
             .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
-        let store = controller.store();
         let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<MacieJob>>();
         let default_region = config.default_region.clone();
         let waiters: Waiters = Arc::default();

@@ -295,6 +295,22 @@ pub fn backoff(failures: u32) -> std::time::Duration {
     capped.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
+/// The annotation `kubectl apply` (client-side) keeps: the whole last applied object again.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the controllers never read from a watched object before it is cached: managed
+/// fields and the last-applied annotation (each can be as large as the object itself).
+pub fn slim<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
 /// Consecutive reconcile failures per object, for the controllers' error policies.
 pub struct Failures<K: kube::Resource<DynamicType = ()>> {
     counts: std::sync::Mutex<std::collections::HashMap<kube::runtime::reflector::ObjectRef<K>, u32>>,
@@ -520,6 +536,29 @@ mod tests {
         assert!(h.check_at(later).unwrap_err().contains("us-east-1"));
         m.region_stopped(&place);
         assert_eq!(h.check_at(later), Ok(()));
+    }
+
+    #[test]
+    fn slim_drops_managed_fields_and_the_last_applied_annotation_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut obj = k8s_openapi::api::core::v1::ConfigMap::default();
+        obj.metadata.name = Some("x".into());
+        obj.metadata.finalizers = Some(vec!["f".into()]);
+        obj.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        obj.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_string(), "{}".to_string()),
+                ("keep".to_string(), "v".to_string()),
+            ]
+            .into(),
+        );
+        slim(&mut obj);
+        assert!(obj.metadata.managed_fields.is_none());
+        assert_eq!(obj.metadata.annotations.as_ref().map(|a| a.len()), Some(1));
+        assert_eq!(obj.metadata.finalizers.as_deref(), Some(&["f".to_string()][..]));
+        obj.metadata.annotations = Some([(LAST_APPLIED.to_string(), "{}".to_string())].into());
+        slim(&mut obj);
+        assert!(obj.metadata.annotations.is_none());
     }
 
     #[test]
