@@ -817,3 +817,50 @@ async fn an_engine_stops_when_its_region_is_unused_and_restarts_on_demand() -> R
     op.stop().await;
     Ok(())
 }
+
+/// Issue 13.3: confirming a change lists only the accounts that changed; the full observation
+/// of every declared account (ceil(declared / 25) calls) runs once per interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirming_one_change_among_500_accounts_costs_one_list_call() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("disc-confirm").await?;
+    let accounts = declare(7000, 500, "ENABLED");
+    for (a, _) in &accounts {
+        emu.put_account(a, "ENABLED", false);
+    }
+    let api: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(&api, "many", &accounts).await?;
+    // A long interval: no full observation falls inside the measured change.
+    let op = DiscoveryHandle::start(client.clone(), &ns, &emu.url, |c| {
+        c.poll_interval = Duration::from_secs(600)
+    })
+    .await;
+    wait_reason(&api, "many", "Converged", |_| true).await?;
+    let full = emu.requests("ListAutomatedDiscoveryAccounts");
+    assert_eq!(
+        full,
+        500_u64.div_ceil(25),
+        "the first full observation: one call per page of 25"
+    );
+    // One account changes its declaration.
+    let mut changed = accounts.clone();
+    changed[123].1 = "DISABLED";
+    let patch = json!({"spec": {"accounts": changed.iter().map(|(a, s)| json!({"accountId": a, "status": s})).collect::<Vec<_>>()}});
+    api.patch("many", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_reason(&api, "many", "Converged", |o| {
+        o.status.as_ref().is_some_and(|s| {
+            s.accounts
+                .iter()
+                .any(|r| r.account_id == accounts[123].0 && r.observed.as_deref() == Some("DISABLED"))
+        })
+    })
+    .await?;
+    assert_eq!(emu.account(&accounts[123].0).as_deref(), Some("DISABLED"));
+    assert_eq!(
+        emu.requests("ListAutomatedDiscoveryAccounts") - full,
+        1,
+        "confirming one change lists that account only"
+    );
+    op.stop().await;
+    Ok(())
+}

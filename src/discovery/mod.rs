@@ -352,6 +352,10 @@ async fn engine_loop(
     let mut next_observe = tokio::time::Instant::now();
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut throttled = 0u32;
+    // Accounts sent and not observed since: confirmed on their own, soon, while the full
+    // observation of every declared account runs once per interval.
+    let mut confirm: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut confirm_at: Option<tokio::time::Instant> = None;
     // Gather the declarations that arrive together (e.g. a GitOps sync) before the first pass.
     tokio::time::sleep(config.batch_window).await;
     loop {
@@ -364,17 +368,26 @@ async fn engine_loop(
         // Reconciles report on the new declarations at once (Pending until observed).
         env.publish(&view, &mut shown, &view_tx);
 
-        // Every declared account each poll interval; newly declared ones at once.
+        // Every declared account each poll interval; newly declared ones at once; the ones just
+        // sent, on their own, a batch window after the send.
         let now = tokio::time::Instant::now();
         let due = now >= next_observe;
+        let confirming = confirm_at.is_some_and(|c| now >= c);
         let ids: Vec<String> = view
             .desired
             .account_ids()
             .into_iter()
-            .filter(|id| due || view.accounts.get(id).is_none_or(|a| a.observed_at.is_none()))
+            .filter(|id| {
+                due || view.accounts.get(id).is_none_or(|a| a.observed_at.is_none())
+                    || (confirming && confirm.contains(id))
+            })
             .collect();
         if !ids.is_empty() {
             observe(&env, &ids, &mut view, due).await;
+        }
+        if due || confirming {
+            confirm.clear();
+            confirm_at = None;
         }
         if due {
             next_observe = now + config.poll_interval;
@@ -386,15 +399,20 @@ async fn engine_loop(
             if let Some(wait) = sent.retry_after {
                 retry_at = Some(tokio::time::Instant::now() + wait.min(config.poll_interval));
             }
-            if sent.any {
-                // Confirm soon rather than a whole interval later.
-                next_observe = next_observe.min(tokio::time::Instant::now() + config.batch_window);
+            if !sent.ids.is_empty() {
+                // Confirm soon rather than a whole interval later: those accounts only.
+                confirm.extend(sent.ids);
+                let at = tokio::time::Instant::now() + config.batch_window;
+                confirm_at = Some(confirm_at.map_or(at, |c| c.min(at)));
             }
         }
         view.passes += 1;
         env.publish(&view, &mut shown, &view_tx);
 
-        let wake = retry_at.map_or(next_observe, |r| r.min(next_observe));
+        let wake = [retry_at, confirm_at]
+            .into_iter()
+            .flatten()
+            .fold(next_observe, |w, t| w.min(t));
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             k = kick.recv() => {
@@ -438,8 +456,8 @@ async fn observe(env: &EngineEnv, ids: &[String], view: &mut View, full: bool) {
 
 /// What a send step did.
 struct SendStep {
-    /// Some call was (or may have been) processed.
-    any: bool,
+    /// Accounts whose change was (or may have been) processed: to be confirmed.
+    ids: Vec<String>,
     /// Throttled: try the rest after this long.
     retry_after: Option<Duration>,
 }
@@ -449,7 +467,7 @@ struct SendStep {
 async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep {
     let region = &env.place;
     let mut step = SendStep {
-        any: false,
+        ids: Vec::new(),
         retry_after: None,
     };
     let sends = plan::to_send(&view.desired, &view.accounts, Timestamp::now(), &env.config.plan);
@@ -470,7 +488,6 @@ async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep
         match sent {
             Ok(errors) => {
                 *throttled = 0;
-                step.any = true;
                 view.api_error = None;
                 let failed: HashMap<String, String> = errors.into_iter().collect();
                 for (id, status) in &batch {
@@ -485,6 +502,7 @@ async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep
                             });
                         }
                         None => {
+                            step.ids.push(id.clone());
                             a.sent = Some(Sent {
                                 status: *status,
                                 from: a.observed,
@@ -505,9 +523,9 @@ async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep
             }
             Err(e @ MacieError::Uncertain { .. }) => {
                 // It may have taken effect: treat as sent, an observation settles it.
-                step.any = true;
                 tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts outcome unknown");
                 for (id, status) in &batch {
+                    step.ids.push(id.clone());
                     let a = view.accounts.entry(id.clone()).or_default();
                     a.sent = Some(Sent {
                         status: *status,
