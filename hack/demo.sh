@@ -94,6 +94,8 @@ for c in json.load(sys.stdin)["calls"]:
     who = "account %s" % c.get("awsAccountId")
     if c["operation"] == "UpdateClassificationJob":
         print("  %s UpdateClassificationJob %s: %s -> %s: %s" % (who, c["jobId"], c.get("fromStatus"), c.get("requestedStatus"), c["outcome"]))
+    elif c["operation"] == "CreateClassificationJob":
+        print("  %s CreateClassificationJob %s -> %s: %s" % (who, c.get("name"), c.get("jobId"), c["outcome"]))
     elif c["operation"] == "AssumeRole":
         print("  %s AssumeRole %s (session %s): %s" % (who, c.get("roleArn"), c.get("roleSessionName"), c["outcome"]))
     else:

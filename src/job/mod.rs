@@ -540,13 +540,37 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
         };
         match create_step(ctx, asked).await? {
             Created::Follow(job_id, record) => {
-                creation = Some(record);
                 let followed = MacieJobSpec {
-                    job_id: Some(job_id),
+                    job_id: Some(job_id.clone()),
                     job_name: None,
                     ..obj.spec.clone()
                 };
                 observation = resolve(&followed, &view);
+                // Just created: only a sweep that started after the create can show the job.
+                if matches!(observation, Observation::NotFound | Observation::NoSweepYet)
+                    && snapshot_at.is_none_or(|s| s <= record.requested_at.0)
+                {
+                    ctx.wake_after_sweep(&oref, &place, record.requested_at.0);
+                    let stored = obj.status.clone().unwrap_or_default();
+                    write_status(
+                        &api,
+                        obj,
+                        ctx,
+                        StatusUpdate {
+                            prev: &stored,
+                            region: &place.region,
+                            job: None,
+                            summary: &Reason::Creating
+                                .summary(format!("created job {job_id}; waiting for a sweep to show it")),
+                            last_transition: stored.last_transition.clone(),
+                            snapshot_at: None,
+                            creation: Some(record),
+                        },
+                    )
+                    .await?;
+                    return Ok(Action::await_change());
+                }
+                creation = Some(record);
             }
             Created::ByName => {}
             Created::Done(action) => return Ok(action),

@@ -584,6 +584,10 @@ async fn a_definition_is_created_once_then_followed_and_paused() {
     // The first status write recorded the create before the call.
     let first = &r.kube.status_writes()[0];
     assert_eq!(first.body["status"]["creation"]["outcome"], "Pending");
+    // Until a sweep that started after the create shows it, the job is being created (not
+    // "not found").
+    assert_eq!(r.reason("m").1, "Creating");
+    assert!(!r.kube.events().iter().any(|(reason, _)| reason == "JobNotFound"));
     // Followed by id, then paused through the usual step.
     r.sweeps(1).await;
     r.reconcile("m", 5).await;
