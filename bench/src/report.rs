@@ -176,6 +176,78 @@ impl fmt::Display for DiscoveryRun {
     }
 }
 
+/// MacieJobs with a ONE_TIME definition applied at once, created against the create quota
+/// (the operator's --create-rate and the emulator's quota the same `rate`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateRun {
+    pub definitions: usize,
+    /// CreateClassificationJob calls per second per account and region.
+    pub rate: f64,
+    /// Time the driver took to apply every MacieJob.
+    pub apply_s: f64,
+    /// From the first apply to the last MacieJob Converged.
+    pub total_s: f64,
+    /// (definitions - 1) / rate: the fewest seconds the quota allows from the first create to
+    /// the last.
+    pub minimum_s: f64,
+    /// total_s / minimum_s (none for a single definition).
+    pub ratio: Option<f64>,
+    /// From the first accepted create to the last, as the emulator logged them.
+    pub create_span_s: f64,
+    /// The shortest time between two CreateClassificationJob calls as the emulator received
+    /// them (the quota wants at least 1 / rate).
+    pub min_gap_s: Option<f64>,
+    /// CreateClassificationJob calls in the emulator's call log.
+    pub create_calls: usize,
+    /// Of those, accepted (OK).
+    pub created: usize,
+    /// Of those, throttled by the emulator's create quota (not processed; sent again).
+    pub throttled: usize,
+    /// Of those, refused otherwise (input errors and the like).
+    pub refused: usize,
+    /// Creates that repeated a client token already used, plus repeated updates.
+    pub repeated: usize,
+    /// Refused creates plus updates Macie does not allow.
+    pub invalid: usize,
+    /// UpdateClassificationJob calls (none needed: the jobs are created RUNNING).
+    pub update_calls: usize,
+    /// Jobs in the emulator at the end.
+    pub jobs_in_macie: usize,
+    /// Definitions whose job name exists exactly once in the emulator.
+    pub jobs_once: usize,
+    /// MacieJobs that showed WaitingForCreateQuota while they waited.
+    pub waited: usize,
+    /// Per resource, from its apply to Converged.
+    pub to_converged: Percentiles,
+    /// Per resource, from Macie accepting its create to Converged (a sweep confirms it).
+    pub created_to_converged: Percentiles,
+    /// The operator's CPU seconds from the first apply to the last Converged.
+    pub cpu_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl fmt::Display for CreateRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} creates at {}/s: {:.1} s (minimum {:.1} s, ratio {}), {} calls ({} OK, {} throttled, {} invalid, {} repeated), {} of {} jobs exist once, {} showed WaitingForCreateQuota",
+            self.definitions,
+            self.rate,
+            self.total_s,
+            self.minimum_s,
+            self.ratio.map_or("-".to_string(), |r| format!("{r:.3}")),
+            self.create_calls,
+            self.created,
+            self.throttled,
+            self.invalid,
+            self.repeated,
+            self.jobs_once,
+            self.definitions,
+            self.waited
+        )
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub machine: Machine,
@@ -184,6 +256,7 @@ pub struct Report {
     pub finished: bool,
     pub jobs: Vec<JobRun>,
     pub discovery: Vec<DiscoveryRun>,
+    pub creates: Vec<CreateRun>,
 }
 
 impl Report {
@@ -195,6 +268,7 @@ impl Report {
             finished: false,
             jobs: Vec::new(),
             discovery: Vec::new(),
+            creates: Vec::new(),
         }
     }
 
@@ -210,7 +284,8 @@ impl Report {
     }
 
     /// Results that break the operator's promises (these fail the run): an invalid or repeated
-    /// update, a job or account that did not reach its status, an account sent twice.
+    /// update, a job or account that did not reach its status, an account sent twice, an
+    /// invalid or repeated create, a definition not created exactly once.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         for f in self.jobs.iter().flat_map(|j| &j.flips) {
@@ -233,6 +308,21 @@ impl Report {
                 p.push(format!(
                     "discovery of {}: {} accounts sent twice, {} of {} enabled",
                     d.accounts, d.sent_twice, d.enabled_in_macie, d.accounts
+                ));
+            }
+        }
+        for c in &self.creates {
+            let what = format!("{} creates at {}/s", c.definitions, c.rate);
+            if c.invalid + c.repeated > 0 {
+                p.push(format!(
+                    "{what}: {} invalid and {} repeated calls",
+                    c.invalid, c.repeated
+                ));
+            }
+            if c.created != c.definitions || c.jobs_once != c.definitions || c.jobs_in_macie != c.definitions {
+                p.push(format!(
+                    "{what}: {} creates accepted, {} jobs in Macie, {} of {} exist exactly once",
+                    c.created, c.jobs_in_macie, c.jobs_once, c.definitions
                 ));
             }
         }
@@ -328,6 +418,42 @@ impl Report {
                 d.sent_twice,
                 d.total_s,
                 d.per_resource.to_string()
+            ));
+        }
+        line(String::new());
+        line("Creates (ONE_TIME definitions applied at once; --create-rate and the emulator's quota the same)".into());
+        line(format!(
+            "| {:>11} | {:>6} | {:>7} | {:>9} | {:>6} | {:>11} | {:>5} | {:>9} | {:>9} | {:>7} | {:>8} | {:>19} | {:>19} |",
+            "definitions",
+            "rate/s",
+            "total s",
+            "minimum s",
+            "ratio",
+            "create span",
+            "OK",
+            "throttled",
+            "jobs once",
+            "invalid",
+            "repeated",
+            "apply -> Converged",
+            "create -> Converged"
+        ));
+        for c in &self.creates {
+            line(format!(
+                "| {:>11} | {:>6} | {:>7.1} | {:>9.1} | {:>6} | {:>11.1} | {:>5} | {:>9} | {:>9} | {:>7} | {:>8} | {:>19} | {:>19} |",
+                c.definitions,
+                c.rate,
+                c.total_s,
+                c.minimum_s,
+                c.ratio.map_or("-".to_string(), |r| format!("{r:.3}")),
+                c.create_span_s,
+                c.created,
+                c.throttled,
+                c.jobs_once,
+                c.invalid,
+                c.repeated,
+                c.to_converged.to_string(),
+                c.created_to_converged.to_string()
             ));
         }
         t
