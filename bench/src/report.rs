@@ -329,6 +329,7 @@ impl Report {
         p
     }
 
+    /// The tables of the runs that ran.
     pub fn tables(&self) -> String {
         let mut t = String::new();
         let mut line = |s: String| {
@@ -337,124 +338,133 @@ impl Report {
         };
         line(format!("Machine: {}", self.machine));
         line(format!("Settings: {}", self.settings));
-        line(String::new());
-        line("Read cost (steady state, per sweep)".into());
-        line(format!(
-            "| {:>9} | {:>6} | {:>10} | {:>5} | {:>8} | {:>9} | {:>6} |",
-            "MacieJobs", "jobs", "List/sweep", "ideal", "Describe", "peers (N)", "ratio"
-        ));
-        for r in self.jobs.iter().map(|j| &j.read) {
+        if !self.jobs.is_empty() {
+            line(String::new());
+            line("Read cost (steady state, per sweep)".into());
             line(format!(
-                "| {:>9} | {:>6} | {:>10.1} | {:>5} | {:>8} | {:>9} | {:>5.0}x |",
-                r.resources, r.jobs, r.per_sweep, r.ideal, r.describe_calls, r.peers_per_poll, r.ratio
+                "| {:>9} | {:>6} | {:>10} | {:>5} | {:>8} | {:>9} | {:>6} |",
+                "MacieJobs", "jobs", "List/sweep", "ideal", "Describe", "peers (N)", "ratio"
             ));
+            for r in self.jobs.iter().map(|j| &j.read) {
+                line(format!(
+                    "| {:>9} | {:>6} | {:>10.1} | {:>5} | {:>8} | {:>9} | {:>5.0}x |",
+                    r.resources, r.jobs, r.per_sweep, r.ideal, r.describe_calls, r.peers_per_poll, r.ratio
+                ));
+            }
+            line(String::new());
+            line("Convergence (every desired status flipped at once; seconds p50/p99/max)".into());
+            line(format!(
+                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} | {:>14} | {:>19} |",
+                "MacieJobs",
+                "faults",
+                "apply -> Macie",
+                "apply -> Ready",
+                "total",
+                "updates",
+                "invalid",
+                "repeated",
+                "operator CPU s",
+                "kube-apiserver CPU s"
+            ));
+            for f in self.jobs.iter().flat_map(|j| &j.flips) {
+                line(format!(
+                    "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} | {:>14.1} | {:>19} |",
+                    f.resources,
+                    f.label(),
+                    f.to_macie.to_string(),
+                    f.to_ready.to_string(),
+                    f.total_s,
+                    f.accepted,
+                    f.invalid,
+                    f.repeated,
+                    f.cpu_s,
+                    f.apiserver_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}"))
+                ));
+            }
+            line(String::new());
+            line("Footprint of the operator".into());
+            line(format!(
+                "| {:>9} | {:>12} | {:>14} | {:>16} | {:>16} | {:>13} |",
+                "MacieJobs", "idle RSS MiB", "idle CPU s/min", "flip CPU s clean", "flip CPU s fault", "peak RSS MiB"
+            ));
+            for j in &self.jobs {
+                let cpu = |i: usize| j.flips.get(i).map_or(0.0, |f| f.cpu_s);
+                let peak = j
+                    .flips
+                    .iter()
+                    .map(|f| f.peak_rss_mib)
+                    .fold(j.idle.peak_rss_mib, f64::max);
+                line(format!(
+                    "| {:>9} | {:>12.1} | {:>14.2} | {:>16.1} | {:>16.1} | {:>13.1} |",
+                    j.resources,
+                    j.idle.rss_mib,
+                    j.idle.cpu_per_min_s,
+                    cpu(0),
+                    cpu(1),
+                    peak
+                ));
+            }
         }
-        line(String::new());
-        line("Convergence (every desired status flipped at once; seconds p50/p99/max)".into());
-        line(format!(
-            "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} | {:>14} | {:>19} |",
-            "MacieJobs",
-            "faults",
-            "apply -> Macie",
-            "apply -> Ready",
-            "total",
-            "updates",
-            "invalid",
-            "repeated",
-            "operator CPU s",
-            "kube-apiserver CPU s"
-        ));
-        for f in self.jobs.iter().flat_map(|j| &j.flips) {
+        if !self.discovery.is_empty() {
+            line(String::new());
+            line("Discovery (every account flipped at once)".into());
             line(format!(
-                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} | {:>14.1} | {:>19} |",
-                f.resources,
-                f.label(),
-                f.to_macie.to_string(),
-                f.to_ready.to_string(),
-                f.total_s,
-                f.accepted,
-                f.invalid,
-                f.repeated,
-                f.cpu_s,
-                f.apiserver_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}"))
+                "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9} | {:>19} |",
+                "accounts", "resources", "BatchUpdate", "ideal", "sent twice", "total s", "per resource s"
             ));
+            for d in &self.discovery {
+                line(format!(
+                    "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9.1} | {:>19} |",
+                    d.accounts,
+                    d.resources,
+                    d.batch_calls,
+                    d.ideal_batch_calls,
+                    d.sent_twice,
+                    d.total_s,
+                    d.per_resource.to_string()
+                ));
+            }
         }
-        line(String::new());
-        line("Footprint of the operator".into());
-        line(format!(
-            "| {:>9} | {:>12} | {:>14} | {:>16} | {:>16} | {:>13} |",
-            "MacieJobs", "idle RSS MiB", "idle CPU s/min", "flip CPU s clean", "flip CPU s fault", "peak RSS MiB"
-        ));
-        for j in &self.jobs {
-            let cpu = |i: usize| j.flips.get(i).map_or(0.0, |f| f.cpu_s);
-            let peak = j
-                .flips
-                .iter()
-                .map(|f| f.peak_rss_mib)
-                .fold(j.idle.peak_rss_mib, f64::max);
+        if !self.creates.is_empty() {
+            line(String::new());
+            line(
+                "Creates (ONE_TIME definitions applied at once; --create-rate and the emulator's quota the same)"
+                    .into(),
+            );
             line(format!(
-                "| {:>9} | {:>12.1} | {:>14.2} | {:>16.1} | {:>16.1} | {:>13.1} |",
-                j.resources,
-                j.idle.rss_mib,
-                j.idle.cpu_per_min_s,
-                cpu(0),
-                cpu(1),
-                peak
+                "| {:>11} | {:>6} | {:>7} | {:>9} | {:>6} | {:>11} | {:>5} | {:>9} | {:>9} | {:>7} | {:>8} | {:>19} | {:>19} |",
+                "definitions",
+                "rate/s",
+                "total s",
+                "minimum s",
+                "ratio",
+                "create span",
+                "OK",
+                "throttled",
+                "jobs once",
+                "invalid",
+                "repeated",
+                "apply -> Converged",
+                "create -> Converged"
             ));
-        }
-        line(String::new());
-        line("Discovery (every account flipped at once)".into());
-        line(format!(
-            "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9} | {:>19} |",
-            "accounts", "resources", "BatchUpdate", "ideal", "sent twice", "total s", "per resource s"
-        ));
-        for d in &self.discovery {
-            line(format!(
-                "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9.1} | {:>19} |",
-                d.accounts,
-                d.resources,
-                d.batch_calls,
-                d.ideal_batch_calls,
-                d.sent_twice,
-                d.total_s,
-                d.per_resource.to_string()
-            ));
-        }
-        line(String::new());
-        line("Creates (ONE_TIME definitions applied at once; --create-rate and the emulator's quota the same)".into());
-        line(format!(
-            "| {:>11} | {:>6} | {:>7} | {:>9} | {:>6} | {:>11} | {:>5} | {:>9} | {:>9} | {:>7} | {:>8} | {:>19} | {:>19} |",
-            "definitions",
-            "rate/s",
-            "total s",
-            "minimum s",
-            "ratio",
-            "create span",
-            "OK",
-            "throttled",
-            "jobs once",
-            "invalid",
-            "repeated",
-            "apply -> Converged",
-            "create -> Converged"
-        ));
-        for c in &self.creates {
-            line(format!(
-                "| {:>11} | {:>6} | {:>7.1} | {:>9.1} | {:>6} | {:>11.1} | {:>5} | {:>9} | {:>9} | {:>7} | {:>8} | {:>19} | {:>19} |",
-                c.definitions,
-                c.rate,
-                c.total_s,
-                c.minimum_s,
-                c.ratio.map_or("-".to_string(), |r| format!("{r:.3}")),
-                c.create_span_s,
-                c.created,
-                c.throttled,
-                c.jobs_once,
-                c.invalid,
-                c.repeated,
-                c.to_converged.to_string(),
-                c.created_to_converged.to_string()
-            ));
+            for c in &self.creates {
+                line(format!(
+                    "| {:>11} | {:>6} | {:>7.1} | {:>9.1} | {:>6} | {:>11.1} | {:>5} | {:>9} | {:>9} | {:>7} | {:>8} | {:>19} | {:>19} |",
+                    c.definitions,
+                    c.rate,
+                    c.total_s,
+                    c.minimum_s,
+                    c.ratio.map_or("-".to_string(), |r| format!("{r:.3}")),
+                    c.create_span_s,
+                    c.created,
+                    c.throttled,
+                    c.jobs_once,
+                    c.invalid,
+                    c.repeated,
+                    c.to_converged.to_string(),
+                    c.created_to_converged.to_string()
+                ));
+            }
         }
         t
     }
@@ -472,5 +482,56 @@ mod tests {
         let p = Percentiles::of(&mut [3.0]);
         assert_eq!((p.p50, p.p99, p.max), (3.0, 3.0, 3.0));
         assert_eq!(Percentiles::of(&mut []).n, 0);
+    }
+
+    fn create_run() -> CreateRun {
+        CreateRun {
+            definitions: 4,
+            rate: 5.0,
+            apply_s: 0.1,
+            total_s: 1.2,
+            minimum_s: 0.6,
+            ratio: Some(2.0),
+            create_span_s: 0.8,
+            min_gap_s: Some(0.2),
+            create_calls: 5,
+            created: 4,
+            throttled: 1,
+            refused: 0,
+            repeated: 0,
+            invalid: 0,
+            update_calls: 0,
+            jobs_in_macie: 4,
+            jobs_once: 4,
+            waited: 3,
+            to_converged: Percentiles::default(),
+            created_to_converged: Percentiles::default(),
+            cpu_s: 0.1,
+            peak_rss_mib: 20.0,
+        }
+    }
+
+    #[test]
+    fn a_throttled_create_is_no_problem_a_repeated_one_or_a_missing_job_is() {
+        let machine = Machine {
+            cpu: "test".into(),
+            cores: 2,
+            memory_gib: 1.0,
+            kernel: "test".into(),
+        };
+        let mut r = Report::new(machine, Value::Null);
+        r.creates.push(create_run());
+        assert!(r.problems().is_empty(), "{:?}", r.problems());
+        let tables = r.tables();
+        assert!(tables.contains("Creates ("), "{tables}");
+        assert!(!tables.contains("Read cost"), "only the runs that ran: {tables}");
+        r.creates[0].repeated = 1;
+        r.creates[0].jobs_once = 3;
+        let p = r.problems();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains("1 repeated") && p[1].contains("3 of 4 exist exactly once"),
+            "{p:?}"
+        );
     }
 }
