@@ -83,7 +83,9 @@ crds-check:
 
 ## bench: the benchmark (README "Performance"): release builds, then macie-bench starts a local
 ## control plane, an emulator and the release operator per run; tables on stdout, JSON in
-## target/bench/bench.json. BENCH_ARGS passes flags (see `macie-bench --help`).
+## target/bench/bench.json. BENCH_ARGS passes flags (see `macie-bench --help`; the create run,
+## 100 definitions at Macie's 0.1 creates per second, alone takes about 17 minutes: --creates 0
+## skips it).
 BENCH_BIN := target/$(RELEASE_TARGET)/release/macie-bench
 bench: tools
 	$(CARGO) build --release --locked --target $(RELEASE_TARGET) --workspace --bin macie-operator --bin macie-bench
@@ -94,4 +96,5 @@ bench: tools
 bench-smoke:
 	$(CARGO) build --workspace --locked --bins
 	target/debug/macie-bench --operator target/debug/macie-operator --out target/bench-smoke \
-	  --jobs 20 --accounts 100 --discovery-resources 4 --poll-interval 1s --sweeps 2 >/dev/null
+	  --jobs 20 --accounts 100 --discovery-resources 4 --poll-interval 1s --sweeps 2 \
+	  --creates 4 --create-rate 5 >/dev/null

@@ -2,13 +2,15 @@
 //! an in-process macie-emulator. For each size it measures the steady-state Macie read cost per
 //! sweep against the ideal, the convergence latency of a mass flip of desired statuses (clean,
 //! then with 100 ms per call and 10% throttling), the operator's CPU and memory, and the
-//! batching of automated-discovery changes. Prints tables and writes JSON to `target/bench/`.
+//! batching of automated-discovery changes, and how long creating N classification jobs from
+//! `spec.definition` takes against the create quota (one every 1 / rate seconds at best).
+//! Prints tables and writes JSON to `target/bench/`.
 #![forbid(unsafe_code)]
 
 mod report;
 mod system;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,7 +26,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use testkit::ControlPlane;
 
-use report::{DiscoveryRun, Flip, Footprint, JobRun, Percentiles, ReadCost, Report};
+use report::{CreateRun, DiscoveryRun, Flip, Footprint, JobRun, Percentiles, ReadCost, Report};
 use system::{Machine, ProcStats};
 
 const REGION: &str = "us-east-1";
@@ -62,6 +64,21 @@ struct Args {
     /// Steady-state sweeps the read cost is averaged over.
     #[arg(long, default_value_t = 3)]
     sweeps: u64,
+    /// MacieJobs with a ONE_TIME `spec.definition` applied at once for the create run (0: no
+    /// create run).
+    #[arg(long, default_value_t = 100)]
+    creates: usize,
+    /// CreateClassificationJob calls per second: the operator's --create-rate and the emulator's
+    /// create quota (Macie publishes 0.1).
+    #[arg(long, default_value_t = 0.1, value_parser = parse_rate)]
+    create_rate: f64,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1000.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate from above 0 to 1000 per second")),
+    }
 }
 
 mod secs {
@@ -108,6 +125,15 @@ async fn run(args: Args) -> Result<()> {
         );
         report.write(&args.out)?;
     }
+    if args.creates > 0 {
+        let n = args.creates;
+        report.creates.push(
+            create_run(&args, n)
+                .await
+                .with_context(|| format!("create run with {n}"))?,
+        );
+        report.write(&args.out)?;
+    }
     report.finish();
     let path = report.write(&args.out)?;
     println!("{}", report.tables());
@@ -151,8 +177,9 @@ impl Env {
     }
 }
 
-/// The `default` MacieAccount as the chart's default values create it: the operator's own
-/// credentials, every namespace, every job, cancel allowed, every discovery account.
+/// The `default` MacieAccount as the chart's default values create it (the operator's own
+/// credentials, every namespace, every job, cancel allowed, every discovery account), except that
+/// it also allows creating jobs (`jobs.allowCreate`, false in the chart) for the create run.
 async fn default_account(client: &kube::Client) -> Result<()> {
     use kube::api::{Api, Patch, PatchParams};
     use macie_operator::api::MacieAccount;
@@ -160,7 +187,7 @@ async fn default_account(client: &kube::Client) -> Result<()> {
         "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieAccount",
         "metadata": {"name": "default"},
         "spec": {"regions": [REGION], "namespaceSelector": {},
-                 "jobs": {"names": ["*"], "allowCancel": true}, "discovery": {"accountIds": ["*"]}}
+                 "jobs": {"names": ["*"], "allowCancel": true, "allowCreate": true}, "discovery": {"accountIds": ["*"]}}
     }))?;
     Api::<MacieAccount>::all(client.clone())
         .patch(
@@ -193,6 +220,7 @@ impl Operator {
             ])
             .args(["--page-size", &args.page_size.to_string()])
             .args(["--discovery-batch-size", &args.batch_size.to_string()])
+            .args(["--create-rate", &args.create_rate.to_string()])
             .env("KUBECONFIG", env.cp.kubeconfig())
             .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
             .env("AWS_SECRET_ACCESS_KEY", "secret")
@@ -716,5 +744,207 @@ async fn discovery_run(args: &Args, n: usize) -> Result<DiscoveryRun> {
     };
     eprintln!("bench: {run}");
     let _ = op.child.kill().await;
+    Ok(run)
+}
+
+/// Per MacieJob of the create run: when the driver first saw it Converged, and whether it ever
+/// showed WaitingForCreateQuota.
+#[derive(Clone, Default)]
+struct CreateWatch {
+    converged: Arc<Mutex<HashMap<String, SystemTime>>>,
+    waited: Arc<Mutex<HashSet<String>>>,
+}
+
+impl CreateWatch {
+    fn start(api: Api<MacieJob>) -> (CreateWatch, tokio::task::JoinHandle<()>) {
+        let w = CreateWatch::default();
+        let (converged, waited) = (w.converged.clone(), w.waited.clone());
+        let task = tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(ev) = events.next().await {
+                let Ok(o) = ev else { continue };
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let ready = o.status.as_ref().and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == "Ready" && c.observed_generation == o.metadata.generation)
+                });
+                match ready {
+                    Some(c) if c.status == "True" && c.reason == "Converged" => {
+                        let mut m = converged.lock().unwrap_or_else(|p| p.into_inner());
+                        m.entry(name).or_insert_with(SystemTime::now);
+                    }
+                    Some(c) if c.reason == "WaitingForCreateQuota" => {
+                        waited.lock().unwrap_or_else(|p| p.into_inner()).insert(name);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        (w, task)
+    }
+
+    fn converged(&self) -> HashMap<String, SystemTime> {
+        self.converged.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn waited(&self) -> usize {
+        self.waited.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A ONE_TIME definition (one bucket of its own) in the `default` MacieAccount.
+fn create_spec(i: usize) -> Value {
+    json!({"jobName": format!("bench-create-{i}"), "jobStatus": "RUNNING", "definition": {
+        "jobType": "ONE_TIME",
+        "description": "macie-bench create run",
+        "s3JobDefinition": {"bucketDefinitions": [{"accountId": ACCOUNT, "buckets": [format!("bench-bucket-{i}")]}]}
+    }})
+}
+
+/// `n` MacieJobs with ONE_TIME definitions applied at once, the operator's --create-rate and the
+/// emulator's create quota both `--create-rate`: from the first apply to the last Converged,
+/// against the fewest seconds the quota allows, (n - 1) / rate.
+async fn create_run(args: &Args, n: usize) -> Result<CreateRun> {
+    let rate = args.create_rate;
+    eprintln!("bench: creating {n} jobs at {rate} per second: starting a control plane");
+    let env = Env::start().await?;
+    env.emu
+        .state
+        .lock()
+        .set_quotas(serde_json::from_value(
+            json!({"createClassificationJobPerSecond": rate}),
+        )?)
+        .map_err(anyhow::Error::msg)?;
+    let api: Api<MacieJob> = Api::namespaced(env.client.clone(), &env.ns);
+    let (watch, watch_task) = CreateWatch::start(api.clone());
+    let mut op = Operator::spawn(args, &env, &args.out.join(format!("operator-creates-{n}.log")))?;
+    let port = op.port;
+    until("the operator ready", &mut op, Duration::from_secs(60), || async {
+        Ok(match testkit::http_get(port, "/readyz").await {
+            Ok((200, _)) => None,
+            Ok((code, body)) => Some(format!("/readyz {code}: {}", body.trim())),
+            Err(e) => Some(format!("/readyz: {e}")),
+        })
+    })
+    .await?;
+    let stats0 = op.stats()?;
+    let t = Instant::now();
+    let t0 = SystemTime::now();
+    let applied: HashMap<String, SystemTime> = stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("mc-{i}");
+                let obj: MacieJob = serde_json::from_value(json!({
+                    "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieJob",
+                    "metadata": {"name": name}, "spec": create_spec(i),
+                }))?;
+                let at = SystemTime::now();
+                api.create(&PostParams::default(), &obj).await?;
+                Ok::<_, anyhow::Error>((name, at))
+            }
+        })
+        .buffer_unordered(DRIVER_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let apply_s = t.elapsed().as_secs_f64();
+    eprintln!("bench: applied {n} definitions in {apply_s:.1} s");
+    let minimum_s = n.saturating_sub(1) as f64 / rate;
+    let deadline = deadline_for(n) + Duration::from_secs_f64(2.0 * n as f64 / rate);
+    until(&format!("{n} MacieJobs Converged"), &mut op, deadline, || async {
+        let done = watch.converged().len();
+        Ok((done < n).then(|| {
+            format!(
+                "{done} of {n} Converged, {} showed WaitingForCreateQuota (at best {:.0} s in all)",
+                watch.waited(),
+                minimum_s
+            )
+        }))
+    })
+    .await?;
+    let converged = watch.converged();
+    let waited = watch.waited();
+    let stats1 = op.stats()?;
+    watch_task.abort();
+    let _ = op.child.kill().await;
+
+    let (calls, names) = {
+        let mut e = env.emu.state.lock();
+        let calls = e.calls.clone();
+        let snap = e.snapshot(None, None);
+        let names: Vec<String> = snap["jobs"]
+            .as_array()
+            .map(|jobs| {
+                jobs.iter()
+                    .filter_map(|j| j["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (calls, names)
+    };
+    let creates: Vec<_> = calls
+        .iter()
+        .filter(|c| c.operation == "CreateClassificationJob")
+        .collect();
+    let ok: Vec<_> = creates.iter().filter(|c| c.outcome == "OK").collect();
+    let throttled = creates.iter().filter(|c| c.outcome == "ThrottlingException").count();
+    let refused = creates.len() - ok.len() - throttled;
+    let updates: Vec<_> = calls
+        .iter()
+        .filter(|c| c.operation == "UpdateClassificationJob")
+        .collect();
+    let mut per_name: HashMap<&str, usize> = HashMap::new();
+    for name in &names {
+        *per_name.entry(name.as_str()).or_default() += 1;
+    }
+    let jobs_once = (0..n)
+        .filter(|i| per_name.get(format!("bench-create-{i}").as_str()) == Some(&1))
+        .count();
+    let created_at: HashMap<&str, SystemTime> = ok.iter().filter_map(|c| Some((c.name.as_deref()?, c.at.0))).collect();
+    let (first, last) = (ok.iter().map(|c| c.at.0).min(), ok.iter().map(|c| c.at.0).max());
+    let mut to_converged = Vec::new();
+    let mut created_to_converged = Vec::new();
+    for i in 0..n {
+        let name = format!("mc-{i}");
+        let done = converged[&name];
+        to_converged.push(secs_between(applied[&name], done));
+        if let Some(c) = created_at.get(format!("bench-create-{i}").as_str()) {
+            created_to_converged.push(secs_between(*c, done));
+        }
+    }
+    let total_s = converged.values().map(|at| secs_between(t0, *at)).fold(0.0, f64::max);
+    let run = CreateRun {
+        definitions: n,
+        rate,
+        apply_s,
+        total_s,
+        minimum_s,
+        ratio: (minimum_s > 0.0).then(|| total_s / minimum_s),
+        create_span_s: first.zip(last).map_or(0.0, |(a, b)| secs_between(a, b)),
+        min_gap_s: creates
+            .windows(2)
+            .map(|w| secs_between(w[0].at.0, w[1].at.0))
+            .min_by(f64::total_cmp),
+        create_calls: creates.len(),
+        created: ok.len(),
+        throttled,
+        refused,
+        repeated: creates.iter().filter(|c| c.repeated == Some(true)).count()
+            + updates.iter().filter(|c| c.repeated == Some(true)).count(),
+        invalid: refused + updates.iter().filter(|c| c.valid == Some(false)).count(),
+        update_calls: updates.len(),
+        jobs_in_macie: names.len(),
+        jobs_once,
+        waited,
+        to_converged: Percentiles::of(&mut to_converged),
+        created_to_converged: Percentiles::of(&mut created_to_converged),
+        cpu_s: stats1.cpu_s - stats0.cpu_s,
+        peak_rss_mib: stats1.peak_rss_mib,
+    };
+    eprintln!("bench: {run}");
     Ok(run)
 }

@@ -176,6 +176,78 @@ impl fmt::Display for DiscoveryRun {
     }
 }
 
+/// MacieJobs with a ONE_TIME definition applied at once, created against the create quota
+/// (the operator's --create-rate and the emulator's quota the same `rate`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateRun {
+    pub definitions: usize,
+    /// CreateClassificationJob calls per second per account and region.
+    pub rate: f64,
+    /// Time the driver took to apply every MacieJob.
+    pub apply_s: f64,
+    /// From the first apply to the last MacieJob Converged.
+    pub total_s: f64,
+    /// (definitions - 1) / rate: the fewest seconds the quota allows from the first create to
+    /// the last.
+    pub minimum_s: f64,
+    /// total_s / minimum_s (none for a single definition).
+    pub ratio: Option<f64>,
+    /// From the first accepted create to the last, as the emulator logged them.
+    pub create_span_s: f64,
+    /// The shortest time between two CreateClassificationJob calls as the emulator received
+    /// them (the quota wants at least 1 / rate).
+    pub min_gap_s: Option<f64>,
+    /// CreateClassificationJob calls in the emulator's call log.
+    pub create_calls: usize,
+    /// Of those, accepted (OK).
+    pub created: usize,
+    /// Of those, throttled by the emulator's create quota (not processed; sent again).
+    pub throttled: usize,
+    /// Of those, refused otherwise (input errors and the like).
+    pub refused: usize,
+    /// Creates that repeated a client token already used, plus repeated updates.
+    pub repeated: usize,
+    /// Refused creates plus updates Macie does not allow.
+    pub invalid: usize,
+    /// UpdateClassificationJob calls (none needed: the jobs are created RUNNING).
+    pub update_calls: usize,
+    /// Jobs in the emulator at the end.
+    pub jobs_in_macie: usize,
+    /// Definitions whose job name exists exactly once in the emulator.
+    pub jobs_once: usize,
+    /// MacieJobs that showed WaitingForCreateQuota while they waited.
+    pub waited: usize,
+    /// Per resource, from its apply to Converged.
+    pub to_converged: Percentiles,
+    /// Per resource, from Macie accepting its create to Converged (a sweep confirms it).
+    pub created_to_converged: Percentiles,
+    /// The operator's CPU seconds from the first apply to the last Converged.
+    pub cpu_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl fmt::Display for CreateRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} creates at {}/s: {:.1} s (minimum {:.1} s, ratio {}), {} calls ({} OK, {} throttled, {} invalid, {} repeated), {} of {} jobs exist once, {} showed WaitingForCreateQuota",
+            self.definitions,
+            self.rate,
+            self.total_s,
+            self.minimum_s,
+            self.ratio.map_or("-".to_string(), |r| format!("{r:.3}")),
+            self.create_calls,
+            self.created,
+            self.throttled,
+            self.invalid,
+            self.repeated,
+            self.jobs_once,
+            self.definitions,
+            self.waited
+        )
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub machine: Machine,
@@ -184,6 +256,7 @@ pub struct Report {
     pub finished: bool,
     pub jobs: Vec<JobRun>,
     pub discovery: Vec<DiscoveryRun>,
+    pub creates: Vec<CreateRun>,
 }
 
 impl Report {
@@ -195,6 +268,7 @@ impl Report {
             finished: false,
             jobs: Vec::new(),
             discovery: Vec::new(),
+            creates: Vec::new(),
         }
     }
 
@@ -210,7 +284,8 @@ impl Report {
     }
 
     /// Results that break the operator's promises (these fail the run): an invalid or repeated
-    /// update, a job or account that did not reach its status, an account sent twice.
+    /// update, a job or account that did not reach its status, an account sent twice, an
+    /// invalid or repeated create, a definition not created exactly once.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         for f in self.jobs.iter().flat_map(|j| &j.flips) {
@@ -236,9 +311,25 @@ impl Report {
                 ));
             }
         }
+        for c in &self.creates {
+            let what = format!("{} creates at {}/s", c.definitions, c.rate);
+            if c.invalid + c.repeated > 0 {
+                p.push(format!(
+                    "{what}: {} invalid and {} repeated calls",
+                    c.invalid, c.repeated
+                ));
+            }
+            if c.created != c.definitions || c.jobs_once != c.definitions || c.jobs_in_macie != c.definitions {
+                p.push(format!(
+                    "{what}: {} creates accepted, {} jobs in Macie, {} of {} exist exactly once",
+                    c.created, c.jobs_in_macie, c.jobs_once, c.definitions
+                ));
+            }
+        }
         p
     }
 
+    /// The tables of the runs that ran.
     pub fn tables(&self) -> String {
         let mut t = String::new();
         let mut line = |s: String| {
@@ -247,88 +338,133 @@ impl Report {
         };
         line(format!("Machine: {}", self.machine));
         line(format!("Settings: {}", self.settings));
-        line(String::new());
-        line("Read cost (steady state, per sweep)".into());
-        line(format!(
-            "| {:>9} | {:>6} | {:>10} | {:>5} | {:>8} | {:>9} | {:>6} |",
-            "MacieJobs", "jobs", "List/sweep", "ideal", "Describe", "peers (N)", "ratio"
-        ));
-        for r in self.jobs.iter().map(|j| &j.read) {
+        if !self.jobs.is_empty() {
+            line(String::new());
+            line("Read cost (steady state, per sweep)".into());
             line(format!(
-                "| {:>9} | {:>6} | {:>10.1} | {:>5} | {:>8} | {:>9} | {:>5.0}x |",
-                r.resources, r.jobs, r.per_sweep, r.ideal, r.describe_calls, r.peers_per_poll, r.ratio
+                "| {:>9} | {:>6} | {:>10} | {:>5} | {:>8} | {:>9} | {:>6} |",
+                "MacieJobs", "jobs", "List/sweep", "ideal", "Describe", "peers (N)", "ratio"
             ));
+            for r in self.jobs.iter().map(|j| &j.read) {
+                line(format!(
+                    "| {:>9} | {:>6} | {:>10.1} | {:>5} | {:>8} | {:>9} | {:>5.0}x |",
+                    r.resources, r.jobs, r.per_sweep, r.ideal, r.describe_calls, r.peers_per_poll, r.ratio
+                ));
+            }
+            line(String::new());
+            line("Convergence (every desired status flipped at once; seconds p50/p99/max)".into());
+            line(format!(
+                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} | {:>14} | {:>19} |",
+                "MacieJobs",
+                "faults",
+                "apply -> Macie",
+                "apply -> Ready",
+                "total",
+                "updates",
+                "invalid",
+                "repeated",
+                "operator CPU s",
+                "kube-apiserver CPU s"
+            ));
+            for f in self.jobs.iter().flat_map(|j| &j.flips) {
+                line(format!(
+                    "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} | {:>14.1} | {:>19} |",
+                    f.resources,
+                    f.label(),
+                    f.to_macie.to_string(),
+                    f.to_ready.to_string(),
+                    f.total_s,
+                    f.accepted,
+                    f.invalid,
+                    f.repeated,
+                    f.cpu_s,
+                    f.apiserver_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}"))
+                ));
+            }
+            line(String::new());
+            line("Footprint of the operator".into());
+            line(format!(
+                "| {:>9} | {:>12} | {:>14} | {:>16} | {:>16} | {:>13} |",
+                "MacieJobs", "idle RSS MiB", "idle CPU s/min", "flip CPU s clean", "flip CPU s fault", "peak RSS MiB"
+            ));
+            for j in &self.jobs {
+                let cpu = |i: usize| j.flips.get(i).map_or(0.0, |f| f.cpu_s);
+                let peak = j
+                    .flips
+                    .iter()
+                    .map(|f| f.peak_rss_mib)
+                    .fold(j.idle.peak_rss_mib, f64::max);
+                line(format!(
+                    "| {:>9} | {:>12.1} | {:>14.2} | {:>16.1} | {:>16.1} | {:>13.1} |",
+                    j.resources,
+                    j.idle.rss_mib,
+                    j.idle.cpu_per_min_s,
+                    cpu(0),
+                    cpu(1),
+                    peak
+                ));
+            }
         }
-        line(String::new());
-        line("Convergence (every desired status flipped at once; seconds p50/p99/max)".into());
-        line(format!(
-            "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} | {:>14} | {:>19} |",
-            "MacieJobs",
-            "faults",
-            "apply -> Macie",
-            "apply -> Ready",
-            "total",
-            "updates",
-            "invalid",
-            "repeated",
-            "operator CPU s",
-            "kube-apiserver CPU s"
-        ));
-        for f in self.jobs.iter().flat_map(|j| &j.flips) {
+        if !self.discovery.is_empty() {
+            line(String::new());
+            line("Discovery (every account flipped at once)".into());
             line(format!(
-                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} | {:>14.1} | {:>19} |",
-                f.resources,
-                f.label(),
-                f.to_macie.to_string(),
-                f.to_ready.to_string(),
-                f.total_s,
-                f.accepted,
-                f.invalid,
-                f.repeated,
-                f.cpu_s,
-                f.apiserver_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}"))
+                "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9} | {:>19} |",
+                "accounts", "resources", "BatchUpdate", "ideal", "sent twice", "total s", "per resource s"
             ));
+            for d in &self.discovery {
+                line(format!(
+                    "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9.1} | {:>19} |",
+                    d.accounts,
+                    d.resources,
+                    d.batch_calls,
+                    d.ideal_batch_calls,
+                    d.sent_twice,
+                    d.total_s,
+                    d.per_resource.to_string()
+                ));
+            }
         }
-        line(String::new());
-        line("Footprint of the operator".into());
-        line(format!(
-            "| {:>9} | {:>12} | {:>14} | {:>16} | {:>16} | {:>13} |",
-            "MacieJobs", "idle RSS MiB", "idle CPU s/min", "flip CPU s clean", "flip CPU s fault", "peak RSS MiB"
-        ));
-        for j in &self.jobs {
-            let cpu = |i: usize| j.flips.get(i).map_or(0.0, |f| f.cpu_s);
-            let peak = j
-                .flips
-                .iter()
-                .map(|f| f.peak_rss_mib)
-                .fold(j.idle.peak_rss_mib, f64::max);
+        if !self.creates.is_empty() {
+            line(String::new());
+            line(
+                "Creates (ONE_TIME definitions applied at once; --create-rate and the emulator's quota the same)"
+                    .into(),
+            );
             line(format!(
-                "| {:>9} | {:>12.1} | {:>14.2} | {:>16.1} | {:>16.1} | {:>13.1} |",
-                j.resources,
-                j.idle.rss_mib,
-                j.idle.cpu_per_min_s,
-                cpu(0),
-                cpu(1),
-                peak
+                "| {:>11} | {:>6} | {:>7} | {:>9} | {:>6} | {:>11} | {:>5} | {:>9} | {:>9} | {:>7} | {:>8} | {:>19} | {:>19} |",
+                "definitions",
+                "rate/s",
+                "total s",
+                "minimum s",
+                "ratio",
+                "create span",
+                "OK",
+                "throttled",
+                "jobs once",
+                "invalid",
+                "repeated",
+                "apply -> Converged",
+                "create -> Converged"
             ));
-        }
-        line(String::new());
-        line("Discovery (every account flipped at once)".into());
-        line(format!(
-            "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9} | {:>19} |",
-            "accounts", "resources", "BatchUpdate", "ideal", "sent twice", "total s", "per resource s"
-        ));
-        for d in &self.discovery {
-            line(format!(
-                "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9.1} | {:>19} |",
-                d.accounts,
-                d.resources,
-                d.batch_calls,
-                d.ideal_batch_calls,
-                d.sent_twice,
-                d.total_s,
-                d.per_resource.to_string()
-            ));
+            for c in &self.creates {
+                line(format!(
+                    "| {:>11} | {:>6} | {:>7.1} | {:>9.1} | {:>6} | {:>11.1} | {:>5} | {:>9} | {:>9} | {:>7} | {:>8} | {:>19} | {:>19} |",
+                    c.definitions,
+                    c.rate,
+                    c.total_s,
+                    c.minimum_s,
+                    c.ratio.map_or("-".to_string(), |r| format!("{r:.3}")),
+                    c.create_span_s,
+                    c.created,
+                    c.throttled,
+                    c.jobs_once,
+                    c.invalid,
+                    c.repeated,
+                    c.to_converged.to_string(),
+                    c.created_to_converged.to_string()
+                ));
+            }
         }
         t
     }
@@ -346,5 +482,56 @@ mod tests {
         let p = Percentiles::of(&mut [3.0]);
         assert_eq!((p.p50, p.p99, p.max), (3.0, 3.0, 3.0));
         assert_eq!(Percentiles::of(&mut []).n, 0);
+    }
+
+    fn create_run() -> CreateRun {
+        CreateRun {
+            definitions: 4,
+            rate: 5.0,
+            apply_s: 0.1,
+            total_s: 1.2,
+            minimum_s: 0.6,
+            ratio: Some(2.0),
+            create_span_s: 0.8,
+            min_gap_s: Some(0.2),
+            create_calls: 5,
+            created: 4,
+            throttled: 1,
+            refused: 0,
+            repeated: 0,
+            invalid: 0,
+            update_calls: 0,
+            jobs_in_macie: 4,
+            jobs_once: 4,
+            waited: 3,
+            to_converged: Percentiles::default(),
+            created_to_converged: Percentiles::default(),
+            cpu_s: 0.1,
+            peak_rss_mib: 20.0,
+        }
+    }
+
+    #[test]
+    fn a_throttled_create_is_no_problem_a_repeated_one_or_a_missing_job_is() {
+        let machine = Machine {
+            cpu: "test".into(),
+            cores: 2,
+            memory_gib: 1.0,
+            kernel: "test".into(),
+        };
+        let mut r = Report::new(machine, Value::Null);
+        r.creates.push(create_run());
+        assert!(r.problems().is_empty(), "{:?}", r.problems());
+        let tables = r.tables();
+        assert!(tables.contains("Creates ("), "{tables}");
+        assert!(!tables.contains("Read cost"), "only the runs that ran: {tables}");
+        r.creates[0].repeated = 1;
+        r.creates[0].jobs_once = 3;
+        let p = r.problems();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains("1 repeated") && p[1].contains("3 of 4 exist exactly once"),
+            "{p:?}"
+        );
     }
 }
