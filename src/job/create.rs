@@ -179,6 +179,15 @@ impl<P: Eq + Hash + Clone, R: Eq + Clone> CreateQueue<P, R> {
         }
     }
 
+    /// The create that took its turn at `place` is being sent now (after its write-ahead): the
+    /// next one goes an interval after this, so that calls reach Macie spaced whatever the
+    /// status write took.
+    pub fn sending(&mut self, place: &P, now: Instant) {
+        if let Some(q) = self.places.get_mut(place) {
+            q.next_at = Some(q.next_at.unwrap_or(now).max(now + self.interval));
+        }
+    }
+
     /// The create `who` sent at `place` was throttled: it goes first again, after `backoff`.
     pub fn throttled(&mut self, place: &P, who: &R, now: Instant, backoff: Duration) {
         if let Some(q) = self.places.get_mut(place) {
@@ -505,6 +514,17 @@ mod tests {
         );
         assert_eq!(q.ticket(&"east", &"c", t0 + s(20)), Ticket::Go);
         assert_eq!(q.waiting(), 0);
+        // c's call goes out 3 s after its turn (its status write took that long): the next
+        // create waits an interval from the send, not from the turn.
+        q.sending(&"east", t0 + s(23));
+        assert_eq!(
+            q.ticket(&"east", &"d", t0 + s(30)),
+            Ticket::Wait {
+                position: 1,
+                at: t0 + s(33)
+            }
+        );
+        assert_eq!(q.ticket(&"east", &"d", t0 + s(33)), Ticket::Go);
     }
 
     #[test]

@@ -1051,6 +1051,7 @@ async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Created, Error
                     definition,
                     client_token: &ours,
                 };
+                lock(&ctx.queue).sending(place, std::time::Instant::now());
                 let result = ctx.clients.api().create_job(place, &new_job).await;
                 ctx.clients
                     .metrics()
