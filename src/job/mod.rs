@@ -26,7 +26,7 @@ use crate::api::conditions::{self, Summary};
 use crate::api::macie_job::{CreationOutcome, CreationRecord, ObservedJob, RequestedTransition, TransitionOutcome};
 use crate::api::{DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
 use crate::macie::api::NewJob;
-use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView};
+use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView, Wanted};
 use crate::macie::{MacieClients, MacieError, Place};
 use crate::runtime::{Error, Failures, MANAGER, status};
 use create::{CreateAction, CreateQueue, Ticket, Waiting};
@@ -386,12 +386,30 @@ impl JobController {
                     .any(|o| admit(o, &tenancy, &default_region).is_ok_and(|a| a.place == *place))
             })
         };
+        let wanted: Wanted = {
+            let (store, default_region, tenancy) = (store.clone(), default_region.clone(), tenancy.clone());
+            // What admitted resources name: a refused resource causes no read either.
+            Arc::new(move |place: &Place| {
+                let mut ids = std::collections::HashSet::new();
+                let mut names = std::collections::HashSet::new();
+                for o in store.state() {
+                    if !admit(&o, &tenancy, &default_region).is_ok_and(|a| a.place == *place) {
+                        continue;
+                    }
+                    ids.extend(o.spec.job_id.clone());
+                    names.extend(o.spec.job_name.clone());
+                    ids.extend(o.status.as_ref().and_then(|s| s.creation.as_ref()?.job_id.clone()));
+                }
+                (ids, names)
+            })
+        };
         let poller = Arc::new(JobPoller::new(
             clients.clone(),
             config.page_size,
             config.poll_interval,
             on_change,
             in_use,
+            wanted,
         ));
         {
             // A MacieAccount or a namespace changed: decide again for the resources it concerns.

@@ -67,12 +67,14 @@ fn rig(macie: Arc<FakeMacie>) -> Rig {
     let (store, writer) = reflector::store::<MacieJob>();
     let on_change: OnChange = Arc::new(|_: &Place, _: &Changes, _: Option<Timestamp>| {});
     let in_use: InUse = Arc::new(|_: &Place| true);
+    let wanted: Wanted = Arc::new(|_: &Place| Default::default());
     let poller = Arc::new(JobPoller::new(
         clients.clone(),
         100,
         Duration::from_millis(20),
         on_change,
         in_use,
+        wanted,
     ));
     let config = Config {
         default_region: REGION.into(),

@@ -20,15 +20,37 @@ pub struct JobsPage {
     pub next_token: Option<String>,
 }
 
+/// Which jobs a ListClassificationJobs call asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobsQuery<'a> {
+    /// Every job that can still change: COMPLETE and CANCELLED excluded (jobs are never
+    /// deleted, so terminal ones pile up; a terminal job never changes again).
+    NotTerminal,
+    /// Every job with exactly this name, terminal ones included.
+    Named(&'a str),
+}
+
+/// The statuses no job ever leaves.
+pub const TERMINAL_STATUSES: [&str; 2] = ["COMPLETE", "CANCELLED"];
+
 /// The Macie API as the job controller uses it, per place (MacieAccount and region).
 pub trait MacieApi: Send + Sync {
     /// One page of ListClassificationJobs in a stable order (createdAt ascending).
     fn list_jobs_page<'a>(
         &'a self,
         place: &'a Place,
+        query: JobsQuery<'a>,
         page_size: i32,
         token: Option<String>,
     ) -> BoxFuture<'a, Result<JobsPage, MacieError>>;
+
+    /// DescribeClassificationJob: the job as a sweep would show it; None when there is no
+    /// such job.
+    fn describe_job<'a>(
+        &'a self,
+        place: &'a Place,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ObservedJob>, MacieError>>;
 
     /// UpdateClassificationJob, sent once: never retried by the client (a retry after a lost
     /// response could repeat a step that already took effect).
@@ -62,11 +84,34 @@ pub struct NewJob<'a> {
 /// ListClassificationJobs through the SDK (the client's standard retries apply: it is a read).
 pub async fn sdk_list_jobs_page(
     client: &Client,
+    query: JobsQuery<'_>,
     page_size: i32,
     token: Option<String>,
 ) -> Result<JobsPage, MacieError> {
+    use aws_sdk_macie2::types::{JobComparator, ListJobsFilterCriteria, ListJobsFilterKey, ListJobsFilterTerm};
+    let filter = match query {
+        JobsQuery::NotTerminal => ListJobsFilterCriteria::builder()
+            .excludes(
+                ListJobsFilterTerm::builder()
+                    .key(ListJobsFilterKey::JobStatus)
+                    .comparator(JobComparator::Eq)
+                    .set_values(Some(TERMINAL_STATUSES.map(str::to_string).to_vec()))
+                    .build(),
+            )
+            .build(),
+        JobsQuery::Named(name) => ListJobsFilterCriteria::builder()
+            .includes(
+                ListJobsFilterTerm::builder()
+                    .key(ListJobsFilterKey::Name)
+                    .comparator(JobComparator::Eq)
+                    .values(name)
+                    .build(),
+            )
+            .build(),
+    };
     let resp = client
         .list_classification_jobs()
+        .filter_criteria(filter)
         .max_results(page_size)
         .sort_criteria(
             ListJobsSortCriteria::builder()
@@ -310,5 +355,35 @@ mod sdk {
                     .collect(),
             ))
             .build()
+    }
+}
+
+/// DescribeClassificationJob through the SDK, as a sweep would show the job.
+pub async fn sdk_describe_job(client: &Client, job_id: &str) -> Result<Option<ObservedJob>, MacieError> {
+    match client.describe_classification_job().job_id(job_id).send().await {
+        Ok(d) => Ok(Some(ObservedJob {
+            job_id: d.job_id().unwrap_or(job_id).to_string(),
+            name: d.name().map(str::to_string),
+            job_type: d.job_type().map(|t| t.as_str().to_string()),
+            job_status: d.job_status().map(|s| s.as_str().to_string()).unwrap_or_default(),
+            created_at: super::jobs::time(d.created_at()),
+            last_run_error_status: d
+                .last_run_error_status()
+                .and_then(|s| s.code())
+                .map(|c| c.as_str().to_string()),
+            user_paused_details: d
+                .user_paused_details()
+                .map(|p| crate::api::macie_job::UserPausedDetails {
+                    job_paused_at: super::jobs::time(p.job_paused_at()),
+                    job_expires_at: super::jobs::time(p.job_expires_at()),
+                    job_imminent_expiration_health_event_arn: p
+                        .job_imminent_expiration_health_event_arn()
+                        .map(str::to_string),
+                }),
+        })),
+        Err(e) => match MacieError::from_sdk(e) {
+            MacieError::NotFound { .. } => Ok(None),
+            other => Err(other),
+        },
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
-use super::api::{JobsPage, MacieApi};
+use super::api::{JobsPage, JobsQuery, MacieApi, TERMINAL_STATUSES};
 use super::{MacieError, Place};
 use crate::api::DesiredJobStatus;
 use crate::api::macie_job::ObservedJob;
@@ -43,6 +43,7 @@ struct State {
     create_failures: VecDeque<Option<MacieError>>,
     /// Every create call: (name, client token, outcome).
     creates: Vec<(String, String, String)>,
+    describes: u64,
 }
 
 /// The fake. Shared as `Arc<FakeMacie>`; `MacieClients::with_api` puts it behind the clients.
@@ -109,6 +110,11 @@ impl FakeMacie {
         self.state().lists
     }
 
+    /// DescribeClassificationJob calls so far.
+    pub fn describes(&self) -> u64 {
+        self.state().describes
+    }
+
     /// Sets the client token a job was created with.
     pub fn set_token(&self, job_id: &str, token: &str) {
         self.state().tokens.insert(job_id.to_string(), token.to_string());
@@ -129,6 +135,7 @@ impl MacieApi for FakeMacie {
     fn list_jobs_page<'a>(
         &'a self,
         place: &'a Place,
+        query: JobsQuery<'a>,
         page_size: i32,
         token: Option<String>,
     ) -> BoxFuture<'a, Result<JobsPage, MacieError>> {
@@ -142,7 +149,15 @@ impl MacieApi for FakeMacie {
                 let all: Vec<ObservedJob> = s
                     .jobs
                     .get(&place.region)
-                    .map(|r| r.values().cloned().collect())
+                    .map(|r| {
+                        r.values()
+                            .filter(|j| match query {
+                                JobsQuery::NotTerminal => !TERMINAL_STATUSES.contains(&j.job_status.as_str()),
+                                JobsQuery::Named(n) => j.name.as_deref() == Some(n),
+                            })
+                            .cloned()
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let end = (start + size).min(all.len());
                 Ok(JobsPage {
@@ -257,5 +272,16 @@ impl MacieApi for FakeMacie {
     ) -> BoxFuture<'a, Result<Option<String>, MacieError>> {
         let token = self.state().tokens.get(job_id).cloned();
         Box::pin(async move { Ok(token) })
+    }
+
+    fn describe_job<'a>(
+        &'a self,
+        place: &'a Place,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ObservedJob>, MacieError>> {
+        let mut s = self.state();
+        s.describes += 1;
+        let job = s.jobs.get(&place.region).and_then(|r| r.get(job_id)).cloned();
+        Box::pin(async move { Ok(job) })
     }
 }

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::watch;
 
-use super::api::{JobsPage, MacieApi};
+use super::api::{JobsPage, JobsQuery, MacieApi, TERMINAL_STATUSES};
 use super::{MacieClients, MacieError, Place};
 use crate::api::macie_job::{ObservedJob, UserPausedDetails};
 use crate::runtime::metrics::Metrics;
@@ -117,7 +117,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Changes {
     Changes::Jobs { ids, names }
 }
 
-fn time(dt: Option<&aws_sdk_macie2::primitives::DateTime>) -> Option<Time> {
+pub(crate) fn time(dt: Option<&aws_sdk_macie2::primitives::DateTime>) -> Option<Time> {
     dt.and_then(|d| Timestamp::new(d.secs(), d.subsec_nanos() as i32).ok())
         .map(Time)
 }
@@ -142,10 +142,11 @@ pub fn observed(j: &aws_sdk_macie2::types::JobSummary) -> ObservedJob {
     }
 }
 
-/// One sweep: every page of ListClassificationJobs, in a stable order.
+/// Every page of one ListClassificationJobs query, in a stable order.
 pub async fn list_all_jobs(
     api: &dyn MacieApi,
     place: &Place,
+    query: JobsQuery<'_>,
     page_size: i32,
     metrics: &Metrics,
 ) -> Result<(Vec<ObservedJob>, u32), MacieError> {
@@ -153,7 +154,7 @@ pub async fn list_all_jobs(
     let mut jobs = Vec::new();
     let mut pages = 0u32;
     loop {
-        let page = list_page(api, place, page_size, token.take(), metrics).await?;
+        let page = list_page(api, place, query, page_size, token.take(), metrics).await?;
         pages += 1;
         jobs.extend(page.jobs);
         match page.next_token {
@@ -164,6 +165,107 @@ pub async fn list_all_jobs(
     Ok((jobs, pages))
 }
 
+/// What a place's sweeper keeps between sweeps. A COMPLETE or CANCELLED job never changes
+/// again, so once seen it needs no further reads: sweeps list only the jobs that can change.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Jobs seen COMPLETE or CANCELLED, by id.
+    pub terminal: HashMap<String, ObservedJob>,
+    /// Names whose jobs (terminal ones included) were listed once.
+    pub names: HashSet<String>,
+    /// Job ids Macie does not know.
+    pub missing: HashSet<String>,
+}
+
+/// Job ids and exact names the admitted resources of a place name.
+pub type Wanted = Arc<dyn Fn(&Place) -> (HashSet<String>, HashSet<String>) + Send + Sync>;
+
+/// Whether a job is COMPLETE or CANCELLED (it never changes again).
+pub fn is_terminal(job: &ObservedJob) -> bool {
+    TERMINAL_STATUSES.contains(&job.job_status.as_str())
+}
+
+/// What one sweep asks besides the jobs that can change.
+pub struct SweepAsk<'a> {
+    pub place: &'a Place,
+    pub page_size: i32,
+    /// The previous snapshot: a job in it that can change and is missing from this sweep has
+    /// turned terminal (or gone): one DescribeClassificationJob tells.
+    pub prev: Option<&'a Snapshot>,
+    /// What resources name: ids no sweep shows are described once, names listed once (their
+    /// terminal jobs count for AmbiguousName and TerminalState).
+    pub wanted: (HashSet<String>, HashSet<String>),
+}
+
+/// One sweep: every page of the jobs that can change, plus what it takes to know the terminal
+/// jobs that matter (described when they drop out, or when a resource names them), merged with
+/// `history`; and the pages of the sweep proper.
+pub async fn sweep(
+    api: &dyn MacieApi,
+    ask: SweepAsk<'_>,
+    history: &mut History,
+    metrics: &Metrics,
+) -> Result<(Vec<ObservedJob>, u32), MacieError> {
+    let SweepAsk {
+        place,
+        page_size,
+        prev,
+        wanted: (ids, names),
+    } = ask;
+    let (live, pages) = list_all_jobs(api, place, JobsQuery::NotTerminal, page_size, metrics).await?;
+    let live_ids: HashSet<String> = live.iter().map(|j| j.job_id.clone()).collect();
+    let mut extra: Vec<ObservedJob> = Vec::new();
+    let mut describe: Vec<String> = prev
+        .map(|p| {
+            p.jobs
+                .values()
+                .filter(|j| !is_terminal(j) && !live_ids.contains(&j.job_id))
+                .map(|j| j.job_id.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    describe
+        .extend(ids.into_iter().filter(|id| {
+            !live_ids.contains(id) && !history.terminal.contains_key(id) && !history.missing.contains(id)
+        }));
+    describe.sort();
+    describe.dedup();
+    for id in describe {
+        let r = api.describe_job(place, &id).await;
+        metrics.call("DescribeClassificationJob", MacieError::outcome(&r));
+        match r? {
+            Some(j) if is_terminal(&j) => {
+                history.terminal.insert(id, j);
+            }
+            Some(j) => extra.push(j),
+            None => {
+                history.missing.insert(id);
+            }
+        }
+    }
+    let mut names: Vec<String> = names.into_iter().filter(|n| !history.names.contains(n)).collect();
+    names.sort();
+    for name in names {
+        let (jobs, _) = list_all_jobs(api, place, JobsQuery::Named(&name), page_size, metrics).await?;
+        for j in jobs {
+            if is_terminal(&j) {
+                history.terminal.insert(j.job_id.clone(), j);
+            } else if !live_ids.contains(&j.job_id) {
+                extra.push(j);
+            }
+        }
+        history.names.insert(name);
+    }
+    let mut all = live;
+    let mut seen = live_ids;
+    for j in extra.into_iter().chain(history.terminal.values().cloned()) {
+        if seen.insert(j.job_id.clone()) {
+            all.push(j);
+        }
+    }
+    Ok((all, pages))
+}
+
 /// Extra tries of one failed page (after the SDK's own retries) before the sweep fails: a
 /// failed page is retried, not the whole sweep.
 pub const PAGE_RETRIES: u32 = 2;
@@ -172,13 +274,14 @@ pub const PAGE_RETRIES: u32 = 2;
 async fn list_page(
     api: &dyn MacieApi,
     place: &Place,
+    query: JobsQuery<'_>,
     page_size: i32,
     token: Option<String>,
     metrics: &Metrics,
 ) -> Result<JobsPage, MacieError> {
     let mut tries = 0u32;
     loop {
-        let resp = api.list_jobs_page(place, page_size, token.clone()).await;
+        let resp = api.list_jobs_page(place, query, page_size, token.clone()).await;
         metrics.call("ListClassificationJobs", MacieError::outcome(&resp));
         match resp {
             Err(e @ (MacieError::Throttled { .. } | MacieError::Uncertain { .. })) if tries < PAGE_RETRIES => {
@@ -211,6 +314,7 @@ pub struct JobPoller {
     interval: Duration,
     on_change: OnChange,
     in_use: InUse,
+    wanted: Wanted,
     places: RegionTasks<watch::Receiver<RegionView>>,
 }
 
@@ -227,6 +331,7 @@ impl JobPoller {
         interval: Duration,
         on_change: OnChange,
         in_use: InUse,
+        wanted: Wanted,
     ) -> JobPoller {
         JobPoller {
             clients,
@@ -234,6 +339,7 @@ impl JobPoller {
             interval,
             on_change,
             in_use,
+            wanted,
             places: RegionTasks::default(),
         }
     }
@@ -267,6 +373,7 @@ impl JobPoller {
                         page_size: self.page_size,
                         interval: self.interval,
                         on_change: self.on_change.clone(),
+                        wanted: self.wanted.clone(),
                         retire,
                     },
                     tx,
@@ -290,6 +397,7 @@ struct Sweep {
     page_size: i32,
     interval: Duration,
     on_change: OnChange,
+    wanted: Wanted,
     retire: Retire,
 }
 
@@ -314,16 +422,24 @@ async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
         page_size,
         interval,
         on_change,
+        wanted,
         retire,
     } = sweep;
+    let mut history = History::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let started_at = Timestamp::now();
         let t = std::time::Instant::now();
-        let result = list_all_jobs(clients.api(), &place, page_size, &metrics).await;
         let prev = tx.borrow().clone();
+        let ask = SweepAsk {
+            place: &place,
+            page_size,
+            prev: prev.snapshot.as_deref(),
+            wanted: wanted(&place),
+        };
+        let result = self::sweep(clients.api(), ask, &mut history, &metrics).await;
         let mut next = RegionView {
             sweeps: prev.sweeps + 1,
             ..prev.clone()
@@ -429,6 +545,89 @@ mod tests {
         assert!(c.affects(None, Some("n")));
         assert!(!c.affects(Some("y"), Some("m")));
         assert!(Changes::All.affects(None, None));
+    }
+
+    fn ask<'a>(place: &'a Place, prev: Option<&'a Snapshot>, ids: &[&str], names: &[&str]) -> SweepAsk<'a> {
+        SweepAsk {
+            place,
+            page_size: 100,
+            prev,
+            wanted: (
+                ids.iter().map(|s| s.to_string()).collect(),
+                names.iter().map(|s| s.to_string()).collect(),
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn sweeps_read_what_can_change_and_terminal_jobs_once() {
+        use crate::macie::fake::FakeMacie;
+        let fake = FakeMacie::default();
+        let place = Place::new("default", "us-east-1");
+        fake.put("us-east-1", "live", "nightly", "RUNNING");
+        for i in 0..300 {
+            fake.put("us-east-1", &format!("old{i:03}"), &format!("old-{i}"), "COMPLETE");
+        }
+        fake.put("us-east-1", "done", "finished", "CANCELLED");
+        fake.put("us-east-1", "twin1", "twin", "COMPLETE");
+        fake.put("us-east-1", "twin2", "twin", "CANCELLED");
+        let metrics = Metrics::new();
+        let mut history = History::default();
+        // First sweep: one page of what can change, plus one name lookup per name resources
+        // use and one describe per id no sweep shows.
+        let (jobs, pages) = sweep(
+            &fake,
+            ask(&place, None, &["done", "nope"], &["twin", "nightly"]),
+            &mut history,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!(pages, 1, "300 terminal jobs are not paged through");
+        assert_eq!((fake.lists(), fake.describes()), (3, 2));
+        let snap = Snapshot::new(Timestamp::now(), jobs, pages);
+        assert_eq!(snap.jobs["done"].job_status, "CANCELLED");
+        assert_eq!(snap.by_name["twin"].len(), 2, "terminal jobs of a name still count");
+        assert!(!snap.jobs.contains_key("old000"));
+        assert!(history.missing.contains("nope"));
+        // Steady state: one call per sweep, whatever the history.
+        let (jobs, _) = sweep(
+            &fake,
+            ask(&place, Some(&snap), &["done", "nope"], &["twin", "nightly"]),
+            &mut history,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!((fake.lists(), fake.describes()), (4, 2));
+        let snap = Snapshot::new(Timestamp::now(), jobs, 1);
+        // A job that completes drops out of the sweep: described once, then known.
+        fake.set_status("us-east-1", "live", "COMPLETE");
+        let (jobs, _) = sweep(
+            &fake,
+            ask(&place, Some(&snap), &["done"], &["nightly"]),
+            &mut history,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!((fake.lists(), fake.describes()), (5, 3));
+        let snap2 = Snapshot::new(Timestamp::now(), jobs, 1);
+        assert_eq!(snap2.jobs["live"].job_status, "COMPLETE");
+        assert!(diff(&snap, &snap2).affects(Some("live"), None), "the change is seen");
+        let (jobs, _) = sweep(
+            &fake,
+            ask(&place, Some(&snap2), &["done"], &["nightly"]),
+            &mut history,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!((fake.lists(), fake.describes()), (6, 3));
+        assert_eq!(
+            Snapshot::new(Timestamp::now(), jobs, 1).jobs["live"].job_status,
+            "COMPLETE"
+        );
     }
 
     #[test]

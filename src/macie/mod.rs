@@ -20,6 +20,7 @@ use aws_sdk_macie2::config::{BehaviorVersion, Region};
 use aws_sdk_macie2::error::{ProvideErrorMetadata, SdkError};
 
 use crate::api::DesiredJobStatus;
+use crate::api::macie_job::ObservedJob;
 use crate::runtime::gate::WriteGate;
 use crate::runtime::metrics::Metrics;
 use api::{JobsPage, MacieApi};
@@ -331,12 +332,21 @@ impl MacieApi for MacieClients {
     fn list_jobs_page<'a>(
         &'a self,
         place: &'a Place,
+        query: api::JobsQuery<'a>,
         page_size: i32,
         token: Option<String>,
     ) -> BoxFuture<'a, Result<JobsPage, MacieError>> {
         Box::pin(self.with_client(place, move |c| async move {
-            api::sdk_list_jobs_page(&c, page_size, token).await
+            api::sdk_list_jobs_page(&c, query, page_size, token).await
         }))
+    }
+
+    fn describe_job<'a>(
+        &'a self,
+        place: &'a Place,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ObservedJob>, MacieError>> {
+        Box::pin(self.with_client(place, move |c| async move { api::sdk_describe_job(&c, job_id).await }))
     }
 
     fn update_job<'a>(
