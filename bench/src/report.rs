@@ -248,6 +248,64 @@ impl fmt::Display for CreateRun {
     }
 }
 
+/// An account's history: `jobs` jobs, all COMPLETE or CANCELLED but `managed` RUNNING ones, each
+/// managed by a MacieJob; steady-state Macie reads per sweep against ceil(managed / page size).
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRun {
+    pub jobs: usize,
+    /// COMPLETE or CANCELLED jobs (they never change again).
+    pub terminal: usize,
+    /// RUNNING jobs, each managed by a MacieJob by id.
+    pub managed: usize,
+    pub page_size: usize,
+    /// From the operator's start to every MacieJob Ready.
+    pub initial_sync_s: f64,
+    /// ListClassificationJobs and DescribeClassificationJob requests from the operator's start
+    /// to every MacieJob Ready.
+    pub initial_list_calls: u64,
+    pub initial_describe_calls: u64,
+    pub sweeps: u64,
+    pub list_calls: u64,
+    pub describe_calls: u64,
+    pub update_calls: u64,
+    pub list_per_sweep: f64,
+    /// (ListClassificationJobs + DescribeClassificationJob) per steady-state sweep.
+    pub reads_per_sweep: f64,
+    /// ceil(managed / page size): the fewest calls that see every job that can change.
+    pub ideal: u64,
+    /// ceil(jobs / page size): a sweep that lists every job, terminal ones too.
+    pub list_everything: u64,
+    pub idle: Footprint,
+}
+
+impl HistoryRun {
+    /// The run fails above this many reads per sweep.
+    pub fn ceiling(&self) -> f64 {
+        2.0 * self.ideal as f64
+    }
+}
+
+impl fmt::Display for HistoryRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "history of {} jobs ({} terminal, {} managed): {:.1} reads per sweep ({:.1} List, {} Describe over {} sweeps; ideal {}, listing everything {}), first sync {:.1} s with {} List and {} Describe",
+            self.jobs,
+            self.terminal,
+            self.managed,
+            self.reads_per_sweep,
+            self.list_per_sweep,
+            self.describe_calls,
+            self.sweeps,
+            self.ideal,
+            self.list_everything,
+            self.initial_sync_s,
+            self.initial_list_calls,
+            self.initial_describe_calls
+        )
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub machine: Machine,
@@ -257,6 +315,7 @@ pub struct Report {
     pub jobs: Vec<JobRun>,
     pub discovery: Vec<DiscoveryRun>,
     pub creates: Vec<CreateRun>,
+    pub history: Vec<HistoryRun>,
 }
 
 impl Report {
@@ -269,6 +328,7 @@ impl Report {
             jobs: Vec::new(),
             discovery: Vec::new(),
             creates: Vec::new(),
+            history: Vec::new(),
         }
     }
 
@@ -285,7 +345,8 @@ impl Report {
 
     /// Results that break the operator's promises (these fail the run): an invalid or repeated
     /// update, a job or account that did not reach its status, an account sent twice, an
-    /// invalid or repeated create, a definition not created exactly once.
+    /// invalid or repeated create, a definition not created exactly once, a history sweep that
+    /// reads more than twice the ideal (or a steady state without a sweep or with an update).
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         for f in self.jobs.iter().flat_map(|j| &j.flips) {
@@ -324,6 +385,21 @@ impl Report {
                     "{what}: {} creates accepted, {} jobs in Macie, {} of {} exist exactly once",
                     c.created, c.jobs_in_macie, c.jobs_once, c.definitions
                 ));
+            }
+        }
+        for h in &self.history {
+            let what = format!("history of {} jobs, {} managed", h.jobs, h.managed);
+            if h.sweeps == 0 || h.reads_per_sweep > h.ceiling() {
+                p.push(format!(
+                    "{what}: {:.1} reads per sweep over {} sweeps, more than {:.0} (twice the ideal {})",
+                    h.reads_per_sweep,
+                    h.sweeps,
+                    h.ceiling(),
+                    h.ideal
+                ));
+            }
+            if h.update_calls > 0 {
+                p.push(format!("{what}: {} updates in the steady state", h.update_calls));
             }
         }
         p
@@ -425,6 +501,39 @@ impl Report {
                 ));
             }
         }
+        if !self.history.is_empty() {
+            line(String::new());
+            line("History (all jobs COMPLETE or CANCELLED but the managed ones; steady state, per sweep)".into());
+            line(format!(
+                "| {:>6} | {:>8} | {:>7} | {:>10} | {:>14} | {:>10} | {:>5} | {:>15} | {:>12} | {:>19} |",
+                "jobs",
+                "terminal",
+                "managed",
+                "List/sweep",
+                "Describe/sweep",
+                "reads/sweep",
+                "ideal",
+                "list everything",
+                "first sync s",
+                "first sync List/Desc"
+            ));
+            for h in &self.history {
+                let sweeps = h.sweeps.max(1) as f64;
+                line(format!(
+                    "| {:>6} | {:>8} | {:>7} | {:>10.1} | {:>14.1} | {:>11.1} | {:>5} | {:>15} | {:>12.1} | {:>20} |",
+                    h.jobs,
+                    h.terminal,
+                    h.managed,
+                    h.list_per_sweep,
+                    h.describe_calls as f64 / sweeps,
+                    h.reads_per_sweep,
+                    h.ideal,
+                    h.list_everything,
+                    h.initial_sync_s,
+                    format!("{} / {}", h.initial_list_calls, h.initial_describe_calls)
+                ));
+            }
+        }
         if !self.creates.is_empty() {
             line(String::new());
             line(
@@ -509,6 +618,60 @@ mod tests {
             cpu_s: 0.1,
             peak_rss_mib: 20.0,
         }
+    }
+
+    fn history_run() -> HistoryRun {
+        HistoryRun {
+            jobs: 300,
+            terminal: 290,
+            managed: 10,
+            page_size: 100,
+            initial_sync_s: 1.0,
+            initial_list_calls: 2,
+            initial_describe_calls: 0,
+            sweeps: 2,
+            list_calls: 2,
+            describe_calls: 0,
+            update_calls: 0,
+            list_per_sweep: 1.0,
+            reads_per_sweep: 1.0,
+            ideal: 1,
+            list_everything: 3,
+            idle: Footprint {
+                window_s: 2.0,
+                cpu_s: 0.01,
+                cpu_per_min_s: 0.3,
+                rss_mib: 20.0,
+                peak_rss_mib: 20.0,
+            },
+        }
+    }
+
+    #[test]
+    fn history_reads_up_to_twice_the_ideal_pass_more_fail() {
+        let machine = Machine {
+            cpu: "test".into(),
+            cores: 2,
+            memory_gib: 1.0,
+            kernel: "test".into(),
+        };
+        let mut r = Report::new(machine, Value::Null);
+        r.history.push(history_run());
+        r.history[0].reads_per_sweep = 2.0;
+        assert!(r.problems().is_empty(), "{:?}", r.problems());
+        let tables = r.tables();
+        assert!(tables.contains("History ("), "{tables}");
+        assert!(!tables.contains("Creates ("), "only the runs that ran: {tables}");
+        r.history[0].reads_per_sweep = 2.5;
+        let p = r.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("2.5 reads per sweep") && p[0].contains("twice the ideal 1"),
+            "{p:?}"
+        );
+        r.history[0].reads_per_sweep = 1.0;
+        r.history[0].sweeps = 0;
+        assert_eq!(r.problems().len(), 1);
     }
 
     #[test]
