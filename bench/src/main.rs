@@ -11,7 +11,7 @@
 mod report;
 mod system;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -284,6 +284,23 @@ async fn metric_at(port: u16, name: &str) -> Result<f64> {
         .filter(|l| l.split(['{', ' ']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// The kube-apiserver's own write counts (GET /metrics with the admin client); None, with a
+/// line on stderr, if it cannot be read.
+async fn apiserver_writes(client: &kube::Client) -> Option<BTreeMap<String, u64>> {
+    let text = async {
+        let req = http::Request::get("/metrics").body(Vec::new())?;
+        Ok::<_, anyhow::Error>(client.request_text(req).await?)
+    }
+    .await;
+    match text {
+        Ok(t) => Some(system::apiserver_writes(&t)),
+        Err(e) => {
+            eprintln!("bench: kube-apiserver /metrics: {e:#}");
+            None
+        }
+    }
 }
 
 /// Waits until `check` holds, polling every 100 ms, failing after `deadline` or if the operator
@@ -664,6 +681,7 @@ async fn flip(
     let stats0 = op.stats()?;
     let apiserver = system::find_process("kube-apiserver", &env.cp.dir().display().to_string());
     let api0 = apiserver.and_then(|p| ProcStats::read(p).ok());
+    let writes0 = apiserver_writes(&env.client).await;
     let t = Instant::now();
     let applied: HashMap<String, SystemTime> = stream::iter(names)
         .map(|name| async move {
@@ -698,6 +716,8 @@ async fn flip(
     let stats1 = op.stats()?;
     let api1 = apiserver.and_then(|p| ProcStats::read(p).ok());
     let apiserver_cpu_s = api0.zip(api1).map(|(a, b)| b.cpu_s - a.cpu_s);
+    let writes1 = apiserver_writes(&env.client).await;
+    let apiserver_writes = writes0.zip(writes1).map(|(a, b)| system::counts_between(&a, &b));
 
     let calls = env.emu.state.lock().calls[calls_before..].to_vec();
     let updates: Vec<_> = calls
@@ -742,6 +762,7 @@ async fn flip(
         list_calls: env.requests("ListClassificationJobs") - lists_before,
         cpu_s: stats1.cpu_s - stats0.cpu_s,
         apiserver_cpu_s,
+        apiserver_writes,
         peak_rss_mib: stats1.peak_rss_mib,
     })
 }

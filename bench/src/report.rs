@@ -1,5 +1,6 @@
 //! The results: JSON for machines, tables for people.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -107,10 +108,21 @@ pub struct Flip {
     pub cpu_s: f64,
     /// kube-apiserver's CPU seconds over the same time (the bottleneck on a small machine).
     pub apiserver_cpu_s: Option<f64>,
+    /// Write requests the kube-apiserver counted (apiserver_request_total) from just before the
+    /// first apply to the last Ready, per "VERB resource[/subresource]"; the driver's own spec
+    /// patches (one PATCH maciejobs per resource) included. None if /metrics was not readable.
+    pub apiserver_writes: Option<BTreeMap<String, u64>>,
     pub peak_rss_mib: f64,
 }
 
 impl Flip {
+    /// kube-apiserver writes per resource other than the driver's spec patch (one per resource).
+    pub fn writes_per_resource(&self) -> Option<f64> {
+        let w = self.apiserver_writes.as_ref()?;
+        let total: u64 = w.values().sum();
+        Some(total.saturating_sub(self.resources as u64) as f64 / self.resources.max(1) as f64)
+    }
+
     fn label(&self) -> &'static str {
         if self.faults.get("operations").is_some() {
             "100 ms + 10% throttling"
@@ -124,7 +136,7 @@ impl fmt::Display for Flip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "flip of {} to {} (faults: {}): Macie p50/p99/max {} s, Ready {} s, total {:.1} s, {} updates ({} invalid, {} repeated)",
+            "flip of {} to {} (faults: {}): Macie p50/p99/max {} s, Ready {} s, total {:.1} s, {} updates ({} invalid, {} repeated), kube-apiserver writes {}",
             self.resources,
             self.to,
             self.label(),
@@ -133,7 +145,10 @@ impl fmt::Display for Flip {
             self.total_s,
             self.accepted,
             self.invalid,
-            self.repeated
+            self.repeated,
+            self.apiserver_writes
+                .as_ref()
+                .map_or("unknown".to_string(), |w| format!("{w:?}"))
         )
     }
 }
@@ -430,7 +445,7 @@ impl Report {
             line(String::new());
             line("Convergence (every desired status flipped at once; seconds p50/p99/max)".into());
             line(format!(
-                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} | {:>14} | {:>19} |",
+                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} | {:>14} | {:>19} | {:>23} |",
                 "MacieJobs",
                 "faults",
                 "apply -> Macie",
@@ -440,11 +455,12 @@ impl Report {
                 "invalid",
                 "repeated",
                 "operator CPU s",
-                "kube-apiserver CPU s"
+                "kube-apiserver CPU s",
+                "API writes per MacieJob"
             ));
             for f in self.jobs.iter().flat_map(|j| &j.flips) {
                 line(format!(
-                    "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} | {:>14.1} | {:>19} |",
+                    "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} | {:>14.1} | {:>20} | {:>23} |",
                     f.resources,
                     f.label(),
                     f.to_macie.to_string(),
@@ -454,7 +470,8 @@ impl Report {
                     f.invalid,
                     f.repeated,
                     f.cpu_s,
-                    f.apiserver_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}"))
+                    f.apiserver_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}")),
+                    f.writes_per_resource().map_or("-".to_string(), |w| format!("{w:.2}"))
                 ));
             }
             line(String::new());
