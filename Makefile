@@ -85,7 +85,7 @@ crds-check:
 ## control plane, an emulator and the release operator per run; tables on stdout, JSON in
 ## target/bench/bench.json. BENCH_ARGS passes flags (see `macie-bench --help`; the create run,
 ## 100 definitions at Macie's 0.1 creates per second, alone takes about 17 minutes: --creates 0
-## skips it).
+## skips it; the history run, 10,000 jobs of which 100 can change, --history-jobs 0).
 BENCH_BIN := target/$(RELEASE_TARGET)/release/macie-bench
 bench: tools
 	$(CARGO) build --release --locked --target $(RELEASE_TARGET) --workspace --bin macie-operator --bin macie-bench
@@ -97,4 +97,4 @@ bench-smoke:
 	$(CARGO) build --workspace --locked --bins
 	target/debug/macie-bench --operator target/debug/macie-operator --out target/bench-smoke \
 	  --jobs 20 --accounts 100 --discovery-resources 4 --poll-interval 1s --sweeps 2 \
-	  --creates 4 --create-rate 5 >/dev/null
+	  --creates 4 --create-rate 5 --history-jobs 300 --history-managed 10 >/dev/null

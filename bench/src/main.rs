@@ -3,14 +3,15 @@
 //! sweep against the ideal, the convergence latency of a mass flip of desired statuses (clean,
 //! then with 100 ms per call and 10% throttling), the operator's CPU and memory, and the
 //! batching of automated-discovery changes, and how long creating N classification jobs from
-//! `spec.definition` takes against the create quota (one every 1 / rate seconds at best).
-//! Prints tables and writes JSON to `target/bench/`.
+//! `spec.definition` takes against the create quota (one every 1 / rate seconds at best), and
+//! the read cost of an account whose jobs are nearly all COMPLETE or CANCELLED (the history run:
+//! sweeps should follow the jobs that can change). Prints tables and writes JSON to `target/bench/`.
 #![forbid(unsafe_code)]
 
 mod report;
 mod system;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,7 +27,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use testkit::ControlPlane;
 
-use report::{CreateRun, DiscoveryRun, Flip, Footprint, JobRun, Percentiles, ReadCost, Report};
+use report::{CreateRun, DiscoveryRun, Flip, Footprint, HistoryRun, JobRun, Percentiles, ReadCost, Report};
 use system::{Machine, ProcStats};
 
 const REGION: &str = "us-east-1";
@@ -72,6 +73,13 @@ struct Args {
     /// create quota (Macie publishes 0.1).
     #[arg(long, default_value_t = 0.1, value_parser = parse_rate)]
     create_rate: f64,
+    /// Jobs in the account of the history run, all COMPLETE or CANCELLED but
+    /// `--history-managed` (0: no history run).
+    #[arg(long, default_value_t = 10_000)]
+    history_jobs: usize,
+    /// Of the history run's jobs, how many are RUNNING, each managed by a MacieJob (by id).
+    #[arg(long, default_value_t = 100)]
+    history_managed: usize,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -122,6 +130,15 @@ async fn run(args: Args) -> Result<()> {
             discovery_run(&args, n)
                 .await
                 .with_context(|| format!("discovery run with {n}"))?,
+        );
+        report.write(&args.out)?;
+    }
+    if args.history_jobs > 0 {
+        let (n, m) = (args.history_jobs, args.history_managed);
+        report.history.push(
+            history_run(&args, n, m)
+                .await
+                .with_context(|| format!("history run with {n} jobs, {m} managed"))?,
         );
         report.write(&args.out)?;
     }
@@ -267,6 +284,23 @@ async fn metric_at(port: u16, name: &str) -> Result<f64> {
         .filter(|l| l.split(['{', ' ']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// The kube-apiserver's own write counts (GET /metrics with the admin client); None, with a
+/// line on stderr, if it cannot be read.
+async fn apiserver_writes(client: &kube::Client) -> Option<BTreeMap<String, u64>> {
+    let text = async {
+        let req = http::Request::get("/metrics").body(Vec::new())?;
+        Ok::<_, anyhow::Error>(client.request_text(req).await?)
+    }
+    .await;
+    match text {
+        Ok(t) => Some(system::apiserver_writes(&t)),
+        Err(e) => {
+            eprintln!("bench: kube-apiserver /metrics: {e:#}");
+            None
+        }
+    }
 }
 
 /// Waits until `check` holds, polling every 100 ms, failing after `deadline` or if the operator
@@ -416,51 +450,22 @@ async fn job_run(args: &Args, n: usize) -> Result<JobRun> {
     let initial_sync_s = t.elapsed().as_secs_f64();
     eprintln!("bench: first sync of {n} in {initial_sync_s:.1} s");
 
-    // Steady state: read calls per sweep and the idle footprint, from one sweep boundary to another.
-    const SWEEPS: &str = "macie_operator_job_sweeps_total";
-    let port = op.port;
-    let sweeps0 = metric_at(port, SWEEPS).await?;
-    until("a sweep boundary", &mut op, deadline_for(n), || async {
-        let s = metric_at(port, SWEEPS).await?;
-        Ok((s <= sweeps0).then(|| format!("{s} sweeps")))
-    })
-    .await?;
-    let s1 = metric_at(port, SWEEPS).await?;
-    let (list1, desc1) = (
-        env.requests("ListClassificationJobs"),
-        env.requests("DescribeClassificationJob"),
-    );
-    let upd1 = env.requests("UpdateClassificationJob");
-    let (p1, t1) = (op.stats()?, Instant::now());
-    until("steady-state sweeps", &mut op, deadline_for(n), || async {
-        let s = metric_at(port, SWEEPS).await?;
-        Ok((s < s1 + args.sweeps as f64).then(|| format!("{} of {} sweeps", s - s1, args.sweeps)))
-    })
-    .await?;
-    let s2 = metric_at(port, SWEEPS).await?;
-    let (p2, idle_s) = (op.stats()?, t1.elapsed().as_secs_f64());
-    let sweeps = s2 - s1;
-    let list_calls = env.requests("ListClassificationJobs") - list1;
+    let steady = steady_state(args, &env, &mut op, deadline_for(n)).await?;
+    let (sweeps, list_calls) = (steady.sweeps, steady.list_calls);
     let read = ReadCost {
         resources: n,
         jobs: n,
         page_size: args.page_size,
-        sweeps: sweeps as u64,
+        sweeps,
         list_calls,
-        per_sweep: list_calls as f64 / sweeps,
+        per_sweep: list_calls as f64 / sweeps as f64,
         ideal: n.div_ceil(args.page_size).max(1) as u64,
-        describe_calls: env.requests("DescribeClassificationJob") - desc1,
-        update_calls: env.requests("UpdateClassificationJob") - upd1,
+        describe_calls: steady.describe_calls,
+        update_calls: steady.update_calls,
         peers_per_poll: n as u64,
-        ratio: n as f64 / (list_calls as f64 / sweeps),
+        ratio: n as f64 / (list_calls as f64 / sweeps as f64),
     };
-    let idle = Footprint {
-        window_s: idle_s,
-        cpu_s: p2.cpu_s - p1.cpu_s,
-        cpu_per_min_s: (p2.cpu_s - p1.cpu_s) / idle_s * 60.0,
-        rss_mib: p2.rss_mib,
-        peak_rss_mib: p2.peak_rss_mib,
-    };
+    let idle = steady.idle;
     eprintln!("bench: {read}");
 
     let mut flips = Vec::new();
@@ -493,6 +498,153 @@ async fn job_run(args: &Args, n: usize) -> Result<JobRun> {
         read,
         idle,
         flips,
+    })
+}
+
+/// An account's history: `n` jobs, all but `m` COMPLETE or CANCELLED (they never change again),
+/// the `m` others RUNNING and spread among them, each managed by a MacieJob by id. Sweeps list
+/// only the jobs that can change, so the steady-state reads should follow `m`, not `n`: the
+/// ideal is ceil(m / page size), the cost of listing everything ceil(n / page size).
+async fn history_run(args: &Args, n: usize, m: usize) -> Result<HistoryRun> {
+    if m > n {
+        bail!("--history-managed {m} is more than --history-jobs {n}");
+    }
+    eprintln!("bench: history of {n} jobs, {m} RUNNING and managed: starting a control plane");
+    let env = Env::start().await?;
+    // The managed jobs at evenly spread positions, so every page of the full list holds some.
+    let managed: HashSet<usize> = (0..m).map(|i| i * n / m.max(1)).collect();
+    let ids: Vec<String> = {
+        let mut e = env.emu.state.lock();
+        let now = e.now();
+        let mut ids = Vec::with_capacity(m);
+        for i in 0..n {
+            let status = match i {
+                _ if managed.contains(&i) => "RUNNING",
+                _ if i % 3 == 0 => "CANCELLED",
+                _ => "COMPLETE",
+            };
+            let job = serde_json::from_value(
+                json!({"name": format!("history-{i}"), "jobType": "ONE_TIME", "jobStatus": status}),
+            )?;
+            let id = e.put_job(&job, now).map_err(anyhow::Error::msg)?;
+            if status == "RUNNING" {
+                ids.push(id);
+            }
+        }
+        ids
+    };
+    let api: Api<MacieJob> = Api::namespaced(env.client.clone(), &env.ns);
+    stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let api = api.clone();
+            async move {
+                let obj: MacieJob = serde_json::from_value(json!({
+                    "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieJob",
+                    "metadata": {"name": format!("mh-{i}")},
+                    "spec": {"jobId": id, "jobStatus": "RUNNING"},
+                }))?;
+                api.create(&PostParams::default(), &obj).await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(DRIVER_CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    let (watch, watch_task) = ReadyWatch::start(api.clone());
+    let (list0, desc0) = (
+        env.requests("ListClassificationJobs"),
+        env.requests("DescribeClassificationJob"),
+    );
+    let mut op = Operator::spawn(args, &env, &args.out.join(format!("operator-history-{n}.log")))?;
+    let t = Instant::now();
+    let want: HashMap<String, (i64, String)> = (0..m)
+        .map(|i| (format!("mh-{i}"), (1, "RUNNING".to_string())))
+        .collect();
+    until("the first sync", &mut op, deadline_for(m), || async {
+        let done = watch.matching(&want).len();
+        Ok((done < m).then(|| format!("{done} of {m} Ready")))
+    })
+    .await?;
+    let initial_sync_s = t.elapsed().as_secs_f64();
+    let (initial_list_calls, initial_describe_calls) = (
+        env.requests("ListClassificationJobs") - list0,
+        env.requests("DescribeClassificationJob") - desc0,
+    );
+    let steady = steady_state(args, &env, &mut op, deadline_for(m)).await?;
+    watch_task.abort();
+    let _ = op.child.kill().await;
+    let sweeps = steady.sweeps.max(1) as f64;
+    let run = HistoryRun {
+        jobs: n,
+        terminal: n - m,
+        managed: m,
+        page_size: args.page_size,
+        initial_sync_s,
+        initial_list_calls,
+        initial_describe_calls,
+        sweeps: steady.sweeps,
+        list_calls: steady.list_calls,
+        describe_calls: steady.describe_calls,
+        update_calls: steady.update_calls,
+        list_per_sweep: steady.list_calls as f64 / sweeps,
+        reads_per_sweep: (steady.list_calls + steady.describe_calls) as f64 / sweeps,
+        ideal: m.div_ceil(args.page_size).max(1) as u64,
+        list_everything: n.div_ceil(args.page_size).max(1) as u64,
+        idle: steady.idle,
+    };
+    eprintln!("bench: {run}");
+    Ok(run)
+}
+
+/// Macie requests and the operator's footprint over `--sweeps` steady-state sweeps, from one
+/// sweep boundary (the operator's sweep counter) to another.
+struct Steady {
+    sweeps: u64,
+    list_calls: u64,
+    describe_calls: u64,
+    update_calls: u64,
+    idle: Footprint,
+}
+
+async fn steady_state(args: &Args, env: &Env, op: &mut Operator, deadline: Duration) -> Result<Steady> {
+    const SWEEPS: &str = "macie_operator_job_sweeps_total";
+    let port = op.port;
+    let sweeps0 = metric_at(port, SWEEPS).await?;
+    until("a sweep boundary", op, deadline, || async {
+        let s = metric_at(port, SWEEPS).await?;
+        Ok((s <= sweeps0).then(|| format!("{s} sweeps")))
+    })
+    .await?;
+    let s1 = metric_at(port, SWEEPS).await?;
+    let counts = || {
+        (
+            env.requests("ListClassificationJobs"),
+            env.requests("DescribeClassificationJob"),
+            env.requests("UpdateClassificationJob"),
+        )
+    };
+    let (list1, desc1, upd1) = counts();
+    let (p1, t1) = (op.stats()?, Instant::now());
+    until("steady-state sweeps", op, deadline, || async {
+        let s = metric_at(port, SWEEPS).await?;
+        Ok((s < s1 + args.sweeps as f64).then(|| format!("{} of {} sweeps", s - s1, args.sweeps)))
+    })
+    .await?;
+    let s2 = metric_at(port, SWEEPS).await?;
+    let (list2, desc2, upd2) = counts();
+    let (p2, idle_s) = (op.stats()?, t1.elapsed().as_secs_f64());
+    Ok(Steady {
+        sweeps: (s2 - s1) as u64,
+        list_calls: list2 - list1,
+        describe_calls: desc2 - desc1,
+        update_calls: upd2 - upd1,
+        idle: Footprint {
+            window_s: idle_s,
+            cpu_s: p2.cpu_s - p1.cpu_s,
+            cpu_per_min_s: (p2.cpu_s - p1.cpu_s) / idle_s * 60.0,
+            rss_mib: p2.rss_mib,
+            peak_rss_mib: p2.peak_rss_mib,
+        },
     })
 }
 
@@ -529,6 +681,7 @@ async fn flip(
     let stats0 = op.stats()?;
     let apiserver = system::find_process("kube-apiserver", &env.cp.dir().display().to_string());
     let api0 = apiserver.and_then(|p| ProcStats::read(p).ok());
+    let writes0 = apiserver_writes(&env.client).await;
     let t = Instant::now();
     let applied: HashMap<String, SystemTime> = stream::iter(names)
         .map(|name| async move {
@@ -563,6 +716,8 @@ async fn flip(
     let stats1 = op.stats()?;
     let api1 = apiserver.and_then(|p| ProcStats::read(p).ok());
     let apiserver_cpu_s = api0.zip(api1).map(|(a, b)| b.cpu_s - a.cpu_s);
+    let writes1 = apiserver_writes(&env.client).await;
+    let apiserver_writes = writes0.zip(writes1).map(|(a, b)| system::counts_between(&a, &b));
 
     let calls = env.emu.state.lock().calls[calls_before..].to_vec();
     let updates: Vec<_> = calls
@@ -607,6 +762,7 @@ async fn flip(
         list_calls: env.requests("ListClassificationJobs") - lists_before,
         cpu_s: stats1.cpu_s - stats0.cpu_s,
         apiserver_cpu_s,
+        apiserver_writes,
         peak_rss_mib: stats1.peak_rss_mib,
     })
 }

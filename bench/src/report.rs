@@ -1,5 +1,6 @@
 //! The results: JSON for machines, tables for people.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -107,10 +108,21 @@ pub struct Flip {
     pub cpu_s: f64,
     /// kube-apiserver's CPU seconds over the same time (the bottleneck on a small machine).
     pub apiserver_cpu_s: Option<f64>,
+    /// Write requests the kube-apiserver counted (apiserver_request_total) from just before the
+    /// first apply to the last Ready, per "VERB resource[/subresource]"; the driver's own spec
+    /// patches (one PATCH maciejobs per resource) included. None if /metrics was not readable.
+    pub apiserver_writes: Option<BTreeMap<String, u64>>,
     pub peak_rss_mib: f64,
 }
 
 impl Flip {
+    /// kube-apiserver writes per resource other than the driver's spec patch (one per resource).
+    pub fn writes_per_resource(&self) -> Option<f64> {
+        let w = self.apiserver_writes.as_ref()?;
+        let total: u64 = w.values().sum();
+        Some(total.saturating_sub(self.resources as u64) as f64 / self.resources.max(1) as f64)
+    }
+
     fn label(&self) -> &'static str {
         if self.faults.get("operations").is_some() {
             "100 ms + 10% throttling"
@@ -124,7 +136,7 @@ impl fmt::Display for Flip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "flip of {} to {} (faults: {}): Macie p50/p99/max {} s, Ready {} s, total {:.1} s, {} updates ({} invalid, {} repeated)",
+            "flip of {} to {} (faults: {}): Macie p50/p99/max {} s, Ready {} s, total {:.1} s, {} updates ({} invalid, {} repeated), kube-apiserver writes {}",
             self.resources,
             self.to,
             self.label(),
@@ -133,7 +145,10 @@ impl fmt::Display for Flip {
             self.total_s,
             self.accepted,
             self.invalid,
-            self.repeated
+            self.repeated,
+            self.apiserver_writes
+                .as_ref()
+                .map_or("unknown".to_string(), |w| format!("{w:?}"))
         )
     }
 }
@@ -248,6 +263,64 @@ impl fmt::Display for CreateRun {
     }
 }
 
+/// An account's history: `jobs` jobs, all COMPLETE or CANCELLED but `managed` RUNNING ones, each
+/// managed by a MacieJob; steady-state Macie reads per sweep against ceil(managed / page size).
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRun {
+    pub jobs: usize,
+    /// COMPLETE or CANCELLED jobs (they never change again).
+    pub terminal: usize,
+    /// RUNNING jobs, each managed by a MacieJob by id.
+    pub managed: usize,
+    pub page_size: usize,
+    /// From the operator's start to every MacieJob Ready.
+    pub initial_sync_s: f64,
+    /// ListClassificationJobs and DescribeClassificationJob requests from the operator's start
+    /// to every MacieJob Ready.
+    pub initial_list_calls: u64,
+    pub initial_describe_calls: u64,
+    pub sweeps: u64,
+    pub list_calls: u64,
+    pub describe_calls: u64,
+    pub update_calls: u64,
+    pub list_per_sweep: f64,
+    /// (ListClassificationJobs + DescribeClassificationJob) per steady-state sweep.
+    pub reads_per_sweep: f64,
+    /// ceil(managed / page size): the fewest calls that see every job that can change.
+    pub ideal: u64,
+    /// ceil(jobs / page size): a sweep that lists every job, terminal ones too.
+    pub list_everything: u64,
+    pub idle: Footprint,
+}
+
+impl HistoryRun {
+    /// The run fails above this many reads per sweep.
+    pub fn ceiling(&self) -> f64 {
+        2.0 * self.ideal as f64
+    }
+}
+
+impl fmt::Display for HistoryRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "history of {} jobs ({} terminal, {} managed): {:.1} reads per sweep ({:.1} List, {} Describe over {} sweeps; ideal {}, listing everything {}), first sync {:.1} s with {} List and {} Describe",
+            self.jobs,
+            self.terminal,
+            self.managed,
+            self.reads_per_sweep,
+            self.list_per_sweep,
+            self.describe_calls,
+            self.sweeps,
+            self.ideal,
+            self.list_everything,
+            self.initial_sync_s,
+            self.initial_list_calls,
+            self.initial_describe_calls
+        )
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub machine: Machine,
@@ -257,6 +330,7 @@ pub struct Report {
     pub jobs: Vec<JobRun>,
     pub discovery: Vec<DiscoveryRun>,
     pub creates: Vec<CreateRun>,
+    pub history: Vec<HistoryRun>,
 }
 
 impl Report {
@@ -269,6 +343,7 @@ impl Report {
             jobs: Vec::new(),
             discovery: Vec::new(),
             creates: Vec::new(),
+            history: Vec::new(),
         }
     }
 
@@ -285,7 +360,8 @@ impl Report {
 
     /// Results that break the operator's promises (these fail the run): an invalid or repeated
     /// update, a job or account that did not reach its status, an account sent twice, an
-    /// invalid or repeated create, a definition not created exactly once.
+    /// invalid or repeated create, a definition not created exactly once, a history sweep that
+    /// reads more than twice the ideal (or a steady state without a sweep or with an update).
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         for f in self.jobs.iter().flat_map(|j| &j.flips) {
@@ -326,6 +402,21 @@ impl Report {
                 ));
             }
         }
+        for h in &self.history {
+            let what = format!("history of {} jobs, {} managed", h.jobs, h.managed);
+            if h.sweeps == 0 || h.reads_per_sweep > h.ceiling() {
+                p.push(format!(
+                    "{what}: {:.1} reads per sweep over {} sweeps, more than {:.0} (twice the ideal {})",
+                    h.reads_per_sweep,
+                    h.sweeps,
+                    h.ceiling(),
+                    h.ideal
+                ));
+            }
+            if h.update_calls > 0 {
+                p.push(format!("{what}: {} updates in the steady state", h.update_calls));
+            }
+        }
         p
     }
 
@@ -354,7 +445,7 @@ impl Report {
             line(String::new());
             line("Convergence (every desired status flipped at once; seconds p50/p99/max)".into());
             line(format!(
-                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} | {:>14} | {:>19} |",
+                "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7} | {:>7} | {:>7} | {:>8} | {:>14} | {:>19} | {:>23} |",
                 "MacieJobs",
                 "faults",
                 "apply -> Macie",
@@ -364,11 +455,12 @@ impl Report {
                 "invalid",
                 "repeated",
                 "operator CPU s",
-                "kube-apiserver CPU s"
+                "kube-apiserver CPU s",
+                "API writes per MacieJob"
             ));
             for f in self.jobs.iter().flat_map(|j| &j.flips) {
                 line(format!(
-                    "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} | {:>14.1} | {:>19} |",
+                    "| {:>9} | {:>23} | {:>19} | {:>19} | {:>7.1} | {:>7} | {:>7} | {:>8} | {:>14.1} | {:>20} | {:>23} |",
                     f.resources,
                     f.label(),
                     f.to_macie.to_string(),
@@ -378,7 +470,8 @@ impl Report {
                     f.invalid,
                     f.repeated,
                     f.cpu_s,
-                    f.apiserver_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}"))
+                    f.apiserver_cpu_s.map_or("-".to_string(), |c| format!("{c:.1}")),
+                    f.writes_per_resource().map_or("-".to_string(), |w| format!("{w:.2}"))
                 ));
             }
             line(String::new());
@@ -422,6 +515,39 @@ impl Report {
                     d.sent_twice,
                     d.total_s,
                     d.per_resource.to_string()
+                ));
+            }
+        }
+        if !self.history.is_empty() {
+            line(String::new());
+            line("History (all jobs COMPLETE or CANCELLED but the managed ones; steady state, per sweep)".into());
+            line(format!(
+                "| {:>6} | {:>8} | {:>7} | {:>10} | {:>14} | {:>10} | {:>5} | {:>15} | {:>12} | {:>19} |",
+                "jobs",
+                "terminal",
+                "managed",
+                "List/sweep",
+                "Describe/sweep",
+                "reads/sweep",
+                "ideal",
+                "list everything",
+                "first sync s",
+                "first sync List/Desc"
+            ));
+            for h in &self.history {
+                let sweeps = h.sweeps.max(1) as f64;
+                line(format!(
+                    "| {:>6} | {:>8} | {:>7} | {:>10.1} | {:>14.1} | {:>11.1} | {:>5} | {:>15} | {:>12.1} | {:>20} |",
+                    h.jobs,
+                    h.terminal,
+                    h.managed,
+                    h.list_per_sweep,
+                    h.describe_calls as f64 / sweeps,
+                    h.reads_per_sweep,
+                    h.ideal,
+                    h.list_everything,
+                    h.initial_sync_s,
+                    format!("{} / {}", h.initial_list_calls, h.initial_describe_calls)
                 ));
             }
         }
@@ -509,6 +635,60 @@ mod tests {
             cpu_s: 0.1,
             peak_rss_mib: 20.0,
         }
+    }
+
+    fn history_run() -> HistoryRun {
+        HistoryRun {
+            jobs: 300,
+            terminal: 290,
+            managed: 10,
+            page_size: 100,
+            initial_sync_s: 1.0,
+            initial_list_calls: 2,
+            initial_describe_calls: 0,
+            sweeps: 2,
+            list_calls: 2,
+            describe_calls: 0,
+            update_calls: 0,
+            list_per_sweep: 1.0,
+            reads_per_sweep: 1.0,
+            ideal: 1,
+            list_everything: 3,
+            idle: Footprint {
+                window_s: 2.0,
+                cpu_s: 0.01,
+                cpu_per_min_s: 0.3,
+                rss_mib: 20.0,
+                peak_rss_mib: 20.0,
+            },
+        }
+    }
+
+    #[test]
+    fn history_reads_up_to_twice_the_ideal_pass_more_fail() {
+        let machine = Machine {
+            cpu: "test".into(),
+            cores: 2,
+            memory_gib: 1.0,
+            kernel: "test".into(),
+        };
+        let mut r = Report::new(machine, Value::Null);
+        r.history.push(history_run());
+        r.history[0].reads_per_sweep = 2.0;
+        assert!(r.problems().is_empty(), "{:?}", r.problems());
+        let tables = r.tables();
+        assert!(tables.contains("History ("), "{tables}");
+        assert!(!tables.contains("Creates ("), "only the runs that ran: {tables}");
+        r.history[0].reads_per_sweep = 2.5;
+        let p = r.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("2.5 reads per sweep") && p[0].contains("twice the ideal 1"),
+            "{p:?}"
+        );
+        r.history[0].reads_per_sweep = 1.0;
+        r.history[0].sweeps = 0;
+        assert_eq!(r.problems().len(), 1);
     }
 
     #[test]

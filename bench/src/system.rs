@@ -1,5 +1,6 @@
 //! What the machine is, and what a process costs (from /proc).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use anyhow::{Context as _, Result};
@@ -97,9 +98,75 @@ pub fn find_process(program: &str, marker: &str) -> Option<u32> {
         })
 }
 
+/// Write requests the kube-apiserver counted itself (`apiserver_request_total` on its /metrics,
+/// verbs POST, PUT, PATCH, APPLY and DELETE, every response code), per "VERB resource" or
+/// "VERB resource/subresource".
+pub fn apiserver_writes(metrics: &str) -> BTreeMap<String, u64> {
+    const WRITES: [&str; 5] = ["POST", "PUT", "PATCH", "APPLY", "DELETE"];
+    let mut out = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\"")?.strip_suffix('"'))
+                .unwrap_or("")
+        };
+        let verb = label("verb");
+        if !WRITES.contains(&verb) {
+            continue;
+        }
+        let key = match label("subresource") {
+            "" => format!("{verb} {}", label("resource")),
+            sub => format!("{verb} {}/{sub}", label("resource")),
+        };
+        *out.entry(key).or_default() += value as u64;
+    }
+    out
+}
+
+/// `after - before`, without the keys that did not move.
+pub fn counts_between(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(k, a)| {
+            let d = a.saturating_sub(before.get(k).copied().unwrap_or(0));
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_the_apiserver_writes_by_verb_and_resource() {
+        let text = r#"# HELP apiserver_request_total x
+# TYPE apiserver_request_total counter
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="macie.kubeops.dev",resource="maciejobs",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 7
+apiserver_request_total{code="409",component="apiserver",dry_run="",group="macie.kubeops.dev",resource="maciejobs",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 1
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="events",scope="namespace",subresource="",verb="POST",version="v1"} 3
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="namespace",subresource="",verb="LIST",version="v1"} 9
+apiserver_request_duration_seconds_count{verb="PATCH",resource="maciejobs"} 5
+"#;
+        let w = apiserver_writes(text);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w["PATCH maciejobs/status"], 8);
+        assert_eq!(w["POST events"], 3);
+        let mut later = w.clone();
+        *later.get_mut("POST events").unwrap() += 2;
+        let d = counts_between(&w, &later);
+        assert_eq!(d.into_iter().collect::<Vec<_>>(), vec![("POST events".to_string(), 2)]);
+    }
 
     #[test]
     fn reads_this_process() {
