@@ -250,7 +250,7 @@ async fn drift_late_jobs_names_deletion_and_expiry() -> Result<()> {
         })
         .collect();
     for (obj, reason) in [
-        ("drift", "UpdateRequested"),
+        ("drift", "Converged"),
         ("ambiguous", "AmbiguousName"),
         ("late", "JobNotFound"),
         ("expiring", "ExpiringSoon"),

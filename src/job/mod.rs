@@ -831,7 +831,6 @@ async fn act(ctx: &Context, obj: &MacieJob, place: &Place, step: Step, prev_atte
         jitter,
     );
     match (verdict.event, &result) {
-        (CallEvent::Requested, _) => publish(ctx, obj, EventType::Normal, "UpdateRequested", what).await,
         (CallEvent::Failed, Err(e)) => {
             publish(
                 ctx,
@@ -1270,7 +1269,7 @@ async fn write_status(
 
 async fn publish(ctx: &Context, obj: &MacieJob, type_: EventType, reason: &str, note: String) {
     let action = match reason {
-        "UpdateRequested" | "UpdateFailed" => "UpdateClassificationJob",
+        "UpdateFailed" => "UpdateClassificationJob",
         "Created" | "CreateFailed" => "CreateClassificationJob",
         "Released" => "ReleaseFinalizer",
         _ => "Observe",

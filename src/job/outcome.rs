@@ -51,7 +51,10 @@ pub fn after_call(
         Ok(()) => CallVerdict {
             summary: Reason::Transitioning.summary(transitioning(&from, step.to)),
             outcome: TransitionOutcome::Pending,
-            event: CallEvent::Requested,
+            // The write-ahead status already says it, and the completed transition is
+            // announced once (entering Converged): a flip costs the write-ahead, the confirming
+            // status and one Event.
+            event: CallEvent::None,
             step,
         },
         Err(e @ MacieError::Throttled { .. }) => {
@@ -128,11 +131,10 @@ pub struct CallVerdict {
 /// The Event a call deserves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallEvent {
-    /// Normal `UpdateRequested`.
-    Requested,
     /// Warning `UpdateFailed` with the AWS error code.
     Failed,
-    /// None (throttling is routine; the condition says it).
+    /// None (an accepted call: its completion is announced; throttling is routine; the
+    /// condition says it).
     None,
 }
 
@@ -160,7 +162,7 @@ mod tests {
                 "ok",
                 "Transitioning",
                 TransitionOutcome::Pending,
-                CallEvent::Requested,
+                CallEvent::None,
                 "in-flight",
                 O::Waiting,
             ),
