@@ -830,18 +830,15 @@ async fn act(ctx: &Context, obj: &MacieJob, place: &Place, step: Step, prev_atte
         Timestamp::now(),
         jitter,
     );
-    match (verdict.event, &result) {
-        (CallEvent::Failed, Err(e)) => {
-            publish(
-                ctx,
-                obj,
-                EventType::Warning,
-                "UpdateFailed",
-                format!("{what} failed: {e}"),
-            )
-            .await;
-        }
-        _ => {}
+    if let (CallEvent::Failed, Err(e)) = (verdict.event, &result) {
+        publish(
+            ctx,
+            obj,
+            EventType::Warning,
+            "UpdateFailed",
+            format!("{what} failed: {e}"),
+        )
+        .await;
     }
     verdict
 }
