@@ -216,6 +216,26 @@ async fn default_account(client: &kube::Client) -> Result<()> {
     Ok(())
 }
 
+/// Creates one MacieJob `<prefix>-<i>` per job id, RUNNING, a few at a time.
+async fn create_running(api: &Api<MacieJob>, prefix: &str, ids: &[String]) -> Result<()> {
+    stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let api = api.clone();
+            async move {
+                let obj: MacieJob = serde_json::from_value(json!({
+                    "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieJob",
+                    "metadata": {"name": format!("{prefix}-{i}")},
+                    "spec": {"jobId": id, "jobStatus": "RUNNING"},
+                }))?;
+                api.create(&PostParams::default(), &obj).await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(DRIVER_CONCURRENCY)
+        .try_collect::<()>()
+        .await
+}
+
 /// The release operator as a child process.
 struct Operator {
     child: tokio::process::Child,
@@ -418,22 +438,7 @@ async fn job_run(args: &Args, n: usize) -> Result<JobRun> {
     };
     let api: Api<MacieJob> = Api::namespaced(env.client.clone(), &env.ns);
     let t = Instant::now();
-    stream::iter(ids.iter().enumerate())
-        .map(|(i, id)| {
-            let api = api.clone();
-            async move {
-                let obj: MacieJob = serde_json::from_value(json!({
-                    "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieJob",
-                    "metadata": {"name": format!("mj-{i}")},
-                    "spec": {"jobId": id, "jobStatus": "RUNNING"},
-                }))?;
-                api.create(&PostParams::default(), &obj).await?;
-                Ok::<_, anyhow::Error>(())
-            }
-        })
-        .buffer_unordered(DRIVER_CONCURRENCY)
-        .try_collect::<()>()
-        .await?;
+    create_running(&api, "mj", &ids).await?;
     eprintln!("bench: created {n} MacieJobs in {:.1} s", t.elapsed().as_secs_f64());
     let names: Vec<String> = (0..n).map(|i| format!("mj-{i}")).collect();
     let job_of: HashMap<String, String> = names.iter().cloned().zip(ids.iter().cloned()).collect();
@@ -534,22 +539,7 @@ async fn history_run(args: &Args, n: usize, m: usize) -> Result<HistoryRun> {
         ids
     };
     let api: Api<MacieJob> = Api::namespaced(env.client.clone(), &env.ns);
-    stream::iter(ids.iter().enumerate())
-        .map(|(i, id)| {
-            let api = api.clone();
-            async move {
-                let obj: MacieJob = serde_json::from_value(json!({
-                    "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieJob",
-                    "metadata": {"name": format!("mh-{i}")},
-                    "spec": {"jobId": id, "jobStatus": "RUNNING"},
-                }))?;
-                api.create(&PostParams::default(), &obj).await?;
-                Ok::<_, anyhow::Error>(())
-            }
-        })
-        .buffer_unordered(DRIVER_CONCURRENCY)
-        .try_collect::<()>()
-        .await?;
+    create_running(&api, "mh", &ids).await?;
     let (watch, watch_task) = ReadyWatch::start(api.clone());
     let (list0, desc0) = (
         env.requests("ListClassificationJobs"),
