@@ -14,6 +14,7 @@ use super::*;
 use crate::account::testing::Fed;
 use crate::api::MacieAccountSpec;
 use crate::api::macie_account::{DiscoveryRules, JobRules};
+use crate::api::macie_job::CreationOutcome;
 use crate::macie::fake::FakeMacie;
 use crate::runtime::fake_kube::{FakeKube, path_of};
 
