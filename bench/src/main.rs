@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use testkit::ControlPlane;
 
-use report::{CreateRun, DiscoveryRun, Flip, Footprint, HistoryRun, JobRun, Percentiles, ReadCost, Report};
+use report::{Capacity, CreateRun, DiscoveryRun, Flip, Footprint, HistoryRun, JobRun, Percentiles, ReadCost, Report};
 use system::{Machine, ProcStats};
 
 const REGION: &str = "us-east-1";
@@ -495,15 +495,202 @@ async fn job_run(args: &Args, n: usize) -> Result<JobRun> {
         flips.push(f);
         env.faults(json!({}))?;
     }
-    watch_task.abort();
     let _ = op.child.kill().await;
+    let _ = op.child.wait().await;
+    // The API server's capacity for the clean flip's writes, with no operator running (the
+    // driver's watch stays, as during the flip).
+    let capacity = match flips.first() {
+        Some(clean) => apiserver_capacity(&env, &names, clean).await?,
+        None => None,
+    };
+    if let Some(c) = &capacity {
+        eprintln!(
+            "bench: kube-apiserver capacity: {:?} in {:.1} s ({:.0} writes/s); the clean flip ran at {:.0}% of it",
+            c.writes,
+            c.seconds,
+            c.writes_per_s,
+            c.ratio * 100.0
+        );
+    }
+    watch_task.abort();
     Ok(JobRun {
         resources: n,
         initial_sync_s,
         read,
         idle,
         flips,
+        capacity,
     })
+}
+
+/// The writes the driver replays to measure the API server's capacity: the operator's writes in
+/// a flip (status writes and Events, by verb), without the driver's own spec patches and the
+/// leader's lease renewals.
+#[derive(Debug, Default, PartialEq)]
+struct Replay {
+    /// Server-side applies of MacieJob status (what the operator sends).
+    status_applies: u64,
+    /// Merge patches of MacieJob status.
+    status_patches: u64,
+    event_creates: u64,
+    /// Patches of existing Events (an Event series growing).
+    event_patches: u64,
+}
+
+impl Replay {
+    fn of(flip_writes: &BTreeMap<String, u64>) -> Replay {
+        let get = |k: &str| flip_writes.get(k).copied().unwrap_or(0);
+        Replay {
+            status_applies: get("APPLY maciejobs/status"),
+            status_patches: get("PATCH maciejobs/status"),
+            event_creates: get("POST events"),
+            event_patches: get("PATCH events"),
+        }
+    }
+
+    /// The writes in the kube-apiserver's own terms, to compare with what it counts.
+    fn writes(&self) -> BTreeMap<String, u64> {
+        [
+            ("APPLY maciejobs/status", self.status_applies),
+            ("PATCH maciejobs/status", self.status_patches),
+            ("POST events", self.event_creates),
+            ("PATCH events", self.event_patches),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k.to_string(), n))
+        .collect()
+    }
+}
+
+/// One write of the replay, on the MacieJob or Event `i`.
+#[derive(Clone, Copy, Debug)]
+enum Write {
+    StatusApply(usize),
+    StatusPatch(usize),
+    EventCreate(usize),
+    EventPatch(usize),
+}
+
+fn micro_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// Sends `clean`'s writes (see `Replay`) at DRIVER_CONCURRENCY with no operator running, and
+/// times them. The Events to patch are created first, outside the timing, as the operator's
+/// already existed.
+async fn apiserver_capacity(env: &Env, names: &[String], clean: &Flip) -> Result<Option<Capacity>> {
+    use k8s_openapi::api::events::v1::Event;
+    let Some(flip_writes) = &clean.apiserver_writes else {
+        return Ok(None);
+    };
+    let replay = Replay::of(flip_writes);
+    let n = names.len().max(1);
+    let jobs: Api<MacieJob> = Api::namespaced(env.client.clone(), &env.ns);
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
+    let event = |i: usize, name: &str| -> Result<Event> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": format!("bench-capacity-{i}"), "namespace": env.ns},
+            "eventTime": micro_time(SystemTime::now()),
+            "reportingController": "macie.kubeops.dev/bench",
+            "reportingInstance": "macie-bench",
+            "action": "Measure",
+            "reason": "Capacity",
+            "type": "Normal",
+            "note": "the benchmark measures the API server's write capacity",
+            "regarding": {"apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieJob", "name": name, "namespace": env.ns},
+        }))?)
+    };
+    // The Events the timed patches grow, one per MacieJob at most.
+    let patched = (replay.event_patches as usize).min(n);
+    stream::iter(0..patched)
+        .map(|i| {
+            let events = &events;
+            let e = event(i, &names[i % n]);
+            async move {
+                events
+                    .create(&PostParams::default(), &e?)
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .buffer_unordered(DRIVER_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    // Interleaved as the operator sends them: status, Event, status.
+    let mut writes: Vec<Write> = Vec::new();
+    let (mut sa, mut sp, mut ec, mut ep) = (0, 0, 0, 0);
+    while sa < replay.status_applies
+        || sp < replay.status_patches
+        || ec < replay.event_creates
+        || ep < replay.event_patches
+    {
+        if sa < replay.status_applies {
+            writes.push(Write::StatusApply(sa as usize));
+            sa += 1;
+        } else if sp < replay.status_patches {
+            writes.push(Write::StatusPatch(sp as usize));
+            sp += 1;
+        }
+        if ec < replay.event_creates {
+            writes.push(Write::EventCreate(patched + ec as usize));
+            ec += 1;
+        } else if ep < replay.event_patches {
+            writes.push(Write::EventPatch(ep as usize));
+            ep += 1;
+        }
+    }
+    let before = apiserver_writes(&env.client).await;
+    let t = Instant::now();
+    stream::iter(writes)
+        .map(|w| {
+            let (jobs, events) = (&jobs, &events);
+            let event = &event;
+            async move {
+                let ssa = PatchParams::apply("macie-bench-capacity").force();
+                match w {
+                    Write::StatusApply(i) => {
+                        let body = json!({"apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieJob",
+                            "status": {"observedGeneration": 1_000_000 + i}});
+                        jobs.patch_status(&names[i % n], &ssa, &Patch::Apply(body)).await?;
+                    }
+                    Write::StatusPatch(i) => {
+                        let body = json!({"status": {"observedGeneration": 2_000_000 + i}});
+                        jobs.patch_status(&names[i % n], &PatchParams::default(), &Patch::Merge(body))
+                            .await?;
+                    }
+                    Write::EventCreate(i) => {
+                        events.create(&PostParams::default(), &event(i, &names[i % n])?).await?;
+                    }
+                    Write::EventPatch(i) => {
+                        let body =
+                            json!({"series": {"count": 2 + i / n, "lastObservedTime": micro_time(SystemTime::now())}});
+                        events
+                            .patch(
+                                &format!("bench-capacity-{}", i % patched.max(1)),
+                                &PatchParams::default(),
+                                &Patch::Merge(body),
+                            )
+                            .await?;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(DRIVER_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let seconds = t.elapsed().as_secs_f64();
+    let after = apiserver_writes(&env.client).await;
+    // What the API server counted (the same as the replay, unless something else wrote).
+    let counted = before
+        .zip(after)
+        .map(|(a, b)| system::counts_between(&a, &b))
+        .unwrap_or_else(|| replay.writes());
+    Ok(Some(Capacity::of(clean, counted, DRIVER_CONCURRENCY, seconds)))
 }
 
 /// An account's history: `n` jobs, all but `m` COMPLETE or CANCELLED (they never change again),
@@ -777,6 +964,28 @@ async fn apply_discovery(api: &Api<MacieDiscovery>, name: &str, accounts: &[Stri
 }
 
 /// Names of the resources not yet Converged at their wanted generation.
+/// Applies `name` declaring `accounts[i]` at `statuses[i]`; the new generation.
+async fn apply_discovery_each(
+    api: &Api<MacieDiscovery>,
+    name: &str,
+    accounts: &[String],
+    statuses: &[&str],
+) -> Result<i64> {
+    let accounts: Vec<Value> = accounts
+        .iter()
+        .zip(statuses)
+        .map(|(a, s)| json!({"accountId": a, "status": s}))
+        .collect();
+    let obj: MacieDiscovery = serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieDiscovery",
+        "metadata": {"name": name}, "spec": {"accounts": accounts}
+    }))?;
+    let o = api
+        .patch(name, &PatchParams::apply("bench").force(), &Patch::Apply(&obj))
+        .await?;
+    o.metadata.generation.context("generation")
+}
+
 async fn discovery_pending(api: &Api<MacieDiscovery>, want: &HashMap<String, i64>) -> Result<Vec<String>> {
     let list = api.list(&Default::default()).await?;
     let mut pending: Vec<String> = want.keys().cloned().collect();
@@ -873,6 +1082,38 @@ async fn discovery_run(args: &Args, n: usize) -> Result<DiscoveryRun> {
         .unwrap_or_else(|p| p.into_inner())
         .into_values()
         .collect();
+    // Steady state: every declared account observed once per interval.
+    let quiet = Duration::from_millis(1000).min(args.poll_interval / 3);
+    let steady = list_bursts(&env, &mut op, 3, quiet).await?;
+    let _ = op.child.kill().await;
+    let _ = op.child.wait().await;
+
+    // Confirming one change: a fresh operator whose next full observation is far away, so the
+    // List calls between the change and Converged are the confirmation's alone.
+    let long = Args {
+        poll_interval: Duration::from_secs(600),
+        ..args.clone()
+    };
+    let mut op = Operator::spawn(
+        &long,
+        &env,
+        &args.out.join(format!("operator-discovery-confirm-{n}.log")),
+    )?;
+    let first = list_bursts(&env, &mut op, 1, quiet).await?;
+    let mut one = parts[0].iter().map(|_| "ENABLED").collect::<Vec<_>>();
+    one[0] = "DISABLED";
+    let list1 = env.requests("ListAutomatedDiscoveryAccounts");
+    let t = Instant::now();
+    let generation = apply_discovery_each(&api, "team-0", &parts[0], &one).await?;
+    let want_one: HashMap<String, i64> = [("team-0".to_string(), generation)].into();
+    until("one changed account confirmed", &mut op, deadline_for(n), || async {
+        let pending = discovery_pending(&api, &want_one).await?;
+        Ok((!pending.is_empty()).then(|| "team-0 pending".to_string()))
+    })
+    .await?;
+    let confirm_one_s = t.elapsed().as_secs_f64();
+    let confirm_one_calls = env.requests("ListAutomatedDiscoveryAccounts") - list1;
+    let _ = op.child.kill().await;
     let run = DiscoveryRun {
         accounts: n,
         resources: k,
@@ -887,10 +1128,74 @@ async fn discovery_run(args: &Args, n: usize) -> Result<DiscoveryRun> {
         list_calls,
         total_s,
         per_resource: Percentiles::of(&mut per_resource),
+        steady_list_per_interval: steady,
+        first_observation_calls: first.first().copied().unwrap_or(0),
+        confirm_one_calls,
+        confirm_one_s,
+        ideal_full_observation: n.div_ceil(25) as u64,
     };
     eprintln!("bench: {run}");
-    let _ = op.child.kill().await;
     Ok(run)
+}
+
+/// The ListAutomatedDiscoveryAccounts requests of each of the next `k` observations: runs of
+/// requests with no `quiet` gap, the first one starting after a quiet gap.
+async fn list_bursts(env: &Env, op: &mut Operator, k: usize, quiet: Duration) -> Result<Vec<u64>> {
+    let samples: Mutex<Vec<(f64, u64)>> = Mutex::new(Vec::new());
+    let t = Instant::now();
+    let q = quiet.as_secs_f64();
+    until(
+        &format!("{k} discovery observations"),
+        op,
+        Duration::from_secs(600),
+        || async {
+            let mut s = samples.lock().unwrap_or_else(|p| p.into_inner());
+            s.push((
+                t.elapsed().as_secs_f64(),
+                env.requests("ListAutomatedDiscoveryAccounts"),
+            ));
+            let done = bursts(&s, q).len();
+            Ok((done < k).then(|| format!("{done} of {k} observations")))
+        },
+    )
+    .await?;
+    let s = samples.into_inner().unwrap_or_else(|p| p.into_inner());
+    Ok(bursts(&s, q).into_iter().take(k).collect())
+}
+
+/// Splits samples of a request counter, (seconds, count), into bursts: the requests of each run
+/// of increases that follows a gap of at least `quiet` s with no increase and is followed by
+/// one (a burst in progress, or one the samples did not see start, is left out).
+fn bursts(samples: &[(f64, u64)], quiet: f64) -> Vec<u64> {
+    let mut out = Vec::new();
+    // (count when the burst started, time of its last increase)
+    let mut current: Option<(u64, f64)> = None;
+    let Some(&(mut last_t, mut last_c)) = samples.first() else {
+        return out;
+    };
+    // Time of the last increase (or the first sample): a burst needs a quiet gap before it.
+    let mut last_rise = last_t;
+    let mut armed = false;
+    for &(t, c) in &samples[1..] {
+        if c > last_c {
+            if current.is_none() && armed {
+                current = Some((last_c, t));
+            }
+            if let Some((_, at)) = current.as_mut() {
+                *at = t;
+            }
+            last_rise = t;
+            armed = false;
+        } else if t - last_rise >= quiet {
+            if let Some((start, _)) = current.take() {
+                out.push(last_c - start);
+            }
+            armed = true;
+        }
+        (last_t, last_c) = (t, c);
+    }
+    let _ = last_t;
+    out
 }
 
 /// Per MacieJob of the create run: when the driver first saw it Converged, and whether it ever
@@ -1093,4 +1398,56 @@ async fn create_run(args: &Args, n: usize) -> Result<CreateRun> {
     };
     eprintln!("bench: {run}");
     Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_are_runs_of_requests_between_quiet_gaps() {
+        let q = 1.0;
+        // (seconds, counter) samples every 0.5 s.
+        let s = |v: &[u64]| -> Vec<(f64, u64)> { v.iter().enumerate().map(|(i, c)| (i as f64 * 0.5, *c)).collect() };
+        // Rising from the first sample: that burst's start was not seen; then quiet, a burst of
+        // 200, quiet, a burst of 201 still in progress at the end.
+        assert_eq!(
+            bursts(&s(&[0, 50, 100, 100, 100, 100, 150, 300, 300, 300, 300, 400]), q),
+            vec![200]
+        );
+        // Quiet first, two complete bursts.
+        assert_eq!(bursts(&s(&[7, 7, 7, 8, 8, 8, 8, 10, 12, 12, 12]), q), vec![1, 4]);
+        // A gap shorter than `quiet` does not split a burst.
+        assert_eq!(bursts(&s(&[0, 0, 0, 5, 5, 9, 9, 9]), q), vec![9]);
+        assert_eq!(bursts(&s(&[3, 3, 3]), q), Vec::<u64>::new());
+        assert_eq!(bursts(&[], q), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn the_replay_is_the_operators_status_and_event_writes_only() {
+        let flip: BTreeMap<String, u64> = [
+            ("APPLY maciejobs/status", 200),
+            ("PATCH maciejobs", 100), // the driver's spec patches
+            ("PATCH events", 90),
+            ("POST events", 10),
+            ("PUT leases", 7), // the leader's renewals
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let r = Replay::of(&flip);
+        assert_eq!(
+            r,
+            Replay {
+                status_applies: 200,
+                status_patches: 0,
+                event_creates: 10,
+                event_patches: 90
+            }
+        );
+        let w = r.writes();
+        assert_eq!(w.values().sum::<u64>(), 300);
+        assert!(!w.contains_key("PATCH maciejobs") && !w.contains_key("PUT leases"));
+        assert_eq!(Replay::of(&BTreeMap::new()).writes(), BTreeMap::new());
+    }
 }

@@ -160,6 +160,48 @@ pub struct JobRun {
     pub read: ReadCost,
     pub idle: Footprint,
     pub flips: Vec<Flip>,
+    /// The local kube-apiserver's capacity for the clean flip's writes, measured in the same run
+    /// (None if its /metrics could not be read).
+    pub capacity: Option<Capacity>,
+}
+
+/// What the local kube-apiserver can take of the writes a flip costs: with no operator running,
+/// the driver sends the writes the operator sent in the clean flip (the same number of status
+/// writes, Event creates and Event patches, counted from `apiserver_request_total`) as fast as
+/// `concurrency` requests in flight allow, and times them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capacity {
+    /// The writes sent, per "VERB resource[/subresource]" as the kube-apiserver counted them.
+    pub writes: BTreeMap<String, u64>,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub writes_per_s: f64,
+    /// The clean flip, in the same terms: MacieJobs flipped per second (from the first apply to
+    /// the last Ready), against the MacieJobs per second the API server can take at the
+    /// same writes per MacieJob (`resources / seconds`).
+    pub flip_per_s: f64,
+    pub capacity_per_s: f64,
+    /// flip_per_s / capacity_per_s.
+    pub ratio: f64,
+}
+
+impl Capacity {
+    /// `flip` (the clean flip) against `writes` sent in `seconds`.
+    pub fn of(flip: &Flip, writes: BTreeMap<String, u64>, concurrency: usize, seconds: f64) -> Capacity {
+        let total: u64 = writes.values().sum();
+        let seconds = seconds.max(1e-9);
+        let flip_per_s = flip.resources as f64 / flip.total_s.max(1e-9);
+        let capacity_per_s = flip.resources as f64 / seconds;
+        Capacity {
+            writes,
+            concurrency,
+            seconds,
+            writes_per_s: total as f64 / seconds,
+            flip_per_s,
+            capacity_per_s,
+            ratio: flip_per_s / capacity_per_s,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,14 +221,34 @@ pub struct DiscoveryRun {
     pub total_s: f64,
     /// Per resource, from the flip to Converged.
     pub per_resource: Percentiles,
+    /// ListAutomatedDiscoveryAccounts calls of each full observation in the steady state (one
+    /// per poll interval).
+    pub steady_list_per_interval: Vec<u64>,
+    /// ceil(accounts / 25): the calls a full observation needs (pages of 25 accounts).
+    pub ideal_full_observation: u64,
+    /// A fresh operator's first full observation.
+    pub first_observation_calls: u64,
+    /// ListAutomatedDiscoveryAccounts calls from changing one account to its resource being
+    /// Converged (no full observation due in between).
+    pub confirm_one_calls: u64,
+    pub confirm_one_s: f64,
 }
 
 impl fmt::Display for DiscoveryRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "discovery flip of {} accounts over {} resources: {} BatchUpdate calls (ideal {}), {} sent twice, {:.1} s",
-            self.accounts, self.resources, self.batch_calls, self.ideal_batch_calls, self.sent_twice, self.total_s
+            "discovery flip of {} accounts over {} resources: {} BatchUpdate calls (ideal {}), {} sent twice, {:.1} s; List calls per steady-state interval {:?} (ideal {}), confirming one change {} in {:.1} s",
+            self.accounts,
+            self.resources,
+            self.batch_calls,
+            self.ideal_batch_calls,
+            self.sent_twice,
+            self.total_s,
+            self.steady_list_per_interval,
+            self.ideal_full_observation,
+            self.confirm_one_calls,
+            self.confirm_one_s
         )
     }
 }
@@ -331,6 +393,32 @@ pub struct Report {
     pub discovery: Vec<DiscoveryRun>,
     pub creates: Vec<CreateRun>,
     pub history: Vec<HistoryRun>,
+    /// The goals of issue 13, each beside its limit and the figure before that issue (filled by
+    /// `finish`).
+    pub goals: Vec<Goal>,
+}
+
+/// One goal: the figure this run measured, its limit, and the figure before issue 13.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Goal {
+    pub goal: String,
+    pub measured: String,
+    pub limit: String,
+    pub before: String,
+    /// None when this run did not measure it.
+    pub met: Option<bool>,
+}
+
+impl Goal {
+    fn new(goal: &str, limit: &str, before: &str, measured: Option<(String, bool)>) -> Goal {
+        Goal {
+            goal: goal.to_string(),
+            measured: measured.as_ref().map_or("not run".to_string(), |(m, _)| m.clone()),
+            limit: limit.to_string(),
+            before: before.to_string(),
+            met: measured.map(|(_, ok)| ok),
+        }
+    }
 }
 
 impl Report {
@@ -344,11 +432,99 @@ impl Report {
             discovery: Vec::new(),
             creates: Vec::new(),
             history: Vec::new(),
+            goals: Vec::new(),
         }
     }
 
     pub fn finish(&mut self) {
+        self.goals = self.goals();
         self.finished = true;
+    }
+
+    /// Issue 13's goals against this run (the 10,000 MacieJob run, the history run, the 5,000
+    /// account discovery run; a goal whose run did not run is "not run").
+    pub fn goals(&self) -> Vec<Goal> {
+        let big = self.jobs.iter().find(|j| j.resources == 10_000);
+        let clean = big.and_then(|j| j.flips.first());
+        let peak = big.map(|j| {
+            j.flips
+                .iter()
+                .map(|f| f.peak_rss_mib)
+                .fold(j.idle.peak_rss_mib, f64::max)
+        });
+        let history = self.history.iter().find(|h| h.jobs == 10_000 && h.managed == 100);
+        let disco = self.discovery.iter().find(|d| d.accounts == 5_000);
+        let flips = self.jobs.iter().flat_map(|j| &j.flips);
+        let bad: usize = flips.clone().map(|f| f.invalid + f.repeated).sum();
+        let writes = self
+            .jobs
+            .iter()
+            .flat_map(|j| &j.flips)
+            .filter(|f| f.faults.get("operations").is_none())
+            .filter_map(|f| Some((f.resources, f.writes_per_resource()?)))
+            .collect::<Vec<_>>();
+        let worst_writes = writes
+            .iter()
+            .map(|(_, w)| *w)
+            .fold(None, |m: Option<f64>, w| Some(m.map_or(w, |m| m.max(w))));
+        vec![
+            Goal::new(
+                "history (10,000 jobs, 100 that can change): ListClassificationJobs per steady-state sweep",
+                "1",
+                "100",
+                history.map(|h| (format!("{:.1}", h.list_per_sweep), h.list_per_sweep <= 1.0)),
+            ),
+            Goal::new(
+                "idle RSS at 10,000 MacieJobs, MiB",
+                "< 64",
+                "151",
+                big.map(|j| (format!("{:.1}", j.idle.rss_mib), j.idle.rss_mib < 64.0)),
+            ),
+            Goal::new(
+                "peak RSS at 10,000 MacieJobs (first sync and flips), MiB",
+                "< 128",
+                "217",
+                peak.map(|p| (format!("{p:.1}"), p < 128.0)),
+            ),
+            Goal::new(
+                "API-server writes per flipped MacieJob (clean flips, worst size)",
+                "<= 3.0",
+                "5.7",
+                worst_writes.map(|w| (format!("{w:.2}"), w <= 3.0)),
+            ),
+            Goal::new(
+                "clean flip of 10,000: throughput / the API server's capacity for its writes",
+                ">= 80%",
+                "not measured",
+                clean
+                    .and(big.and_then(|j| j.capacity.as_ref()))
+                    .map(|c| (format!("{:.0}%", c.ratio * 100.0), c.ratio >= 0.8)),
+            ),
+            Goal::new(
+                "discovery, 5,000 accounts: List calls to confirm one changed account",
+                "1",
+                "up to 200",
+                disco.map(|d| (d.confirm_one_calls.to_string(), d.confirm_one_calls == 1)),
+            ),
+            Goal::new(
+                "discovery, 5,000 accounts: List calls per steady-state interval",
+                "200 (ceil(5,000 / 25))",
+                "200",
+                disco.map(|d| {
+                    let ok = !d.steady_list_per_interval.is_empty()
+                        && d.steady_list_per_interval
+                            .iter()
+                            .all(|c| *c <= d.ideal_full_observation);
+                    (format!("{:?}", d.steady_list_per_interval), ok)
+                }),
+            ),
+            Goal::new(
+                "invalid or repeated UpdateClassificationJob, every flip",
+                "0",
+                "0",
+                (!self.jobs.is_empty()).then(|| (bad.to_string(), bad == 0)),
+            ),
+        ]
     }
 
     /// Writes `bench.json` (the latest run, also while it runs) into `dir`.
@@ -384,6 +560,20 @@ impl Report {
                 p.push(format!(
                     "discovery of {}: {} accounts sent twice, {} of {} enabled",
                     d.accounts, d.sent_twice, d.enabled_in_macie, d.accounts
+                ));
+            }
+            // Goals of issue 13: a full observation lists every declared account once (pages
+            // of 25), and confirming one change lists that account alone.
+            if d.steady_list_per_interval.iter().any(|c| *c > d.ideal_full_observation) {
+                p.push(format!(
+                    "discovery of {}: {:?} List calls per interval, more than ceil(accounts / 25) = {}",
+                    d.accounts, d.steady_list_per_interval, d.ideal_full_observation
+                ));
+            }
+            if d.confirm_one_calls != 1 {
+                p.push(format!(
+                    "discovery of {}: confirming one changed account took {} List calls, not 1",
+                    d.accounts, d.confirm_one_calls
                 ));
             }
         }
@@ -429,6 +619,23 @@ impl Report {
         };
         line(format!("Machine: {}", self.machine));
         line(format!("Settings: {}", self.settings));
+        line(String::new());
+        line("Goals (issue 13)".into());
+        line(format!(
+            "| {:<90} | {:>22} | {:>22} | {:>12} | {:>4} |",
+            "goal", "measured", "limit", "before", "met"
+        ));
+        for g in self.goals() {
+            let met = match g.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            };
+            line(format!(
+                "| {:<90} | {:>22} | {:>22} | {:>12} | {:>4} |",
+                g.goal, g.measured, g.limit, g.before, met
+            ));
+        }
         if !self.jobs.is_empty() {
             line(String::new());
             line("Read cost (steady state, per sweep)".into());
@@ -475,6 +682,24 @@ impl Report {
                 ));
             }
             line(String::new());
+            line("API-server capacity for the clean flip's writes (the driver alone, same run)".into());
+            line(format!(
+                "| {:>9} | {:>6} | {:>9} | {:>8} | {:>14} | {:>16} | {:>5} |",
+                "MacieJobs", "writes", "seconds", "writes/s", "capacity MJ/s", "clean flip MJ/s", "ratio"
+            ));
+            for (j, c) in self.jobs.iter().filter_map(|j| Some((j, j.capacity.as_ref()?))) {
+                line(format!(
+                    "| {:>9} | {:>6} | {:>9.1} | {:>8.0} | {:>14.1} | {:>16.1} | {:>4.0}% |",
+                    j.resources,
+                    c.writes.values().sum::<u64>(),
+                    c.seconds,
+                    c.writes_per_s,
+                    c.capacity_per_s,
+                    c.flip_per_s,
+                    c.ratio * 100.0
+                ));
+            }
+            line(String::new());
             line("Footprint of the operator".into());
             line(format!(
                 "| {:>9} | {:>12} | {:>14} | {:>16} | {:>16} | {:>13} |",
@@ -502,19 +727,36 @@ impl Report {
             line(String::new());
             line("Discovery (every account flipped at once)".into());
             line(format!(
-                "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9} | {:>19} |",
-                "accounts", "resources", "BatchUpdate", "ideal", "sent twice", "total s", "per resource s"
+                "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9} | {:>19} | {:>18} | {:>5} | {:>11} |",
+                "accounts",
+                "resources",
+                "BatchUpdate",
+                "ideal",
+                "sent twice",
+                "total s",
+                "per resource s",
+                "List per interval",
+                "ideal",
+                "confirm one"
             ));
             for d in &self.discovery {
+                let steady = d
+                    .steady_list_per_interval
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>();
                 line(format!(
-                    "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9.1} | {:>19} |",
+                    "| {:>8} | {:>9} | {:>11} | {:>5} | {:>10} | {:>9.1} | {:>19} | {:>18} | {:>5} | {:>11} |",
                     d.accounts,
                     d.resources,
                     d.batch_calls,
                     d.ideal_batch_calls,
                     d.sent_twice,
                     d.total_s,
-                    d.per_resource.to_string()
+                    d.per_resource.to_string(),
+                    steady.join(", "),
+                    d.ideal_full_observation,
+                    d.confirm_one_calls
                 ));
             }
         }
@@ -662,6 +904,24 @@ mod tests {
                 peak_rss_mib: 20.0,
             },
         }
+    }
+
+    #[test]
+    fn goals_are_judged_on_the_sizes_they_name_and_not_run_otherwise() {
+        let mut r = Report::new(Machine::read(), Value::Null);
+        let g = r.goals();
+        assert!(g.iter().all(|g| g.met.is_none() && g.measured == "not run"), "{g:?}");
+        // A small history run is not the goal's size.
+        r.history.push(history_run());
+        assert!(r.goals()[0].met.is_none());
+        let mut h = history_run();
+        (h.jobs, h.terminal, h.managed) = (10_000, 9_900, 100);
+        r.history.push(h.clone());
+        assert_eq!(r.goals()[0].met, Some(true));
+        assert_eq!(r.goals()[0].measured, "1.0");
+        h.list_per_sweep = 1.5;
+        r.history = vec![h];
+        assert_eq!(r.goals()[0].met, Some(false));
     }
 
     #[test]
