@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::runtime::events::Recorder;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
@@ -297,14 +297,10 @@ impl AccountController {
             Api::<MacieAccount>::all(client.clone()),
             watcher::Config::default().any_semantic(),
         );
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: config.instance.clone(),
-        };
         AccountController {
             controller,
             ctx: Arc::new(Context {
-                recorder: Recorder::new(client.clone(), reporter),
+                recorder: Recorder::new(client.clone(), MANAGER, config.instance.clone()),
                 client,
                 clients,
                 config,

@@ -15,11 +15,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::runtime::events::Recorder;
 use futures::TryStreamExt as _;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
@@ -604,10 +604,7 @@ impl DiscoveryController {
         let api: Api<MacieDiscovery> = crate::runtime::scoped_api(client.clone(), config.namespace.as_deref());
         let (store, writer) = reflector::store();
         let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: config.instance.clone(),
-        };
+        let recorder = Recorder::new(client.clone(), MANAGER, config.instance.clone());
         let engines = Arc::new(Engines {
             clients,
             tenancy: tenancy.clone(),
@@ -653,7 +650,7 @@ impl DiscoveryController {
             controller,
             trigger_rx,
             ctx: Arc::new(Context {
-                recorder: Recorder::new(client.clone(), reporter),
+                recorder,
                 client,
                 engines,
                 failures,

@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::runtime::events::{EventType, Recorder};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
@@ -424,14 +424,10 @@ impl JobController {
                 }
             });
         }
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: config.instance.clone(),
-        };
         let config_rate = config.create_rate;
         let ctx = Arc::new(Context {
             trigger: trigger_tx,
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), MANAGER, config.instance.clone()),
             client,
             clients,
             poller,

@@ -89,13 +89,7 @@ fn rig(macie: Arc<FakeMacie>) -> Rig {
     };
     let ctx = Context {
         trigger: futures::channel::mpsc::unbounded().0,
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: None,
-            },
-        ),
+        recorder: Recorder::new(client.clone(), MANAGER, None),
         client,
         clients,
         poller,

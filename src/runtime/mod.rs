@@ -1,6 +1,7 @@
 //! Process plumbing: logging, metrics, the admin server (/livez, /readyz, /metrics), leader
 //! election, shutdown signals.
 
+pub mod events;
 #[cfg(test)]
 pub mod fake_kube;
 pub mod gate;
@@ -403,21 +404,17 @@ pub fn truncate(s: &str, max: usize) -> String {
 /// what the operator did or tried (e.g. `UpdateClassificationJob`, `Observe`); the note is cut
 /// to the API's 1 KiB so that a long message never loses the whole Event.
 pub async fn publish_event<K: kube::Resource<DynamicType = ()>>(
-    recorder: &kube::runtime::events::Recorder,
+    recorder: &events::Recorder,
     obj: &K,
-    type_: kube::runtime::events::EventType,
+    type_: events::EventType,
     reason: &str,
     action: &str,
     note: String,
 ) {
-    let ev = kube::runtime::events::Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(truncate(&note, EVENT_NOTE_MAX)),
-        action: action.to_string(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+    if let Err(e) = recorder
+        .publish(obj, type_, reason, action, truncate(&note, EVENT_NOTE_MAX))
+        .await
+    {
         tracing::warn!(error = %e, reason, "could not publish Event");
     }
 }

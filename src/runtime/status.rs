@@ -15,10 +15,10 @@
 //! It is generic over the kind: any `kube::Resource` with a status type that serializes and has
 //! kstatus conditions ([`Conditions`]).
 
+use super::events::{EventType, Recorder};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
