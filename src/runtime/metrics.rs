@@ -53,8 +53,9 @@ impl RegionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResourceLabels {
     pub kind: &'static str,
-    /// Empty for the cluster-scoped MacieAccount.
-    pub namespace: String,
+    /// The resource's namespace, empty for the cluster-scoped MacieAccount (not `namespace`,
+    /// which a Prometheus scrape sets to the operator's own).
+    pub resource_namespace: String,
     /// The condition that is True: `Ready`, `Reconciling` or `Stalled`.
     pub condition: &'static str,
     pub reason: &'static str,
@@ -63,8 +64,8 @@ pub struct ResourceLabels {
 /// One MacieJob (the labels of `paused_job_expiry`: only USER_PAUSED jobs have one).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabels {
-    pub namespace: String,
-    pub name: String,
+    pub resource_namespace: String,
+    pub resource_name: String,
 }
 
 /// What a resource's status shows, as the resource gauges count it.
@@ -218,8 +219,14 @@ impl Metrics {
         self.macie_calls.get_or_create(&CallLabels { operation, outcome }).inc();
     }
 
+    /// Counts a reconcile of `kind`, failed with the error category `error` or not. A kind's
+    /// error counters exist from its first reconcile, at 0 for the categories that did not
+    /// happen (so that a rate sees the first error).
     pub fn reconciled(&self, kind: &'static str, took: Duration, error: Option<&'static str>) {
         self.reconciles.get_or_create(&KindLabels { kind }).inc();
+        for category in crate::runtime::Error::categories() {
+            self.reconcile_errors.get_or_create(&ErrorLabels { kind, category });
+        }
         self.reconcile_duration
             .get_or_create(&KindLabels { kind })
             .observe(took.as_secs_f64());
@@ -243,7 +250,12 @@ impl Metrics {
 
     /// A region's sweeper started: /readyz expects its first sweep to finish in time too.
     /// (Optional: `sweep_finished` also registers the region.)
+    /// Its sweep counters start at 0 (so that an increase sees the first sweep or failure).
     pub fn region_started(&self, place: &Place) {
+        let r = RegionLabels::of(place);
+        self.sweeps.get_or_create(&r);
+        self.sweep_failures.get_or_create(&r);
+        self.sweep_pages.get_or_create(&r);
         self.sweepers().entry(place.clone()).or_insert_with(Instant::now);
     }
 
@@ -364,7 +376,7 @@ impl Metrics {
 fn resource_labels(key: &ObjectKey, condition: &'static str, reason: &'static str) -> ResourceLabels {
     ResourceLabels {
         kind: key.kind,
-        namespace: key.namespace.clone(),
+        resource_namespace: key.namespace.clone(),
         condition,
         reason,
     }
@@ -372,8 +384,8 @@ fn resource_labels(key: &ObjectKey, condition: &'static str, reason: &'static st
 
 fn object_labels(key: &ObjectKey) -> ObjectLabels {
     ObjectLabels {
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
+        resource_namespace: key.namespace.clone(),
+        resource_name: key.name.clone(),
     }
 }
 
@@ -397,8 +409,13 @@ mod tests {
         m.set_jobs(&p("us-east-1"), &[("RUNNING".into(), 2)]);
         m.set_jobs(&p("us-east-1"), &[("IDLE".into(), 1)]);
         m.leader.set(1);
+        m.region_started(&p("ap-southeast-4"));
         let text = m.encode();
         for line in [
+            // Counters that exist at 0 before their first event.
+            r#"macie_operator_reconcile_errors_total{kind="MacieJob",category="throttled"} 0"#,
+            r#"macie_operator_job_sweep_failures_total{account="default",region="ap-southeast-4"} 0"#,
+            r#"macie_operator_job_sweeps_total{account="default",region="ap-southeast-4"} 0"#,
             r#"macie_operator_macie_api_calls_total{operation="UpdateClassificationJob",outcome="throttled"} 1"#,
             r#"macie_operator_reconcile_errors_total{kind="MacieJob",category="kubernetes"} 1"#,
             r#"macie_operator_job_sweep_pages_total{account="default",region="us-east-1"} 3"#,
@@ -473,7 +490,7 @@ mod tests {
                 m.resource_shown(key("MacieJob", "a", "y"), shows("Ready", "Converged", None));
             },
             resources: &[
-                r#"macie_operator_resources{kind="MacieJob",namespace="a",condition="Ready",reason="Converged"} 2"#,
+                r#"macie_operator_resources{kind="MacieJob",resource_namespace="a",condition="Ready",reason="Converged"} 2"#,
             ],
             expiry: &[],
         },
@@ -484,7 +501,7 @@ mod tests {
                 m.resource_shown(key("MacieJob", "a", "x"), shows("Ready", "Converged", None));
             },
             resources: &[
-                r#"macie_operator_resources{kind="MacieJob",namespace="a",condition="Ready",reason="Converged"} 1"#,
+                r#"macie_operator_resources{kind="MacieJob",resource_namespace="a",condition="Ready",reason="Converged"} 1"#,
             ],
             expiry: &[],
         },
@@ -495,7 +512,7 @@ mod tests {
                 m.resource_shown(key("MacieJob", "a", "x"), shows("Stalled", "AccessDenied", None));
             },
             resources: &[
-                r#"macie_operator_resources{kind="MacieJob",namespace="a",condition="Stalled",reason="AccessDenied"} 1"#,
+                r#"macie_operator_resources{kind="MacieJob",resource_namespace="a",condition="Stalled",reason="AccessDenied"} 1"#,
             ],
             expiry: &[],
         },
@@ -508,10 +525,10 @@ mod tests {
                 m.resource_shown(key("MacieAccount", "", "prod"), shows("Ready", "Verified", None));
             },
             resources: &[
-                r#"macie_operator_resources{kind="MacieAccount",namespace="",condition="Ready",reason="Verified"} 1"#,
-                r#"macie_operator_resources{kind="MacieDiscovery",namespace="a",condition="Stalled",reason="NotPermitted"} 1"#,
-                r#"macie_operator_resources{kind="MacieJob",namespace="a",condition="Stalled",reason="NotPermitted"} 1"#,
-                r#"macie_operator_resources{kind="MacieJob",namespace="b",condition="Stalled",reason="NotPermitted"} 1"#,
+                r#"macie_operator_resources{kind="MacieAccount",resource_namespace="",condition="Ready",reason="Verified"} 1"#,
+                r#"macie_operator_resources{kind="MacieDiscovery",resource_namespace="a",condition="Stalled",reason="NotPermitted"} 1"#,
+                r#"macie_operator_resources{kind="MacieJob",resource_namespace="a",condition="Stalled",reason="NotPermitted"} 1"#,
+                r#"macie_operator_resources{kind="MacieJob",resource_namespace="b",condition="Stalled",reason="NotPermitted"} 1"#,
             ],
             expiry: &[],
         },
@@ -529,10 +546,12 @@ mod tests {
                 m.resource_shown(key("MacieJob", "a", "y"), shows("Reconciling", "Transitioning", None));
             },
             resources: &[
-                r#"macie_operator_resources{kind="MacieJob",namespace="a",condition="Ready",reason="Converged"} 1"#,
-                r#"macie_operator_resources{kind="MacieJob",namespace="a",condition="Reconciling",reason="Transitioning"} 1"#,
+                r#"macie_operator_resources{kind="MacieJob",resource_namespace="a",condition="Ready",reason="Converged"} 1"#,
+                r#"macie_operator_resources{kind="MacieJob",resource_namespace="a",condition="Reconciling",reason="Transitioning"} 1"#,
             ],
-            expiry: &[r#"macie_operator_paused_job_expiry_timestamp_seconds{namespace="a",name="x"} 1800000000"#],
+            expiry: &[
+                r#"macie_operator_paused_job_expiry_timestamp_seconds{resource_namespace="a",resource_name="x"} 1800000000"#,
+            ],
         },
         Row {
             name: "a deleted resource leaves both gauges",
@@ -546,7 +565,7 @@ mod tests {
                 m.resource_gone(&key("MacieJob", "a", "never-seen"));
             },
             resources: &[
-                r#"macie_operator_resources{kind="MacieJob",namespace="a",condition="Ready",reason="Converged"} 1"#,
+                r#"macie_operator_resources{kind="MacieJob",resource_namespace="a",condition="Ready",reason="Converged"} 1"#,
             ],
             expiry: &[],
         },
@@ -562,8 +581,8 @@ mod tests {
                 m.resources_retain("MacieJob", |k| k.name == "y");
             },
             resources: &[
-                r#"macie_operator_resources{kind="MacieDiscovery",namespace="a",condition="Ready",reason="Converged"} 1"#,
-                r#"macie_operator_resources{kind="MacieJob",namespace="a",condition="Ready",reason="Converged"} 1"#,
+                r#"macie_operator_resources{kind="MacieDiscovery",resource_namespace="a",condition="Ready",reason="Converged"} 1"#,
+                r#"macie_operator_resources{kind="MacieJob",resource_namespace="a",condition="Ready",reason="Converged"} 1"#,
             ],
             expiry: &[],
         },
