@@ -225,7 +225,9 @@ impl Metrics {
     pub fn reconciled(&self, kind: &'static str, took: Duration, error: Option<&'static str>) {
         self.reconciles.get_or_create(&KindLabels { kind }).inc();
         for category in crate::runtime::Error::categories() {
-            self.reconcile_errors.get_or_create(&ErrorLabels { kind, category });
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels { kind, category })
+                .inc_by(0);
         }
         self.reconcile_duration
             .get_or_create(&KindLabels { kind })
@@ -253,9 +255,9 @@ impl Metrics {
     /// Its sweep counters start at 0 (so that an increase sees the first sweep or failure).
     pub fn region_started(&self, place: &Place) {
         let r = RegionLabels::of(place);
-        self.sweeps.get_or_create(&r);
-        self.sweep_failures.get_or_create(&r);
-        self.sweep_pages.get_or_create(&r);
+        self.sweeps.get_or_create(&r).inc_by(0);
+        self.sweep_failures.get_or_create(&r).inc_by(0);
+        self.sweep_pages.get_or_create(&r).inc_by(0);
         self.sweepers().entry(place.clone()).or_insert_with(Instant::now);
     }
 

@@ -314,48 +314,44 @@ mod tests {
 
     #[test]
     fn what_a_status_shows_in_the_gauges() {
-        let rows: [(&str, crate::api::MacieJobStatus, Option<(&str, &str)>, Option<i64>); 6] = [
+        let shows = |condition: Option<(&'static str, &'static str)>, paused_until: Option<i64>| Shown {
+            condition,
+            paused_until,
+        };
+        let rows: [(&str, crate::api::MacieJobStatus, Shown); 6] = [
             (
                 "converged",
                 job_status("Converged", Phase::Ready, "RUNNING", None),
-                Some(("Ready", "Converged")),
-                None,
+                shows(Some(("Ready", "Converged")), None),
             ),
             (
                 "stalled, access denied",
                 job_status("AccessDenied", Phase::Stalled, "RUNNING", None),
-                Some(("Stalled", "AccessDenied")),
-                None,
+                shows(Some(("Stalled", "AccessDenied")), None),
             ),
             (
                 "paused: its expiry",
                 job_status("ExpiringSoon", Phase::Ready, "USER_PAUSED", Some(1_800_600_000)),
-                Some(("Ready", "ExpiringSoon")),
-                Some(1_800_600_000),
+                shows(Some(("Ready", "ExpiringSoon")), Some(1_800_600_000)),
             ),
             (
                 "expiry details of a job no longer paused do not count",
                 job_status("Transitioning", Phase::Reconciling, "RUNNING", Some(1_800_600_000)),
-                Some(("Reconciling", "Transitioning")),
-                None,
+                shows(Some(("Reconciling", "Transitioning")), None),
             ),
             (
                 "a reason that is not ours is Other",
                 job_status("SomethingNew", Phase::Reconciling, "RUNNING", None),
-                Some(("Reconciling", "Other")),
-                None,
+                shows(Some(("Reconciling", "Other")), None),
             ),
-            ("no conditions", crate::api::MacieJobStatus::default(), None, None),
+            (
+                "no conditions",
+                crate::api::MacieJobStatus::default(),
+                shows(None, None),
+            ),
         ];
-        for (name, status, condition, paused_until) in rows {
-            assert_eq!(
-                shown(&status),
-                Shown {
-                    condition,
-                    paused_until
-                },
-                "{name}"
-            );
+        for (name, status, want) in rows {
+            assert_eq!(shown(&status), want, "{name}");
         }
     }
 }
