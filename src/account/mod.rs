@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::runtime::events::Recorder;
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -293,10 +293,17 @@ pub struct AccountController {
 
 impl AccountController {
     pub fn new(client: kube::Client, clients: Arc<MacieClients>, config: Config) -> AccountController {
-        let controller = Controller::new(
+        let (store, writer) = reflector::store::<MacieAccount>();
+        let (metrics, cached) = (clients.metrics().clone(), store.clone());
+        let events = watcher(
             Api::<MacieAccount>::all(client.clone()),
             watcher::Config::default().any_semantic(),
-        );
+        )
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(move |event| status::forget_deleted(&metrics, event, &cached))
+        .applied_objects();
+        let controller = Controller::for_stream(events, store);
         AccountController {
             controller,
             ctx: Arc::new(Context {
@@ -371,7 +378,12 @@ async fn reconcile(obj: Arc<MacieAccount>, ctx: Arc<Context>) -> Result<Action, 
         ..next
     };
     let api: Api<MacieAccount> = Api::all(ctx.client.clone());
-    status::write(&api, &ctx.recorder, &*obj, obj.status.as_ref(), &status).await?;
+    let to = status::Writer {
+        api: &api,
+        recorder: &ctx.recorder,
+        metrics: ctx.clients.metrics(),
+    };
+    status::write(to, &*obj, obj.status.as_ref(), &status).await?;
     Ok(match verified {
         Ok(_) => {
             ctx.failures.clear(&obj);

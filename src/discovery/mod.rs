@@ -587,6 +587,16 @@ struct Context {
     failures: Arc<Failures<MacieDiscovery>>,
 }
 
+impl Context {
+    fn status_writer<'a>(&'a self, api: &'a Api<MacieDiscovery>) -> status::Writer<'a, MacieDiscovery> {
+        status::Writer {
+            api,
+            recorder: &self.recorder,
+            metrics: self.engines.clients.metrics(),
+        }
+    }
+}
+
 /// The MacieDiscovery controller, built and ready to run.
 pub struct DiscoveryController {
     controller: Controller<MacieDiscovery>,
@@ -615,13 +625,14 @@ impl DiscoveryController {
             config,
         });
         let failures: Arc<Failures<MacieDiscovery>> = Arc::default();
-        let (e, f) = (engines.clone(), failures.clone());
+        let (e, f, s) = (engines.clone(), failures.clone(), store.clone());
         let events = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(crate::runtime::slim)
             .reflect(writer)
             .inspect_ok(move |event| {
                 e.on_event(event);
+                status::forget_deleted(e.clients.metrics(), event, &s);
                 if let watcher::Event::Delete(o) = event {
                     // No state for deleted resources.
                     f.clear(o);
@@ -708,7 +719,7 @@ async fn refused(ctx: &Context, obj: &MacieDiscovery, region: &str, refusal: &Re
         ..Default::default()
     };
     let api: Api<MacieDiscovery> = crate::runtime::object_api(ctx.client.clone(), obj);
-    status::write(&api, &ctx.recorder, obj, prev, &status).await?;
+    status::write(ctx.status_writer(&api), obj, prev, &status).await?;
     ctx.failures.clear(obj);
     Ok(Action::await_change())
 }
@@ -776,7 +787,7 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
         status.last_sync_time = view.observed_at.map(api_time);
     }
     let api: Api<MacieDiscovery> = crate::runtime::object_api(ctx.client.clone(), &**obj);
-    status::write(&api, &ctx.recorder, &**obj, prev, &status).await?;
+    status::write(ctx.status_writer(&api), &**obj, prev, &status).await?;
     ctx.failures.clear(obj);
     Ok(Action::await_change())
 }

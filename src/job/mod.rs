@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::runtime::events::{EventType, Recorder};
+use futures::TryStreamExt as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -326,10 +327,12 @@ impl JobController {
         let api: Api<MacieJob> = crate::runtime::scoped_api(client.clone(), config.namespace.as_deref());
         // The cache keeps only what the reconciles read (no managed fields, no last-applied).
         let (store, writer) = kube::runtime::reflector::store::<MacieJob>();
+        let (metrics, cached) = (clients.metrics().clone(), store.clone());
         let events = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(crate::runtime::slim)
             .reflect(writer)
+            .inspect_ok(move |event| status::forget_deleted(&metrics, event, &cached))
             .applied_objects();
         let controller = Controller::for_stream(events, store.clone())
             .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
@@ -931,13 +934,18 @@ async fn write_status(
         last_transition,
         creation,
     };
-    if !status::differs(Some(prev), &status) {
-        return Ok(status);
-    }
-    if let Some(t) = snapshot_at {
+    if status::differs(Some(prev), &status)
+        && let Some(t) = snapshot_at
+    {
         status.last_sync_time = Some(status::api_time(t));
     }
-    status::write(api, &ctx.recorder, obj, Some(prev), &status).await?;
+    // Also when nothing changed: the write records what the status shows in the metrics.
+    let to = status::Writer {
+        api,
+        recorder: &ctx.recorder,
+        metrics: ctx.clients.metrics(),
+    };
+    status::write(to, obj, Some(prev), &status).await?;
     Ok(status)
 }
 

@@ -472,7 +472,17 @@ impl MacieError {
         matches!(self, MacieError::Throttled { code, .. } if is_expired_code(code))
     }
 
-    /// A fixed label for metrics.
+    /// Every [`category`](Self::category).
+    pub const CATEGORIES: [&'static str; 6] = [
+        "throttled",
+        "access_denied",
+        "not_found",
+        "rejected",
+        "uncertain",
+        "other",
+    ];
+
+    /// A fixed label for metrics (one of [`CATEGORIES`](Self::CATEGORIES)).
     pub fn category(&self) -> &'static str {
         match self {
             MacieError::Throttled { .. } => "throttled",

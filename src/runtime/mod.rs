@@ -44,7 +44,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// A fixed label for metrics.
+    /// Every [`category`](Self::category).
+    pub fn categories() -> impl Iterator<Item = &'static str> {
+        std::iter::once("kubernetes").chain(MacieError::CATEGORIES)
+    }
+
+    /// A fixed label for metrics (one of [`categories`](Self::categories)).
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kubernetes",

@@ -12,8 +12,14 @@
 //!   fails, so that a status that cannot be written (too large, rejected by the schema) is still
 //!   visible on the resource.
 //!
+//! - records what the status shows in the resource gauges ([`Metrics::resource_shown`]: the
+//!   condition that is True and its reason, a paused job's expiry), also when the status was
+//!   already stored as is, so that the gauges are whole again after a restart; a failed write
+//!   leaves them as they were. [`forget_deleted`] takes deleted resources out again, as the
+//!   controllers' watches report them.
+//!
 //! It is generic over the kind: any `kube::Resource` with a status type that serializes and has
-//! kstatus conditions ([`Conditions`]).
+//! kstatus conditions ([`Reported`]).
 
 use super::events::{EventType, Recorder};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -23,34 +29,103 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+
+use super::metrics::{Metrics, ObjectKey, Shown};
 use super::{MANAGER, publish_event};
-use crate::api::conditions::{self, READY, STALLED};
+use crate::api::conditions::{self, READY, RECONCILING, Reason, STALLED};
 
 /// The Events' action: what the operator was doing.
 pub const ACTION: &str = "UpdateStatus";
 /// Reason of the Warning Event published when a status write fails.
 pub const WRITE_FAILED: &str = "StatusWriteFailed";
 
-/// A status with kstatus conditions (`Ready`, `Reconciling`, `Stalled`).
-pub trait Conditions {
+/// A status the shared write handles: kstatus conditions (`Ready`, `Reconciling`, `Stalled`),
+/// and what the metrics report of it.
+pub trait Reported {
     fn conditions(&self) -> &[Condition];
+
+    /// When Macie cancels the resource's paused job (Unix seconds): only a job Macie shows
+    /// USER_PAUSED has one.
+    fn paused_until(&self) -> Option<i64> {
+        None
+    }
 }
 
-impl Conditions for crate::api::MacieJobStatus {
+impl Reported for crate::api::MacieJobStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn paused_until(&self) -> Option<i64> {
+        let job = self.job.as_ref().filter(|j| j.job_status == "USER_PAUSED")?;
+        Some(job.user_paused_details.as_ref()?.job_expires_at.as_ref()?.0.as_second())
+    }
+}
+
+impl Reported for crate::api::MacieAccountStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }
 }
 
-impl Conditions for crate::api::MacieAccountStatus {
+impl Reported for crate::api::MacieDiscoveryStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }
 }
 
-impl Conditions for crate::api::MacieDiscoveryStatus {
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
+/// Pure: what `status` shows in the resource gauges. The reason is one of the shared
+/// [`Reason`]s, or `Other` (the label's values stay bounded whatever a status holds).
+pub fn shown<S: Reported>(status: &S) -> Shown {
+    let condition = [READY, RECONCILING, STALLED].into_iter().find_map(|type_| {
+        let c = conditions::find(status.conditions(), type_).filter(|c| c.status == "True")?;
+        Some((type_, Reason::parse(&c.reason).map_or("Other", Reason::as_str)))
+    });
+    Shown {
+        condition,
+        paused_until: status.paused_until(),
+    }
+}
+
+/// The gauges' key of `obj`.
+pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectKey {
+    ObjectKey {
+        kind: kind_of::<K>(),
+        namespace: obj.meta().namespace.clone().unwrap_or_default(),
+        name: obj.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+/// The kind's name, as a label value (a fixed set: ours).
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "MacieJob" => "MacieJob",
+        "MacieDiscovery" => "MacieDiscovery",
+        "MacieAccount" => "MacieAccount",
+        _ => "Other",
+    }
+}
+
+/// Takes deleted resources out of the resource gauges, as a controller's watch reports them
+/// (call it with each event, after the reflector has applied it to `store`): a deletion drops
+/// the resource; the end of a (re)list drops every resource the list did not show (deleted
+/// while the watch was down).
+pub fn forget_deleted<K>(metrics: &Metrics, event: &watcher::Event<K>, store: &Store<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    match event {
+        watcher::Event::Delete(o) => metrics.resource_gone(&object_key(o)),
+        watcher::Event::InitDone => metrics.resources_retain(kind_of::<K>(), |k| {
+            let mut r = ObjectRef::<K>::new(&k.name);
+            if !k.namespace.is_empty() {
+                r = r.within(&k.namespace);
+            }
+            store.get(&r).is_some()
+        }),
+        watcher::Event::Apply(_) | watcher::Event::InitApply(_) | watcher::Event::Init => {}
     }
 }
 
@@ -70,7 +145,7 @@ pub fn differs<S: Serialize + PartialEq>(previous: Option<&S>, new: &S) -> bool 
 
 /// The Event to publish when the Ready reason goes from `previous` to `new`: (type, reason,
 /// note), or None when it did not change.
-pub fn ready_event<S: Conditions>(previous: Option<&S>, new: &S) -> Option<(EventType, String, String)> {
+pub fn ready_event<S: Reported>(previous: Option<&S>, new: &S) -> Option<(EventType, String, String)> {
     let ready = conditions::find(new.conditions(), READY)?;
     let before = previous.and_then(|p| conditions::find(p.conditions(), READY));
     if before.is_some_and(|b| b.reason == ready.reason) {
@@ -81,20 +156,21 @@ pub fn ready_event<S: Conditions>(previous: Option<&S>, new: &S) -> Option<(Even
     Some((type_, ready.reason.clone(), ready.message.clone()))
 }
 
+/// Where a status write goes and who hears of it.
+pub struct Writer<'a, K> {
+    pub api: &'a Api<K>,
+    pub recorder: &'a Recorder,
+    pub metrics: &'a Metrics,
+}
+
 /// Writes `new` as the status of `obj` unless it equals `previous` (see the module
 /// documentation); returns whether it wrote.
-pub async fn write<K, S>(
-    api: &Api<K>,
-    recorder: &Recorder,
-    obj: &K,
-    previous: Option<&S>,
-    new: &S,
-) -> Result<bool, kube::Error>
+pub async fn write<K, S>(to: Writer<'_, K>, obj: &K, previous: Option<&S>, new: &S) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize + PartialEq + Conditions,
+    S: Serialize + PartialEq + Reported,
 {
-    write_announcing(api, recorder, obj, previous, new, by_reason).await
+    write_announcing(to, obj, previous, new, by_reason).await
 }
 
 /// How entering a reason is announced, as the shared [`Reason`](crate::api::conditions::Reason)
@@ -112,8 +188,7 @@ pub fn by_reason(default: EventType, reason: &str) -> Option<EventType> {
 /// [`write`], with the kind's own say on the Event of a new Ready reason: `announce` gets the
 /// default type and the reason, and returns the type to publish with, or None for no Event.
 pub async fn write_announcing<K, S>(
-    api: &Api<K>,
-    recorder: &Recorder,
+    to: Writer<'_, K>,
     obj: &K,
     previous: Option<&S>,
     new: &S,
@@ -121,9 +196,11 @@ pub async fn write_announcing<K, S>(
 ) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize + PartialEq + Conditions,
+    S: Serialize + PartialEq + Reported,
 {
+    let Writer { api, recorder, metrics } = to;
     if !differs(previous, new) {
+        metrics.resource_shown(object_key(obj), shown(new));
         return Ok(false);
     }
     let patch = serde_json::json!({
@@ -150,6 +227,7 @@ where
         .await;
     }
     written?;
+    metrics.resource_shown(object_key(obj), shown(new));
     if let Some((type_, reason, note)) = ready_event(previous, new)
         && let Some(type_) = announce(type_, &reason)
     {
@@ -214,5 +292,66 @@ mod tests {
         assert_eq!(by_reason(EventType::Normal, "JobNotFound"), Some(EventType::Warning));
         assert_eq!(by_reason(EventType::Warning, "Converged"), Some(EventType::Normal));
         assert_eq!(by_reason(EventType::Normal, "SomethingNew"), Some(EventType::Normal));
+    }
+
+    fn job_status(reason: &str, phase: Phase, job_status: &str, expires: Option<i64>) -> crate::api::MacieJobStatus {
+        use crate::api::macie_job::{ObservedJob, UserPausedDetails};
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        crate::api::MacieJobStatus {
+            conditions: conditions::conditions(&Summary::new(phase, reason, "m"), Some(1), &[], now),
+            job: Some(ObservedJob {
+                job_id: "j".into(),
+                job_status: job_status.into(),
+                user_paused_details: expires.map(|t| UserPausedDetails {
+                    job_expires_at: Some(Time(Timestamp::from_second(t).unwrap())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn what_a_status_shows_in_the_gauges() {
+        let shows = |condition: Option<(&'static str, &'static str)>, paused_until: Option<i64>| Shown {
+            condition,
+            paused_until,
+        };
+        let rows: [(&str, crate::api::MacieJobStatus, Shown); 6] = [
+            (
+                "converged",
+                job_status("Converged", Phase::Ready, "RUNNING", None),
+                shows(Some(("Ready", "Converged")), None),
+            ),
+            (
+                "stalled, access denied",
+                job_status("AccessDenied", Phase::Stalled, "RUNNING", None),
+                shows(Some(("Stalled", "AccessDenied")), None),
+            ),
+            (
+                "paused: its expiry",
+                job_status("ExpiringSoon", Phase::Ready, "USER_PAUSED", Some(1_800_600_000)),
+                shows(Some(("Ready", "ExpiringSoon")), Some(1_800_600_000)),
+            ),
+            (
+                "expiry details of a job no longer paused do not count",
+                job_status("Transitioning", Phase::Reconciling, "RUNNING", Some(1_800_600_000)),
+                shows(Some(("Reconciling", "Transitioning")), None),
+            ),
+            (
+                "a reason that is not ours is Other",
+                job_status("SomethingNew", Phase::Reconciling, "RUNNING", None),
+                shows(Some(("Reconciling", "Other")), None),
+            ),
+            (
+                "no conditions",
+                crate::api::MacieJobStatus::default(),
+                shows(None, None),
+            ),
+        ];
+        for (name, status, want) in rows {
+            assert_eq!(shown(&status), want, "{name}");
+        }
     }
 }
