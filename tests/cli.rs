@@ -60,10 +60,7 @@ fn bad_flags_are_clear_errors_not_panics() {
         (vec!["run", "--log-format", "xml"], "--log-format"),
         (vec!["run", "--metrics-addr", "nowhere"], "--metrics-addr"),
         (vec!["run", "--health-addr", "nowhere"], "--health-addr"),
-        (
-            vec!["run", "--metrics-cert-dir", "/etc/certs"],
-            "--metrics-secure",
-        ),
+        (vec!["run", "--metrics-cert-dir", "/etc/certs"], "--metrics-secure"),
         (vec!["run", "--log", "info,=[bad"], "log filter"),
         (vec!["run", "--aws-attempt-timeout", "0"], "--aws-attempt-timeout"),
         (

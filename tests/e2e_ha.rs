@@ -312,7 +312,11 @@ async fn a_leader_whose_clock_is_behind_keeps_its_lease_until_it_stops_renewing(
         assert_eq!(holder(&leases).await?.as_deref(), Some("other"));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(admin_get(op.health_port, "/readyz").await?.0, 200, "a follower is ready");
+    assert_eq!(
+        admin_get(op.health_port, "/readyz").await?.0,
+        200,
+        "a follower is ready"
+    );
 
     // The leader stops renewing: the operator takes over once it has seen no change for the
     // lease duration, not earlier, and not much later.

@@ -2,6 +2,8 @@
 //! and per test a namespace, an in-process macie-emulator and an in-process operator.
 #![allow(dead_code)]
 
+pub mod chart;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
