@@ -26,6 +26,7 @@ RUN touch src/main.rs src/lib.rs && make release
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /src/target/x86_64-unknown-linux-musl/release/macie-operator /macie-operator
 USER 65532:65532
-EXPOSE 8080
+# metrics (HTTPS with --metrics-secure), health probes
+EXPOSE 8080 8081
 ENTRYPOINT ["/macie-operator"]
 CMD ["run"]

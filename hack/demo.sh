@@ -48,7 +48,7 @@ echo "demo: macie-emulator at $url, seeded from examples/emulator-seed.yaml"
 
 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_STS="$url" \
   "$bin/macie-operator" run --region us-east-1 --macie-endpoint "$url" --poll-interval 2s \
-  --metrics-addr 127.0.0.1:0 --log "${DEMO_LOG:-info,kube=warn}" >"$work/operator.log" 2>&1 &
+  --metrics-addr 127.0.0.1:0 --health-addr 127.0.0.1:0 --log "${DEMO_LOG:-info,kube=warn}" >"$work/operator.log" 2>&1 &
 pids+=("$!")
 echo "demo: macie-operator running (poll interval 2s; log: $work/operator.log)"
 $kubectl apply -f examples/macieaccounts.yaml

@@ -12,6 +12,7 @@ use macie_operator::macie::{AwsTimeouts, MacieClients};
 use macie_operator::runtime::gate::WriteGate;
 use macie_operator::runtime::leader::{self, LeaderElector, LeaseConfig};
 use macie_operator::runtime::metrics::Metrics;
+use macie_operator::runtime::serve::{self, MetricsAccess};
 use macie_operator::runtime::{self, Health, LogFormat};
 use macie_operator::{account, discovery, job};
 
@@ -59,9 +60,25 @@ struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "MACIE_OPERATOR_NAMESPACE")]
     namespace: Option<String>,
-    /// Address of the admin server (/metrics, and the probes /livez and /readyz).
+    /// Address of the metrics server (/metrics): plain HTTP, or HTTPS with --metrics-secure.
     #[arg(long, env = "MACIE_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Serve /metrics over HTTPS, to callers only whose bearer token the Kubernetes API server
+    /// authenticates (TokenReview) and who may `get` the non-resource URL /metrics
+    /// (SubjectAccessReview): 401 without a valid token, 403 without the permission, 503 when
+    /// the API server cannot be asked. The operator needs `create` on tokenreviews and
+    /// subjectaccessreviews. Decisions are remembered for 60 s (allowed) or 10 s (forbidden).
+    #[arg(long, env = "MACIE_OPERATOR_METRICS_SECURE", default_value_t = false)]
+    metrics_secure: bool,
+    /// Directory holding the metrics server's certificate chain and key as tls.crt and tls.key
+    /// (PEM), e.g. a mounted kubernetes.io/tls Secret that cert-manager renews; the files are
+    /// reread when they change. Without it, --metrics-secure serves a self-signed certificate
+    /// made at start-up.
+    #[arg(long, env = "MACIE_OPERATOR_METRICS_CERT_DIR", requires = "metrics_secure")]
+    metrics_cert_dir: Option<std::path::PathBuf>,
+    /// Address of the health server: the probes /livez and /readyz, plain HTTP.
+    #[arg(long, env = "MACIE_OPERATOR_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    health_addr: SocketAddr,
     /// Longest time one HTTP attempt of an AWS call may take (connect, send, wait for and read
     /// the answer); a timed-out attempt is retried within --aws-operation-timeout.
     #[arg(long, env = "MACIE_OPERATOR_AWS_ATTEMPT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -216,10 +233,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
         attempt: args.aws_attempt_timeout,
         operation: args.aws_operation_timeout,
     };
-    let listener = runtime::bind(args.metrics_addr).await?;
+    let metrics_listener = serve::bind(args.metrics_addr, "--metrics-addr").await?;
+    let health_listener = serve::bind(args.health_addr, "--health-addr").await?;
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach Kubernetes: {e}"))?;
+    let metrics_access = if args.metrics_secure {
+        MetricsAccess::secure(client.clone(), args.metrics_cert_dir.clone())?
+    } else {
+        MetricsAccess::Open
+    };
     let metrics = Arc::new(Metrics::new());
     // With leader election, Macie writes wait for the first renewal and stop at each renewal's
     // deadline; without it, they are always allowed.
@@ -247,6 +270,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         leader_elect = args.leader_elect,
         default_account = %args.default_account,
         %identity,
+        metrics_addr = %args.metrics_addr,
+        metrics_secure = args.metrics_secure,
+        health_addr = %args.health_addr,
         "starting macie-operator"
     );
     let discovery_config = discovery::Config {
@@ -292,12 +318,23 @@ async fn run(args: RunArgs) -> Result<(), String> {
         metrics.clone(),
         runtime::sweep_stale_after(args.poll_interval, args.aws_operation_timeout),
     );
-    let admin = tokio::spawn(runtime::serve_admin(
-        listener,
-        health.clone(),
-        metrics.clone(),
-        stopped(stop_rx.clone()),
-    ));
+    let servers = {
+        let health_server = serve::serve_health(health_listener, health.clone(), stopped(stop_rx.clone()));
+        let metrics_server = serve::serve_metrics(
+            metrics_listener,
+            metrics.clone(),
+            metrics_access,
+            stopped(stop_rx.clone()),
+        );
+        tokio::spawn(async move {
+            let (h, m) = tokio::join!(health_server, metrics_server);
+            for (server, result) in [("health", h), ("metrics", m)] {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "the {server} server failed");
+                }
+            }
+        })
+    };
     // Ready while the CRDs are established and listable (followers too: they serve health and
     // metrics) and every region's sweeper keeps finishing sweeps.
     tokio::spawn(runtime::check_kube(
@@ -314,7 +351,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         tokio::select! {
             _ = elector.acquire() => {}
             _ = stopped(stop_rx.clone()) => {
-                let _ = admin.await;
+                let _ = servers.await;
                 return Ok(());
             }
         }
@@ -363,7 +400,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
     }
     let _ = stop_tx.send(true);
-    let _ = admin.await;
+    let _ = servers.await;
     if lost {
         return Err("lost the leader lease; exiting so that a new leader can take over".into());
     }

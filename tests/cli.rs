@@ -24,6 +24,11 @@ fn help_lists_the_subcommands_and_run_flags() {
         "--poll-interval",
         "--namespace",
         "--metrics-addr",
+        "--metrics-secure",
+        "MACIE_OPERATOR_METRICS_SECURE",
+        "--metrics-cert-dir",
+        "--health-addr",
+        "MACIE_OPERATOR_HEALTH_ADDR",
         "MACIE_OPERATOR_REGION",
         "--lease-renew-deadline",
         "MACIE_OPERATOR_LEASE_RENEW_DEADLINE",
@@ -54,6 +59,8 @@ fn bad_flags_are_clear_errors_not_panics() {
         (vec!["run", "--page-size", "0"], "--page-size"),
         (vec!["run", "--log-format", "xml"], "--log-format"),
         (vec!["run", "--metrics-addr", "nowhere"], "--metrics-addr"),
+        (vec!["run", "--health-addr", "nowhere"], "--health-addr"),
+        (vec!["run", "--metrics-cert-dir", "/etc/certs"], "--metrics-secure"),
         (vec!["run", "--log", "info,=[bad"], "log filter"),
         (vec!["run", "--aws-attempt-timeout", "0"], "--aws-attempt-timeout"),
         (
@@ -96,6 +103,8 @@ fn bad_flags_are_clear_errors_not_panics() {
         ("MACIE_OPERATOR_LEASE_RENEW_DEADLINE", "soon", "--lease-renew-deadline"),
         ("MACIE_OPERATOR_AWS_ATTEMPT_TIMEOUT", "-1", "--aws-attempt-timeout"),
         ("MACIE_OPERATOR_AWS_OPERATION_TIMEOUT", "0s", "--aws-operation-timeout"),
+        ("MACIE_OPERATOR_HEALTH_ADDR", "nowhere", "--health-addr"),
+        ("MACIE_OPERATOR_METRICS_SECURE", "maybe", "--metrics-secure"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_macie-operator"))
             .arg("run")

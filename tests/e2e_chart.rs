@@ -7,7 +7,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -17,67 +16,13 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use macie_emulator::Seed;
 use macie_operator::api::{MacieDiscovery, MacieJob};
 use serde_json::json;
+use support::chart::*;
 use support::*;
 use testkit::{free_port, wait_for, workspace_root};
 
 const RELEASE: &str = "macie";
 const RELEASE_NS: &str = "macie-system";
 const APP_NS: &str = "rbac-app";
-
-fn tool(name: &str) -> PathBuf {
-    workspace_root().join(".cache/tools/bin").join(name)
-}
-
-fn chart() -> PathBuf {
-    workspace_root().join("charts/macie-operator")
-}
-
-/// Runs a command; returns stdout, or fails with its stderr.
-fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
-    run_with_stderr(cmd, stdin).map(|(out, _)| out)
-}
-
-/// Runs a command; returns stdout and stderr (where kubectl prints API warnings), or fails with
-/// its stderr.
-fn run_with_stderr(cmd: &mut Command, stdin: Option<&str>) -> Result<(String, String)> {
-    let mut child = cmd
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start {cmd:?}"))?;
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok((
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
-fn helm(kubeconfig: &Path) -> Command {
-    let mut c = Command::new(tool("helm"));
-    c.env("KUBECONFIG", kubeconfig)
-        .env("HELM_CACHE_HOME", std::env::temp_dir().join("macie-helm-cache"))
-        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("macie-helm-config"))
-        .env("HELM_DATA_HOME", std::env::temp_dir().join("macie-helm-data"));
-    c
-}
-
-fn kubectl(kubeconfig: &Path) -> Command {
-    let mut c = Command::new(tool("kubectl"));
-    c.env("KUBECONFIG", kubeconfig);
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()> {
@@ -162,6 +107,8 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
         "RuntimeDefault"
     );
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "health");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "health");
     let env = |name: &str| {
         c["env"]
             .as_array()
@@ -170,6 +117,8 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
     };
     assert_eq!(env("MACIE_OPERATOR_DEFAULT_ACCOUNT"), Some(json!("default")));
     assert_eq!(env("AWS_EC2_METADATA_DISABLED"), Some(json!("true")));
+    assert_eq!(env("MACIE_OPERATOR_METRICS_SECURE"), Some(json!("true")));
+    assert_eq!(env("MACIE_OPERATOR_HEALTH_ADDR"), Some(json!("0.0.0.0:8081")));
 
     // The default MacieAccount: today's behaviour made explicit (the operator's own
     // credentials in operator.region, every namespace, every job, cancel allowed).
@@ -190,25 +139,13 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
         kubectl(kc).args(["create", "token", &sa, "-n", RELEASE_NS, "--duration", "1h"]),
         None,
     )?;
-    let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kc)?)?;
-    let ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
-        .as_str()
-        .unwrap();
-    let sa_kc = cp.dir().join("sa-kubeconfig");
-    std::fs::write(
-        &sa_kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: local\n  context: {{cluster: local, user: sa}}\ncurrent-context: local\n",
-            cp.server(),
-            token.trim()
-        ),
-    )?;
+    let sa_kc = cp.token_kubeconfig("sa", &token)?;
     // The token is only as strong as the chart's RBAC: it cannot, say, list Secrets.
     let denied = run(kubectl(&sa_kc).args(["get", "secrets", "-A"]), None).unwrap_err();
     assert!(denied.to_string().contains("forbidden"), "{denied}");
 
     // The operator binary, configured as the Deployment configures it, as that ServiceAccount.
-    let port = free_port()?;
+    let (metrics_port, health_port) = (free_port()?, free_port()?);
     let log_path = cp.dir().join("sa-operator.log");
     let mut op = tokio::process::Command::new(env!("CARGO_BIN_EXE_macie-operator"))
         .args([
@@ -228,8 +165,11 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
             "500ms",
         ])
         .args([
+            "--metrics-secure",
             "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{metrics_port}"),
+            "--health-addr",
+            &format!("127.0.0.1:{health_port}"),
             "--identity",
             "sa-replica",
         ])
@@ -242,7 +182,7 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
         // binary without the setting ignores it), and STS at the emulator.
         .env("MACIE_OPERATOR_DEFAULT_ACCOUNT", "default")
         .env("AWS_ENDPOINT_URL_STS", &emu.url)
-        .stdout(Stdio::null())
+        .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path)?)
         .kill_on_drop(true)
         .spawn()?;
@@ -295,13 +235,7 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
     .await?;
     assert_eq!(emu.status(&job).as_deref(), Some("CANCELLED"));
     let ready = wait_for("readyz", deadline, || async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut r = String::new();
-        s.read_to_string(&mut r).await?;
-        Ok(r.starts_with("HTTP/1.1 200").then_some(()))
+        Ok((testkit::http_get(health_port, "/readyz").await?.0 == 200).then_some(()))
     })
     .await;
     op.start_kill()?;
@@ -411,8 +345,11 @@ async fn chart_rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
     let set = |items: &[&[&str]]| -> BTreeSet<String> { items.concat().iter().map(|s| s.to_string()).collect() };
 
     // Cluster-scoped, granted in every mode: readiness reads the three CRDs by name; the
-    // MacieAccounts are watched and their status applied; namespace labels are watched.
+    // MacieAccounts are watched and their status applied; namespace labels are watched; each
+    // scrape of the secured metrics is reviewed (metrics.secure, the default).
     let cluster: &[&str] = &[
+        "tokenreviews.authentication.k8s.io create",
+        "subjectaccessreviews.authorization.k8s.io create",
         "customresourcedefinitions.apiextensions.k8s.io[maciejobs.macie.kubeops.dev] get",
         "customresourcedefinitions.apiextensions.k8s.io[maciediscoveries.macie.kubeops.dev] get",
         "customresourcedefinitions.apiextensions.k8s.io[macieaccounts.macie.kubeops.dev] get",

@@ -48,12 +48,13 @@ fn spawn(name: &str, kubeconfig: &std::path::Path, ns: &str, endpoint: &str) -> 
     )
 }
 
-/// GET on the replica's admin server: (status, body).
+/// GET on one of the replica's servers (plain HTTP): (status, body).
 async fn admin_get(port: u16, path: &str) -> Result<(u16, String)> {
     testkit::http_get(port, path).await
 }
 
-/// Parses /metrics with a Prometheus text parser and returns the value of one sample.
+/// Parses /metrics (on the metrics server's port) with a Prometheus text parser and returns
+/// the value of one sample.
 async fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
     let (_, body) = admin_get(port, "/metrics").await?;
     let lines = body.lines().map(|l| Ok(l.to_string()));
@@ -101,10 +102,10 @@ async fn one_leader_acts_and_a_killed_leader_is_replaced_without_double_updates(
     let first = wait_for("a leader", Duration::from_secs(60), || async { holder(&leases).await }).await?;
     wait_reason(&api, "ha", "Converged", Duration::from_secs(60)).await?;
     let (leader_idx, follower_idx) = if replicas[0].name == first { (0, 1) } else { (1, 0) };
-    let (lp, fp) = (replicas[leader_idx].port, replicas[follower_idx].port);
+    let (lp, fp) = (replicas[leader_idx].metrics_port, replicas[follower_idx].metrics_port);
 
     // Both serve health and metrics; only the leader acts.
-    for port in [lp, fp] {
+    for port in replicas.iter().map(|r| r.health_port) {
         wait_for("ready", Duration::from_secs(30), || async {
             Ok((admin_get(port, "/readyz").await?.0 == 200).then_some(()))
         })
@@ -304,14 +305,18 @@ async fn a_leader_whose_clock_is_behind_keeps_its_lease_until_it_stops_renewing(
         }
         assert!(!fake.is_finished(), "the skewed leader stopped renewing: {fake:?}");
         assert_eq!(
-            metric(op.port, "macie_operator_leader", &[]).await?,
+            metric(op.metrics_port, "macie_operator_leader", &[]).await?,
             0.0,
             "the operator took the lease"
         );
         assert_eq!(holder(&leases).await?.as_deref(), Some("other"));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(admin_get(op.port, "/readyz").await?.0, 200, "a follower is ready");
+    assert_eq!(
+        admin_get(op.health_port, "/readyz").await?.0,
+        200,
+        "a follower is ready"
+    );
 
     // The leader stops renewing: the operator takes over once it has seen no change for the
     // lease duration, not earlier, and not much later.
@@ -342,7 +347,7 @@ async fn a_leader_whose_clock_is_behind_keeps_its_lease_until_it_stops_renewing(
     assert_eq!(spec.lease_transitions, Some(1));
     assert_eq!(spec.lease_duration_seconds, Some(15));
     wait_for("leader metric", Duration::from_secs(10), || async {
-        Ok((metric(op.port, "macie_operator_leader", &[]).await? == 1.0).then_some(()))
+        Ok((metric(op.metrics_port, "macie_operator_leader", &[]).await? == 1.0).then_some(()))
     })
     .await?;
     op.kill().await?;
@@ -519,7 +524,7 @@ async fn readyz_follows_the_api_server() -> Result<()> {
     let emu = EmulatorHandle::start(Default::default()).await?;
     let op = OperatorProcess::spawn("op-readyz", cp.kubeconfig(), &ns, &emu.url, &[])?;
     let ready = |want: u16| {
-        let port = op.port;
+        let port = op.health_port;
         move || async move {
             let (status, body) = admin_get(port, "/readyz").await?;
             Ok((status == want).then_some(body))
@@ -537,7 +542,7 @@ async fn readyz_follows_the_api_server() -> Result<()> {
     )
     .await?;
     assert!(body.contains("cannot list the watched resources"), "{body}");
-    assert_eq!(admin_get(op.port, "/livez").await?.0, 200, "still live");
+    assert_eq!(admin_get(op.health_port, "/livez").await?.0, 200, "still live");
 
     cp.start_apiserver().await?;
     wait_for(

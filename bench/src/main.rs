@@ -240,17 +240,21 @@ async fn create_running(api: &Api<MacieJob>, prefix: &str, ids: &[String]) -> Re
 struct Operator {
     child: tokio::process::Child,
     pid: u32,
-    port: u16,
+    /// Its metrics server (plain HTTP).
+    metrics_port: u16,
+    /// Its health server (/readyz).
+    health_port: u16,
     log: PathBuf,
 }
 
 impl Operator {
     fn spawn(args: &Args, env: &Env, log: &Path) -> Result<Operator> {
-        let port = testkit::free_port()?;
+        let (metrics_port, health_port) = (testkit::free_port()?, testkit::free_port()?);
         let child = tokio::process::Command::new(&args.operator)
             .args(["run", "--namespace", &env.ns, "--region", REGION, "--log", "warn"])
             .args(["--macie-endpoint", &env.emu.url])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
             .args([
                 "--poll-interval",
                 &humantime::format_duration(args.poll_interval).to_string(),
@@ -272,7 +276,8 @@ impl Operator {
         Ok(Operator {
             child,
             pid,
-            port,
+            metrics_port,
+            health_port,
             log: log.to_path_buf(),
         })
     }
@@ -295,7 +300,7 @@ impl Operator {
     }
 }
 
-/// The sum of a metric's samples on the admin server's /metrics.
+/// The sum of a metric's samples on the metrics server's /metrics.
 async fn metric_at(port: u16, name: &str) -> Result<f64> {
     let (_, body) = testkit::http_get(port, "/metrics").await?;
     Ok(body
@@ -785,7 +790,7 @@ struct Steady {
 
 async fn steady_state(args: &Args, env: &Env, op: &mut Operator, deadline: Duration) -> Result<Steady> {
     const SWEEPS: &str = "macie_operator_job_sweeps_total";
-    let port = op.port;
+    let port = op.metrics_port;
     let sweeps0 = metric_at(port, SWEEPS).await?;
     until("a sweep boundary", op, deadline, || async {
         let s = metric_at(port, SWEEPS).await?;
@@ -1273,7 +1278,7 @@ async fn create_run(args: &Args, n: usize) -> Result<CreateRun> {
     let api: Api<MacieJob> = Api::namespaced(env.client.clone(), &env.ns);
     let (watch, watch_task) = CreateWatch::start(api.clone());
     let mut op = Operator::spawn(args, &env, &args.out.join(format!("operator-creates-{n}.log")))?;
-    let port = op.port;
+    let port = op.health_port;
     until("the operator ready", &mut op, Duration::from_secs(60), || async {
         Ok(match testkit::http_get(port, "/readyz").await {
             Ok((200, _)) => None,

@@ -1,5 +1,5 @@
-//! Process plumbing: logging, metrics, the admin server (/livez, /readyz, /metrics), leader
-//! election, shutdown signals.
+//! Process plumbing: logging, metrics, the health and metrics servers, leader election,
+//! shutdown signals.
 
 pub mod events;
 #[cfg(test)]
@@ -7,8 +7,11 @@ pub mod fake_kube;
 pub mod gate;
 pub mod leader;
 pub mod metrics;
+pub mod metrics_auth;
 pub mod regions;
+pub mod serve;
 pub mod status;
+pub mod tls;
 
 use crate::macie::MacieError;
 
@@ -58,7 +61,6 @@ impl Error {
     }
 }
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -135,7 +137,7 @@ pub fn readiness(kube: &KubeState, sweep_ages: &[(String, Duration)], stale_afte
 }
 
 /// Readiness shared between the Kubernetes check, the job sweepers (through `Metrics`) and the
-/// admin server.
+/// health server.
 #[derive(Clone)]
 pub struct Health {
     kube: Arc<Mutex<KubeState>>,
@@ -171,49 +173,6 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.check().is_ok()
     }
-}
-
-/// Serves `/livez`, `/readyz` and `/metrics` until `shutdown` resolves. `/livez` answers while
-/// the process (and its async runtime) runs; `/readyz` answers 503 with the reason when
-/// `Health::check` fails.
-pub async fn serve_admin(
-    listener: tokio::net::TcpListener,
-    health: Health,
-    metrics: std::sync::Arc<metrics::Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::http::{StatusCode, header};
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/livez", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/readyz",
-            get(move || {
-                let h = health.clone();
-                async move {
-                    match h.check() {
-                        Ok(()) => (StatusCode::OK, "ok".to_string()),
-                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
-                    }
-                }
-            }),
-        );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 /// How often the Kubernetes side of readiness is checked once it passed (every 2 s before).
@@ -422,13 +381,6 @@ pub async fn publish_event<K: kube::Resource<DynamicType = ()>>(
     {
         tracing::warn!(error = %e, reason, "could not publish Event");
     }
-}
-
-/// Binds the admin address, with a clear error.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on --metrics-addr {addr}: {e}"))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -209,10 +209,9 @@ struct Pki {
     client_key: String,
 }
 
-fn make_pki() -> Result<Pki> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
+/// A new test CA: its certificate and what signs with it.
+fn test_ca() -> Result<(rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -223,13 +222,36 @@ fn make_pki() -> Result<Pki> {
         KeyUsagePurpose::DigitalSignature,
     ];
     let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
+    Ok((ca_cert, Issuer::new(ca, ca_key)))
+}
 
-    let serving_key = KeyPair::generate()?;
-    let mut serving = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
-    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let serving_cert = serving.signed_by(&serving_key, &issuer)?;
+/// A serving certificate for `localhost` and `127.0.0.1` signed by `issuer`, and its key.
+fn serving_cert(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    common_name: &str,
+) -> Result<(rcgen::Certificate, rcgen::KeyPair)> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok((params.signed_by(&key, issuer)?, key))
+}
+
+/// Writes `tls.crt` and `tls.key` (a serving certificate for `localhost` and `127.0.0.1`, as a
+/// `kubernetes.io/tls` Secret holds them) into `dir`, signed by a new CA; returns the CA's PEM.
+pub fn write_serving_cert(dir: &Path) -> Result<String> {
+    let (ca, issuer) = test_ca()?;
+    let (cert, key) = serving_cert(&issuer, "macie-operator-metrics")?;
+    std::fs::write(dir.join("tls.crt"), cert.pem())?;
+    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+    Ok(ca.pem())
+}
+
+fn make_pki() -> Result<Pki> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let (ca_cert, issuer) = test_ca()?;
+    let (serving_cert, serving_key) = serving_cert(&issuer, "kube-apiserver")?;
 
     let client_key = KeyPair::generate()?;
     let mut client = CertificateParams::new(Vec::<String>::new())?;
@@ -402,6 +424,25 @@ impl ControlPlane {
         self.dir.path()
     }
 
+    /// A kubeconfig (written into `dir()` as `<name>-kubeconfig`) that reaches this API server
+    /// with `token` (e.g. a ServiceAccount's, from `service_account_token`).
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig)?)?;
+        let ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
+            .as_str()
+            .context("the admin kubeconfig has no CA")?;
+        let path = self.dir().join(format!("{name}-kubeconfig"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: {name}\n  user:\n    token: {}\ncontexts:\n- name: local\n  context: {{cluster: local, user: {name}}}\ncurrent-context: local\n",
+                self.server,
+                token.trim()
+            ),
+        )?;
+        Ok(path)
+    }
+
     /// An admin `kube::Client`.
     pub async fn client(&self) -> Result<kube::Client> {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
@@ -490,4 +531,76 @@ pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let status = resp.get(9..12).unwrap_or("0").parse()?;
     let body = resp.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
     Ok((status, body))
+}
+
+/// Creates the ServiceAccount `ns`/`name` unless it exists, and returns a token for it from the
+/// TokenRequest API (valid for an hour, for the API server's own audience).
+pub async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Api, ObjectMeta, PostParams};
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    if api.get_opt(name).await?.is_none() {
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &sa)
+            .await
+            .with_context(|| format!("create ServiceAccount {ns}/{name}"))?;
+    }
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let issued = api
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("TokenRequest for {ns}/{name}"))?;
+    issued
+        .status
+        .and_then(|s| s.token)
+        .context("the TokenRequest has no token")
+}
+
+/// An HTTPS GET on 127.0.0.1:`port` that trusts only the CA `ca_pem` (and checks the
+/// certificate is for 127.0.0.1), with `Authorization: Bearer <bearer>` when given: (status,
+/// body).
+pub async fn https_get(port: u16, path: &str, ca_pem: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+    use http_body_util::BodyExt as _;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
+        .await
+        .context("TLS handshake")?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    let conn = tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("host", format!("127.0.0.1:{port}"));
+    if let Some(token) = bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let resp = sender
+        .send_request(req.body(http_body_util::Empty::<hyper::body::Bytes>::new())?)
+        .await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    drop(sender);
+    let _ = conn.await;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -2,6 +2,8 @@
 //! and per test a namespace, an in-process macie-emulator and an in-process operator.
 #![allow(dead_code)]
 
+pub mod chart;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -431,8 +433,10 @@ where
 /// with its stderr in a log file under the temp directory.
 pub struct OperatorProcess {
     pub name: String,
-    /// Port of its admin server (/livez, /readyz, /metrics).
-    pub port: u16,
+    /// Port of its metrics server (/metrics, plain HTTP unless `extra` has --metrics-secure).
+    pub metrics_port: u16,
+    /// Port of its health server (/livez, /readyz).
+    pub health_port: u16,
     pub child: tokio::process::Child,
     pub log: std::path::PathBuf,
 }
@@ -440,7 +444,7 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts `macie-operator run` with the test defaults plus `extra` flags.
     pub fn spawn(name: &str, kubeconfig: &std::path::Path, ns: &str, endpoint: &str, extra: &[&str]) -> Result<Self> {
-        let port = testkit::free_port()?;
+        let (metrics_port, health_port) = (testkit::free_port()?, testkit::free_port()?);
         let log = std::env::temp_dir().join(format!("macie-op-{name}-{}.log", std::process::id()));
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_macie-operator"))
             .args(["run", "--namespace", ns, "--region", REGION, "--poll-interval", "500ms"])
@@ -452,7 +456,8 @@ impl OperatorProcess {
                 "--log",
                 "info,kube=warn",
             ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
@@ -466,7 +471,8 @@ impl OperatorProcess {
             .context("start macie-operator")?;
         Ok(OperatorProcess {
             name: name.to_string(),
-            port,
+            metrics_port,
+            health_port,
             child,
             log,
         })

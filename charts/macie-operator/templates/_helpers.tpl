@@ -29,3 +29,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The metrics port's name: https when the metrics server is secure. */ -}}
+{{- define "macie-operator.metricsPortName" -}}
+{{- if .Values.metrics.secure }}https{{ else }}metrics{{ end -}}
+{{- end -}}
