@@ -421,7 +421,7 @@ async fn every_metric_the_rules_and_the_dashboard_query_is_exported_by_the_opera
     // The status write put both resources in the gauges, and the paused job's expiry.
     let expiry = "macie_operator_paused_job_expiry_timestamp_seconds";
     let text = wait_for("the resource gauges", Duration::from_secs(30), || async {
-        let text = scrape(op.port).await?;
+        let text = scrape(op.metrics_port).await?;
         let resources = samples(&text, "macie_operator_resources");
         let ok = resources
             .iter()
@@ -459,7 +459,7 @@ async fn every_metric_the_rules_and_the_dashboard_query_is_exported_by_the_opera
         "the deleted resource to leave the gauges",
         Duration::from_secs(30),
         || async {
-            let text = scrape(op.port).await?;
+            let text = scrape(op.metrics_port).await?;
             let gone = samples(&text, expiry).is_empty()
                 && !samples(&text, "macie_operator_resources")
                     .iter()
