@@ -334,6 +334,9 @@ async fn a_change_shown_by_the_sweep_in_flight_is_confirmed_by_the_next_sweep() 
     })
     .await;
     wait_converged(&api, &emu, &want).await?;
+    // Every status change of the flip, as a watch sees them (one per write that changed it).
+    let changes = status_changes(api.clone());
+    changes.wait_seen(want.len()).await?;
     let t = Instant::now();
     for (name, (_, status)) in want.iter_mut() {
         set_desired(&api, name, "USER_PAUSED").await?;
@@ -346,6 +349,66 @@ async fn a_change_shown_by_the_sweep_in_flight_is_confirmed_by_the_next_sweep() 
         t.elapsed()
     );
     assert_eq!(accepted_updates(&emu), 5);
+    // The write-ahead and the confirmation: the sweep in flight, which cannot confirm the step,
+    // writes nothing (it would show the job moved a sweep early, a third write per flip).
+    let per_resource = changes.stop().await;
+    for name in want.keys() {
+        let n = per_resource.get(name).copied().unwrap_or(0);
+        ensure!(
+            n == 2,
+            "{name}: {n} status writes in the flip, not 2 ({per_resource:?})"
+        );
+    }
     op.stop().await;
     Ok(())
+}
+
+/// Counts, per MacieJob, the status changes a watch delivers until `stop`.
+struct StatusChanges {
+    task: tokio::task::JoinHandle<()>,
+    counts: std::sync::Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+    /// Resources seen so far (their first sight is the baseline).
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn status_changes(api: Api<MacieJob>) -> StatusChanges {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let counts: std::sync::Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Default::default();
+    let seen: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+    let task = {
+        let (counts, seen) = (counts.clone(), seen.clone());
+        tokio::spawn(async move {
+            let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).applied_objects());
+            while let Some(Ok(o)) = events.next().await {
+                let name = kube::ResourceExt::name_any(&o);
+                let status = serde_json::to_value(&o.status).unwrap_or_default();
+                // The first sight of each resource is where it stands, not a change.
+                if let Some(before) = last.insert(name.clone(), status.clone())
+                    && before != status
+                {
+                    *counts.lock().unwrap().entry(name).or_default() += 1;
+                }
+                seen.store(last.len(), std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    StatusChanges { task, counts, seen }
+}
+
+impl StatusChanges {
+    /// Waits until the watch has seen `n` resources.
+    async fn wait_seen(&self, n: usize) -> Result<()> {
+        wait_for("the watch sees every resource", DEADLINE, || async {
+            Ok((self.seen.load(std::sync::atomic::Ordering::SeqCst) >= n).then_some(()))
+        })
+        .await
+    }
+
+    async fn stop(self) -> BTreeMap<String, usize> {
+        self.task.abort();
+        let _ = self.task.await;
+        self.counts.lock().unwrap().clone()
+    }
 }

@@ -652,11 +652,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
     if p.after_next_sweep {
         ctx.wake_after_sweep(&oref, &place, snapshot_at.unwrap_or(now));
     }
-    let job = match observation {
-        Observation::Found(j) => Some(j.clone()),
-        Observation::NotFound | Observation::Ambiguous(_) => None,
-        Observation::NoSweepYet | Observation::SweepFailed { .. } => stored.job.clone(),
-    };
+    let job = plan::shown_job(&observation, p.step.as_ref(), stored.job.as_ref());
     let mut summary = p.summary.clone();
     let mut recheck_at = p.recheck_at;
 

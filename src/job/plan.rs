@@ -463,6 +463,24 @@ fn paused(job: &ObservedJob, now: Timestamp, s: &Settings) -> Plan {
     }
 }
 
+/// The observed job the status shows after a sweep. A sweep that cannot settle the step in
+/// flight (it started before the call, or still shows the job where the step found it) shows
+/// nothing the status should report either: the status keeps the job it showed when the step
+/// was written, and the sweep that settles the step writes both at once (one status write per
+/// step after the write-ahead, not one per sweep in between).
+pub fn shown_job(
+    observation: &Observation<'_>,
+    step: Option<&StepOutcome>,
+    stored: Option<&ObservedJob>,
+) -> Option<ObservedJob> {
+    match observation {
+        Observation::Found(_) if step == Some(&StepOutcome::Waiting) && stored.is_some() => stored.cloned(),
+        Observation::Found(j) => Some((*j).clone()),
+        Observation::NotFound | Observation::Ambiguous(_) => None,
+        Observation::NoSweepYet | Observation::SweepFailed { .. } => stored.cloned(),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -489,6 +507,65 @@ pub(crate) mod tests {
             name: Some("n".into()),
             job_status: status.into(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_status_shows_a_sweep_only_when_it_settles_the_step_in_flight() {
+        let (before, after) = (job("RUNNING"), job("USER_PAUSED"));
+        let e = err("InternalServerException");
+        let ids = ["a".to_string(), "b".to_string()];
+        let waiting = Some(&StepOutcome::Waiting);
+        let settled = Some(&StepOutcome::Succeeded);
+        let rows: Vec<(
+            &str,
+            Observation<'_>,
+            Option<&StepOutcome>,
+            Option<&ObservedJob>,
+            Option<&ObservedJob>,
+        )> = vec![
+            // A sweep from before the call shows the job moved: not yet reported.
+            (
+                "waiting, stored",
+                Observation::Found(&after),
+                waiting,
+                Some(&before),
+                Some(&before),
+            ),
+            (
+                "waiting, nothing stored",
+                Observation::Found(&after),
+                waiting,
+                None,
+                Some(&after),
+            ),
+            (
+                "settled",
+                Observation::Found(&after),
+                settled,
+                Some(&before),
+                Some(&after),
+            ),
+            ("no step", Observation::Found(&after), None, Some(&before), Some(&after)),
+            ("not found", Observation::NotFound, waiting, Some(&before), None),
+            ("ambiguous", Observation::Ambiguous(&ids), None, Some(&before), None),
+            (
+                "no sweep yet",
+                Observation::NoSweepYet,
+                None,
+                Some(&before),
+                Some(&before),
+            ),
+            (
+                "sweep failed",
+                Observation::SweepFailed { error: &e, failures: 2 },
+                waiting,
+                Some(&before),
+                Some(&before),
+            ),
+        ];
+        for (row, observation, step, stored, want) in rows {
+            assert_eq!(shown_job(&observation, step, stored).as_ref(), want, "{row}");
         }
     }
 
