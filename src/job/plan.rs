@@ -517,13 +517,15 @@ pub(crate) mod tests {
         let ids = ["a".to_string(), "b".to_string()];
         let waiting = Some(&StepOutcome::Waiting);
         let settled = Some(&StepOutcome::Succeeded);
-        let rows: Vec<(
-            &str,
-            Observation<'_>,
-            Option<&StepOutcome>,
-            Option<&ObservedJob>,
-            Option<&ObservedJob>,
-        )> = vec![
+        // (row, observation, step outcome, stored job, the job shown)
+        type Row<'a> = (
+            &'a str,
+            Observation<'a>,
+            Option<&'a StepOutcome>,
+            Option<&'a ObservedJob>,
+            Option<&'a ObservedJob>,
+        );
+        let rows: Vec<Row<'_>> = vec![
             // A sweep from before the call shows the job moved: not yet reported.
             (
                 "waiting, stored",
