@@ -190,7 +190,7 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
         kubectl(kc).args(["create", "token", &sa, "-n", RELEASE_NS, "--duration", "1h"]),
         None,
     )?;
-    let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kc)?)?;
+    let admin: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(kc)?)?;
     let ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
         .as_str()
         .unwrap();
@@ -527,7 +527,7 @@ fn pod_security(kc: &Path, ns: &str, extra: &[&str]) -> Result<(String, Option<S
         kubectl(kc).args(["apply", "--dry-run=server", "-f", "-"]),
         Some(&rendered),
     )?;
-    let deployment: serde_json::Value = serde_yaml::from_str(&rendered)?;
+    let deployment: serde_json::Value = serde_saphyr::from_str(&rendered)?;
     let template = &deployment["spec"]["template"];
     let pod = json!({
         "apiVersion": "v1",
