@@ -7,12 +7,16 @@ export CARGO_TERM_COLOR ?= never
 RELEASE_TARGET := x86_64-unknown-linux-musl
 RELEASE_BIN := target/$(RELEASE_TARGET)/release/macie-operator
 IMAGE ?= macie-operator:dev
+# cargo-deny and cargo-cyclonedx (make tools) run as cargo subcommands from here.
+TOOLS_PATH := $(CURDIR)/.cache/tools/bin:$(PATH)
+SBOM := target/$(RELEASE_TARGET)/release/macie-operator.cdx.json
 
-.PHONY: all tools test fmt-check clippy crds-check alerts unit awscli bench-smoke argocd-health leak-check demo crds bench build release release-check image
+.PHONY: all tools test fmt-check clippy deny audit crds-check alerts unit awscli bench-smoke argocd-health leak-check demo crds bench build release release-bin sbom release-check image
 
 all: build
 
-## tools: build or install the pinned control plane (kube-apiserver, etcd), kubectl, helm, aws-cli into .cache/
+## tools: build or install the pinned control plane (kube-apiserver, etcd), kubectl, helm, aws-cli,
+## cargo-deny and cargo-cyclonedx into .cache/
 tools:
 	hack/tools.sh
 
@@ -20,7 +24,7 @@ build:
 	$(CARGO) build --workspace --all-targets --locked
 
 ## test: everything CI checks
-test: tools fmt-check clippy crds-check alerts unit awscli bench-smoke argocd-health leak-check release-check
+test: tools fmt-check clippy deny crds-check alerts unit awscli bench-smoke argocd-health leak-check release-check
 	@echo "make test: all checks passed"
 
 fmt-check:
@@ -28,6 +32,17 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## deny: the dependency policy (deny.toml): licenses, banned and duplicate crates, sources.
+## Offline: Cargo.lock and the local registry are all it reads.
+deny:
+	@echo "cargo deny --offline --locked --workspace check licenses bans sources"
+	@PATH="$(TOOLS_PATH)" $(CARGO) deny --offline --locked --workspace check licenses bans sources
+
+## audit: the RustSec advisories for Cargo.lock (fetches the advisory database: not in make test)
+audit:
+	@echo "cargo deny --locked --workspace check advisories"
+	@PATH="$(TOOLS_PATH)" $(CARGO) deny --locked --workspace check advisories
 
 unit:
 	$(CARGO) test --workspace --locked
@@ -53,23 +68,42 @@ leak-check:
 	@if pgrep -fa "$(CURDIR)/.cache/controlplane-[v]" ; then echo "leaked control-plane processes (above)"; exit 1; fi
 	@echo "leak-check: no control-plane process left"
 
-## demo: the one-command tour (Ctrl-C to stop; DEMO_EXIT_AFTER=SECONDS stops it by itself)
-## release: the static binary the Dockerfile ships (same command there; --workspace so that
-## make bench reuses the same compiled dependencies)
-release:
+## release: the static binary the Dockerfile ships and its SBOM
+release: release-bin sbom
+
+## release-bin: the static binary alone (what the Dockerfile runs; --workspace so that make bench
+## reuses the same compiled dependencies)
+release-bin:
 	$(CARGO) build --release --locked --target $(RELEASE_TARGET) --workspace --bin macie-operator
 
-## release-check: the release binary is static and runs
+## sbom: the release binary's CycloneDX SBOM, next to it ($(SBOM)): every crate in its build for
+## $(RELEASE_TARGET) (build-time ones marked excluded) with version, license, purl and checksum.
+## cargo-cyclonedx writes one file per binary of every workspace member beside its Cargo.toml:
+## ours is moved, the others removed. Offline: it reads `cargo metadata` only.
+SBOM_MEMBERS := . emulator testkit bench
+sbom:
+	@echo "cargo cyclonedx ... --target $(RELEASE_TARGET) -> $(SBOM)"
+	@PATH="$(TOOLS_PATH)" CARGO_NET_OFFLINE=true $(CARGO) cyclonedx --quiet --format json --spec-version 1.5 \
+	  --describe binaries --all --target $(RELEASE_TARGET)
+	mkdir -p $(dir $(SBOM))
+	mv macie-operator_bin.cdx.json $(SBOM)
+	rm -f $(addsuffix /*_bin.cdx.json,$(SBOM_MEMBERS))
+
+## release-check: the release binary is static and runs; its SBOM names the operator and every
+## crate it depends on
 release-check: release
 	@file $(RELEASE_BIN) | grep -Eq 'static(-pie)? linked|statically linked' \
 	  || { file $(RELEASE_BIN); echo "release binary is not static"; exit 1; }
 	$(RELEASE_BIN) --version
-	@echo "release-check: $(RELEASE_BIN) is static"
+	hack/check_sbom.py $(SBOM) $(RELEASE_TARGET)
+	@echo "release-check: $(RELEASE_BIN) is static; $(SBOM) describes it"
 
 ## image: the container image (needs docker or podman; none runs on the CI machine)
 image:
 	docker build -t $(IMAGE) .
 
+## demo: the one-command tour; ends by itself with a summary (Ctrl-C or DEMO_EXIT_AFTER=SECONDS
+## end it earlier, with the same summary)
 demo: tools
 	$(CARGO) build --workspace --locked --bins
 	hack/demo.sh

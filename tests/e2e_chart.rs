@@ -464,7 +464,7 @@ fn pod_security(kc: &Path, ns: &str, extra: &[&str]) -> Result<(String, Option<S
         kubectl(kc).args(["apply", "--dry-run=server", "-f", "-"]),
         Some(&rendered),
     )?;
-    let deployment: serde_json::Value = serde_yaml::from_str(&rendered)?;
+    let deployment: serde_json::Value = serde_saphyr::from_str(&rendered)?;
     let template = &deployment["spec"]["template"];
     let pod = json!({
         "apiVersion": "v1",

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::model::{DiscoveryStatus, JobStatus, JobType, LastRunErrorCode, S3BucketDefinitionForJob, Timestamp};
 
@@ -166,7 +167,7 @@ impl Seed {
     /// Parses YAML (JSON is YAML too) and checks what the types cannot: every error names
     /// the field, e.g. `jobs[2].jobStatus: ...`.
     pub fn parse(text: &str) -> Result<Seed, String> {
-        let seed: Seed = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let seed: Seed = from_yaml(text)?;
         seed.validate()?;
         Ok(seed)
     }
@@ -280,6 +281,23 @@ impl SeedJob {
         }
         Ok(())
     }
+}
+
+/// Reads YAML (JSON is YAML too) into `T`. An error names the field it is about and where it
+/// is, on one line: `jobs[2].jobStatus: unknown variant ... at line 3, column 40`.
+pub fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut path = None;
+    let options = serde_saphyr::options! { with_snippet: false };
+    serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = Some(e.path().to_string());
+            e.into_inner()
+        })
+    })
+    .map_err(|e| match path {
+        Some(p) if p != "." => format!("{p}: {e}"),
+        _ => e.to_string(),
+    })
 }
 
 #[cfg(test)]

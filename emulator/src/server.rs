@@ -481,9 +481,12 @@ async fn admin_state(State(s): State<Shared>, Query(q): Query<RegionQuery>) -> R
 }
 
 async fn admin_put_job(State(s): State<Shared>, body: Bytes) -> Response {
-    let job: SeedJob = match serde_yaml::from_slice(&body) {
+    let parsed = std::str::from_utf8(&body)
+        .map_err(|e| e.to_string())
+        .and_then(crate::seed::from_yaml);
+    let job: SeedJob = match parsed {
         Ok(j) => j,
-        Err(e) => return admin_error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, e),
     };
     let seed = crate::seed::Seed {
         jobs: vec![job.clone()],

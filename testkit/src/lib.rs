@@ -427,7 +427,7 @@ impl ControlPlane {
     /// A kubeconfig (written into `dir()` as `<name>-kubeconfig`) that reaches this API server
     /// with `token` (e.g. a ServiceAccount's, from `service_account_token`).
     pub fn token_kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
-        let admin: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig)?)?;
+        let admin: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(&self.kubeconfig)?)?;
         let ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
             .as_str()
             .context("the admin kubeconfig has no CA")?;
