@@ -81,7 +81,9 @@ if have_version "$tools_bin/promtool" "promtool, version ${PROMTOOL_VERSION#v} "
   echo "tools: promtool $PROMTOOL_VERSION present"
 else
   echo "tools: building promtool $PROMTOOL_VERSION (Go module github.com/prometheus/prometheus)"
-  (cd "$root/hack/promtool" && go build -trimpath \
+  # remove_all_sd: none of Prometheus's service discovery plugins (cloud SDKs, client-go), which
+  # checking and unit-testing rules never uses.
+  (cd "$root/hack/promtool" && go build -trimpath -tags remove_all_sd \
     -ldflags "-s -w -X github.com/prometheus/common/version.Version=${PROMTOOL_VERSION#v}" \
     -o "$tools_bin/promtool.tmp" github.com/prometheus/prometheus/cmd/promtool)
   mv "$tools_bin/promtool.tmp" "$tools_bin/promtool"

@@ -80,6 +80,9 @@ struct Args {
     /// Of the history run's jobs, how many are RUNNING, each managed by a MacieJob (by id).
     #[arg(long, default_value_t = 100)]
     history_managed: usize,
+    /// The operator's --concurrency (reconciles in flight per controller); unset: its default.
+    #[arg(long)]
+    concurrency: Option<u16>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -262,6 +265,7 @@ impl Operator {
             .args(["--page-size", &args.page_size.to_string()])
             .args(["--discovery-batch-size", &args.batch_size.to_string()])
             .args(["--create-rate", &args.create_rate.to_string()])
+            .args(args.concurrency.map(|c| format!("--concurrency={c}")))
             .env("KUBECONFIG", env.cp.kubeconfig())
             .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
             .env("AWS_SECRET_ACCESS_KEY", "secret")
@@ -953,22 +957,11 @@ fn account(i: usize) -> String {
     format!("{:012}", 300_000_000_000usize + i)
 }
 
+/// Applies `name` declaring every account of `accounts` at `status`; the new generation.
 async fn apply_discovery(api: &Api<MacieDiscovery>, name: &str, accounts: &[String], status: &str) -> Result<i64> {
-    let accounts: Vec<Value> = accounts
-        .iter()
-        .map(|a| json!({"accountId": a, "status": status}))
-        .collect();
-    let obj: MacieDiscovery = serde_json::from_value(json!({
-        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieDiscovery",
-        "metadata": {"name": name}, "spec": {"accounts": accounts}
-    }))?;
-    let o = api
-        .patch(name, &PatchParams::apply("bench").force(), &Patch::Apply(&obj))
-        .await?;
-    o.metadata.generation.context("generation")
+    apply_discovery_each(api, name, accounts, &vec![status; accounts.len()]).await
 }
 
-/// Names of the resources not yet Converged at their wanted generation.
 /// Applies `name` declaring `accounts[i]` at `statuses[i]`; the new generation.
 async fn apply_discovery_each(
     api: &Api<MacieDiscovery>,
@@ -991,6 +984,7 @@ async fn apply_discovery_each(
     o.metadata.generation.context("generation")
 }
 
+/// Names of the resources not yet Converged at their wanted generation.
 async fn discovery_pending(api: &Api<MacieDiscovery>, want: &HashMap<String, i64>) -> Result<Vec<String>> {
     let list = api.list(&Default::default()).await?;
     let mut pending: Vec<String> = want.keys().cloned().collect();
