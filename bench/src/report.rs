@@ -494,7 +494,7 @@ impl Report {
                 "API-server writes per flipped MacieJob (clean flips, worst size)",
                 "<= 3.0",
                 "5.7",
-                worst_writes.map(|w| (format!("{w:.2}"), w <= 3.0)),
+                worst_writes.map(|w| (format!("{w:.4}"), w <= 3.0)),
             ),
             Goal::new(
                 "clean flip of 10,000: throughput / the API server's capacity for its writes",
