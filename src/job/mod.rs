@@ -761,8 +761,21 @@ fn resolve_step(
     let (Some(step), Some(outcome)) = (step, outcome) else {
         return;
     };
+    // Timestamps are compared at the precision the API stores (whole seconds).
+    let at = plan::ceil_second(step.requested_at).as_second();
     let new_outcome = match outcome {
-        StepOutcome::Waiting => return,
+        StepOutcome::Waiting => {
+            // A cached object older than this step's own write-ahead (the watch lags behind
+            // our writes) must not take the step's record out of the status: the step this
+            // process holds is the record until a sweep settles it.
+            if last_transition
+                .as_ref()
+                .is_none_or(|t| t.requested_at.0.as_second() < at)
+            {
+                *last_transition = Some(transition_record(step, TransitionOutcome::Pending, step_error(step)));
+            }
+            return;
+        }
         StepOutcome::Succeeded => Some(TransitionOutcome::Succeeded),
         StepOutcome::Superseded => Some(TransitionOutcome::Superseded),
         StepOutcome::TimedOut => Some(TransitionOutcome::Failed),
@@ -772,8 +785,6 @@ fn resolve_step(
     let Some(new_outcome) = new_outcome else {
         return;
     };
-    // Timestamps are compared at the precision the API stores (whole seconds).
-    let at = plan::ceil_second(step.requested_at).as_second();
     let t = match last_transition {
         Some(t) if t.requested_at.0.as_second() == at => t,
         // The cached object predates this step's own write-ahead (the watch lags behind our

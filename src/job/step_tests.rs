@@ -286,6 +286,39 @@ async fn a_converged_step_is_recorded_and_then_nothing_is_written() {
 }
 
 #[tokio::test]
+async fn a_stale_cached_object_never_takes_the_write_ahead_out_of_the_status() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie);
+    let created = object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"}));
+    r.create(created.clone());
+    r.sweeps(1).await;
+    r.reconcile("m", 1).await;
+    assert_eq!(r.macie.updates().len(), 1);
+    let ahead = r
+        .get("m")
+        .unwrap()
+        .status
+        .unwrap()
+        .last_transition
+        .expect("the write-ahead");
+    // Before any sweep settles the step, a reconcile sees the object as created (the watch
+    // has not delivered the write-ahead yet): the status keeps the step's record, which a
+    // restarted process needs so as not to call again.
+    let stale: MacieJob = serde_json::from_value(created).unwrap();
+    reconcile_inner(&stale, &r.ctx).await.expect("reconcile");
+    let t = r
+        .get("m")
+        .unwrap()
+        .status
+        .unwrap()
+        .last_transition
+        .expect("still recorded");
+    assert_eq!(t, ahead);
+    assert_eq!(r.macie.updates().len(), 1);
+}
+
+#[tokio::test]
 async fn a_stale_cached_object_still_gets_the_steps_outcome() {
     let macie = Arc::new(FakeMacie::default());
     macie.put(REGION, "j1", "n", "RUNNING");
