@@ -285,8 +285,9 @@ async fn a_converged_step_is_recorded_and_then_nothing_is_written() {
     assert_eq!(r.macie.updates().len(), 1);
 }
 
-#[tokio::test]
-async fn a_stale_cached_object_never_takes_the_write_ahead_out_of_the_status() {
+/// A MacieJob whose pause was written ahead and called once, and the object as it was created
+/// (what a cache behind the operator's own writes still holds).
+async fn paused_once_and_the_created_object() -> (Rig, MacieJob) {
     let macie = Arc::new(FakeMacie::default());
     macie.put(REGION, "j1", "n", "RUNNING");
     let mut r = rig(macie);
@@ -295,6 +296,12 @@ async fn a_stale_cached_object_never_takes_the_write_ahead_out_of_the_status() {
     r.sweeps(1).await;
     r.reconcile("m", 1).await;
     assert_eq!(r.macie.updates().len(), 1);
+    (r, serde_json::from_value(created).unwrap())
+}
+
+#[tokio::test]
+async fn a_stale_cached_object_never_takes_the_write_ahead_out_of_the_status() {
+    let (r, stale) = paused_once_and_the_created_object().await;
     let ahead = r
         .get("m")
         .unwrap()
@@ -305,7 +312,6 @@ async fn a_stale_cached_object_never_takes_the_write_ahead_out_of_the_status() {
     // Before any sweep settles the step, a reconcile sees the object as created (the watch
     // has not delivered the write-ahead yet): the status keeps the step's record, which a
     // restarted process needs so as not to call again.
-    let stale: MacieJob = serde_json::from_value(created).unwrap();
     reconcile_inner(&stale, &r.ctx).await.expect("reconcile");
     let t = r
         .get("m")
@@ -320,19 +326,11 @@ async fn a_stale_cached_object_never_takes_the_write_ahead_out_of_the_status() {
 
 #[tokio::test]
 async fn a_stale_cached_object_still_gets_the_steps_outcome() {
-    let macie = Arc::new(FakeMacie::default());
-    macie.put(REGION, "j1", "n", "RUNNING");
-    let mut r = rig(macie);
-    let created = object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"}));
-    r.create(created.clone());
-    r.sweeps(1).await;
-    r.reconcile("m", 1).await;
-    assert_eq!(r.macie.updates().len(), 1);
+    let (r, stale) = paused_once_and_the_created_object().await;
     // The next sweep shows the job paused; the reconcile it triggers still sees the object as
     // created (the watch has not delivered the operator's own status writes yet).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     r.sweeps(2).await;
-    let stale: MacieJob = serde_json::from_value(created).unwrap();
     reconcile_inner(&stale, &r.ctx).await.expect("reconcile");
     let st = r.get("m").unwrap().status.unwrap();
     assert_eq!(st.last_transition.unwrap().outcome, TransitionOutcome::Succeeded);
