@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::api::conditions::{self, Reason};
+use crate::api::job_definition::{BucketCriterionKey, Comparator, JobDefinition};
 use crate::api::macie_account::{DiscoveryRules, JobRules};
 use crate::api::{AccountRef, DeletionPolicy, DesiredJobStatus, DiscoveryStatus, MacieAccount};
 
@@ -27,8 +28,22 @@ pub enum Refusal {
 /// The rule of a MacieAccount that refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rule {
-    /// `spec.jobs.names` matches no pattern for the job's name.
+    /// `spec.jobs.names` matches no pattern for the job name the resource declares.
     JobName(String),
+    /// `spec.jobs.names` matches no pattern for the name Macie reports for this job id (the
+    /// message names the id only: the job may be another team's).
+    NameOfJob(String),
+    /// `spec.jobs.allowPause` is false and the resource asks for USER_PAUSED.
+    Pause,
+    /// `spec.jobs.bucketAccountIds` does not include this account, whose buckets the
+    /// definition's `bucketDefinitions` name.
+    BucketAccount(String),
+    /// `spec.jobs.bucketAccountIds` is not `*` and the definition's `bucketCriteria` has no
+    /// `ACCOUNT_ID EQ` criterion in `includes.and` (it could select any account's buckets).
+    BucketCriteriaUnscoped,
+    /// `spec.jobs.bucketAccountIds` does not include this account, which the definition's
+    /// `bucketCriteria` `ACCOUNT_ID EQ` criterion names.
+    BucketCriteriaAccount(String),
     /// `spec.jobs.allowCancel` is false and the resource asks for CANCELLED.
     Cancel,
     /// `spec.jobs.allowCancel` is false and the resource has `deletionPolicy: Cancel`.
@@ -81,6 +96,25 @@ impl Refusal {
                 Rule::JobName(name) => {
                     format!("spec.jobs.names of MacieAccount {account:?} does not allow the job name {name:?}")
                 }
+                Rule::NameOfJob(id) => {
+                    format!("spec.jobs.names of MacieAccount {account:?} does not allow the name of job {id}")
+                }
+                Rule::Pause => format!(
+                    "spec.jobs.allowPause of MacieAccount {account:?} is false: jobStatus USER_PAUSED is not allowed"
+                ),
+                Rule::BucketAccount(id) => format!(
+                    "spec.jobs.bucketAccountIds of MacieAccount {account:?} does not include {id}: \
+                     spec.definition.s3JobDefinition.bucketDefinitions may not name its buckets"
+                ),
+                Rule::BucketCriteriaUnscoped => format!(
+                    "spec.jobs.bucketAccountIds of MacieAccount {account:?} limits the accounts a job may scan: \
+                     spec.definition.s3JobDefinition.bucketCriteria.includes.and needs a simpleCriterion \
+                     {{key: ACCOUNT_ID, comparator: EQ}} whose values are all allowed accounts"
+                ),
+                Rule::BucketCriteriaAccount(id) => format!(
+                    "spec.jobs.bucketAccountIds of MacieAccount {account:?} does not include {id}, which the \
+                     ACCOUNT_ID EQ criterion of spec.definition.s3JobDefinition.bucketCriteria names"
+                ),
                 Rule::Cancel => format!(
                     "spec.jobs.allowCancel of MacieAccount {account:?} is false: jobStatus CANCELLED is not allowed"
                 ),
@@ -219,16 +253,26 @@ pub fn admit<'a>(
     }
 }
 
+/// The job name a MacieJob's rules are checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobName<'a> {
+    /// The name the resource declares (spec.jobName): a refusal may repeat it.
+    Declared(&'a str),
+    /// The name Macie reports for the job the resource acts on by id (spec.jobId, or the job
+    /// it created): a refusal names the id only, since the job may be another team's.
+    OfJob { job_id: &'a str, name: &'a str },
+}
+
 /// What a MacieJob asks of an account's job rules.
 #[derive(Debug, Clone, Copy)]
 pub struct JobAsk<'a> {
-    /// The job's name: spec.jobName, or for a MacieJob by id the name Macie reports (None
-    /// until the job is observed: the name rule is checked once it is).
-    pub name: Option<&'a str>,
+    /// The job's name (None while a job named by id is not observed yet: the name rule is
+    /// checked once it is, and again for every job the resource acts on).
+    pub name: Option<JobName<'a>>,
     pub desired: DesiredJobStatus,
     pub deletion_policy: DeletionPolicy,
-    /// The resource creates its job (spec.definition).
-    pub create: bool,
+    /// The definition of the job the resource creates (spec.definition), if it creates one.
+    pub definition: Option<&'a JobDefinition>,
 }
 
 /// Whether `account`'s job rules allow what a MacieJob asks.
@@ -239,13 +283,21 @@ pub fn job_allowed(account: &str, rules: &JobRules, ask: JobAsk<'_>) -> Result<(
             rule,
         })
     };
-    if let Some(name) = ask.name
-        && !rules.names.iter().any(|p| glob(p, name))
-    {
-        return refuse(Rule::JobName(name.to_string()));
+    let name_allowed = |name: &str| rules.names.iter().any(|p| glob(p, name));
+    match ask.name {
+        Some(JobName::Declared(name)) if !name_allowed(name) => return refuse(Rule::JobName(name.to_string())),
+        Some(JobName::OfJob { job_id, name }) if !name_allowed(name) => {
+            return refuse(Rule::NameOfJob(job_id.to_string()));
+        }
+        _ => {}
     }
-    if ask.create && !rules.allow_create {
-        return refuse(Rule::Create);
+    if let Some(definition) = ask.definition {
+        if !rules.allow_create {
+            return refuse(Rule::Create);
+        }
+        if let Err(rule) = buckets_allowed(&rules.bucket_account_ids, definition) {
+            return refuse(rule);
+        }
     }
     if !rules.allow_cancel {
         if ask.desired == DesiredJobStatus::Cancelled {
@@ -255,7 +307,45 @@ pub fn job_allowed(account: &str, rules: &JobRules, ask: JobAsk<'_>) -> Result<(
             return refuse(Rule::DeletionPolicyCancel);
         }
     }
+    if !rules.allow_pause && ask.desired == DesiredJobStatus::UserPaused {
+        return refuse(Rule::Pause);
+    }
     Ok(())
+}
+
+/// Whether a definition scans only the buckets of `allowed` accounts (`*`: any): every
+/// `bucketDefinitions[].accountId` listed; `bucketCriteria` with an `ACCOUNT_ID EQ` criterion
+/// in `includes.and` whose values are all listed (the criteria of `and` must all hold, so one
+/// such criterion bounds the accounts; `excludes` bound nothing).
+pub fn buckets_allowed(allowed: &[String], definition: &JobDefinition) -> Result<(), Rule> {
+    if allowed.iter().any(|a| a == "*") {
+        return Ok(());
+    }
+    let listed = |id: &str| allowed.iter().any(|a| a == id);
+    let s3 = &definition.s3_job_definition;
+    for d in s3.bucket_definitions.iter().flatten() {
+        if !listed(&d.account_id) {
+            return Err(Rule::BucketAccount(d.account_id.clone()));
+        }
+    }
+    let Some(criteria) = &s3.bucket_criteria else {
+        return Ok(());
+    };
+    let by_account: Vec<&[String]> = criteria
+        .includes
+        .iter()
+        .flat_map(|b| &b.and)
+        .filter_map(|c| c.simple_criterion.as_ref())
+        .filter(|c| c.key == BucketCriterionKey::AccountId && c.comparator == Comparator::Eq && !c.values.is_empty())
+        .map(|c| c.values.as_slice())
+        .collect();
+    if by_account.iter().any(|values| values.iter().all(|v| listed(v))) {
+        return Ok(());
+    }
+    match by_account.iter().flat_map(|values| values.iter()).find(|v| !listed(v)) {
+        Some(id) => Err(Rule::BucketCriteriaAccount(id.clone())),
+        None => Err(Rule::BucketCriteriaUnscoped),
+    }
 }
 
 /// Whether `account`'s discovery rules allow setting member account `id` to `status`.
@@ -502,105 +592,297 @@ mod tests {
         let rules = |names: &[&str], cancel: bool| JobRules {
             names: names.iter().map(|n| n.to_string()).collect(),
             allow_cancel: cancel,
-            allow_create: false,
+            ..JobRules::default()
         };
         let ask = |name: Option<&'static str>, desired, deletion_policy| JobAsk {
-            name,
+            name: name.map(JobName::Declared),
             desired,
             deletion_policy,
-            create: false,
+            definition: None,
+        };
+        let by_id = |job_id: &'static str, name: &'static str, desired| JobAsk {
+            name: Some(JobName::OfJob { job_id, name }),
+            desired,
+            deletion_policy: Orphan,
+            definition: None,
+        };
+        let no_pause = |names: &[&str]| JobRules {
+            allow_pause: false,
+            ..rules(names, false)
         };
         use DeletionPolicy::{Cancel as DelCancel, Orphan};
         use DesiredJobStatus::{Cancelled, Running, UserPaused};
-        let rows: Vec<(JobRules, JobAsk, Option<Rule>)> = vec![
-            (rules(&["*"], false), ask(Some("x"), Running, Orphan), None),
-            (rules(&["*"], false), ask(Some("x"), UserPaused, Orphan), None),
+        let rows: Vec<(&str, JobRules, JobAsk, Option<Rule>)> = vec![
             (
+                "anything runs",
+                rules(&["*"], false),
+                ask(Some("x"), Running, Orphan),
+                None,
+            ),
+            (
+                "pause allowed by default",
+                rules(&["*"], false),
+                ask(Some("x"), UserPaused, Orphan),
+                None,
+            ),
+            (
+                "cancel needs allowCancel",
                 rules(&["*"], false),
                 ask(Some("x"), Cancelled, Orphan),
                 Some(Rule::Cancel),
             ),
             (
+                "deletionPolicy Cancel needs allowCancel",
                 rules(&["*"], false),
                 ask(Some("x"), Running, DelCancel),
                 Some(Rule::DeletionPolicyCancel),
             ),
-            (rules(&["*"], true), ask(Some("x"), Cancelled, DelCancel), None),
             (
+                "allowCancel allows both",
+                rules(&["*"], true),
+                ask(Some("x"), Cancelled, DelCancel),
+                None,
+            ),
+            (
+                "name matches",
                 rules(&["nightly-*"], true),
                 ask(Some("nightly-1"), Running, Orphan),
                 None,
             ),
             (
+                "name does not match",
                 rules(&["nightly-*"], true),
                 ask(Some("weekly-1"), Running, Orphan),
                 Some(Rule::JobName("weekly-1".into())),
             ),
             (
+                "no pattern",
                 rules(&[], true),
                 ask(Some("x"), Running, Orphan),
                 Some(Rule::JobName("x".into())),
             ),
             // A job by id before it is observed: the name rule waits for the name.
-            (rules(&["nightly-*"], false), ask(None, Running, Orphan), None),
             (
+                "by id, not observed",
+                rules(&["nightly-*"], false),
+                ask(None, Running, Orphan),
+                None,
+            ),
+            (
+                "by id, not observed, cancel",
                 rules(&["nightly-*"], false),
                 ask(None, Cancelled, Orphan),
                 Some(Rule::Cancel),
             ),
             // The name rule is named first.
             (
+                "name before cancel",
                 rules(&["nightly-*"], false),
                 ask(Some("weekly-1"), Cancelled, Orphan),
                 Some(Rule::JobName("weekly-1".into())),
             ),
+            // A job reached by id: its Macie name is checked, and the refusal names the id.
+            (
+                "by id, name allowed",
+                rules(&["nightly-*"], false),
+                by_id("j1", "nightly-1", Running),
+                None,
+            ),
+            (
+                "by id, name refused: the id is named, not the name",
+                rules(&["nightly-*"], false),
+                by_id("j1", "finance-secret", Running),
+                Some(Rule::NameOfJob("j1".into())),
+            ),
+            // allowPause.
+            (
+                "allowPause false refuses USER_PAUSED",
+                no_pause(&["*"]),
+                ask(Some("x"), UserPaused, Orphan),
+                Some(Rule::Pause),
+            ),
+            (
+                "allowPause false leaves RUNNING",
+                no_pause(&["*"]),
+                ask(Some("x"), Running, Orphan),
+                None,
+            ),
+            (
+                "allowPause false, job by id",
+                no_pause(&["*"]),
+                by_id("j1", "x", UserPaused),
+                Some(Rule::Pause),
+            ),
+            (
+                "cancel rule named before pause",
+                no_pause(&["*"]),
+                ask(Some("x"), Cancelled, Orphan),
+                Some(Rule::Cancel),
+            ),
         ];
-        // Creating needs allowCreate; the name rule is named first.
-        let creating = |name, allow_create| {
-            let rules = JobRules {
-                names: vec!["nightly-*".into()],
-                allow_cancel: false,
-                allow_create,
-            };
-            job_allowed(
-                "acct",
-                &rules,
-                JobAsk {
-                    name: Some(name),
-                    desired: Running,
-                    deletion_policy: Orphan,
-                    create: true,
-                },
+        for (what, r, a, want) in rows {
+            let got = job_allowed("acct", &r, a);
+            let want = want.map_or(Ok(()), |rule| {
+                Err(Refusal::NotPermitted {
+                    account: "acct".into(),
+                    rule,
+                })
+            });
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    fn definition(s3: serde_json::Value) -> JobDefinition {
+        serde_json::from_value(serde_json::json!({"jobType": "ONE_TIME", "s3JobDefinition": s3}))
+            .expect("a valid definition")
+    }
+
+    fn account_criterion(comparator: &str, values: &[&str]) -> serde_json::Value {
+        serde_json::json!({"simpleCriterion": {"comparator": comparator, "key": "ACCOUNT_ID", "values": values}})
+    }
+
+    #[test]
+    fn create_rule_rows() {
+        use serde_json::json;
+        let a = "111122223333";
+        let b = "444455556666";
+        let by_buckets = |ids: &[&str]| {
+            definition(
+                json!({"bucketDefinitions": ids.iter().map(|id| json!({"accountId": id, "buckets": ["b-1"]})).collect::<Vec<_>>()}),
             )
         };
-        assert_eq!(creating("nightly-1", true), Ok(()));
-        assert_eq!(
-            creating("nightly-1", false),
-            Err(Refusal::NotPermitted {
-                account: "acct".into(),
-                rule: Rule::Create
-            })
-        );
-        assert_eq!(
-            creating("weekly", false),
-            Err(Refusal::NotPermitted {
-                account: "acct".into(),
-                rule: Rule::JobName("weekly".into())
-            })
-        );
-        for (i, (r, a, want)) in rows.into_iter().enumerate() {
-            let got = job_allowed("acct", &r, a);
-            match want {
-                None => assert_eq!(got, Ok(()), "row {i}"),
-                Some(rule) => assert_eq!(
-                    got,
-                    Err(Refusal::NotPermitted {
-                        account: "acct".into(),
-                        rule
-                    }),
-                    "row {i}"
+        let by_criteria = |includes: Vec<serde_json::Value>, excludes: Vec<serde_json::Value>| {
+            definition(json!({"bucketCriteria": {"includes": {"and": includes}, "excludes": {"and": excludes}}}))
+        };
+        let name_crit =
+            json!({"simpleCriterion": {"comparator": "STARTS_WITH", "key": "S3_BUCKET_NAME", "values": ["fin"]}});
+        let rules = |create: bool, accounts: &[&str]| JobRules {
+            names: vec!["nightly-*".into()],
+            allow_create: create,
+            bucket_account_ids: accounts.iter().map(|s| s.to_string()).collect(),
+            ..JobRules::default()
+        };
+        let rows: Vec<(&str, JobRules, &str, JobDefinition, Option<Rule>)> = vec![
+            (
+                "create allowed",
+                rules(true, &["*"]),
+                "nightly-1",
+                by_buckets(&[a]),
+                None,
+            ),
+            (
+                "create not allowed",
+                rules(false, &["*"]),
+                "nightly-1",
+                by_buckets(&[a]),
+                Some(Rule::Create),
+            ),
+            (
+                "name before create",
+                rules(false, &["*"]),
+                "weekly",
+                by_buckets(&[a]),
+                Some(Rule::JobName("weekly".into())),
+            ),
+            (
+                "* allows criteria without an account",
+                rules(true, &["*"]),
+                "nightly-1",
+                by_criteria(vec![name_crit.clone()], vec![]),
+                None,
+            ),
+            (
+                "listed bucket account",
+                rules(true, &[a]),
+                "nightly-1",
+                by_buckets(&[a]),
+                None,
+            ),
+            (
+                "bucket of another account",
+                rules(true, &[a]),
+                "nightly-1",
+                by_buckets(&[a, b]),
+                Some(Rule::BucketAccount(b.into())),
+            ),
+            (
+                "create refused before the buckets",
+                rules(false, &[a]),
+                "nightly-1",
+                by_buckets(&[b]),
+                Some(Rule::Create),
+            ),
+            (
+                "criteria without ACCOUNT_ID",
+                rules(true, &[a]),
+                "nightly-1",
+                by_criteria(vec![name_crit.clone()], vec![]),
+                Some(Rule::BucketCriteriaUnscoped),
+            ),
+            (
+                "criteria with ACCOUNT_ID EQ listed",
+                rules(true, &[a, b]),
+                "nightly-1",
+                by_criteria(vec![name_crit.clone(), account_criterion("EQ", &[a, b])], vec![]),
+                None,
+            ),
+            (
+                "criteria with ACCOUNT_ID EQ of an unlisted account",
+                rules(true, &[a]),
+                "nightly-1",
+                by_criteria(vec![account_criterion("EQ", &[a, b])], vec![]),
+                Some(Rule::BucketCriteriaAccount(b.into())),
+            ),
+            (
+                "ACCOUNT_ID NE bounds nothing",
+                rules(true, &[a]),
+                "nightly-1",
+                by_criteria(vec![account_criterion("NE", &[b])], vec![]),
+                Some(Rule::BucketCriteriaUnscoped),
+            ),
+            (
+                "ACCOUNT_ID EQ in excludes does not count",
+                rules(true, &[a]),
+                "nightly-1",
+                by_criteria(vec![name_crit.clone()], vec![account_criterion("EQ", &[a])]),
+                Some(Rule::BucketCriteriaUnscoped),
+            ),
+            (
+                "one bounding criterion is enough (and)",
+                rules(true, &[a]),
+                "nightly-1",
+                by_criteria(
+                    vec![account_criterion("EQ", &[a, b]), account_criterion("EQ", &[a])],
+                    vec![],
                 ),
-            }
+                None,
+            ),
+            (
+                "ACCOUNT_ID EQ with no values bounds nothing",
+                rules(true, &[a]),
+                "nightly-1",
+                by_criteria(vec![account_criterion("EQ", &[])], vec![]),
+                Some(Rule::BucketCriteriaUnscoped),
+            ),
+        ];
+        for (what, r, name, def, want) in rows {
+            let got = job_allowed(
+                "acct",
+                &r,
+                JobAsk {
+                    name: Some(JobName::Declared(name)),
+                    desired: DesiredJobStatus::Running,
+                    deletion_policy: DeletionPolicy::Orphan,
+                    definition: Some(&def),
+                },
+            );
+            let want = want.map_or(Ok(()), |rule| {
+                Err(Refusal::NotPermitted {
+                    account: "acct".into(),
+                    rule,
+                })
+            });
+            assert_eq!(got, want, "{what}");
         }
     }
 
@@ -697,6 +979,26 @@ mod tests {
                 account: "acct".into(),
                 rule: Rule::DiscoveryStatus(DiscoveryStatus::Disabled),
             },
+            Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::NameOfJob("j1".into()),
+            },
+            Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::Pause,
+            },
+            Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::BucketAccount("444455556666".into()),
+            },
+            Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::BucketCriteriaUnscoped,
+            },
+            Refusal::NotPermitted {
+                account: "acct".into(),
+                rule: Rule::BucketCriteriaAccount("444455556666".into()),
+            },
         ];
         let expect = [
             "spec.accountRef",
@@ -710,6 +1012,11 @@ mod tests {
             "spec.jobs.allowCreate",
             "spec.discovery.accountIds",
             "spec.discovery.allowedStatuses",
+            "the name of job j1",
+            "spec.jobs.allowPause",
+            "bucketDefinitions",
+            "ACCOUNT_ID",
+            "444455556666",
         ];
         for (r, e) in all.iter().zip(expect) {
             let m = r.message();

@@ -80,6 +80,9 @@ pub enum Reason {
     Creating,
     /// MacieJob with spec.definition: Macie refused CreateClassificationJob.
     CreateFailed,
+    /// MacieJob: the status recorded a job this resource did not create (its client token is
+    /// not the resource's): a forged or copied record, ignored; nothing is done to that job.
+    RecordIgnored,
 }
 
 /// The type of Event a reason is announced with.
@@ -119,6 +122,7 @@ impl Reason {
             Reason::WaitingForCreateQuota => "WaitingForCreateQuota",
             Reason::Creating => "Creating",
             Reason::CreateFailed => "CreateFailed",
+            Reason::RecordIgnored => "RecordIgnored",
         }
     }
 
@@ -139,7 +143,8 @@ impl Reason {
             | Reason::MacieError
             | Reason::Pending
             | Reason::WaitingForCreateQuota
-            | Reason::Creating => Phase::Reconciling,
+            | Reason::Creating
+            | Reason::RecordIgnored => Phase::Reconciling,
             Reason::AmbiguousName
             | Reason::PausedByMacie
             | Reason::AccessDenied
@@ -173,7 +178,7 @@ impl Reason {
 }
 
 /// Every reason (tests and parsing).
-pub const ALL_REASONS: [Reason; 25] = [
+pub const ALL_REASONS: [Reason; 26] = [
     Reason::Converged,
     Reason::Transitioning,
     Reason::TerminalState,
@@ -199,6 +204,7 @@ pub const ALL_REASONS: [Reason; 25] = [
     Reason::WaitingForCreateQuota,
     Reason::Creating,
     Reason::CreateFailed,
+    Reason::RecordIgnored,
 ];
 
 /// Builds the three conditions for `summary`, keeping `lastTransitionTime` from `previous` when

@@ -71,6 +71,12 @@ pub struct MacieAccountSpec {
 /// What MacieJobs may do with this account.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.bucketAccountIds) || !('*' in self.bucketAccountIds) || size(self.bucketAccountIds) == 1",
+        "message": "spec.jobs.bucketAccountIds: \"*\" must be the only entry"
+    }
+]))]
 pub struct JobRules {
     /// Job names MacieJobs may manage, as glob patterns (`*` matches any run of characters,
     /// `?` one character), e.g. `["nightly-*", "finance-*"]`. A MacieJob that names its job by
@@ -88,9 +94,36 @@ pub struct JobRules {
     /// Whether MacieJobs may create jobs from `spec.definition`. Default false.
     #[serde(default)]
     pub allow_create: bool,
+
+    /// Whether MacieJobs may pause jobs (`jobStatus: USER_PAUSED`). Default true. Note that a
+    /// pause is not harmless: Macie cancels a one-time job that stays USER_PAUSED for 30 days
+    /// (and the current run of a scheduled one), so a tenant that may pause can in effect
+    /// cancel; set false where `allowCancel` is false for that reason.
+    #[serde(default = "yes")]
+    pub allow_pause: bool,
+
+    /// The AWS accounts whose S3 buckets a job created from `spec.definition` may scan: 12-digit
+    /// account IDs, or `["*"]` for any (the default). Every `bucketDefinitions[].accountId` must
+    /// be listed; a `bucketCriteria` definition must select accounts explicitly, with a
+    /// criterion `{simpleCriterion: {key: ACCOUNT_ID, comparator: EQ, values: [...]}}` in
+    /// `bucketCriteria.includes.and` whose values are all listed (a criterion in `excludes`
+    /// does not count). Jobs adopted by `jobId` or `jobName` are not checked: only creates.
+    #[serde(default = "any_account")]
+    #[schemars(length(min = 1, max = 1000))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(inner(regex(pattern = r"^([0-9]{12}|\*)$")))]
+    pub bucket_account_ids: Vec<String>,
 }
 
 fn all_names() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn any_account() -> Vec<String> {
     vec!["*".to_string()]
 }
 
@@ -100,6 +133,8 @@ impl Default for JobRules {
             names: all_names(),
             allow_cancel: false,
             allow_create: false,
+            allow_pause: true,
+            bucket_account_ids: any_account(),
         }
     }
 }

@@ -476,6 +476,16 @@ async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep
             tracing::info!(%region, accounts = batch.len(), "write gate closed (not the leader): BatchUpdateAutomatedDiscoveryAccounts held back");
             break;
         }
+        // The MacieAccounts, namespaces and declarations as they are now: a row whose rule
+        // was narrowed (or whose resource went) since the pass began is not sent.
+        let asked = batch.len();
+        let batch = plan::still_declared(batch, &env.declared());
+        if batch.len() < asked {
+            tracing::info!(%region, held_back = asked - batch.len(), "rows no longer declared or allowed: not sent");
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let at = Timestamp::now();
         log_write(env, &batch);
         let sent = env

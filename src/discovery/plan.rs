@@ -210,6 +210,16 @@ pub fn batches(accounts: &[(String, DiscoveryStatus)], size: usize) -> Vec<Vec<(
     accounts.chunks(size.max(1)).map(<[_]>::to_vec).collect()
 }
 
+/// The rows of `batch` that the declarations as they are now (`declared`: admitted resources,
+/// without the rows their account's rules refuse) still ask for, with the same status: the
+/// rules decided again right before the write. The other rows are held back (not sent).
+pub fn still_declared(batch: Vec<(String, DiscoveryStatus)>, declared: &[Declared]) -> Vec<(String, DiscoveryStatus)> {
+    batch
+        .into_iter()
+        .filter(|row| declared.iter().any(|d| d.accounts.contains(row)))
+        .collect()
+}
+
 /// Most other resources a conflict message names (then "and N more").
 const NAMED_MAX: usize = 10;
 
@@ -697,6 +707,50 @@ mod tests {
         let mut state = HashMap::new();
         state.insert("000000000001".into(), observed(Some(D), 0));
         assert!(to_send(&set, &state, t(10), &settings()).is_empty());
+    }
+
+    #[test]
+    fn a_batch_keeps_only_the_rows_still_declared_and_allowed() {
+        let a = "000000000001".to_string();
+        let b = "000000000002".to_string();
+        let c = "000000000003".to_string();
+        let batch = vec![(a.clone(), E), (b.clone(), D), (c.clone(), E)];
+        // (what, declarations now, rows sent)
+        let rows: Vec<(&str, Vec<Declared>, Vec<(String, DiscoveryStatus)>)> = vec![
+            (
+                "nothing changed",
+                vec![
+                    decl("ns/x", &[("000000000001", E), ("000000000002", D)]),
+                    decl("ns/y", &[("000000000003", E)]),
+                ],
+                batch.clone(),
+            ),
+            (
+                "a rule narrowed: the row left the declaration",
+                vec![
+                    decl("ns/x", &[("000000000001", E)]),
+                    decl("ns/y", &[("000000000003", E)]),
+                ],
+                vec![(a.clone(), E), (c.clone(), E)],
+            ),
+            (
+                "the resource went (or its account stopped admitting it)",
+                vec![decl("ns/x", &[("000000000001", E), ("000000000002", D)])],
+                vec![(a.clone(), E), (b.clone(), D)],
+            ),
+            (
+                "the declared status changed",
+                vec![
+                    decl("ns/x", &[("000000000001", D), ("000000000002", D)]),
+                    decl("ns/y", &[("000000000003", E)]),
+                ],
+                vec![(b.clone(), D), (c.clone(), E)],
+            ),
+            ("nothing declared", vec![], vec![]),
+        ];
+        for (what, declared, want) in rows {
+            assert_eq!(still_declared(batch.clone(), &declared), want, "{what}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! lost is found again (a job with the name whose token is ours) instead of being repeated; a
 //! job of the name with another token is never adopted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -23,14 +23,39 @@ pub fn client_token(uid: &str) -> String {
     format!("macie-operator-{uid}")
 }
 
+/// The prefix of the tags the operator puts on the jobs it creates (user tags may not use it:
+/// refused at admission).
+pub const TAG_PREFIX: &str = "macie.kubeops.dev/";
+
+/// The tags of a job created for a MacieJob: the definition's, and three that tie the job to
+/// the resource that made it (its namespace, name and UID), for audits from the AWS side. The
+/// operator's tags win over a user tag of the same key (admission refuses those anyway).
+pub fn job_tags(
+    declared: Option<&BTreeMap<String, String>>,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> BTreeMap<String, String> {
+    let mut tags = declared.cloned().unwrap_or_default();
+    tags.insert(format!("{TAG_PREFIX}namespace"), namespace.to_string());
+    tags.insert(format!("{TAG_PREFIX}name"), name.to_string());
+    tags.insert(format!("{TAG_PREFIX}uid"), uid.to_string());
+    tags
+}
+
 /// What a reconcile does about creating the resource's job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateAction {
     /// The job is the resource's own (created by it, or found with its token): keep it in the
     /// desired status.
     Follow(String),
-    /// A job has the name but its token is unknown: DescribeClassificationJob tells.
+    /// A job has the name, or the resource's record names it, but its token is unknown:
+    /// DescribeClassificationJob tells.
     Describe(String),
+    /// The resource's record names a job whose token is not this resource's: the record was
+    /// not written by this operator for this resource (a forged or copied status). Ignored:
+    /// nothing is done to that job.
+    Forged(String),
     /// A job of the name that this resource did not create: never adopted, nothing created.
     NameInUse(String),
     /// Several jobs have the name: nothing created.
@@ -82,11 +107,20 @@ pub fn decide<T: Fn(&str) -> Option<String>>(f: Facts<'_, T>) -> CreateAction {
         step_timeout,
         now,
     } = f;
+    // A recorded job id is followed only once its token proves the job this resource's: the
+    // record may come from the status, which whoever can write `maciejobs/status` can forge.
     if let Some(id) = record.and_then(|r| r.job_id.clone()) {
-        return CreateAction::Follow(id);
+        return match token_of(&id) {
+            Some(t) if t == ours => CreateAction::Follow(id),
+            Some(_) => CreateAction::Forged(id),
+            None => CreateAction::Describe(id),
+        };
     }
     match observation {
-        Observation::NoSweepYet | Observation::SweepFailed { .. } => CreateAction::Wait(Waiting::ForSweep),
+        // Never create blind: a failed or pending read of the name could hide a job of it.
+        Observation::NoSweepYet | Observation::SweepFailed { .. } | Observation::Unread(_) => {
+            CreateAction::Wait(Waiting::ForSweep)
+        }
         Observation::Found(job) => match token_of(&job.job_id) {
             Some(t) if t == ours => CreateAction::Follow(job.job_id.clone()),
             Some(_) => CreateAction::NameInUse(job.job_id.clone()),
@@ -287,13 +321,14 @@ mod tests {
                 None,
                 Wait(Waiting::ForSweep),
             ),
-            // Created: follow the id, whatever a sweep by name shows.
+            // Created: follow the id, whatever a sweep by name shows, once its token proves it
+            // ours (a record read back from the status is not proof: it can be forged).
             (
                 Running,
                 Some(record(Succeeded, 0, Some("j1"), None)),
                 Observation::NotFound,
                 Some(10),
-                None,
+                Some(ours),
                 Follow("j1".into()),
             ),
             (
@@ -301,8 +336,33 @@ mod tests {
                 Some(record(Succeeded, 0, Some("j1"), None)),
                 Observation::NotFound,
                 Some(10),
-                None,
+                Some(ours),
                 Follow("j1".into()),
+            ),
+            (
+                Running,
+                Some(record(Succeeded, 0, Some("j1"), None)),
+                Observation::NotFound,
+                Some(10),
+                None,
+                Describe("j1".into()),
+            ),
+            (
+                Running,
+                Some(record(Succeeded, 0, Some("j1"), None)),
+                Observation::Found(&job),
+                Some(10),
+                Some("macie-operator-other-uid"),
+                Forged("j1".into()),
+            ),
+            // A job created without a client token (console, CLI) is nobody's record.
+            (
+                UserPaused,
+                Some(record(Succeeded, 0, Some("j1"), None)),
+                Observation::NotFound,
+                Some(10),
+                Some(""),
+                Forged("j1".into()),
             ),
             // A job of the name: ours (by token) is followed, another's is NameInUse, unknown is asked.
             (

@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 
 use super::create::{self, CreateAction, Ticket, Waiting};
 use super::plan::{self, Observation, Reason};
-use super::{Context, StatusUpdate, lock, outcome, publish, requeue_at, write_status};
+use super::{Context, StatusUpdate, lock, outcome, publish, recheck, refused, requeue_at, write_status};
 use crate::api::conditions::Summary;
 use crate::api::macie_job::{CreationOutcome, CreationRecord};
 use crate::api::{DesiredJobStatus, MacieJob};
@@ -56,7 +56,7 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
         desired,
         observation,
         snapshot_at,
-        record,
+        mut record,
     } = ask;
     let oref = ObjectRef::from_obj(obj);
     let ours = create::client_token(&obj.uid().unwrap_or_default());
@@ -80,8 +80,9 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
         .await
         .map(|_| ())
     };
-    // At most one DescribeClassificationJob per reconcile: its answer decides again.
-    for _ in 0..2 {
+    // At most two DescribeClassificationJob per reconcile (the recorded job's, then the named
+    // job's once a forged record is dropped): each answer decides again.
+    for _ in 0..4 {
         let now = Timestamp::now();
         let action = create::decide(create::Facts {
             desired,
@@ -118,8 +119,12 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
                     .metrics()
                     .call("DescribeClassificationJob", MacieError::outcome(&r));
                 match r {
+                    // No such job (a record naming an id that does not exist): nobody's token.
                     Ok(token) => {
                         lock(&ctx.tokens).insert((place.clone(), job_id), token.unwrap_or_default());
+                    }
+                    Err(MacieError::NotFound { .. }) => {
+                        lock(&ctx.tokens).insert((place.clone(), job_id), String::new());
                     }
                     Err(e) => {
                         let reason = if matches!(e, MacieError::AccessDenied { .. }) {
@@ -137,6 +142,19 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
                         return Ok(Created::Done(ctx.failures.retry(obj, &e)));
                     }
                 }
+            }
+            CreateAction::Forged(job_id) => {
+                // The record is dropped and the decision made again without it; the status
+                // says so once (a Warning Event with the reason), and nothing is done to the job.
+                ctx.forget_creation(&oref);
+                status(
+                    Reason::RecordIgnored.summary(format!(
+                        "status.creation named job {job_id}, which this MacieJob did not create (its client token is not this resource's): the record is ignored and nothing is done to that job; only the operator writes status"
+                    )),
+                    None,
+                )
+                .await?;
+                record = None;
             }
             CreateAction::NameInUse(job_id) => {
                 lock(&ctx.queue).leave(&oref);
@@ -212,6 +230,12 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
                     tracing::info!(name = %obj.name_any(), "not the leader any more: no CreateClassificationJob");
                     return Ok(Created::Done(Action::requeue(ctx.poller.interval())));
                 }
+                // The MacieAccount and namespace as they are now (the queue may have held the
+                // create for minutes).
+                if let Err(refusal) = recheck(ctx, obj, None) {
+                    lock(&ctx.queue).leave(&oref);
+                    return refused(ctx, api, obj, &refusal).await.map(Created::Done);
+                }
                 // Write-ahead: the create is recorded before the call.
                 let mut r = CreationRecord {
                     client_token: ours.clone(),
@@ -228,6 +252,12 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
                 )
                 .await?;
                 ctx.remember_creation(&oref, r.clone());
+                // Again right before the call: the write-ahead took a round trip.
+                if let Err(refusal) = recheck(ctx, obj, None) {
+                    lock(&ctx.queue).leave(&oref);
+                    ctx.forget_creation(&oref);
+                    return refused(ctx, api, obj, &refusal).await.map(Created::Done);
+                }
                 tracing::info!(
                     account = %place.account,
                     region = %place.region,
@@ -239,10 +269,17 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
                     uid = %obj.uid().unwrap_or_default(),
                     "AWS write"
                 );
+                let tags = create::job_tags(
+                    definition.tags.as_ref(),
+                    &obj.namespace().unwrap_or_default(),
+                    &obj.name_any(),
+                    &obj.uid().unwrap_or_default(),
+                );
                 let new_job = NewJob {
                     name: &name,
                     definition,
                     client_token: &ours,
+                    tags: &tags,
                 };
                 lock(&ctx.queue).sending(place, std::time::Instant::now());
                 let result = ctx.clients.api().create_job(place, &new_job).await;

@@ -22,7 +22,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
 
-use crate::account::policy::{self, JobAsk, Refusal};
+use crate::account::policy::{self, JobAsk, JobName, Refusal};
 use crate::account::{Admitted, Change, Tenancy};
 use crate::api::conditions::{self, Summary};
 use crate::api::macie_job::{CreationRecord, ObservedJob, RequestedTransition, TransitionOutcome};
@@ -127,8 +127,8 @@ fn admit(obj: &MacieJob, tenancy: &Tenancy, default_region: &str) -> Result<Admi
 }
 
 /// Whether the account's job rules allow what the resource asks; `name` is the job's name
-/// (spec.jobName, or the observed name of a job named by id).
-fn job_rules(obj: &MacieJob, admitted: &Admitted, name: Option<&str>) -> Result<(), Refusal> {
+/// (spec.jobName, or the observed name of the job it acts on by id).
+fn job_rules(obj: &MacieJob, admitted: &Admitted, name: Option<JobName<'_>>) -> Result<(), Refusal> {
     policy::job_allowed(
         &admitted.place.account,
         &admitted.account.spec.jobs,
@@ -136,20 +136,55 @@ fn job_rules(obj: &MacieJob, admitted: &Admitted, name: Option<&str>) -> Result<
             name,
             desired: obj.spec.job_status,
             deletion_policy: obj.spec.deletion_policy,
-            create: obj.spec.definition.is_some(),
+            definition: obj.spec.definition.as_ref(),
         },
     )
 }
 
+/// The job name the resource declares (spec.jobName).
+fn declared_name(obj: &MacieJob) -> Option<JobName<'_>> {
+    obj.spec.job_name.as_deref().map(JobName::Declared)
+}
+
+/// The name rule for the job a resource acts on, when that job was reached by id (spec.jobId,
+/// or the job it created): Macie's name for it, whatever path found it.
+/// None when the resource declares that very name (the declared name was checked).
+fn acted_on_name<'a>(obj: &MacieJob, job: &'a ObservedJob) -> Option<JobName<'a>> {
+    let name = job.name.as_deref().unwrap_or_default();
+    (obj.spec.job_name.as_deref() != Some(name)).then_some(JobName::OfJob {
+        job_id: &job.job_id,
+        name,
+    })
+}
+
+/// The admission and every rule decided again, from the MacieAccount and namespace as the
+/// operator knows them now, right before an AWS write: a MacieAccount narrowed since the
+/// reconcile began (or while a create waited in the queue) stops the call.
+fn recheck(ctx: &Context, obj: &MacieJob, job: Option<JobName<'_>>) -> Result<(), Refusal> {
+    let admitted = admit(obj, &ctx.tenancy, &ctx.config.default_region)?;
+    job_rules(obj, &admitted, declared_name(obj))?;
+    if job.is_some() {
+        job_rules(obj, &admitted, job)?;
+    }
+    Ok(())
+}
+
 impl Context {
-    /// The resource's step: in memory, else the write-ahead status after a restart.
-    fn step_for(&self, oref: &ObjectRef<MacieJob>, status: Option<&MacieJobStatus>) -> Option<Step> {
+    /// The resource's step: in memory, else the write-ahead status after a restart. A step read
+    /// back from the status counts only for the job the resource acts on (`acting_on`, found
+    /// through its spec): a record naming another job was not written for this resource.
+    fn step_for(
+        &self,
+        oref: &ObjectRef<MacieJob>,
+        status: Option<&MacieJobStatus>,
+        acting_on: Option<&str>,
+    ) -> Option<Step> {
         match lock(&self.steps).get(oref) {
             Some(Known::Step(s)) => return Some(s.clone()),
             Some(Known::Cleared) => return None,
             None => {}
         }
-        step_from_status(status?.last_transition.as_ref()?)
+        step_from_status(status?.last_transition.as_ref()?).filter(|s| acting_on == Some(s.job_id.as_str()))
     }
 
     fn remember(&self, oref: &ObjectRef<MacieJob>, known: Known) {
@@ -182,6 +217,10 @@ impl Context {
         lock(&self.creations).insert(oref.clone(), record);
     }
 
+    fn forget_creation(&self, oref: &ObjectRef<MacieJob>) {
+        lock(&self.creations).remove(oref);
+    }
+
     /// The other MacieJobs that name `job` at `place` and may act on it (admitted by the same
     /// account, allowed by its rules), as the ownership decision sees them.
     fn peers(
@@ -204,7 +243,9 @@ impl Context {
             // Conflict.
             .filter(|o| {
                 admit(o, &self.tenancy, &self.config.default_region)
-                    .and_then(|a| job_rules(o, &a, job.name.as_deref()))
+                    .and_then(|a| {
+                        job_rules(o, &a, declared_name(o)).and_then(|()| job_rules(o, &a, acted_on_name(o, job)))
+                    })
                     .is_ok()
             })
             .filter_map(|o| {
@@ -300,7 +341,14 @@ pub fn resolve<'a>(spec: &MacieJobSpec, view: &'a RegionView) -> Observation<'a>
         return Observation::NoSweepYet;
     };
     if let Some(id) = &spec.job_id {
-        return snap.jobs.get(id).map_or(Observation::NotFound, Observation::Found);
+        return match (snap.jobs.get(id), snap.unread_ids.get(id)) {
+            (Some(job), _) => Observation::Found(job),
+            (None, Some(unread)) => Observation::Unread(unread),
+            (None, None) => Observation::NotFound,
+        };
+    }
+    if let Some(unread) = spec.job_name.as_ref().and_then(|n| snap.unread_names.get(n)) {
+        return Observation::Unread(unread);
     }
     match spec.job_name.as_ref().and_then(|n| snap.by_name.get(n)) {
         Some(ids) if ids.len() == 1 => snap.jobs.get(&ids[0]).map_or(Observation::NotFound, Observation::Found),
@@ -517,7 +565,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
     // Tenancy, before any other step (deletion included): the account must admit the
     // resource, and its rules allow what it asks.
     let admitted = match admit(obj, &ctx.tenancy, &ctx.config.default_region)
-        .and_then(|a| job_rules(obj, &a, obj.spec.job_name.as_deref()).map(|()| a))
+        .and_then(|a| job_rules(obj, &a, declared_name(obj)).map(|()| a))
     {
         Ok(a) => a,
         Err(refusal) => return refused(ctx, &api, obj, &refusal).await,
@@ -594,15 +642,18 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
             Created::Done(action) => return Ok(action),
         }
     }
-    // A job named by id: the name rule holds for the name Macie reports, so an id cannot
-    // bypass it.
-    if obj.spec.job_id.is_some()
-        && let Observation::Found(job) = &observation
-        && let Err(refusal) = job_rules(obj, &admitted, Some(job.name.as_deref().unwrap_or_default()))
+    // The job acted on, whatever path found it (spec.jobId, the created job): the name rule
+    // holds for the name Macie reports, so an id cannot bypass it.
+    if let Observation::Found(job) = &observation
+        && let Err(refusal) = job_rules(obj, &admitted, acted_on_name(obj, job))
     {
         return refused(ctx, &api, obj, &refusal).await;
     }
-    let step = ctx.step_for(&oref, obj.status.as_ref());
+    let acting_on = match &observation {
+        Observation::Found(job) => Some(job.job_id.as_str()),
+        _ => None,
+    };
+    let step = ctx.step_for(&oref, obj.status.as_ref(), acting_on);
     let now = Timestamp::now();
 
     // Plan (pure).
@@ -662,6 +713,13 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
             tracing::info!(name = %obj.name_any(), "not the leader any more: no UpdateClassificationJob");
             return Ok(Action::requeue(ctx.poller.interval()));
         }
+        let acted_on = match &observation {
+            Observation::Found(job) => acted_on_name(obj, job),
+            _ => None,
+        };
+        if let Err(refusal) = recheck(ctx, obj, acted_on) {
+            return refused(ctx, &api, obj, &refusal).await;
+        }
         let st = Step::new(job_id, from, *to, Timestamp::now());
         // Write-ahead: record the step in the status before the call, so that a replica that
         // takes over after a crash between the call and the status write does not repeat it.
@@ -681,6 +739,11 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
             },
         )
         .await?;
+        // Again right before the call: the write-ahead took a round trip. A refusal here
+        // rewrites the status without the write-ahead (no call was made).
+        if let Err(refusal) = recheck(ctx, obj, acted_on) {
+            return refused(ctx, &api, obj, &refusal).await;
+        }
         let verdict = act(ctx, obj, &place, st, prev_attempts).await;
         match &verdict.step.state {
             StepState::InFlight { .. } => {

@@ -11,6 +11,7 @@ pub use crate::api::conditions::{ALL_REASONS, Announce, Reason};
 use crate::api::conditions::{Phase, Summary};
 use crate::api::macie_job::ObservedJob;
 use crate::macie::MacieError;
+use crate::macie::jobs::Unread;
 
 /// A Macie job status as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +96,10 @@ pub enum Observation<'a> {
     /// Several jobs carry the name.
     Ambiguous(&'a [String]),
     Found(&'a ObservedJob),
+    /// The sweep could not read the job (or name) this resource names: a read of its own that
+    /// failed or waits for a later sweep. Only this resource's job is in doubt; nothing is
+    /// done to it until a read answers.
+    Unread(&'a Unread),
 }
 
 /// Sweeps that must fail in a row before the resources of the region say so: one failed sweep
@@ -256,6 +261,31 @@ fn sweep_failed(e: &MacieError) -> Summary {
     }
 }
 
+/// Why a resource's job is not known: its own read failed (reported at once, with the AWS
+/// error code) or waits for a later sweep.
+fn not_read(unread: &Unread) -> Summary {
+    match unread {
+        Unread::Deferred => Reason::WaitingForSweep.summary(format!(
+            "the job is not read yet: a sweep makes at most {} reads besides its list; a later sweep reads it",
+            crate::macie::jobs::MAX_READS_PER_SWEEP
+        )),
+        Unread::Failed {
+            operation,
+            error,
+            failures,
+        } => {
+            let reason = match error {
+                MacieError::AccessDenied { .. } => Reason::AccessDenied,
+                MacieError::Throttled { .. } => Reason::Throttled,
+                _ => Reason::MacieError,
+            };
+            reason.summary(format!(
+                "{operation} for this resource's job failed ({failures} in a row): {error}; tried again at a later sweep, with backoff; nothing is done to the job meanwhile"
+            ))
+        }
+    }
+}
+
 /// Decides what to do for one resource.
 ///
 /// `snapshot_at` is when the sweep behind `observed` started; `now` is the current time (used
@@ -296,6 +326,11 @@ pub fn plan(
         Observation::Ambiguous(ids) => {
             let mut p = Plan::report(Reason::AmbiguousName.summary(ambiguous(ids)));
             p.step = step.map(|_| StepOutcome::Superseded);
+            return p;
+        }
+        Observation::Unread(unread) => {
+            let mut p = Plan::report(not_read(unread));
+            p.step = step.map(|_| StepOutcome::Waiting);
             return p;
         }
         Observation::Found(job) => job,
@@ -477,7 +512,7 @@ pub fn shown_job(
         Observation::Found(_) if step == Some(&StepOutcome::Waiting) && stored.is_some() => stored.cloned(),
         Observation::Found(j) => Some((*j).clone()),
         Observation::NotFound | Observation::Ambiguous(_) => None,
-        Observation::NoSweepYet | Observation::SweepFailed { .. } => stored.cloned(),
+        Observation::NoSweepYet | Observation::SweepFailed { .. } | Observation::Unread(_) => stored.cloned(),
     }
 }
 
@@ -565,9 +600,62 @@ pub(crate) mod tests {
                 Some(&before),
                 Some(&before),
             ),
+            (
+                "job not read",
+                Observation::Unread(&Unread::Deferred),
+                None,
+                Some(&before),
+                Some(&before),
+            ),
         ];
         for (row, observation, step, stored, want) in rows {
             assert_eq!(shown_job(&observation, step, stored).as_ref(), want, "{row}");
+        }
+    }
+
+    #[test]
+    fn a_job_not_read_is_reported_on_its_resource_and_never_acted_on() {
+        use DesiredJobStatus::{Cancelled, Running, UserPaused};
+        let failed = |kind: &str| Unread::Failed {
+            operation: "DescribeClassificationJob",
+            error: err(kind),
+            failures: 1,
+        };
+        let in_flight = Step::new("j1", "RUNNING", UserPaused, now());
+        // (unread, reason reported)
+        let rows = [
+            (Unread::Deferred, Reason::WaitingForSweep),
+            (failed("ValidationException"), Reason::MacieError),
+            (failed("AccessDeniedException"), Reason::AccessDenied),
+            (failed("ThrottlingException"), Reason::Throttled),
+            (failed("InternalServerException"), Reason::MacieError),
+        ];
+        for (unread, reason) in &rows {
+            for desired in [Running, UserPaused, Cancelled] {
+                for step in [None, Some(&in_flight)] {
+                    let p = plan(
+                        desired,
+                        Observation::Unread(unread),
+                        Some(now()),
+                        step,
+                        now(),
+                        &settings(),
+                    );
+                    let what = format!("{unread:?} {desired:?} step {}", step.is_some());
+                    assert_eq!(p.act, Act::Nothing, "{what}");
+                    assert_eq!(p.summary.reason, reason.as_str(), "{what}");
+                    assert!(!p.hold, "{what}: reported at once");
+                    // A step in flight stays in flight: a later read settles it.
+                    assert_eq!(p.step, step.map(|_| StepOutcome::Waiting), "{what}");
+                    if let Unread::Failed { error, .. } = unread {
+                        assert!(
+                            p.summary.message.contains(error.code()),
+                            "{what}: {}",
+                            p.summary.message
+                        );
+                    }
+                }
+            }
         }
     }
 

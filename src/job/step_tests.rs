@@ -45,7 +45,7 @@ fn account_spec(names: &[&str], allow_cancel: bool) -> MacieAccountSpec {
         jobs: JobRules {
             names: names.iter().map(|n| n.to_string()).collect(),
             allow_cancel,
-            allow_create: false,
+            ..JobRules::default()
         },
         discovery: DiscoveryRules::default(),
     }

@@ -79,6 +79,8 @@ pub struct NewJob<'a> {
     pub name: &'a str,
     pub definition: &'a JobDefinition,
     pub client_token: &'a str,
+    /// Every tag of the job: the definition's and the operator's own.
+    pub tags: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// ListClassificationJobs through the SDK (the client's standard retries apply: it is a read).
@@ -172,7 +174,7 @@ pub async fn sdk_create_job(client: &Client, job: &NewJob<'_>) -> Result<String,
         .set_managed_data_identifier_ids(d.managed_data_identifier_ids.clone())
         .set_custom_data_identifier_ids(d.custom_data_identifier_ids.clone())
         .set_allow_list_ids(d.allow_list_ids.clone())
-        .set_tags(d.tags.clone().map(|t| t.into_iter().collect()))
+        .set_tags(Some(job.tags.clone().into_iter().collect()))
         .customize()
         .config_override(aws_sdk_macie2::config::Config::builder().retry_config(RetryConfig::disabled()))
         .send()

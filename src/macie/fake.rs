@@ -34,6 +34,8 @@ struct State {
     list_failures: VecDeque<MacieError>,
     /// Job id -> the error every update of it is answered with.
     update_failures: HashMap<String, MacieError>,
+    /// Job id -> the error every describe of it is answered with.
+    describe_failures: HashMap<String, MacieError>,
     updates: Vec<FakeUpdate>,
     lists: u64,
     /// Job id -> client token of the jobs it created (or was given).
@@ -92,6 +94,16 @@ impl FakeMacie {
         match err {
             Some(e) => s.update_failures.insert(job_id.to_string(), e),
             None => s.update_failures.remove(job_id),
+        };
+    }
+
+    /// Every describe of `job_id` (DescribeClassificationJob) is answered with `err` (None:
+    /// answered again).
+    pub fn fail_describes(&self, job_id: &str, err: Option<MacieError>) {
+        let mut s = self.state();
+        match err {
+            Some(e) => s.describe_failures.insert(job_id.to_string(), e),
+            None => s.describe_failures.remove(job_id),
         };
     }
 
@@ -281,7 +293,10 @@ impl MacieApi for FakeMacie {
     ) -> BoxFuture<'a, Result<Option<ObservedJob>, MacieError>> {
         let mut s = self.state();
         s.describes += 1;
-        let job = s.jobs.get(&place.region).and_then(|r| r.get(job_id)).cloned();
-        Box::pin(async move { Ok(job) })
+        let result = match s.describe_failures.get(job_id) {
+            Some(e) => Err(e.clone()),
+            None => Ok(s.jobs.get(&place.region).and_then(|r| r.get(job_id)).cloned()),
+        };
+        Box::pin(async move { result })
     }
 }

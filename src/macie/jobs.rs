@@ -30,6 +30,12 @@ pub struct Snapshot {
     /// Job ids by exact name.
     pub by_name: HashMap<String, Vec<String>>,
     pub pages: u32,
+    /// Job ids this sweep could not read for the resources that name them (a failed
+    /// DescribeClassificationJob, or a read left to a later sweep): those resources say so, and
+    /// the rest of the place is unaffected.
+    pub unread_ids: HashMap<String, Unread>,
+    /// Names whose lookup (ListClassificationJobs by name) did not succeed, likewise.
+    pub unread_names: HashMap<String, Unread>,
 }
 
 impl Snapshot {
@@ -45,8 +51,97 @@ impl Snapshot {
             jobs: list.into_iter().map(|j| (j.job_id.clone(), j)).collect(),
             by_name,
             pages,
+            unread_ids: HashMap::new(),
+            unread_names: HashMap::new(),
         }
     }
+
+    /// The snapshot of a sweep, with what it could not read.
+    pub fn of(started_at: Timestamp, swept: Swept) -> Snapshot {
+        Snapshot {
+            unread_ids: swept.unread_ids,
+            unread_names: swept.unread_names,
+            ..Snapshot::new(started_at, swept.jobs, swept.pages)
+        }
+    }
+}
+
+/// A read a sweep makes for resources (a DescribeClassificationJob of a job id, a
+/// ListClassificationJobs by name) that did not give an answer this sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unread {
+    /// Not made yet: the sweep had made its [`MAX_READS_PER_SWEEP`] reads; a later sweep makes it.
+    Deferred,
+    /// Failed `failures` times in a row with `error`; tried again at a sweep after a backoff.
+    Failed {
+        operation: &'static str,
+        error: MacieError,
+        failures: u32,
+    },
+}
+
+/// Most reads a sweep makes besides its list (describes of ids no list shows, lookups of names):
+/// one resource naming many unknown jobs cannot make a sweep of its place slow for the others.
+pub const MAX_READS_PER_SWEEP: usize = 200;
+
+/// What a read for resources is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReadKey {
+    Job(String),
+    Name(String),
+}
+
+/// A read that failed: the failure, how many in a row, and when to try again.
+#[derive(Debug, Clone)]
+pub struct FailedRead {
+    pub unread: Unread,
+    pub retry_at: Timestamp,
+}
+
+/// Whether a read is made this sweep: None to make it (and it takes one of the sweep's reads),
+/// else why not (its failure while it waits its backoff, or the bound reached).
+pub fn hold_back(failed: Option<&FailedRead>, now: Timestamp, reads_left: &mut usize) -> Option<Unread> {
+    if let Some(f) = failed
+        && f.retry_at > now
+    {
+        return Some(f.unread.clone());
+    }
+    if *reads_left == 0 {
+        return Some(Unread::Deferred);
+    }
+    *reads_left -= 1;
+    None
+}
+
+/// Records a failed read: the next try after a backoff that grows with the failures.
+fn read_failed(
+    history: &mut History,
+    key: ReadKey,
+    operation: &'static str,
+    error: MacieError,
+    now: Timestamp,
+) -> Unread {
+    let failures = match history.failed.get(&key).map(|f| &f.unread) {
+        Some(Unread::Failed { failures, .. }) => failures + 1,
+        _ => 1,
+    };
+    tracing::warn!(?key, %error, failures, "{operation} for a resource failed; retried with backoff");
+    let unread = Unread::Failed {
+        operation,
+        error,
+        failures,
+    };
+    let retry_at = now
+        .checked_add(crate::runtime::backoff(failures))
+        .unwrap_or(Timestamp::MAX);
+    history.failed.insert(
+        key,
+        FailedRead {
+            unread: unread.clone(),
+            retry_at,
+        },
+    );
+    unread
 }
 
 /// What the sweeps of one place have found so far.
@@ -114,6 +209,16 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Changes {
             names.extend(prev.name.clone());
         }
     }
+    // A read that failed, recovered, or failed again.
+    let differ = |a: &HashMap<String, Unread>, b: &HashMap<String, Unread>| -> Vec<String> {
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(*v))
+            .chain(b.iter().filter(|(k, _)| !a.contains_key(*k)))
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    ids.extend(differ(&old.unread_ids, &new.unread_ids));
+    names.extend(differ(&old.unread_names, &new.unread_names));
     Changes::Jobs { ids, names }
 }
 
@@ -175,6 +280,17 @@ pub struct History {
     pub names: HashSet<String>,
     /// Job ids Macie does not know.
     pub missing: HashSet<String>,
+    /// Reads for resources that failed, until one succeeds.
+    pub failed: HashMap<ReadKey, FailedRead>,
+}
+
+/// What one sweep found: the jobs, the pages of its list, and what it could not read.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub jobs: Vec<ObservedJob>,
+    pub pages: u32,
+    pub unread_ids: HashMap<String, Unread>,
+    pub unread_names: HashMap<String, Unread>,
 }
 
 /// Job ids and exact names the admitted resources of a place name.
@@ -199,13 +315,14 @@ pub struct SweepAsk<'a> {
 
 /// One sweep: every page of the jobs that can change, plus what it takes to know the terminal
 /// jobs that matter (described when they drop out, or when a resource names them), merged with
-/// `history`; and the pages of the sweep proper.
+/// `history`; and the pages of the sweep proper. Only the list fails the sweep: a read for
+/// some resources that fails (or waits for a later sweep) is reported on those resources.
 pub async fn sweep(
     api: &dyn MacieApi,
     ask: SweepAsk<'_>,
     history: &mut History,
     metrics: &Metrics,
-) -> Result<(Vec<ObservedJob>, u32), MacieError> {
+) -> Result<Swept, MacieError> {
     let SweepAsk {
         place,
         page_size,
@@ -215,15 +332,21 @@ pub async fn sweep(
     let (live, pages) = list_all_jobs(api, place, JobsQuery::NotTerminal, page_size, metrics).await?;
     let live_ids: HashSet<String> = live.iter().map(|j| j.job_id.clone()).collect();
     let mut extra: Vec<ObservedJob> = Vec::new();
-    let mut describe: Vec<String> = prev
+    let now = Timestamp::now();
+    let mut reads_left = MAX_READS_PER_SWEEP;
+    let (mut unread_ids, mut unread_names) = (HashMap::new(), HashMap::new());
+    // Jobs that dropped out of the list (turned terminal, or gone), with their names: a name
+    // whose job cannot be read now is not reported as naming nothing.
+    let dropped: HashMap<String, Option<String>> = prev
         .map(|p| {
             p.jobs
                 .values()
                 .filter(|j| !is_terminal(j) && !live_ids.contains(&j.job_id))
-                .map(|j| j.job_id.clone())
+                .map(|j| (j.job_id.clone(), j.name.clone()))
                 .collect()
         })
         .unwrap_or_default();
+    let mut describe: Vec<String> = dropped.keys().cloned().collect();
     describe
         .extend(ids.into_iter().filter(|id| {
             !live_ids.contains(id) && !history.terminal.contains_key(id) && !history.missing.contains(id)
@@ -231,22 +354,53 @@ pub async fn sweep(
     describe.sort();
     describe.dedup();
     for id in describe {
-        let r = api.describe_job(place, &id).await;
-        metrics.call("DescribeClassificationJob", MacieError::outcome(&r));
-        match r? {
-            Some(j) if is_terminal(&j) => {
-                history.terminal.insert(id, j);
-            }
-            Some(j) => extra.push(j),
+        let key = ReadKey::Job(id.clone());
+        let held = hold_back(history.failed.get(&key), now, &mut reads_left);
+        let unread = match held {
+            Some(unread) => unread,
             None => {
-                history.missing.insert(id);
+                let r = api.describe_job(place, &id).await;
+                metrics.call("DescribeClassificationJob", MacieError::outcome(&r));
+                match r {
+                    Ok(found) => {
+                        history.failed.remove(&key);
+                        match found {
+                            Some(j) if is_terminal(&j) => {
+                                history.terminal.insert(id, j);
+                            }
+                            Some(j) => extra.push(j),
+                            None => {
+                                history.missing.insert(id);
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) => read_failed(history, key, "DescribeClassificationJob", e, now),
+                }
             }
+        };
+        if let Some(Some(name)) = dropped.get(&id) {
+            unread_names.insert(name.clone(), unread.clone());
         }
+        unread_ids.insert(id, unread);
     }
     let mut names: Vec<String> = names.into_iter().filter(|n| !history.names.contains(n)).collect();
     names.sort();
     for name in names {
-        let (jobs, _) = list_all_jobs(api, place, JobsQuery::Named(&name), page_size, metrics).await?;
+        let key = ReadKey::Name(name.clone());
+        if let Some(unread) = hold_back(history.failed.get(&key), now, &mut reads_left) {
+            unread_names.insert(name, unread);
+            continue;
+        }
+        let jobs = match list_all_jobs(api, place, JobsQuery::Named(&name), page_size, metrics).await {
+            Ok((jobs, _)) => jobs,
+            Err(e) => {
+                let unread = read_failed(history, key, "ListClassificationJobs", e, now);
+                unread_names.insert(name, unread);
+                continue;
+            }
+        };
+        history.failed.remove(&key);
         for j in jobs {
             if is_terminal(&j) {
                 history.terminal.insert(j.job_id.clone(), j);
@@ -263,7 +417,12 @@ pub async fn sweep(
             all.push(j);
         }
     }
-    Ok((all, pages))
+    Ok(Swept {
+        jobs: all,
+        pages,
+        unread_ids,
+        unread_names,
+    })
 }
 
 /// Extra tries of one failed page (after the SDK's own retries) before the sweep fails: a
@@ -445,15 +604,16 @@ async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
             ..prev.clone()
         };
         let changes = match result {
-            Ok((jobs, pages)) => {
+            Ok(swept) => {
+                let pages = swept.pages;
                 metrics.swept(&place, t.elapsed(), pages);
                 let mut by_status: HashMap<&str, i64> = HashMap::new();
-                for j in &jobs {
+                for j in &swept.jobs {
                     *by_status.entry(j.job_status.as_str()).or_default() += 1;
                 }
                 let counts: Vec<(String, i64)> = by_status.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
                 metrics.set_jobs(&place, &counts);
-                let snap = Snapshot::new(started_at, jobs, pages);
+                let snap = Snapshot::of(started_at, swept);
                 let reported = prev.failures >= crate::job::plan::SWEEP_FAILURES_REPORTED;
                 let changes = match &prev.snapshot {
                     Some(old) if !reported => diff(old, &snap),
@@ -575,7 +735,7 @@ mod tests {
         let mut history = History::default();
         // First sweep: one page of what can change, plus one name lookup per name resources
         // use and one describe per id no sweep shows.
-        let (jobs, pages) = sweep(
+        let Swept { jobs, pages, .. } = sweep(
             &fake,
             ask(&place, None, &["done", "nope"], &["twin", "nightly"]),
             &mut history,
@@ -591,7 +751,7 @@ mod tests {
         assert!(!snap.jobs.contains_key("old000"));
         assert!(history.missing.contains("nope"));
         // Steady state: one call per sweep, whatever the history.
-        let (jobs, _) = sweep(
+        let Swept { jobs, .. } = sweep(
             &fake,
             ask(&place, Some(&snap), &["done", "nope"], &["twin", "nightly"]),
             &mut history,
@@ -603,7 +763,7 @@ mod tests {
         let snap = Snapshot::new(Timestamp::now(), jobs, 1);
         // A job that completes drops out of the sweep: described once, then known.
         fake.set_status("us-east-1", "live", "COMPLETE");
-        let (jobs, _) = sweep(
+        let Swept { jobs, .. } = sweep(
             &fake,
             ask(&place, Some(&snap), &["done"], &["nightly"]),
             &mut history,
@@ -615,7 +775,7 @@ mod tests {
         let snap2 = Snapshot::new(Timestamp::now(), jobs, 1);
         assert_eq!(snap2.jobs["live"].job_status, "COMPLETE");
         assert!(diff(&snap, &snap2).affects(Some("live"), None), "the change is seen");
-        let (jobs, _) = sweep(
+        let Swept { jobs, .. } = sweep(
             &fake,
             ask(&place, Some(&snap2), &["done"], &["nightly"]),
             &mut history,
@@ -628,6 +788,144 @@ mod tests {
             Snapshot::new(Timestamp::now(), jobs, 1).jobs["live"].job_status,
             "COMPLETE"
         );
+    }
+
+    #[tokio::test]
+    async fn a_read_that_fails_stays_with_the_resources_that_need_it() {
+        use crate::macie::fake::FakeMacie;
+        let fake = FakeMacie::default();
+        let place = Place::new("default", "us-east-1");
+        fake.put("us-east-1", "live", "nightly", "RUNNING");
+        fake.put("us-east-1", "bad", "theirs", "COMPLETE");
+        fake.put("us-east-1", "good", "ours", "COMPLETE");
+        let invalid = MacieError::Rejected {
+            code: "ValidationException".into(),
+            message: "bad id".into(),
+        };
+        fake.fail_describes("bad", Some(invalid.clone()));
+        let metrics = Metrics::new();
+        let mut history = History::default();
+        let swept = sweep(&fake, ask(&place, None, &["bad", "good"], &[]), &mut history, &metrics)
+            .await
+            .expect("one job's describe failing does not fail the sweep");
+        let snap = Snapshot::of(Timestamp::now(), swept);
+        assert!(snap.jobs.contains_key("live") && snap.jobs.contains_key("good"));
+        assert_eq!(
+            snap.unread_ids.get("bad"),
+            Some(&Unread::Failed {
+                operation: "DescribeClassificationJob",
+                error: invalid.clone(),
+                failures: 1
+            })
+        );
+        assert_eq!(fake.describes(), 2);
+        // Within its backoff the read is not made again, and the failure is still reported.
+        let swept = sweep(
+            &fake,
+            ask(&place, Some(&snap), &["bad", "good"], &[]),
+            &mut history,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!(fake.describes(), 2, "no describe within the backoff");
+        let snap2 = Snapshot::of(Timestamp::now(), swept);
+        assert!(matches!(
+            snap2.unread_ids.get("bad"),
+            Some(Unread::Failed { failures: 1, .. })
+        ));
+        assert!(!diff(&snap, &snap2).affects(Some("bad"), None), "nothing new to report");
+        // Past the backoff it is read again; once it answers, the resources are woken.
+        fake.fail_describes("bad", None);
+        history.failed.values_mut().for_each(|f| f.retry_at = Timestamp::now());
+        let swept = sweep(
+            &fake,
+            ask(&place, Some(&snap2), &["bad", "good"], &[]),
+            &mut history,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        let snap3 = Snapshot::of(Timestamp::now(), swept);
+        assert_eq!(fake.describes(), 3);
+        assert!(snap3.unread_ids.is_empty() && snap3.jobs.contains_key("bad"));
+        assert!(diff(&snap2, &snap3).affects(Some("bad"), None));
+    }
+
+    #[tokio::test]
+    async fn a_sweep_makes_a_bounded_number_of_reads_for_resources() {
+        use crate::macie::fake::FakeMacie;
+        let fake = FakeMacie::default();
+        let place = Place::new("default", "us-east-1");
+        let n = MAX_READS_PER_SWEEP + 50;
+        let ids: Vec<String> = (0..n).map(|i| format!("old{i:04}")).collect();
+        for id in &ids {
+            fake.put("us-east-1", id, id, "COMPLETE");
+        }
+        let wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let (metrics, mut history) = (Metrics::new(), History::default());
+        let swept = sweep(&fake, ask(&place, None, &wanted, &["a-name"]), &mut history, &metrics)
+            .await
+            .unwrap();
+        assert_eq!(fake.describes() as usize, MAX_READS_PER_SWEEP);
+        let snap = Snapshot::of(Timestamp::now(), swept);
+        assert_eq!(snap.unread_ids.len(), 50);
+        assert!(snap.unread_ids.values().all(|u| *u == Unread::Deferred));
+        assert_eq!(snap.unread_names.get("a-name"), Some(&Unread::Deferred));
+        // The next sweep reads the rest.
+        let swept = sweep(
+            &fake,
+            ask(&place, Some(&snap), &wanted, &["a-name"]),
+            &mut history,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!(fake.describes() as usize, n);
+        let snap2 = Snapshot::of(Timestamp::now(), swept);
+        assert!(snap2.unread_ids.is_empty() && snap2.unread_names.is_empty());
+        assert_eq!(snap2.jobs.len(), n);
+    }
+
+    #[test]
+    fn hold_back_rows() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let failed = |retry_in: i64| FailedRead {
+            unread: Unread::Failed {
+                operation: "DescribeClassificationJob",
+                error: MacieError::Throttled {
+                    code: "ThrottlingException".into(),
+                    message: String::new(),
+                },
+                failures: 2,
+            },
+            retry_at: Timestamp::from_second(1_800_000_000 + retry_in).unwrap(),
+        };
+        let f = failed(10);
+        // (what, failed read, reads left) -> (held back as, reads left after)
+        let rows: Vec<(&str, Option<FailedRead>, usize, Option<Unread>, usize)> = vec![
+            ("a fresh read", None, 3, None, 2),
+            ("the bound reached", None, 0, Some(Unread::Deferred), 0),
+            (
+                "within its backoff: the failure",
+                Some(f.clone()),
+                3,
+                Some(f.unread.clone()),
+                3,
+            ),
+            ("past its backoff: read", Some(failed(-1)), 3, None, 2),
+            (
+                "past its backoff, bound reached",
+                Some(failed(0)),
+                0,
+                Some(Unread::Deferred),
+                0,
+            ),
+        ];
+        for (what, failed, mut left, want, left_after) in rows {
+            assert_eq!(hold_back(failed.as_ref(), now, &mut left), want, "{what}");
+            assert_eq!(left, left_after, "{what}");
+        }
     }
 
     #[test]
