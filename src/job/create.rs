@@ -270,6 +270,23 @@ mod tests {
     }
 
     #[test]
+    fn created_jobs_name_their_resource_in_tags() {
+        let declared: BTreeMap<String, String> = [("team".to_string(), "fin".to_string())].into();
+        let tags = job_tags(Some(&declared), "ns", "m", "uid-1");
+        assert_eq!(tags["team"], "fin");
+        assert_eq!(tags["macie.kubeops.dev/namespace"], "ns");
+        assert_eq!(tags["macie.kubeops.dev/name"], "m");
+        assert_eq!(tags["macie.kubeops.dev/uid"], "uid-1");
+        // The operator's tags win over a user tag of the same key (refused at admission anyway).
+        let forged: BTreeMap<String, String> = [("macie.kubeops.dev/uid".to_string(), "other".to_string())].into();
+        assert_eq!(
+            job_tags(Some(&forged), "ns", "m", "uid-1")["macie.kubeops.dev/uid"],
+            "uid-1"
+        );
+        assert_eq!(job_tags(None, "ns", "m", "uid-1").len(), 3);
+    }
+
+    #[test]
     fn decide_rows() {
         use CreateAction::*;
         use CreationOutcome::*;

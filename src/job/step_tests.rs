@@ -743,3 +743,284 @@ async fn a_definition_needs_allow_create() {
     assert!(message.contains("spec.jobs.allowCreate"), "{message}");
     assert!(macie.creates().is_empty());
 }
+
+/// A new process over the same API server and Macie: nothing in memory.
+fn restarted(r: &Rig, macie: Arc<FakeMacie>, names: &[&str]) -> Rig {
+    let mut r2 = creating_rig(macie);
+    r2.kube = r.kube.clone();
+    r2.ctx.client = r2.kube.client();
+    r2.ctx.recorder = Recorder::new(r2.ctx.client.clone(), MANAGER, None);
+    for n in names {
+        let o = r.get(n).expect("exists");
+        r2.sync(&serde_json::to_value(&o).unwrap());
+    }
+    r2
+}
+
+/// Writes `status` fields into the stored object, as a user holding `maciejobs/status` could.
+fn forge_status(r: &Rig, name: &str, fields: Value) {
+    let mut o = serde_json::to_value(r.get(name).expect("exists")).unwrap();
+    for (k, v) in fields.as_object().unwrap() {
+        o["status"][k] = v.clone();
+    }
+    r.kube.put(o, "maciejobs");
+}
+
+#[tokio::test]
+async fn a_forged_status_record_never_moves_another_teams_job() {
+    let macie = Arc::new(FakeMacie::default());
+    // Another team's job, created outside this resource (another token).
+    macie.put(REGION, "theirs", "finance-nightly", "RUNNING");
+    macie.set_token("theirs", "macie-operator-uid-of-another-team");
+    let mut r = creating_rig(macie.clone());
+    r.create(object("m", definition("scan", "USER_PAUSED")));
+    r.sweeps(1).await;
+    r.reconcile("m", 5).await;
+    let ours = r.get("m").unwrap().status.unwrap().creation.unwrap().job_id.unwrap();
+    // A tenant rewrites the records to name the other team's job, then the operator restarts.
+    forge_status(
+        &r,
+        "m",
+        json!({
+            "creation": {"clientToken": "macie-operator-uid-m", "requestedAt": "2026-01-01T00:00:00Z",
+                         "outcome": "Succeeded", "jobId": "theirs"},
+            "lastTransition": {"jobId": "theirs", "from": "RUNNING", "to": "USER_PAUSED",
+                               "requestedAt": "2026-01-01T00:00:00Z", "outcome": "Pending"},
+        }),
+    );
+    let mut r2 = restarted(&r, macie.clone(), &["m"]);
+    for _ in 0..5 {
+        r2.sweeps(1).await;
+        r2.reconcile("m", 3).await;
+    }
+    assert!(
+        macie.updates().iter().all(|u| u.job_id != "theirs"),
+        "no call for the forged job: {:?}",
+        macie.updates()
+    );
+    assert_eq!(macie.status(REGION, "theirs").as_deref(), Some("RUNNING"));
+    let ignored: Vec<_> = r2
+        .kube
+        .events()
+        .into_iter()
+        .filter(|(reason, _)| reason == "RecordIgnored")
+        .collect();
+    assert_eq!(ignored.len(), 1, "one Warning Event: {ignored:?}");
+    assert!(
+        ignored[0].1.contains("theirs") && ignored[0].1.contains("ignored"),
+        "{ignored:?}"
+    );
+    // The resource goes on with its own job, found again through its token.
+    let st = r2.get("m").unwrap().status.unwrap();
+    assert_eq!(st.creation.unwrap().job_id.as_deref(), Some(ours.as_str()));
+    assert_eq!(st.job.unwrap().job_id, ours);
+    assert_eq!(macie.status(REGION, &ours).as_deref(), Some("USER_PAUSED"));
+    assert_eq!(macie.creates().len(), 1, "not created again");
+}
+
+#[tokio::test]
+async fn a_forged_record_of_a_resource_that_created_nothing_is_ignored() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "theirs", "finance-nightly", "RUNNING");
+    let mut r = creating_rig(macie.clone());
+    // CANCELLED: the resource creates nothing, but following the forged id would cancel it.
+    r.create(object("m", definition("scan", "CANCELLED")));
+    forge_status(
+        &r,
+        "m",
+        json!({"creation": {"clientToken": "x", "requestedAt": "2026-01-01T00:00:00Z",
+                            "outcome": "Succeeded", "jobId": "theirs"}}),
+    );
+    r.sync(&serde_json::to_value(r.get("m").unwrap()).unwrap());
+    r.sweeps(1).await;
+    r.reconcile("m", 5).await;
+    assert!(macie.updates().is_empty() && macie.creates().is_empty());
+    assert_eq!(macie.status(REGION, "theirs").as_deref(), Some("RUNNING"));
+    assert!(r.kube.events().iter().any(|(reason, _)| reason == "RecordIgnored"));
+    assert_eq!(r.reason("m").1, "TerminalState");
+    assert!(
+        r.get("m").unwrap().status.unwrap().creation.is_none(),
+        "the record is dropped"
+    );
+}
+
+#[tokio::test]
+async fn allow_pause_false_refuses_user_paused() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie.clone());
+    let mut spec = account_spec(&["*"], true);
+    spec.jobs.allow_pause = false;
+    r.fed.put_verified("default", spec);
+    r.create(object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    let (phase, reason, message) = r.reason("m");
+    assert_eq!((phase.as_str(), reason.as_str()), ("Stalled", "NotPermitted"));
+    assert!(message.contains("spec.jobs.allowPause"), "{message}");
+    assert!(macie.updates().is_empty());
+}
+
+#[tokio::test]
+async fn a_refusal_by_id_does_not_reveal_the_jobs_name() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j9", "finance-secret-scan", "RUNNING");
+    let mut r = rig(macie.clone());
+    r.fed.put_verified("default", account_spec(&["nightly-*"], true));
+    r.create(object("m", json!({"jobId": "j9", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    let (_, reason, message) = r.reason("m");
+    assert_eq!(reason, "NotPermitted");
+    assert!(
+        message.contains("j9") && message.contains("spec.jobs.names"),
+        "{message}"
+    );
+    assert!(!message.contains("finance-secret-scan"), "{message}");
+    assert!(
+        r.kube
+            .events()
+            .iter()
+            .all(|(_, note)| !note.contains("finance-secret-scan"))
+    );
+    assert!(macie.updates().is_empty());
+}
+
+#[tokio::test]
+async fn buckets_of_accounts_outside_the_rule_are_never_created() {
+    let macie = Arc::new(FakeMacie::default());
+    let mut r = creating_rig(macie.clone());
+    let mut spec = account_spec(&["*"], true);
+    spec.jobs.allow_create = true;
+    spec.jobs.bucket_account_ids = vec!["999999999999".into()];
+    r.fed.put_verified("default", spec);
+    r.create(object("m", definition("scan", "RUNNING")));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    let (_, reason, message) = r.reason("m");
+    assert_eq!(reason, "NotPermitted");
+    assert!(
+        message.contains("bucketAccountIds") && message.contains("111122223333"),
+        "{message}"
+    );
+    assert!(macie.creates().is_empty());
+}
+
+/// Narrows the default account when the first status write that matches `when` is made (the
+/// write-ahead of a call): the world changes between the write-ahead and the call.
+fn narrow_at_write_ahead(r: &mut Rig, when: fn(&Value) -> bool, narrowed: MacieAccountSpec) {
+    let (_, dummy) = reflector::store::<crate::api::MacieAccount>();
+    let mut accounts = std::mem::replace(&mut r.fed.accounts, dummy);
+    let mut narrowed = Some(narrowed);
+    r.kube.before_status_write(move |body| {
+        if when(body)
+            && let Some(spec) = narrowed.take()
+        {
+            let mut a = crate::api::MacieAccount::new("default", spec);
+            a.metadata.generation = Some(1);
+            a.status = Some(crate::api::MacieAccountStatus {
+                observed_generation: Some(1),
+                conditions: conditions::conditions(
+                    &conditions::Reason::Verified.summary("ok"),
+                    Some(1),
+                    &[],
+                    Timestamp::now(),
+                ),
+                ..Default::default()
+            });
+            accounts.apply_watcher_event(&watcher::Event::Apply(a));
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_rule_narrowed_after_the_write_ahead_stops_the_create() {
+    let macie = Arc::new(FakeMacie::default());
+    let mut r = creating_rig(macie.clone());
+    narrow_at_write_ahead(
+        &mut r,
+        |b| b["status"]["creation"]["outcome"] == "Pending",
+        account_spec(&["*"], true),
+    );
+    r.create(object("m", definition("scan", "RUNNING")));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    assert!(macie.creates().is_empty(), "no CreateClassificationJob");
+    let (_, reason, message) = r.reason("m");
+    assert_eq!(reason, "NotPermitted");
+    assert!(message.contains("spec.jobs.allowCreate"), "{message}");
+    let creation = r.get("m").unwrap().status.unwrap().creation;
+    assert!(
+        creation.is_none_or(|c| c.outcome != CreationOutcome::Pending),
+        "no create is recorded in flight"
+    );
+}
+
+#[tokio::test]
+async fn a_rule_narrowed_after_the_write_ahead_stops_the_update() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie.clone());
+    let mut no_pause = account_spec(&["*"], true);
+    no_pause.jobs.allow_pause = false;
+    narrow_at_write_ahead(
+        &mut r,
+        |b| b["status"]["lastTransition"]["outcome"] == "Pending",
+        no_pause,
+    );
+    r.create(object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    assert!(macie.updates().is_empty(), "no UpdateClassificationJob");
+    let (_, reason, message) = r.reason("m");
+    assert_eq!(reason, "NotPermitted");
+    assert!(message.contains("spec.jobs.allowPause"), "{message}");
+    let t = r.get("m").unwrap().status.unwrap().last_transition;
+    assert!(
+        t.is_none_or(|t| t.outcome != TransitionOutcome::Pending),
+        "no call is recorded in flight"
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_cannot_be_read_is_reported_on_its_resource_only() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "ours", "RUNNING");
+    macie.put(REGION, "bad", "theirs", "COMPLETE");
+    macie.fail_describes(
+        "bad",
+        Some(MacieError::Rejected {
+            code: "ValidationException".into(),
+            message: "The jobId is not valid".into(),
+        }),
+    );
+    let mut r = rig(macie.clone());
+    // The sweep reads the ids resources name (as the controller's own `wanted` does).
+    let wanted: Wanted = Arc::new(|_: &Place| (["bad".to_string()].into(), Default::default()));
+    r.ctx.poller = Arc::new(JobPoller::new(
+        r.ctx.clients.clone(),
+        100,
+        Duration::from_millis(20),
+        Arc::new(|_: &Place, _: &Changes, _: Option<Timestamp>| {}),
+        Arc::new(|_: &Place| true),
+        wanted,
+    ));
+    r.create(object("bad", json!({"jobId": "bad", "jobStatus": "USER_PAUSED"})));
+    r.create(object("good", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    r.reconcile("bad", 2).await;
+    r.reconcile("good", 2).await;
+    let (_, reason, message) = r.reason("bad");
+    assert_eq!(reason, "MacieError");
+    assert!(
+        message.contains("ValidationException") && message.contains("DescribeClassificationJob"),
+        "{message}"
+    );
+    assert_eq!(
+        r.reason("good").1,
+        "Transitioning",
+        "the other resource of the place goes on"
+    );
+    assert_eq!(macie.updates().len(), 1);
+    assert_eq!(macie.updates()[0].job_id, "j1");
+}

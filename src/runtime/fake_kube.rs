@@ -25,10 +25,15 @@ struct State {
     version: u64,
 }
 
+/// Called with each status write's body before the write is applied (a test changes the
+/// world between a write-ahead and the call that follows it).
+type Hook = Box<dyn FnMut(&Value) + Send>;
+
 /// The fake API server.
 #[derive(Default, Clone)]
 pub struct FakeKube {
     state: Arc<Mutex<State>>,
+    before_status_write: Arc<Mutex<Option<Hook>>>,
 }
 
 /// The path of a namespaced object of a custom resource.
@@ -56,6 +61,11 @@ impl FakeKube {
     /// The stored object at `path`, if any.
     pub fn get(&self, path: &str) -> Option<Value> {
         self.state().objects.get(path).cloned()
+    }
+
+    /// Runs `hook` with the body of every later status write, before it is applied.
+    pub fn before_status_write(&self, hook: impl FnMut(&Value) + Send + 'static) {
+        *self.before_status_write.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
     }
 
     /// Every write so far.
@@ -100,6 +110,16 @@ impl FakeKube {
         let path = req.uri().path().to_string();
         let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if method == Method::PATCH
+            && path.ends_with("/status")
+            && let Some(hook) = self
+                .before_status_write
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+        {
+            hook(&body);
+        }
         let mut s = self.state();
         if method != Method::GET {
             s.writes.push(Write {
