@@ -716,7 +716,8 @@ mod tests {
         let c = "000000000003".to_string();
         let batch = vec![(a.clone(), E), (b.clone(), D), (c.clone(), E)];
         // (what, declarations now, rows sent)
-        let rows: Vec<(&str, Vec<Declared>, Vec<(String, DiscoveryStatus)>)> = vec![
+        type Row<'a> = (&'a str, Vec<Declared>, Vec<(String, DiscoveryStatus)>);
+        let rows: Vec<Row> = vec![
             (
                 "nothing changed",
                 vec![

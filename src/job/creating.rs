@@ -147,9 +147,10 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
                 // The record is dropped and the decision made again without it; the status
                 // says so once (a Warning Event with the reason), and nothing is done to the job.
                 ctx.forget_creation(&oref);
+                drop_forged_records(api, obj, &job_id).await?;
                 status(
                     Reason::RecordIgnored.summary(format!(
-                        "status.creation named job {job_id}, which this MacieJob did not create (its client token is not this resource's): the record is ignored and nothing is done to that job; only the operator writes status"
+                        "status.creation named job {job_id}, which is not a job this MacieJob created in {place} (no job of that id carries its client token): the record is ignored and nothing is done to that job; only the operator writes status"
                     )),
                     None,
                 )
@@ -377,4 +378,26 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
         }
     }
     Ok(Created::Done(Action::requeue(ctx.poller.interval())))
+}
+
+/// Removes a forged creation record (and a transition record naming the same job) from the
+/// status with a merge patch: a server-side apply that leaves the fields out would not remove
+/// the ones the forger's field manager owns, and would leave a record with fields missing.
+async fn drop_forged_records(api: &Api<MacieJob>, obj: &MacieJob, job_id: &str) -> Result<(), Error> {
+    let names_it = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.last_transition.as_ref())
+        .is_some_and(|t| t.job_id == job_id);
+    let mut status = serde_json::json!({"creation": null});
+    if names_it {
+        status["lastTransition"] = serde_json::Value::Null;
+    }
+    api.patch_status(
+        &obj.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
 }

@@ -903,7 +903,8 @@ mod tests {
         };
         let f = failed(10);
         // (what, failed read, reads left) -> (held back as, reads left after)
-        let rows: Vec<(&str, Option<FailedRead>, usize, Option<Unread>, usize)> = vec![
+        type Row<'a> = (&'a str, Option<FailedRead>, usize, Option<Unread>, usize);
+        let rows: Vec<Row> = vec![
             ("a fresh read", None, 3, None, 2),
             ("the bound reached", None, 0, Some(Unread::Deferred), 0),
             (

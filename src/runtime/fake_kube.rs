@@ -108,6 +108,10 @@ impl FakeKube {
     async fn answer(&self, req: Request<Body>) -> Response<Body> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let merge = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/merge-patch"));
         let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if method == Method::PATCH
@@ -149,6 +153,19 @@ impl FakeKube {
         };
         match (method, status) {
             (Method::GET, _) => {}
+            // A merge patch removes what it sets to null; an apply replaces the status.
+            (Method::PATCH, true) if merge => {
+                for (k, v) in body["status"].as_object().into_iter().flatten() {
+                    match v {
+                        Value::Null => {
+                            if let Some(st) = obj["status"].as_object_mut() {
+                                st.remove(k);
+                            }
+                        }
+                        v => obj["status"][k] = v.clone(),
+                    }
+                }
+            }
             (Method::PATCH, true) => obj["status"] = body["status"].clone(),
             (Method::PATCH, false) => {
                 if let Some(f) = body["metadata"].get("finalizers") {
