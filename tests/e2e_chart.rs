@@ -10,12 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use macie_emulator::Seed;
 use macie_operator::api::{MacieDiscovery, MacieJob};
-use serde_json::json;
+use serde_json::{Value, json};
 use support::chart::*;
 use support::*;
 use testkit::{free_port, wait_for, workspace_root};
@@ -75,7 +77,8 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
         )?;
     }
 
-    // Install for real, pointing at the emulator.
+    // Install for real, pointing at the emulator, with cancelling and one discovery account
+    // opted in (the defaults allow neither; this test cancels a job and changes an account).
     let emu = EmulatorHandle::start(Seed::default()).await?;
     run(
         helm(kc).args([
@@ -87,6 +90,11 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
             "--create-namespace",
             "--set",
             &format!("operator.macieEndpoint={}", emu.url),
+            "--set",
+            "defaultAccount.jobs.allowCancel=true",
+            // (--set would make the account id a number)
+            "--set-string",
+            "defaultAccount.discovery.accountIds={999900001111}",
             "--wait=false",
         ]),
         None,
@@ -120,8 +128,8 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
     assert_eq!(env("MACIE_OPERATOR_METRICS_SECURE"), Some(json!("true")));
     assert_eq!(env("MACIE_OPERATOR_HEALTH_ADDR"), Some(json!("0.0.0.0:8081")));
 
-    // The default MacieAccount: today's behaviour made explicit (the operator's own
-    // credentials in operator.region, every namespace, every job, cancel allowed).
+    // The default MacieAccount: the operator's own credentials in operator.region, every
+    // namespace, every job, and what the values opted in.
     let account = run(kubectl(kc).args(["get", "macieaccount", "default", "-o", "json"]), None)?;
     let account: serde_json::Value = serde_json::from_str(&account)?;
     assert_eq!(
@@ -130,7 +138,7 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
             "regions": [REGION],
             "namespaceSelector": {},
             "jobs": {"names": ["*"], "allowCancel": true, "allowCreate": false},
-            "discovery": {"accountIds": ["*"], "allowedStatuses": ["ENABLED", "DISABLED"]}
+            "discovery": {"accountIds": ["999900001111"], "allowedStatuses": ["ENABLED", "DISABLED"]}
         })
     );
 
@@ -444,6 +452,267 @@ async fn chart_rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
         }
         run(helm(kc).args(["uninstall", release, "--namespace", &release_ns]), None)?;
     }
+    Ok(())
+}
+
+/// The documents `helm template` renders for release `release` with values `extra`.
+fn rendered(kc: &Path, release: &str, extra: &[&str]) -> Result<Vec<Value>> {
+    let chart = chart();
+    let out = run(
+        helm(kc)
+            .args(["template", release, chart.to_str().unwrap(), "--namespace", "default"])
+            .args(extra),
+        None,
+    )?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&out)?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// What a ClusterRole grants, one `group resource verb` per permission; a rule with resource
+/// names or non-resource URLs fails (the tenant roles have none).
+fn grants(role: &Value) -> Result<BTreeSet<String>> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    };
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().context("a ClusterRole without rules")? {
+        if rule.get("resourceNames").is_some() || rule.get("nonResourceURLs").is_some() {
+            bail!("unexpected rule {rule}");
+        }
+        for g in strings(&rule["apiGroups"]) {
+            for r in strings(&rule["resources"]) {
+                for v in strings(&rule["verbs"]) {
+                    out.insert(format!("{g} {r} {v}"));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `group resource verb` for each of `resources` and `verbs` in the operator's API group.
+fn macie_grants(resources: &[&str], verbs: &[&str]) -> BTreeSet<String> {
+    resources
+        .iter()
+        .flat_map(|r| verbs.iter().map(move |v| format!("macie.kubeops.dev {r} {v}")))
+        .collect()
+}
+
+/// Whether the API server's authorizer lets `user` (an authenticated user of no group) do
+/// `verb` on `resource` (`plural` or `plural/subresource`) of the operator's group in `ns`.
+async fn allowed(client: &kube::Client, user: &str, verb: &str, resource: &str, ns: &str) -> Result<bool> {
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_string())),
+        None => (resource, None),
+    };
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(vec!["system:authenticated".into()]),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("macie.kubeops.dev".into()),
+                resource: Some(resource.into()),
+                subresource,
+                verb: Some(verb.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// Issue 19.8: the chart's defaults allow nothing irreversible or organisation-wide, and its
+/// tenant ClusterRoles, aggregated into `edit`, `admin` and `view`, let tenants declare
+/// MacieJobs and MacieDiscoveries but never write their status. Checked on the rendered chart,
+/// and against the API server's authorizer with the roles bound directly (no
+/// controller-manager runs here, so nothing aggregates them into `edit`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_defaults_are_safe_and_tenant_roles_leave_status_to_the_operator() -> Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let kc = cp.kubeconfig();
+    let release = "tenancy";
+    let fullname = format!("{release}-macie-operator");
+    let docs = rendered(kc, release, &[])?;
+
+    // The default MacieAccount: no cancel, no create, no discovery account.
+    let accounts: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "MacieAccount").collect();
+    let [account] = accounts.as_slice() else {
+        bail!("expected one MacieAccount, got {accounts:#?}");
+    };
+    assert_eq!(account["spec"]["jobs"]["allowCancel"], false, "{account:#}");
+    assert_eq!(account["spec"]["jobs"]["allowCreate"], false, "{account:#}");
+    assert_eq!(account["spec"]["discovery"]["accountIds"], json!([]), "{account:#}");
+    // ... unless the values say so.
+    let opted = rendered(
+        kc,
+        release,
+        &[
+            "--set",
+            "defaultAccount.jobs.allowCancel=true",
+            "--set",
+            "defaultAccount.discovery.accountIds={*}",
+        ],
+    )?;
+    let opted = opted
+        .iter()
+        .find(|d| d["kind"] == "MacieAccount")
+        .context("no MacieAccount")?;
+    assert_eq!(opted["spec"]["jobs"]["allowCancel"], true);
+    assert_eq!(opted["spec"]["discovery"]["accountIds"], json!(["*"]));
+
+    // The tenant ClusterRoles: aggregated, and granting exactly what a tenant needs.
+    let cluster_role = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name)
+            .cloned()
+            .with_context(|| format!("no ClusterRole {name}"))
+    };
+    let edit = cluster_role(&format!("{fullname}-tenant-edit"))?;
+    let view = cluster_role(&format!("{fullname}-tenant-view"))?;
+    let aggregate = |role: &Value, to: &str| {
+        role["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")].clone()
+    };
+    assert_eq!(aggregate(&edit, "edit"), "true");
+    assert_eq!(aggregate(&edit, "admin"), "true");
+    assert_eq!(
+        aggregate(&edit, "view"),
+        Value::Null,
+        "viewers must not get the edit rules"
+    );
+    assert_eq!(aggregate(&view, "view"), "true");
+    let kinds = ["maciejobs", "maciediscoveries"];
+    let read = ["get", "list", "watch"];
+    let write = ["get", "list", "watch", "create", "update", "patch", "delete"];
+    assert_eq!(grants(&edit)?, macie_grants(&kinds, &write));
+    assert_eq!(grants(&view)?, macie_grants(&kinds, &read));
+    // No role aggregated into the built-in ones grants anything on a subresource (status
+    // above all), any wildcard, or anything on MacieAccounts.
+    let aggregated: Vec<&Value> = docs
+        .iter()
+        .filter(|d| {
+            d["kind"] == "ClusterRole"
+                && d["metadata"]["labels"].as_object().is_some_and(|l| {
+                    l.keys()
+                        .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+                })
+        })
+        .collect();
+    assert_eq!(aggregated.len(), 2, "{aggregated:#?}");
+    for role in &aggregated {
+        for grant in grants(role)? {
+            let (_, resource) = grant.split_once(' ').unwrap();
+            assert!(
+                !grant.contains('/') && !grant.contains('*') && !resource.starts_with("macieaccounts"),
+                "{}: {grant}",
+                role["metadata"]["name"]
+            );
+        }
+    }
+    // They can be left out.
+    let without = rendered(kc, release, &["--set", "tenantRoles.enabled=false"])?;
+    assert!(
+        !without
+            .iter()
+            .any(|d| d["metadata"]["name"].as_str().is_some_and(|n| n.contains("tenant"))),
+        "tenant roles rendered with tenantRoles.enabled=false"
+    );
+
+    // Against the API server: alice bound to the edit role, bob to the view role, in one
+    // namespace (RoleBindings to the ClusterRoles, as `edit` and `view` are bound).
+    let ns = namespace(&client, "tenancy-team").await?;
+    let other = namespace(&client, "tenancy-other").await?;
+    let roles = run(
+        helm(kc)
+            .args(["template", release, chart().to_str().unwrap()])
+            .args(["--show-only", "templates/tenant-roles.yaml"]),
+        None,
+    )?;
+    run(kubectl(kc).args(["apply", "-f", "-"]), Some(&roles))?;
+    for (user, role) in [("alice", "edit"), ("bob", "view")] {
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": format!("{user}-macie")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": format!("{fullname}-tenant-{role}")},
+            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}],
+        }))?;
+        Api::<RoleBinding>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &binding)
+            .await?;
+    }
+    // (user, verb, resource, namespace, allowed)
+    let mut table: Vec<(&str, &str, &str, &str, bool)> = Vec::new();
+    for kind in kinds {
+        for verb in write {
+            table.push(("alice", verb, kind, &ns, true));
+            table.push(("bob", verb, kind, &ns, read.contains(&verb)));
+            table.push(("alice", verb, kind, &other, false));
+        }
+        for verb in ["get", "update", "patch"] {
+            let status = if kind == "maciejobs" {
+                "maciejobs/status"
+            } else {
+                "maciediscoveries/status"
+            };
+            table.push(("alice", verb, status, &ns, false));
+            table.push(("bob", verb, status, &ns, false));
+        }
+    }
+    table.push(("alice", "list", "macieaccounts", &ns, false));
+    let mut wrong = Vec::new();
+    for (user, verb, resource, ns, want) in table {
+        if allowed(&client, user, verb, resource, ns).await? != want {
+            wrong.push(format!("{user} {verb} {resource} in {ns}: expected allowed={want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    // As alice: she declares a MacieJob and changes it, but cannot write its status, which the
+    // admin can (so the refusal is the authorizer's, not the patch's).
+    let kubeconfig = kube::config::Kubeconfig::read_from(kc)?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    config.auth_info.impersonate = Some("alice".into());
+    let alice = kube::Client::try_from(config)?;
+    let as_alice: Api<MacieJob> = Api::namespaced(alice, &ns);
+    create_job(
+        &as_alice,
+        "team-job",
+        json!({"jobName": "team-nightly", "jobStatus": "USER_PAUSED"}),
+    )
+    .await?;
+    as_alice
+        .patch(
+            "team-job",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"jobStatus": "RUNNING"}})),
+        )
+        .await?;
+    // Another team's job id, as a forged record of the job this resource created.
+    let forged = Patch::Merge(json!({"status": {"creation": {
+        "clientToken": "forged",
+        "outcome": "Succeeded",
+        "requestedAt": "2026-01-01T00:00:00Z",
+        "jobId": "0123456789abcdef0123456789abcdef",
+    }}}));
+    let err = as_alice
+        .patch_status("team-job", &PatchParams::default(), &forged)
+        .await
+        .expect_err("alice wrote a MacieJob's status");
+    assert!(matches!(&err, kube::Error::Api(s) if s.code == 403), "{err}");
+    assert!(err.to_string().contains("maciejobs/status"), "{err}");
+    let as_admin: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    as_admin
+        .patch_status("team-job", &PatchParams::default(), &forged)
+        .await?;
+    as_admin.delete("team-job", &DeleteParams::default()).await?;
     Ok(())
 }
 

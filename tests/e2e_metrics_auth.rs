@@ -78,6 +78,29 @@ async fn secured_metrics_admit_only_bound_scrapers() -> Result<()> {
     .await?;
     assert_eq!(status, 401, "no token");
     assert_eq!(scrape(Some("not-a-token".into())).await?.0, 401, "a made-up token");
+
+    // A flood of one bogus token: 50 requests (5 waves of 10 at once), every one 401, cost at
+    // most 2 TokenReviews (a refused token is remembered for 10 s, and requests with a token
+    // under review wait for that review), as the API server counts them: only the operator
+    // makes TokenReviews here.
+    let before = token_reviews(&client).await?;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let wave = (0..10).map(|_| scrape(Some("bogus-flood-token".into())));
+        for answer in futures::future::join_all(wave).await {
+            statuses.push(answer?.0);
+        }
+    }
+    assert_eq!(statuses, vec![401; 50]);
+    let reviews = wait_for("the flood's TokenReview counted", Duration::from_secs(30), || async {
+        let n = token_reviews(&client).await? - before;
+        Ok((n >= 1).then_some(n))
+    })
+    .await?;
+    assert!(
+        reviews <= 2,
+        "50 requests with one bogus token cost {reviews} TokenReviews"
+    );
     // Plain HTTP on the metrics port gets no metrics.
     let plain = testkit::http_get(port, "/metrics").await;
     assert!(!matches!(plain, Ok((200, _))), "plain HTTP was served: {plain:?}");
@@ -138,4 +161,21 @@ async fn secured_metrics_admit_only_bound_scrapers() -> Result<()> {
     assert_eq!(testkit::http_get(health, "/livez").await?.0, 200, "still live");
     drop(op);
     Ok(())
+}
+
+/// TokenReviews the API server has answered since it started (its apiserver_request_total
+/// for the tokenreviews resource, read from its /metrics as the admin).
+async fn token_reviews(client: &kube::Client) -> Result<u64> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let samples = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?.samples;
+    Ok(samples
+        .iter()
+        .filter(|s| s.metric == "apiserver_request_total" && s.labels.get("resource") == Some("tokenreviews"))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum::<f64>() as u64)
 }

@@ -197,9 +197,9 @@ impl Env {
     }
 }
 
-/// The `default` MacieAccount as the chart's default values create it (the operator's own
-/// credentials, every namespace, every job, cancel allowed, every discovery account), except that
-/// it also allows creating jobs (`jobs.allowCreate`, false in the chart) for the create run.
+/// The `default` MacieAccount as the chart creates it with cancelling and every discovery
+/// account opted in (the operator's own credentials, every namespace, every job, cancel allowed,
+/// every discovery account), and creating jobs (`jobs.allowCreate`) for the create run.
 async fn default_account(client: &kube::Client) -> Result<()> {
     use kube::api::{Api, Patch, PatchParams};
     use macie_operator::api::MacieAccount;

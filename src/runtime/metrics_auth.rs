@@ -3,7 +3,10 @@
 //! non-resource URL `/metrics` (a SubjectAccessReview), as for the API server's own /metrics.
 //! 401 without a token the API server accepts, 403 without the permission, 503 when a review
 //! cannot be made. Decisions are cached briefly per token, so that a scrape every 15 s does not
-//! cost two API calls each time.
+//! cost two API calls each time, and a token the API server refused is refused again without
+//! asking for a while, so that a flood of requests with a bogus token does not become a flood
+//! of TokenReviews. Requests with a token whose review is under way wait for that review
+//! instead of making their own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +17,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenRe
 use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus,
 };
+use tokio::sync::watch;
 
 /// The URL a scraper must be allowed to `get` (the only one the metrics server serves).
 pub const METRICS_PATH: &str = "/metrics";
@@ -24,8 +28,14 @@ pub const ALLOWED_TTL: Duration = Duration::from_secs(60);
 /// How long a refused (403) token is refused without new reviews: short, so that a new
 /// binding takes effect by the next scrape or two.
 pub const FORBIDDEN_TTL: Duration = Duration::from_secs(10);
-/// Most tokens whose decision is remembered.
+/// How long a token the API server did not authenticate (401) is refused without a new
+/// TokenReview: however many requests carry it, one review per token per this interval.
+pub const UNAUTHENTICATED_TTL: Duration = Duration::from_secs(10);
+/// Most tokens of authenticated callers (allowed or forbidden) whose verdict is remembered.
 pub const CACHE_CAPACITY: usize = 256;
+/// Most unauthenticated tokens remembered, apart from the others so that a flood of bogus
+/// tokens never pushes a scraper's verdict out; when full, the oldest is forgotten.
+pub const UNAUTHENTICATED_CAPACITY: usize = 4096;
 /// Longest time one review call may take; past it the scrape is answered 503.
 pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -133,61 +143,56 @@ pub fn refusal(verdict: &Verdict) -> Option<(StatusCode, String)> {
     }
 }
 
-/// How long a verdict is remembered for its token (None: not at all; a token the API server
-/// did not accept, or a review that failed, is asked about again on the next request).
+/// How long a verdict is remembered for its token (None: not at all; a review that failed is
+/// made again on the next request).
 pub fn cache_ttl(verdict: &Verdict) -> Option<Duration> {
     match verdict {
         Verdict::Allowed { .. } => Some(ALLOWED_TTL),
         Verdict::Forbidden { .. } => Some(FORBIDDEN_TTL),
-        Verdict::Unauthenticated(_) | Verdict::Unavailable(_) => None,
+        Verdict::Unauthenticated(_) => Some(UNAUTHENTICATED_TTL),
+        Verdict::Unavailable(_) => None,
     }
 }
 
 /// SHA-256 of a token: the cache keeps no token itself.
-type TokenKey = [u8; 32];
+pub type TokenKey = [u8; 32];
 
-fn token_key(token: &str) -> TokenKey {
+pub fn token_key(token: &str) -> TokenKey {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let mut key = [0; 32];
     key.copy_from_slice(digest.as_ref());
     key
 }
 
-/// Verdicts by token, each until its expiry, at most `capacity` of them: when full, expired
-/// entries go first, then the one closest to expiry.
+/// Verdicts by token hash, each until its expiry, at most `capacity` of them: when full,
+/// expired entries go first, then the one closest to expiry (with one lifetime for all, the
+/// oldest).
 #[derive(Debug)]
-pub struct DecisionCache {
+struct Tier {
     entries: HashMap<TokenKey, (Verdict, Instant)>,
     capacity: usize,
 }
 
-impl DecisionCache {
-    pub fn new(capacity: usize) -> DecisionCache {
-        DecisionCache {
+impl Tier {
+    fn new(capacity: usize) -> Tier {
+        Tier {
             entries: HashMap::new(),
             capacity: capacity.max(1),
         }
     }
 
-    /// The remembered verdict for `token`, if it has not expired at `now`.
-    pub fn get(&mut self, token: &str, now: Instant) -> Option<Verdict> {
-        let key = token_key(token);
-        match self.entries.get(&key) {
+    fn get(&mut self, key: &TokenKey, now: Instant) -> Option<Verdict> {
+        match self.entries.get(key) {
             Some((v, until)) if now < *until => Some(v.clone()),
             Some(_) => {
-                self.entries.remove(&key);
+                self.entries.remove(key);
                 None
             }
             None => None,
         }
     }
 
-    /// Remembers `verdict` for `token` from `now` for `cache_ttl(verdict)` (or not at all).
-    pub fn put(&mut self, token: &str, verdict: &Verdict, now: Instant) {
-        let Some(ttl) = cache_ttl(verdict) else {
-            return;
-        };
-        let key = token_key(token);
+    fn put(&mut self, key: TokenKey, verdict: &Verdict, until: Instant, now: Instant) {
         if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
             self.entries.retain(|_, (_, until)| now < *until);
             if self.entries.len() >= self.capacity
@@ -200,15 +205,60 @@ impl DecisionCache {
                 self.entries.remove(&soonest);
             }
         }
-        self.entries.insert(key, (verdict.clone(), now + ttl));
+        self.entries.insert(key, (verdict.clone(), until));
+    }
+}
+
+/// Verdicts by token, each for `cache_ttl` of it: those of authenticated callers (allowed,
+/// forbidden) and those of tokens the API server did not authenticate in two tiers of their
+/// own capacity, so that bogus tokens only ever displace bogus tokens.
+#[derive(Debug)]
+pub struct DecisionCache {
+    authenticated: Tier,
+    unauthenticated: Tier,
+}
+
+impl DecisionCache {
+    /// At most `capacity` verdicts of authenticated callers and `unauthenticated_capacity`
+    /// unauthenticated tokens.
+    pub fn new(capacity: usize, unauthenticated_capacity: usize) -> DecisionCache {
+        DecisionCache {
+            authenticated: Tier::new(capacity),
+            unauthenticated: Tier::new(unauthenticated_capacity),
+        }
     }
 
+    /// The remembered verdict for the token of `key`, if it has not expired at `now`.
+    pub fn get(&mut self, key: &TokenKey, now: Instant) -> Option<Verdict> {
+        match self.authenticated.get(key, now) {
+            Some(v) => Some(v),
+            None => self.unauthenticated.get(key, now),
+        }
+    }
+
+    /// Remembers `verdict` for the token of `key` from `now` for `cache_ttl(verdict)` (or not
+    /// at all), replacing what was remembered for it.
+    pub fn put(&mut self, key: &TokenKey, verdict: &Verdict, now: Instant) {
+        let (tier, other) = match verdict {
+            Verdict::Unauthenticated(_) => (&mut self.unauthenticated, &mut self.authenticated),
+            _ => (&mut self.authenticated, &mut self.unauthenticated),
+        };
+        other.entries.remove(key);
+        match cache_ttl(verdict) {
+            Some(ttl) => tier.put(*key, verdict, now + ttl, now),
+            None => {
+                tier.entries.remove(key);
+            }
+        }
+    }
+
+    /// Entries held (expired ones included until they are read or pushed out).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.authenticated.entries.len() + self.unauthenticated.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
@@ -253,22 +303,48 @@ impl Reviews for KubeReviews {
     }
 }
 
-/// Decides requests: the cached verdict of their token, or the two reviews.
+/// Decides requests: the cached verdict of their token, the verdict of the review of that
+/// token already under way, or the two reviews.
 pub struct Authorizer<R> {
     reviews: R,
-    cache: Mutex<DecisionCache>,
+    state: Mutex<State>,
+}
+
+struct State {
+    cache: DecisionCache,
+    /// Tokens being reviewed: the verdict is sent to the requests that wait for it.
+    reviewing: HashMap<TokenKey, watch::Sender<Option<Verdict>>>,
+}
+
+/// Ends a review's entry in `reviewing` if the request making it goes away (its connection
+/// closed) before the verdict: the requests waiting for it then review the token themselves.
+struct Reviewing<'a> {
+    state: &'a Mutex<State>,
+    key: TokenKey,
+    finished: bool,
+}
+
+impl Drop for Reviewing<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            lock(self.state).reviewing.remove(&self.key);
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<R: Reviews> Authorizer<R> {
     pub fn new(reviews: R) -> Authorizer<R> {
         Authorizer {
             reviews,
-            cache: Mutex::new(DecisionCache::new(CACHE_CAPACITY)),
+            state: Mutex::new(State {
+                cache: DecisionCache::new(CACHE_CAPACITY, UNAUTHENTICATED_CAPACITY),
+                reviewing: HashMap::new(),
+            }),
         }
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, DecisionCache> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The verdict on a request with this `Authorization` header, at `now`.
@@ -276,12 +352,57 @@ impl<R: Reviews> Authorizer<R> {
         let Some(token) = bearer_token(authorization) else {
             return Verdict::Unauthenticated("no bearer token".into());
         };
-        if let Some(v) = self.cache().get(token, now) {
-            return v;
+        let key = token_key(token);
+        loop {
+            // What to do, decided under the lock (released before any await).
+            let waiting = {
+                let mut state = lock(&self.state);
+                if let Some(v) = state.cache.get(&key, now) {
+                    return v;
+                }
+                let waiting = state.reviewing.get(&key).map(|review| review.subscribe());
+                if waiting.is_none() {
+                    state.reviewing.insert(key, watch::Sender::new(None));
+                }
+                waiting
+            };
+            let Some(mut waiting) = waiting else {
+                return self.review_once(token, key, now).await;
+            };
+            if let Ok(v) = waiting.wait_for(Option::is_some).await
+                && let Some(v) = v.as_ref()
+            {
+                return v.clone();
+            }
+            // The request that was reviewing the token went away first: start over.
         }
+    }
+
+    /// Reviews `token` for the requests waiting in `reviewing`, remembers the verdict and
+    /// hands it to them.
+    async fn review_once(&self, token: &str, key: TokenKey, now: Instant) -> Verdict {
+        let mut entry = Reviewing {
+            state: &self.state,
+            key,
+            finished: false,
+        };
         let verdict = self.review(token).await;
-        self.cache().put(token, &verdict, now);
+        let mut state = lock(&self.state);
+        state.cache.put(&key, &verdict, now);
+        if let Some(waiting) = state.reviewing.remove(&key) {
+            waiting.send_replace(Some(verdict.clone()));
+        }
+        entry.finished = true;
         verdict
+    }
+
+    /// How many requests wait for the review of `token` under way (None: none is).
+    #[cfg(test)]
+    fn waiting_for(&self, token: &str) -> Option<usize> {
+        lock(&self.state)
+            .reviewing
+            .get(&token_key(token))
+            .map(|r| r.receiver_count())
     }
 
     async fn review(&self, token: &str) -> Verdict {
@@ -488,7 +609,7 @@ mod tests {
             (
                 Verdict::Unauthenticated("expired".into()),
                 Some(StatusCode::UNAUTHORIZED),
-                None,
+                Some(UNAUTHENTICATED_TTL),
             ),
             (
                 Verdict::Forbidden {
@@ -517,54 +638,110 @@ mod tests {
     fn the_cache_keeps_verdicts_until_their_expiry_and_within_its_capacity() {
         let t = Instant::now();
         let s = Duration::from_secs;
+        let k = token_key;
         let allowed = Verdict::Allowed { user: "a".into() };
         let forbidden = Verdict::Forbidden {
             user: "b".into(),
             reason: String::new(),
         };
-        let mut c = DecisionCache::new(2);
-        c.put("t1", &allowed, t);
-        c.put("t2", &forbidden, t);
-        c.put("t3", &Verdict::Unauthenticated("x".into()), t);
-        c.put("t4", &Verdict::Unavailable("x".into()), t);
-        assert_eq!(c.len(), 2, "401 and 503 are not remembered");
-        assert_eq!(c.get("t1", t + s(59)), Some(allowed.clone()));
-        assert_eq!(c.get("t2", t + s(9)), Some(forbidden.clone()));
-        assert_eq!(c.get("t2", t + s(10)), None, "forbidden expires after 10 s");
+        let refused = Verdict::Unauthenticated("token not authenticated".into());
+        let mut c = DecisionCache::new(2, 2);
+        c.put(&k("t1"), &allowed, t);
+        c.put(&k("t2"), &forbidden, t);
+        c.put(&k("t3"), &refused, t);
+        c.put(&k("t4"), &Verdict::Unavailable("x".into()), t);
+        assert_eq!(c.len(), 3, "503 is not remembered");
+        assert_eq!(c.get(&k("t4"), t), None);
+        assert_eq!(c.get(&k("t1"), t + s(59)), Some(allowed.clone()));
+        assert_eq!(c.get(&k("t2"), t + s(9)), Some(forbidden.clone()));
+        assert_eq!(c.get(&k("t3"), t + s(9)), Some(refused.clone()));
+        assert_eq!(c.get(&k("t2"), t + s(10)), None, "forbidden expires after 10 s");
+        assert_eq!(c.get(&k("t3"), t + s(10)), None, "unauthenticated expires after 10 s");
         assert_eq!(c.len(), 1, "an expired entry is dropped when read");
-        assert_eq!(c.get("t1", t + s(60)), None, "allowed expires after 60 s");
+        assert_eq!(c.get(&k("t1"), t + s(60)), None, "allowed expires after 60 s");
 
         // Full: an expired entry makes room first, then the one closest to expiry.
-        let mut c = DecisionCache::new(2);
-        c.put("old", &forbidden, t); // until t+10
-        c.put("long", &allowed, t); // until t+60
-        c.put("new", &allowed, t + s(11)); // "old" has expired: it goes
+        let mut c = DecisionCache::new(2, 2);
+        c.put(&k("old"), &forbidden, t); // until t+10
+        c.put(&k("long"), &allowed, t); // until t+60
+        c.put(&k("new"), &allowed, t + s(11)); // "old" has expired: it goes
         assert_eq!(
-            (c.get("long", t + s(11)), c.get("new", t + s(11))),
+            (c.get(&k("long"), t + s(11)), c.get(&k("new"), t + s(11))),
             (Some(allowed.clone()), Some(allowed.clone()))
         );
-        c.put("newest", &allowed, t + s(12)); // none expired: "long" (until t+60) goes
-        assert_eq!(c.get("long", t + s(12)), None);
-        assert_eq!(c.get("new", t + s(12)), Some(allowed.clone()));
-        assert_eq!(c.get("newest", t + s(12)), Some(allowed.clone()));
+        c.put(&k("newest"), &allowed, t + s(12)); // none expired: "long" (until t+60) goes
+        assert_eq!(c.get(&k("long"), t + s(12)), None);
+        assert_eq!(c.get(&k("new"), t + s(12)), Some(allowed.clone()));
+        assert_eq!(c.get(&k("newest"), t + s(12)), Some(allowed.clone()));
         // Replacing a token's verdict never evicts another.
-        c.put("new", &forbidden, t + s(13));
+        c.put(&k("new"), &forbidden, t + s(13));
         assert_eq!(c.len(), 2);
-        assert_eq!(c.get("new", t + s(13)), Some(forbidden));
+        assert_eq!(c.get(&k("new"), t + s(13)), Some(forbidden));
+    }
+
+    #[test]
+    fn unauthenticated_tokens_are_remembered_apart_and_the_oldest_is_forgotten() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let k = token_key;
+        let allowed = Verdict::Allowed { user: "a".into() };
+        let refused = Verdict::Unauthenticated("token not authenticated".into());
+        let mut c = DecisionCache::new(1, 3);
+        c.put(&k("scraper"), &allowed, t);
+        // A flood of bogus tokens, each newer than the last.
+        for i in 0..10u64 {
+            c.put(&k(&format!("bogus-{i}")), &refused, t + ms(i));
+        }
+        assert_eq!(c.len(), 4, "one allowed and the three newest bogus tokens");
+        assert_eq!(
+            c.get(&k("scraper"), t + ms(20)),
+            Some(allowed.clone()),
+            "bogus tokens never push out an authenticated caller's verdict"
+        );
+        for i in 0..7 {
+            assert_eq!(
+                c.get(&k(&format!("bogus-{i}")), t + ms(20)),
+                None,
+                "bogus-{i} is forgotten"
+            );
+        }
+        for i in 7..10 {
+            assert_eq!(
+                c.get(&k(&format!("bogus-{i}")), t + ms(20)),
+                Some(refused.clone()),
+                "bogus-{i} is remembered"
+            );
+        }
+        // A token refused, then authenticated (a verdict replaces the other tier's), and back.
+        c.put(&k("bogus-9"), &allowed, t + ms(30));
+        assert_eq!(c.get(&k("bogus-9"), t + ms(30)), Some(allowed.clone()));
+        assert_eq!(c.len(), 3, "one entry per token");
+        c.put(&k("bogus-9"), &refused, t + ms(40));
+        assert_eq!(c.get(&k("bogus-9"), t + ms(40)), Some(refused));
+        assert_eq!(
+            c.get(&k("scraper"), t + ms(40)),
+            None,
+            "the authenticated tier held one"
+        );
     }
 
     /// Answers reviews from a table of token -> (user, allowed), counting the calls; a token
-    /// `down` fails the TokenReview call as an unreachable API server would.
+    /// `down` fails the TokenReview call as an unreachable API server would; the review of a
+    /// token starting with `held-` answers only once `release` is notified.
     #[derive(Default)]
     struct FakeReviews {
         users: HashMap<String, (String, bool)>,
         token_reviews: AtomicUsize,
         access_reviews: AtomicUsize,
+        release: tokio::sync::Notify,
     }
 
     impl Reviews for Arc<FakeReviews> {
         async fn token_review(&self, review: TokenReview) -> Result<TokenReview, String> {
             self.token_reviews.fetch_add(1, Ordering::SeqCst);
+            if review.spec.token.starts_with("held-") {
+                self.release.notified().await;
+            }
             if review.spec.token == "down" {
                 return Err("connection refused".into());
             }
@@ -641,6 +818,91 @@ mod tests {
             allowed
         );
         assert_eq!(calls(), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_bogus_token_costs_one_token_review_per_interval() {
+        let reviews = fake();
+        let a = Authorizer::new(reviews.clone());
+        let t = Instant::now();
+        let token_reviews = || reviews.token_reviews.load(Ordering::SeqCst);
+        let ms = Duration::from_millis;
+        // 50 requests over 5 s: one review, every one refused.
+        for i in 0..50 {
+            let v = a.verdict(Some("Bearer forged"), t + ms(i * 100)).await;
+            assert!(matches!(v, Verdict::Unauthenticated(_)), "request {i}: {v:?}");
+        }
+        assert_eq!(token_reviews(), 1);
+        // Once the interval is over, the token is reviewed again (it might have become valid).
+        let v = a.verdict(Some("Bearer forged"), t + UNAUTHENTICATED_TTL).await;
+        assert!(matches!(v, Verdict::Unauthenticated(_)), "{v:?}");
+        assert_eq!(token_reviews(), 2);
+        // Another bogus token is reviewed on its own.
+        a.verdict(Some("Bearer forged-too"), t + UNAUTHENTICATED_TTL).await;
+        assert_eq!(token_reviews(), 3);
+        // A review that could not be made is not remembered: the next request tries again.
+        a.verdict(Some("Bearer down"), t).await;
+        a.verdict(Some("Bearer down"), t).await;
+        assert_eq!(token_reviews(), 5);
+        assert_eq!(reviews.access_reviews.load(Ordering::SeqCst), 0);
+    }
+
+    /// Waits, yielding to the spawned requests, until `cond` holds; fails after 10,000 yields.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..10_000 {
+            if cond() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_with_one_token_wait_for_its_one_review() {
+        let reviews = fake();
+        let a = Arc::new(Authorizer::new(reviews.clone()));
+        let t = Instant::now();
+        let requests: Vec<_> = (0..10)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.verdict(Some("Bearer held-forged"), t).await })
+            })
+            .collect();
+        // One request reviews the token; the nine others wait for its verdict.
+        until("nine requests waiting", || a.waiting_for("held-forged") == Some(9)).await;
+        assert_eq!(reviews.token_reviews.load(Ordering::SeqCst), 1);
+        reviews.release.notify_one();
+        for r in requests {
+            let v = r.await.unwrap();
+            assert!(matches!(v, Verdict::Unauthenticated(_)), "{v:?}");
+        }
+        assert_eq!(reviews.token_reviews.load(Ordering::SeqCst), 1);
+        assert_eq!(a.waiting_for("held-forged"), None, "nothing left under review");
+    }
+
+    #[tokio::test]
+    async fn when_the_reviewing_request_goes_away_a_waiting_one_reviews_the_token() {
+        let reviews = fake();
+        let a = Arc::new(Authorizer::new(reviews.clone()));
+        let t = Instant::now();
+        let request = || {
+            let a = a.clone();
+            tokio::spawn(async move { a.verdict(Some("Bearer held-x"), t).await })
+        };
+        let first = request();
+        until("the first request reviewing", || a.waiting_for("held-x") == Some(0)).await;
+        let second = request();
+        until("the second request waiting", || a.waiting_for("held-x") == Some(1)).await;
+        // The first request's connection closes mid-review.
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        // The second starts over and reviews the token itself.
+        until("a second review", || reviews.token_reviews.load(Ordering::SeqCst) == 2).await;
+        reviews.release.notify_one();
+        let v = second.await.unwrap();
+        assert!(matches!(v, Verdict::Unauthenticated(_)), "{v:?}");
+        assert_eq!(a.waiting_for("held-x"), None);
     }
 
     #[tokio::test]

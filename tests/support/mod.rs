@@ -47,7 +47,8 @@ pub struct Scene {
     pub emu: EmulatorHandle,
 }
 
-/// (with the `default` MacieAccount, as the chart's default values create it).
+/// (with the `default` MacieAccount, as the chart creates it with cancelling and every
+/// discovery account opted in).
 pub async fn scene(namespace_name: &str) -> Result<Scene> {
     let cp = control_plane().await?;
     let client = cp.client().await?;
@@ -61,9 +62,10 @@ pub async fn scene(namespace_name: &str) -> Result<Scene> {
 /// unreachable region).
 pub const TEST_REGIONS: [&str; 4] = ["us-east-1", "eu-west-1", "ap-southeast-4", "us-eats-1"];
 
-/// The `default` MacieAccount as the chart's default values create it (the operator's own
-/// credentials, every namespace, every job, cancel allowed, every discovery account), with
-/// the regions the tests use.
+/// The `default` MacieAccount as the chart creates it with `defaultAccount.jobs.allowCancel`
+/// and `defaultAccount.discovery.accountIds: ["*"]` opted in (the operator's own credentials,
+/// every namespace, every job, cancel allowed, every discovery account), with the regions the
+/// tests use.
 pub async fn default_account(client: &kube::Client) -> Result<()> {
     let api: Api<MacieAccount> = Api::all(client.clone());
     let obj: MacieAccount = serde_json::from_value(json!({
