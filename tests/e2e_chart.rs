@@ -137,7 +137,8 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
         json!({
             "regions": [REGION],
             "namespaceSelector": {},
-            "jobs": {"names": ["*"], "allowCancel": true, "allowCreate": false},
+            "jobs": {"names": ["*"], "allowCancel": true, "allowCreate": false, "allowPause": true,
+                     "bucketAccountIds": ["*"]},
             "discovery": {"accountIds": ["999900001111"], "allowedStatuses": ["ENABLED", "DISABLED"]}
         })
     );
