@@ -265,12 +265,22 @@ async fn two_tenants_converge_each_in_its_own_aws_account() -> Result<()> {
     for (name, id) in [("t1-team-a", A), ("t1-team-b", B)] {
         let v = wait_ready_reason(&accounts, name, "Verified").await?;
         assert_eq!(v["status"]["accountId"], id);
-        let arn = v["status"]["arn"].as_str().unwrap_or_default();
-        assert!(
-            arn.starts_with(&format!("arn:aws:sts::{id}:assumed-role/macie-operator/")),
-            "{arn}"
+        // The session names the MacieAccount (CloudTrail shows which one acted).
+        assert_eq!(
+            v["status"]["arn"],
+            format!("arn:aws:sts::{id}:assumed-role/macie-operator/macie-operator-{name}")
         );
     }
+    let sessions: Vec<String> = calls(&emu)
+        .iter()
+        .filter(|c| c["operation"] == "AssumeRole")
+        .map(|c| c["roleSessionName"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        sessions.contains(&"macie-operator-t1-team-a".to_string())
+            && sessions.contains(&"macie-operator-t1-team-b".to_string()),
+        "{sessions:?}"
+    );
 
     let jobs_a: Api<MacieJob> = Api::namespaced(client.clone(), &ns_a);
     let jobs_b: Api<MacieJob> = Api::namespaced(client.clone(), &ns_b);

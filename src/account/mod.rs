@@ -26,7 +26,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::conditions::{self, Reason};
 use crate::api::{AccountRef, MacieAccount, MacieAccountStatus};
-use crate::macie::credentials::RoleSpec;
+use crate::macie::credentials::{RoleSpec, session_name};
 use crate::macie::{MacieClients, Place};
 use crate::runtime::{Error, Failures, MANAGER, status};
 use policy::Refusal;
@@ -66,11 +66,13 @@ impl Admitted {
     }
 }
 
-/// The role a MacieAccount assumes (None: the operator's own credentials).
+/// The role a MacieAccount assumes (None: the operator's own credentials), in a session named
+/// after the MacieAccount.
 pub fn role_of(account: &MacieAccount) -> Option<RoleSpec> {
     account.spec.role_arn.as_ref().map(|arn| RoleSpec {
         role_arn: arn.clone(),
         external_id: account.spec.external_id.clone(),
+        session_name: session_name(&account.name_any()),
     })
 }
 
