@@ -80,6 +80,9 @@ pub enum Reason {
     Creating,
     /// MacieJob with spec.definition: Macie refused CreateClassificationJob.
     CreateFailed,
+    /// MacieAccount being deleted while resources use it: it stays (and serves them) until
+    /// they are gone.
+    InUse,
 }
 
 /// The type of Event a reason is announced with.
@@ -119,6 +122,7 @@ impl Reason {
             Reason::WaitingForCreateQuota => "WaitingForCreateQuota",
             Reason::Creating => "Creating",
             Reason::CreateFailed => "CreateFailed",
+            Reason::InUse => "InUse",
         }
     }
 
@@ -130,7 +134,10 @@ impl Reason {
     /// Which of Ready, Reconciling, Stalled is True with this reason.
     pub fn phase(self) -> Phase {
         match self {
-            Reason::Converged | Reason::TerminalState | Reason::ExpiringSoon | Reason::Verified => Phase::Ready,
+            // InUse: the account still works, and must, for the resources that hold it.
+            Reason::Converged | Reason::TerminalState | Reason::ExpiringSoon | Reason::Verified | Reason::InUse => {
+                Phase::Ready
+            }
             Reason::Transitioning
             | Reason::JobNotFound
             | Reason::Throttled
@@ -173,7 +180,7 @@ impl Reason {
 }
 
 /// Every reason (tests and parsing).
-pub const ALL_REASONS: [Reason; 25] = [
+pub const ALL_REASONS: [Reason; 26] = [
     Reason::Converged,
     Reason::Transitioning,
     Reason::TerminalState,
@@ -199,6 +206,7 @@ pub const ALL_REASONS: [Reason; 25] = [
     Reason::WaitingForCreateQuota,
     Reason::Creating,
     Reason::CreateFailed,
+    Reason::InUse,
 ];
 
 /// Builds the three conditions for `summary`, keeping `lastTransitionTime` from `previous` when
