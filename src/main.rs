@@ -361,6 +361,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let accounts = account::AccountController::new(
         client.clone(),
         clients.clone(),
+        tenancy.clone(),
         account::Config {
             instance: Some(identity.clone()),
             ..account::Config::default()

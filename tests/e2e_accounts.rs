@@ -228,6 +228,13 @@ async fn clean_up(client: &kube::Client, namespaces: &[&str], accounts: &[&str])
     for a in accounts {
         api.delete(a, &DeleteParams::default()).await?;
     }
+    // Nothing uses them any more: the operator releases its in-use finalizer.
+    for a in accounts {
+        wait_for(&format!("MacieAccount {a} gone"), DEADLINE, || async {
+            Ok(api.get_opt(a).await?.is_none().then_some(()))
+        })
+        .await?;
+    }
     Ok(())
 }
 
@@ -265,12 +272,22 @@ async fn two_tenants_converge_each_in_its_own_aws_account() -> Result<()> {
     for (name, id) in [("t1-team-a", A), ("t1-team-b", B)] {
         let v = wait_ready_reason(&accounts, name, "Verified").await?;
         assert_eq!(v["status"]["accountId"], id);
-        let arn = v["status"]["arn"].as_str().unwrap_or_default();
-        assert!(
-            arn.starts_with(&format!("arn:aws:sts::{id}:assumed-role/macie-operator/")),
-            "{arn}"
+        // The session names the MacieAccount (CloudTrail shows which one acted).
+        assert_eq!(
+            v["status"]["arn"],
+            format!("arn:aws:sts::{id}:assumed-role/macie-operator/macie-operator-{name}")
         );
     }
+    let sessions: Vec<String> = calls(&emu)
+        .iter()
+        .filter(|c| c["operation"] == "AssumeRole")
+        .map(|c| c["roleSessionName"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        sessions.contains(&"macie-operator-t1-team-a".to_string())
+            && sessions.contains(&"macie-operator-t1-team-b".to_string()),
+        "{sessions:?}"
+    );
 
     let jobs_a: Api<MacieJob> = Api::namespaced(client.clone(), &ns_a);
     let jobs_b: Api<MacieJob> = Api::namespaced(client.clone(), &ns_b);
@@ -603,6 +620,164 @@ async fn refusals_never_reach_macie_and_a_changed_account_decides_again() -> Res
         2,
         "deleting the refused deletionPolicy Cancel resource made no call"
     );
+    op.stop().await;
+    Ok(())
+}
+
+/// Issue 19.6: a MacieAccount in use is not deleted from under its resources. It carries the
+/// in-use finalizer and counts its users (resources of namespaces it does not select do not
+/// count); deleted while MacieJobs and a MacieDiscovery use it, it stays, Ready with reason
+/// InUse and a Warning Event saying how many, and still serves them: a deletionPolicy Cancel
+/// MacieJob deleted then cancels its job through the account's role. It goes once the last one
+/// is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_macie_account_in_use_stays_until_its_resources_are_gone() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let emu = two_accounts().await?;
+    let ns = labelled_namespace(&client, "in-use", &[("team", "a")]).await?;
+    let outsider = labelled_namespace(&client, "in-use-out", &[("team", "z")]).await?;
+    let name = "t5-in-use";
+    put_account(
+        &client,
+        name,
+        json!({"roleArn": ROLE_A, "externalId": "team-a-ext", "regions": [REGION],
+               "namespaceSelector": {"matchLabels": {"team": "a"}},
+               "jobs": {"allowCancel": true},
+               "discovery": {"accountIds": ["210000000001"]}}),
+    )
+    .await?;
+    let op = Operator::start(&client, &emu.url).await;
+    let accounts: Api<MacieAccount> = Api::all(client.clone());
+    let in_use = |v: &Value| v["status"]["resourcesInUse"].as_i64();
+    let held = |v: &Value| {
+        v["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "macie.kubeops.dev/in-use"))
+    };
+    wait_for("the in-use finalizer, nothing in use", DEADLINE, || async {
+        let v = serde_json::to_value(accounts.get(name).await?)?;
+        Ok((held(&v) && in_use(&v) == Some(0)).then_some(()))
+    })
+    .await?;
+
+    let jobs: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let at = json!({"name": name});
+    create(
+        &jobs,
+        "cancel-on-delete",
+        json!({"jobName": "nightly", "jobStatus": "USER_PAUSED", "deletionPolicy": "Cancel", "accountRef": at}),
+    )
+    .await?;
+    create(
+        &jobs,
+        "weekly",
+        json!({"jobName": "weekly", "jobStatus": "USER_PAUSED", "accountRef": at}),
+    )
+    .await?;
+    let disc: Api<MacieDiscovery> = Api::namespaced(client.clone(), &ns);
+    create(
+        &disc,
+        "members",
+        json!({"accountRef": at, "accounts": [{"accountId": "210000000001", "status": "ENABLED"}]}),
+    )
+    .await?;
+    // Refused (its namespace is not selected): it does not hold the account.
+    let out_jobs: Api<MacieJob> = Api::namespaced(client.clone(), &outsider);
+    create(
+        &out_jobs,
+        "outsider",
+        json!({"jobName": "nightly", "jobStatus": "USER_PAUSED", "accountRef": at}),
+    )
+    .await?;
+    wait_ready_reason(&jobs, "cancel-on-delete", "Converged").await?;
+    wait_ready_reason(&jobs, "weekly", "Converged").await?;
+    wait_ready_reason(&disc, "members", "Converged").await?;
+    wait_ready_reason(&out_jobs, "outsider", "AccountNotFound").await?;
+    wait_for("3 resources in use", DEADLINE, || async {
+        let v = serde_json::to_value(accounts.get(name).await?)?;
+        Ok((in_use(&v) == Some(3)).then_some(()))
+    })
+    .await?;
+
+    // Deleted while in use: it stays, says why, and still serves its resources.
+    accounts.delete(name, &DeleteParams::default()).await?;
+    let v = wait_ready_reason(&accounts, name, "InUse").await?;
+    assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
+    assert_eq!(in_use(&v), Some(3));
+    let (_, message) = ready_of(&v).unwrap();
+    assert!(
+        message.contains("3 resources use this MacieAccount (2 MacieJobs, 1 MacieDiscovery)")
+            && message.contains("it is deleted once they are gone"),
+        "{message}"
+    );
+    let ready = v["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "True", "it still serves the resources that hold it");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    let about = |reason: &'static str| {
+        let events = events.clone();
+        async move {
+            Ok::<_, anyhow::Error>(events.list(&ListParams::default()).await?.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            }))
+        }
+    };
+    let warned = wait_for("an InUse Warning Event", DEADLINE, || about("InUse")).await?;
+    assert_eq!(warned.type_.as_deref(), Some("Warning"));
+    assert!(
+        warned
+            .note
+            .unwrap_or_default()
+            .contains("3 resources use this MacieAccount")
+    );
+
+    // The MacieDiscovery goes: 2 left, still held.
+    disc.delete("members", &DeleteParams::default()).await?;
+    wait_for("2 resources in use", DEADLINE, || async {
+        let v = serde_json::to_value(accounts.get(name).await?)?;
+        let (_, message) = ready_of(&v).unwrap_or_default();
+        Ok((in_use(&v) == Some(2) && message.contains("2 resources use this MacieAccount")).then_some(()))
+    })
+    .await?;
+    // The deletionPolicy Cancel MacieJob goes: the held account still admits it, so it cancels
+    // its job in account A before its finalizer is released.
+    jobs.delete("cancel-on-delete", &DeleteParams::default()).await?;
+    wait_for("the Cancel MacieJob released", DEADLINE, || async {
+        Ok(jobs.get_opt("cancel-on-delete").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert_eq!(job_status(&emu, A, "a-nightly").as_deref(), Some("CANCELLED"));
+    let cancels: Vec<Value> = calls(&emu)
+        .into_iter()
+        .filter(|c| c["operation"] == "UpdateClassificationJob" && c["requestedStatus"] == "CANCELLED")
+        .collect();
+    assert_eq!(cancels.len(), 1, "{cancels:?}");
+    assert_eq!(cancels[0]["awsAccountId"], A);
+    assert_eq!(cancels[0]["jobId"], "a-nightly");
+    assert_eq!(cancels[0]["outcome"], "OK");
+    let v = serde_json::to_value(accounts.get(name).await?)?;
+    assert!(held(&v), "one MacieJob still uses it: {v}");
+
+    // The last one goes: so does the account.
+    jobs.delete("weekly", &DeleteParams::default()).await?;
+    wait_for("the MacieAccount gone", DEADLINE, || async {
+        Ok(accounts.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await?;
+    let released = wait_for("a Released Event", DEADLINE, || about("Released")).await?;
+    assert_eq!(released.type_.as_deref(), Some("Normal"));
+    // The refused resource is left as it was (it never held the account).
+    assert!(out_jobs.get_opt("outsider").await?.is_some());
+
+    clean_up(&client, &[&ns, &outsider], &[]).await?;
     op.stop().await;
     Ok(())
 }

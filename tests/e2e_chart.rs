@@ -14,9 +14,10 @@ use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessRevie
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use macie_emulator::Seed;
-use macie_operator::api::{MacieDiscovery, MacieJob};
+use macie_operator::api::{MacieAccount, MacieDiscovery, MacieJob};
 use serde_json::{Value, json};
 use support::chart::*;
 use support::*;
@@ -243,6 +244,38 @@ async fn chart_installs_and_its_rbac_is_enough_for_the_whole_job() -> Result<()>
     })
     .await?;
     assert_eq!(emu.status(&job).as_deref(), Some("CANCELLED"));
+    // The default MacieAccount is held while the MacieDiscovery uses it (the in-use finalizer,
+    // which the chart's RBAC lets the operator add and remove): deleted, it stays until the
+    // MacieDiscovery is gone.
+    let accounts: Api<MacieAccount> = Api::all(client.clone());
+    let in_use = |a: &MacieAccount| a.status.as_ref().and_then(|s| s.resources_in_use);
+    wait_for(
+        "the default MacieAccount held by the MacieDiscovery",
+        deadline,
+        || async {
+            let a = accounts.get("default").await?;
+            let held = a.finalizers().iter().any(|f| f == "macie.kubeops.dev/in-use");
+            Ok((held && in_use(&a) == Some(1)).then_some(()))
+        },
+    )
+    .await?;
+    accounts.delete("default", &DeleteParams::default()).await?;
+    wait_for("the default MacieAccount InUse", deadline, || async {
+        let a = accounts.get("default").await?;
+        let reason = a.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.reason.clone())
+        });
+        Ok((a.metadata.deletion_timestamp.is_some() && reason.as_deref() == Some("InUse")).then_some(()))
+    })
+    .await?;
+    discoveries.delete("rbac", &DeleteParams::default()).await?;
+    wait_for("the default MacieAccount gone", deadline, || async {
+        Ok(accounts.get_opt("default").await?.is_none().then_some(()))
+    })
+    .await?;
     let ready = wait_for("readyz", deadline, || async {
         Ok((testkit::http_get(health_port, "/readyz").await?.0 == 200).then_some(()))
     })
@@ -380,6 +413,8 @@ async fn chart_rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
     ];
     // Events about the watched resources, and in `default` about MacieAccounts.
     let events: &[&str] = &["events.events.k8s.io create", "events.events.k8s.io patch"];
+    // Every namespace watched: the in-use finalizer of MacieAccounts (a merge patch).
+    let in_use: &[&str] = &["macieaccounts.macie.kubeops.dev patch"];
 
     namespace(&client, "rbac-tenant").await?;
     namespace(&client, "rbac-watched").await?;
@@ -405,9 +440,12 @@ async fn chart_rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
             all,
             vec![],
             vec![
-                ("rbac-all-system", with_lease(set(&[cluster, kinds, events]), all)),
-                ("rbac-tenant", set(&[cluster, kinds, events])),
-                ("default", set(&[cluster, kinds, events])),
+                (
+                    "rbac-all-system",
+                    with_lease(set(&[cluster, in_use, kinds, events]), all),
+                ),
+                ("rbac-tenant", set(&[cluster, in_use, kinds, events])),
+                ("default", set(&[cluster, in_use, kinds, events])),
             ],
         ),
         // One namespace watched: the kinds and Events only there, Events about MacieAccounts in

@@ -83,6 +83,9 @@ pub enum Reason {
     /// MacieJob: the status recorded a job this resource did not create (its client token is
     /// not the resource's): a forged or copied record, ignored; nothing is done to that job.
     RecordIgnored,
+    /// MacieAccount being deleted while resources use it: it stays (and serves them) until
+    /// they are gone.
+    InUse,
 }
 
 /// The type of Event a reason is announced with.
@@ -123,6 +126,7 @@ impl Reason {
             Reason::Creating => "Creating",
             Reason::CreateFailed => "CreateFailed",
             Reason::RecordIgnored => "RecordIgnored",
+            Reason::InUse => "InUse",
         }
     }
 
@@ -134,7 +138,10 @@ impl Reason {
     /// Which of Ready, Reconciling, Stalled is True with this reason.
     pub fn phase(self) -> Phase {
         match self {
-            Reason::Converged | Reason::TerminalState | Reason::ExpiringSoon | Reason::Verified => Phase::Ready,
+            // InUse: the account still works, and must, for the resources that hold it.
+            Reason::Converged | Reason::TerminalState | Reason::ExpiringSoon | Reason::Verified | Reason::InUse => {
+                Phase::Ready
+            }
             Reason::Transitioning
             | Reason::JobNotFound
             | Reason::Throttled
@@ -178,7 +185,7 @@ impl Reason {
 }
 
 /// Every reason (tests and parsing).
-pub const ALL_REASONS: [Reason; 26] = [
+pub const ALL_REASONS: [Reason; 27] = [
     Reason::Converged,
     Reason::Transitioning,
     Reason::TerminalState,
@@ -205,6 +212,7 @@ pub const ALL_REASONS: [Reason; 26] = [
     Reason::Creating,
     Reason::CreateFailed,
     Reason::RecordIgnored,
+    Reason::InUse,
 ];
 
 /// Builds the three conditions for `summary`, keeping `lastTransitionTime` from `previous` when

@@ -186,9 +186,10 @@ pub struct MacieAccountStatus {
     pub observed_generation: Option<i64>,
 
     /// Ready, Reconciling and Stalled (kstatus). Ready: credentials were obtained and
-    /// sts:GetCallerIdentity answered. Stalled with reason AccountNotReady: the role cannot be
-    /// assumed (the message carries the AWS error code); resources using the account say so
-    /// instead of calling Macie.
+    /// sts:GetCallerIdentity answered (reason Verified; reason InUse while it is being deleted
+    /// and resources still use it, see resourcesInUse). Stalled with reason AccountNotReady:
+    /// the role cannot be assumed (the message carries the AWS error code); resources using the
+    /// account say so instead of calling Macie.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::api::conditions::schema")]
     pub conditions: Vec<Condition>,
@@ -205,6 +206,18 @@ pub struct MacieAccountStatus {
     /// AccessDenied); absent while they work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+
+    /// How many MacieJobs and MacieDiscoveries use this account: those that name it in
+    /// spec.accountRef, or have no accountRef while it is the operator's default account, in
+    /// namespaces its namespaceSelector selects (resources being deleted included). While any
+    /// does, the finalizer macie.kubeops.dev/in-use keeps the account: deleting it then waits
+    /// (Ready reason InUse, and an Event) until they are gone, and they are still served
+    /// meanwhile, so that a deletionPolicy Cancel MacieJob can cancel its job. Counted by an
+    /// operator that watches every namespace; absent when it watches one namespace only (it
+    /// cannot see the others: it then neither adds nor removes the finalizer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub resources_in_use: Option<i64>,
 }
 
 /// `spec.accountRef` of MacieJob and MacieDiscovery: the MacieAccount to act in.

@@ -26,6 +26,7 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::account::policy::{self, Refusal};
+use crate::account::users::UserKind;
 use crate::account::{Admitted, Change, Tenancy};
 use crate::api::conditions;
 use crate::api::{DiscoveryStatus, MacieDiscovery, MacieDiscoveryStatus};
@@ -636,11 +637,21 @@ impl DiscoveryController {
         });
         let failures: Arc<Failures<MacieDiscovery>> = Arc::default();
         let (e, f, s) = (engines.clone(), failures.clone(), store.clone());
+        // The MacieAccount controller counts each account's users from this cache.
+        let users = tenancy.user_feed(
+            UserKind::MacieDiscovery,
+            engines.config.namespace.clone(),
+            store.clone(),
+            |o| o.spec.account_ref.as_ref(),
+        );
+        let users_before = users.clone();
         let events = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(crate::runtime::slim)
+            .inspect_ok(move |event| users_before.before_reflect(event))
             .reflect(writer)
             .inspect_ok(move |event| {
+                users.after_reflect(event);
                 e.on_event(event);
                 status::forget_deleted(e.clients.metrics(), event, &s);
                 if let watcher::Event::Delete(o) = event {

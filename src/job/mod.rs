@@ -23,6 +23,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
 
 use crate::account::policy::{self, JobAsk, JobName, Refusal};
+use crate::account::users::UserKind;
 use crate::account::{Admitted, Change, Tenancy};
 use crate::api::conditions::{self, Summary};
 use crate::api::macie_job::{CreationRecord, ObservedJob, RequestedTransition, TransitionOutcome};
@@ -376,11 +377,20 @@ impl JobController {
         // The cache keeps only what the reconciles read (no managed fields, no last-applied).
         let (store, writer) = kube::runtime::reflector::store::<MacieJob>();
         let (metrics, cached) = (clients.metrics().clone(), store.clone());
+        // The MacieAccount controller counts each account's users from this cache.
+        let users = tenancy.user_feed(UserKind::MacieJob, config.namespace.clone(), store.clone(), |o| {
+            o.spec.account_ref.as_ref()
+        });
+        let users_before = users.clone();
         let events = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(crate::runtime::slim)
+            .inspect_ok(move |event| users_before.before_reflect(event))
             .reflect(writer)
-            .inspect_ok(move |event| status::forget_deleted(&metrics, event, &cached))
+            .inspect_ok(move |event| {
+                status::forget_deleted(&metrics, event, &cached);
+                users.after_reflect(event);
+            })
             .applied_objects();
         let controller = Controller::for_stream(events, store.clone())
             .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));

@@ -30,9 +30,16 @@ use aws_smithy_async::time::SharedTimeSource;
 
 use super::{AwsTimeouts, MacieError};
 
-/// The role session name of every AssumeRole: it names the operator in the role account's
-/// CloudTrail (`arn:aws:sts::<account>:assumed-role/<role>/macie-operator`).
-pub const SESSION_NAME: &str = "macie-operator";
+/// How every role session name starts: `macie-operator-<MacieAccount name>` (see
+/// [`session_name`]).
+pub const SESSION_PREFIX: &str = "macie-operator-";
+
+/// The longest RoleSessionName STS accepts (`roleSessionNameType` in the STS model: length 2
+/// to 64, pattern `[\w+=,.@-]*`).
+const SESSION_NAME_MAX: usize = 64;
+
+/// Hex digits of the hash that ends a session name made to fit (48 bits).
+const SESSION_HASH_DIGITS: usize = 12;
 
 /// Assumed credentials are used until this long before their expiration (or until half their
 /// lifetime has passed, when that comes first).
@@ -54,12 +61,51 @@ const STS_FALLBACK_REGION: &str = "us-east-1";
 /// The name the credentials carry as their provider (shown in SDK logs).
 const PROVIDER_NAME: &str = "MacieAccountAssumeRole";
 
-/// A role to assume: `spec.roleArn` and `spec.externalId` of a MacieAccount.
+/// A role to assume: `spec.roleArn` and `spec.externalId` of a MacieAccount, and the session
+/// name that names the MacieAccount.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RoleSpec {
     pub role_arn: String,
     /// Sent as `ExternalId` when set (the role's trust policy may require it).
     pub external_id: Option<String>,
+    /// Sent as `RoleSessionName`: [`session_name`] of the MacieAccount's name.
+    pub session_name: String,
+}
+
+/// Whether STS allows `c` in a RoleSessionName (`[\w+=,.@-]`: ASCII letters and digits, and
+/// `_+=,.@-`).
+fn session_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)
+}
+
+/// The AssumeRole session name for MacieAccount `account`: `macie-operator-<account>`. It is
+/// part of the assumed-role ARN (`arn:aws:sts::<id>:assumed-role/<role>/<session name>`), so
+/// the role account's CloudTrail shows which MacieAccount acted.
+///
+/// A name that would not be one STS accepts as it is (longer than 64 characters, or with a
+/// character outside `[\w+=,.@-]`, or with `_`) keeps what fits of the account name, any other
+/// character replaced by `-`, and ends with `_` and 12 hex digits of the SHA-256 of the whole
+/// account name, 64 characters at most. A name used as it is has no `_`, and a name made to fit
+/// always has one: the two kinds never meet, and two accounts share a made-to-fit name only if
+/// 48 bits of their hashes agree. (A MacieAccount's name is a DNS subdomain: it has no `_` and
+/// only allowed characters, so only a name longer than 49 characters is made to fit.)
+pub fn session_name(account: &str) -> String {
+    let plain = format!("{SESSION_PREFIX}{account}");
+    if plain.len() <= SESSION_NAME_MAX && account.chars().all(|c| session_char(c) && c != '_') {
+        return plain;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, account.as_bytes());
+    let hash: String = digest.as_ref()[..SESSION_HASH_DIGITS / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let room = SESSION_NAME_MAX - SESSION_PREFIX.len() - 1 - SESSION_HASH_DIGITS;
+    let kept: String = account
+        .chars()
+        .take(room)
+        .map(|c| if session_char(c) { c } else { '-' })
+        .collect();
+    format!("{SESSION_PREFIX}{kept}_{hash}")
 }
 
 /// The AWS account and principal ARN of a set of credentials (sts:GetCallerIdentity).
@@ -67,7 +113,7 @@ pub struct RoleSpec {
 pub struct Identity {
     /// The 12-digit AWS account id.
     pub account: String,
-    /// E.g. `arn:aws:sts::111122223333:assumed-role/macie-operator/macie-operator`.
+    /// E.g. `arn:aws:sts::111122223333:assumed-role/macie-operator/macie-operator-security-prod`.
     pub arn: String,
 }
 
@@ -258,7 +304,7 @@ impl SessionCredentials {
             .sts
             .assume_role()
             .role_arn(&role.role_arn)
-            .role_session_name(SESSION_NAME)
+            .role_session_name(&role.session_name)
             .set_external_id(role.external_id.clone())
             .send()
             .await
@@ -407,6 +453,7 @@ mod tests {
         RoleSpec {
             role_arn: ROLE.to_string(),
             external_id: external_id.map(str::to_string),
+            session_name: session_name("team-a"),
         }
     }
 
@@ -444,6 +491,54 @@ mod tests {
             .collect())
     }
 
+    /// What the STS model requires of a RoleSessionName: length 2 to 64, `[\w+=,.@-]*`.
+    fn sts_accepts(name: &str) -> bool {
+        (2..=64).contains(&name.len()) && name.chars().all(session_char)
+    }
+
+    #[test]
+    fn session_names_name_the_account_and_fit_sts() {
+        let at_limit = "a".repeat(64 - SESSION_PREFIX.len());
+        let over = "a".repeat(64 - SESSION_PREFIX.len() + 1);
+        let long = |tail: &str| format!("{}{tail}", "finance-eu-west-1-production-account-".repeat(2));
+        let cut = |kept: &str, account: &str| {
+            let sha = ring::digest::digest(&ring::digest::SHA256, account.as_bytes());
+            let hex: String = sha.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
+            format!("macie-operator-{kept}_{hex}")
+        };
+        // (MacieAccount name, session name)
+        let rows: Vec<(String, String)> = vec![
+            ("default".into(), "macie-operator-default".into()),
+            ("security-prod".into(), "macie-operator-security-prod".into()),
+            ("t1.team-a".into(), "macie-operator-t1.team-a".into()),
+            // Exactly 64 characters: as it is; one more: cut, with the hash.
+            (at_limit.clone(), format!("macie-operator-{at_limit}")),
+            (over.clone(), cut(&"a".repeat(36), &over)),
+            (long("a"), cut("finance-eu-west-1-production-account", &long("a"))),
+            (long("b"), cut("finance-eu-west-1-production-account", &long("b"))),
+            // Characters STS does not allow (not in a Kubernetes name, but never sent): `-`,
+            // and the hash; `_` is allowed but marks a name made to fit.
+            ("a/b".into(), cut("a-b", "a/b")),
+            ("a:b".into(), cut("a-b", "a:b")),
+            ("a b".into(), cut("a-b", "a b")),
+            ("café".into(), cut("caf-", "café")),
+            ("a_b".into(), cut("a_b", "a_b")),
+            ("ok+=,.@-".into(), "macie-operator-ok+=,.@-".into()),
+        ];
+        for (account, expected) in &rows {
+            let got = session_name(account);
+            assert_eq!(&got, expected, "{account}");
+            assert!(sts_accepts(&got), "{account}: {got}");
+        }
+        assert_eq!(session_name(&at_limit).len(), 64);
+        assert_eq!(session_name(&over).len(), 64);
+        // No two accounts share a session name: long names with a common prefix, names that
+        // differ only in characters STS does not allow, and a plain name beside them.
+        let names: std::collections::BTreeSet<String> = rows.iter().map(|(a, _)| session_name(a)).collect();
+        assert_eq!(names.len(), rows.len());
+        assert_ne!(session_name("a-b"), session_name("a/b"));
+    }
+
     #[test]
     fn credentials_are_refreshed_five_minutes_before_expiry_or_at_half_their_lifetime() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
@@ -470,7 +565,7 @@ mod tests {
             who,
             Identity {
                 account: "111122223333".into(),
-                arn: "arn:aws:sts::111122223333:assumed-role/macie-operator/macie-operator".into(),
+                arn: "arn:aws:sts::111122223333:assumed-role/macie-operator/macie-operator-team-a".into(),
             }
         );
         let me = caller_identity(&base, None, Some(emu.url.clone()), "eu-west-1")
@@ -491,7 +586,7 @@ mod tests {
         assert_eq!(calls[0].operation, "AssumeRole");
         assert_eq!(calls[0].aws_account_id, OWN_ACCOUNT);
         assert_eq!(calls[0].role_arn.as_deref(), Some(ROLE));
-        assert_eq!(calls[0].role_session_name.as_deref(), Some(SESSION_NAME));
+        assert_eq!(calls[0].role_session_name.as_deref(), Some("macie-operator-team-a"));
         assert_eq!(calls[0].outcome, "OK");
         assert_eq!(creds.assume_role_calls(), 1);
     }
@@ -538,6 +633,7 @@ mod tests {
         let unknown = RoleSpec {
             role_arn: "arn:aws:iam::111122223333:role/nobody".into(),
             external_id: None,
+            session_name: session_name("nobody"),
         };
         for role in [unknown, role(Some("wrong-id")), role(None)] {
             let creds = SessionCredentials::new(&base, role.clone(), Some(emu.url.clone()));

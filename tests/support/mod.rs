@@ -193,6 +193,7 @@ impl Accounts {
         let controller = AccountController::new(
             client,
             clients,
+            tenancy.clone(),
             account::Config {
                 recheck: Duration::from_secs(60),
                 instance: Some("e2e".into()),

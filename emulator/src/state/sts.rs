@@ -295,4 +295,46 @@ mod tests {
         ]);
         assert_eq!(e.assume_role(&own, &short).unwrap_err().code, "ValidationError");
     }
+
+    #[test]
+    fn role_session_names_are_checked_as_the_sts_model_says_and_named_in_the_arn() {
+        let seed = Seed::parse("roles: [{arn: 'arn:aws:iam::111122223333:role/ops'}]").unwrap();
+        let mut e = Emulator::new(seed, "us-east-1", "123456789012");
+        let own = e.caller(Some("AKIDEMULATOR"));
+        let at_limit = format!("macie-operator-{}", "a".repeat(49));
+        let over = format!("{at_limit}a");
+        // (RoleSessionName, accepted): roleSessionNameType, length 2 to 64, `[\w+=,.@-]*`.
+        let rows: Vec<(&str, bool)> = vec![
+            ("macie-operator-security-prod", true),
+            (&at_limit, true),
+            ("ab", true),
+            ("w_+=,.@-Z9", true),
+            (&over, false),
+            ("a", false),
+            ("a/b", false),
+            ("a b", false),
+            ("a:b", false),
+            ("caf\u{e9}", false),
+        ];
+        for (name, accepted) in rows {
+            let p = params(&[
+                ("RoleArn", "arn:aws:iam::111122223333:role/ops"),
+                ("RoleSessionName", name),
+            ]);
+            match e.assume_role(&own, &p) {
+                Ok(s) => {
+                    assert!(accepted, "{name} accepted");
+                    let arn = format!("arn:aws:sts::111122223333:assumed-role/ops/{name}");
+                    assert_eq!(s.assumed_role_arn(), arn);
+                    let caller = e.caller(Some(&s.access_key_id));
+                    assert_eq!(e.caller_identity(&caller).unwrap().2, arn);
+                }
+                Err(err) => {
+                    assert!(!accepted, "{name} refused: {err:?}");
+                    assert_eq!(err.code, "ValidationError");
+                    assert!(err.message.contains("roleSessionName"), "{}", err.message);
+                }
+            }
+        }
+    }
 }
