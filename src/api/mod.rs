@@ -2,6 +2,8 @@
 
 pub mod conditions;
 pub mod job_definition;
+#[cfg(test)]
+mod largest;
 pub mod macie_account;
 pub mod macie_discovery;
 pub mod macie_job;
