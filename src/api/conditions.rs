@@ -216,7 +216,8 @@ pub const ALL_REASONS: [Reason; 27] = [
 ];
 
 /// Builds the three conditions for `summary`, keeping `lastTransitionTime` from `previous` when
-/// a condition's status did not change.
+/// a condition's status did not change. A message longer than [`MESSAGE_MAX`] bytes is cut (so
+/// that the status fits the schema whatever an AWS error message says).
 pub fn conditions(
     summary: &Summary,
     generation: Option<i64>,
@@ -232,7 +233,10 @@ pub fn conditions(
     .map(|(type_, phase)| {
         let status = if summary.phase == phase { "True" } else { "False" };
         let (reason, message) = if summary.phase == phase || type_ == READY {
-            (summary.reason.clone(), summary.message.clone())
+            (
+                summary.reason.clone(),
+                crate::runtime::truncate(&summary.message, MESSAGE_MAX),
+            )
         } else {
             (summary.reason.clone(), String::new())
         };
@@ -257,8 +261,13 @@ pub fn conditions(
 pub const TYPE_MAX: usize = 316;
 /// Longest `reason` a condition may have (metav1.Condition).
 pub const REASON_MAX: usize = 1024;
-/// Longest `message` a condition may have (metav1.Condition).
-pub const MESSAGE_MAX: usize = 32768;
+/// Longest `message` a condition may have: 4096 characters, below metav1.Condition's 32768 so
+/// that a resource stays small (issue 19: the largest MacieJob is under 256 KiB); messages are
+/// cut to it when the conditions are built.
+pub const MESSAGE_MAX: usize = 4096;
+/// Most conditions a `status.conditions` list may hold: the operator writes 3 (Ready,
+/// Reconciling, Stalled); the rest is room for more types.
+pub const CONDITIONS_MAX: usize = 8;
 /// What a `reason` must look like (metav1.Condition): CamelCase, letters first.
 pub const REASON_PATTERN: &str = "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$";
 /// What a `type` must look like (metav1.Condition), optionally prefixed by a DNS subdomain.
@@ -267,13 +276,16 @@ pub const TYPE_PATTERN: &str =
 
 /// Schema of a `status.conditions` field: a list map keyed by `type` of metav1.Condition with
 /// the limits the Kubernetes API declares for it (type at most 316 characters, reason 1..1024
-/// CamelCase characters, message at most 32768, status True/False/Unknown). Use it as
+/// CamelCase characters, status True/False/Unknown) and tighter ones of our own (at most
+/// [`CONDITIONS_MAX`] conditions, message at most [`MESSAGE_MAX`] characters, lastTransitionTime
+/// at most [`crate::api::TIME_MAX`]). Use it as
 /// `#[schemars(schema_with = "crate::api::conditions::schema")]` on a `Vec<Condition>`.
 pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],
+        "maxItems": CONDITIONS_MAX,
         "items": {
             "type": "object",
             "description": "Condition contains details for one aspect of the current state of this API Resource.",
@@ -283,6 +295,7 @@ pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
                     "description": "lastTransitionTime is the last time the condition transitioned from one status to another.",
                     "type": "string",
                     "format": "date-time",
+                    "maxLength": crate::api::TIME_MAX,
                 },
                 "message": {
                     "description": "message is a human readable message indicating details about the transition. This may be an empty string.",
@@ -360,6 +373,21 @@ mod tests {
     }
 
     #[test]
+    fn a_message_longer_than_the_schema_allows_is_cut() {
+        let long = "x".repeat(MESSAGE_MAX + 1);
+        let c = conditions(
+            &Summary::new(Phase::Stalled, "MacieError", long),
+            Some(1),
+            &[],
+            Timestamp::now(),
+        );
+        for type_ in [READY, STALLED] {
+            let m = &find(&c, type_).unwrap().message;
+            assert!(m.len() <= MESSAGE_MAX && m.ends_with('…'), "{type_}: {} bytes", m.len());
+        }
+    }
+
+    #[test]
     fn reasons_are_checked_like_the_schema_pattern() {
         for ok in ["Converged", "A", "Account_Errors", "x:y,z"] {
             assert!(valid_reason(ok), "{ok}");
@@ -377,13 +405,15 @@ mod tests {
     }
 
     #[test]
-    fn schema_carries_the_standard_condition_limits() {
+    fn schema_carries_the_condition_limits() {
         let s = serde_json::to_value(schema(&mut schemars::SchemaGenerator::default())).unwrap();
         let p = &s["items"]["properties"];
         assert_eq!(p["type"]["maxLength"], 316);
         assert_eq!(p["reason"]["maxLength"], 1024);
         assert_eq!(p["reason"]["pattern"], REASON_PATTERN);
-        assert_eq!(p["message"]["maxLength"], 32768);
+        assert_eq!(p["message"]["maxLength"], MESSAGE_MAX);
+        assert_eq!(p["lastTransitionTime"]["maxLength"], crate::api::TIME_MAX);
+        assert_eq!(s["maxItems"], CONDITIONS_MAX);
         assert_eq!(s["x-kubernetes-list-map-keys"][0], "type");
     }
 }

@@ -6,6 +6,17 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The prefix of the tags the operator puts on every job it creates
+/// (`macie.kubeops.dev/namespace`, `macie.kubeops.dev/name`, `macie.kubeops.dev/uid`): the
+/// schema refuses user tags that start with it, so that a tenant cannot forge them.
+pub const RESERVED_TAG_PREFIX: &str = "macie.kubeops.dev/";
+/// How many tags the operator adds to a job it creates (see [`RESERVED_TAG_PREFIX`]).
+pub const OPERATOR_TAGS: usize = 3;
+/// Macie's limit on the tags of a job (CreateClassificationJob's documentation).
+pub const MACIE_TAGS_MAX: usize = 50;
+/// The most tags spec.definition.tags may hold: Macie's 50 less the operator's own.
+pub const USER_TAGS_MAX: usize = MACIE_TAGS_MAX - OPERATOR_TAGS;
+
 /// A classification job for the operator to create (CreateClassificationJob), once, with a
 /// client token derived from this resource's UID. Macie cannot change a job's settings: the
 /// definition is immutable. To change a job, create a new MacieJob with the new definition (and
@@ -68,28 +79,39 @@ pub struct JobDefinition {
     pub managed_data_identifier_selector: Option<ManagedDataIdentifierSelector>,
 
     /// Managed data identifiers to include or exclude (managedDataIdentifierSelector INCLUDE
-    /// or EXCLUDE only), e.g. `CREDIT_CARD_NUMBER`.
+    /// or EXCLUDE only), e.g. `CREDIT_CARD_NUMBER`. At most 200 IDs of at most 64 characters
+    /// (bounds of this operator, which keep the resource small; Macie's model states none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 200), inner(length(min = 1, max = 128)))]
+    #[schemars(length(max = 200), inner(length(min = 1, max = 64)))]
     pub managed_data_identifier_ids: Option<Vec<String>>,
 
-    /// IDs of custom data identifiers the job uses.
+    /// IDs of custom data identifiers the job uses (at most 30, each at most 128 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 30), inner(length(min = 1, max = 128)))]
     pub custom_data_identifier_ids: Option<Vec<String>>,
 
-    /// IDs of allow lists the job uses.
+    /// IDs of allow lists the job uses (at most 10, each at most 128 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 10), inner(length(min = 1, max = 128)))]
     pub allow_list_ids: Option<Vec<String>>,
 
-    /// Tags of the job (at most 50; keys up to 128 characters, values up to 256).
+    /// Tags of the job: at most 47, since Macie allows 50 and the operator adds 3 of its own to
+    /// every job it creates (macie.kubeops.dev/namespace, macie.kubeops.dev/name and
+    /// macie.kubeops.dev/uid: they tie the job to this resource). Keys are 1 to 128 characters
+    /// and may not start with `macie.kubeops.dev/`; values are at most 256 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 50))]
-    #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.all(k, size(k) >= 1 && size(k) <= 128 && size(self[k]) <= 256)",
-        "message": "spec.definition.tags: keys must be 1 to 128 characters and values at most 256"
-    }]))]
+    #[schemars(extend("maxProperties" = USER_TAGS_MAX))]
+    #[schemars(extend("additionalProperties" = {"type": "string", "maxLength": 256}))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.all(k, size(k) >= 1 && size(k) <= 128)",
+            "message": "spec.definition.tags: keys must be 1 to 128 characters"
+        },
+        {
+            "rule": "self.all(k, !k.startsWith('macie.kubeops.dev/'))",
+            "message": "spec.definition.tags: keys starting with macie.kubeops.dev/ are reserved for the tags the operator adds"
+        }
+    ]))]
     pub tags: Option<BTreeMap<String, String>>,
 }
 
@@ -190,9 +212,11 @@ pub struct MonthlySchedule {
     "message": "spec.definition.s3JobDefinition must set exactly one of bucketDefinitions or bucketCriteria"
 }]))]
 pub struct S3JobDefinition {
-    /// The buckets to analyze, per AWS account that owns them.
+    /// The buckets to analyze, per AWS account that owns them: at most 10 accounts (a bound of
+    /// this operator, which keeps the resource small; for more, use bucketCriteria or several
+    /// MacieJobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 100))]
+    #[schemars(length(min = 1, max = 10))]
     pub bucket_definitions: Option<Vec<BucketDefinition>>,
     /// Criteria that select the buckets at each run (by account, name, permissions, tags).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,10 +230,12 @@ pub struct S3JobDefinition {
 #[serde(rename_all = "camelCase")]
 pub struct BucketDefinition {
     /// The 12-digit ID of the AWS account that owns the buckets.
-    #[schemars(regex(pattern = r"^[0-9]{12}$"))]
+    #[schemars(length(min = 12, max = 12), regex(pattern = r"^[0-9]{12}$"))]
     pub account_id: String,
-    /// S3 bucket names (3 to 63 lowercase letters, digits, dots and hyphens).
-    #[schemars(length(min = 1, max = 1000))]
+    /// S3 bucket names (3 to 63 lowercase letters, digits, dots and hyphens): at most 100 per
+    /// account (a bound of this operator, which keeps the resource small; for more, use
+    /// bucketCriteria or several MacieJobs).
+    #[schemars(length(min = 1, max = 100))]
     #[schemars(inner(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")))]
     pub buckets: Vec<String>,
 }
@@ -227,15 +253,20 @@ pub struct BucketCriteria {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CriteriaBlock {
-    /// Conditions that must all hold.
+    /// Conditions that must all hold: at most 10 (a bound of this operator; there are four
+    /// bucket properties and tags to test).
     #[serde(rename = "and")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = 10))]
     pub and: Vec<Criterion>,
 }
 
-/// One bucket condition: a property (simpleCriterion) or tags (tagCriterion).
+/// One bucket condition: a property (simpleCriterion) or tags (tagCriterion), exactly one.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.simpleCriterion) != has(self.tagCriterion)",
+    "message": "a bucket criterion must set exactly one of simpleCriterion or tagCriterion"
+}]))]
 pub struct Criterion {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simple_criterion: Option<SimpleCriterion>,
@@ -250,7 +281,10 @@ pub struct SimpleCriterion {
     pub comparator: Comparator,
     /// ACCOUNT_ID, S3_BUCKET_NAME, S3_BUCKET_EFFECTIVE_PERMISSION or S3_BUCKET_SHARED_ACCESS.
     pub key: BucketCriterionKey,
-    #[schemars(length(max = 100), inner(length(max = 1024)))]
+    /// Account IDs, bucket names, or the permission and shared-access values Macie defines
+    /// (any one matches): at most 40 values (a bound of this operator), each at most 63
+    /// characters (the longest S3 bucket name).
+    #[schemars(length(max = 40), inner(length(max = 63)))]
     pub values: Vec<String>,
 }
 
@@ -259,15 +293,18 @@ pub struct SimpleCriterion {
 pub struct TagCriterion {
     /// EQ or NE.
     pub comparator: Comparator,
-    #[schemars(length(max = 50))]
+    /// Bucket tags (keys, values, or key and value pairs): at most 5 (a bound of this operator).
+    #[schemars(length(max = 5))]
     pub tag_values: Vec<TagPair>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct TagPair {
+    /// A tag key (at most 128 characters, as for AWS tags).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub key: Option<String>,
+    /// A tag value (at most 256 characters, as for AWS tags).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub value: Option<String>,
@@ -307,14 +344,19 @@ pub struct Scoping {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct ScopingBlock {
-    /// Conditions that must all hold.
-    #[schemars(length(max = 50))]
+    /// Conditions that must all hold: at most 10 (a bound of this operator; there are four
+    /// object properties and tags to test).
+    #[schemars(length(max = 10))]
     pub and: Vec<ScopeTerm>,
 }
 
-/// One object condition: a property (simpleScopeTerm) or tags (tagScopeTerm).
+/// One object condition: a property (simpleScopeTerm) or tags (tagScopeTerm), exactly one.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.simpleScopeTerm) != has(self.tagScopeTerm)",
+    "message": "a scoping condition must set exactly one of simpleScopeTerm or tagScopeTerm"
+}]))]
 pub struct ScopeTerm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simple_scope_term: Option<SimpleScopeTerm>,
@@ -330,7 +372,10 @@ pub struct SimpleScopeTerm {
     pub comparator: Comparator,
     /// OBJECT_EXTENSION, OBJECT_LAST_MODIFIED_DATE, OBJECT_SIZE or OBJECT_KEY.
     pub key: ScopeKey,
-    #[schemars(length(max = 100), inner(length(max = 1024)))]
+    /// File name extensions, key prefixes, a date or a size (for extensions and prefixes, any
+    /// one matches): at most 10 values of at most 256 characters (bounds of this operator; a
+    /// key prefix longer than 256 characters is not supported).
+    #[schemars(length(max = 10), inner(length(max = 256)))]
     pub values: Vec<String>,
 }
 
@@ -348,9 +393,11 @@ pub enum ScopeKey {
 pub struct TagScopeTerm {
     /// EQ or NE.
     pub comparator: Comparator,
-    /// `TAG`.
+    /// `TAG` (the only value Macie accepts).
+    #[schemars(extend("enum" = ["TAG"]))]
     pub key: String,
-    #[schemars(length(max = 50))]
+    /// Object tags (keys, or key and value pairs): at most 5 (a bound of this operator).
+    #[schemars(length(max = 5))]
     pub tag_values: Vec<TagPair>,
     /// `S3_OBJECT`.
     pub target: TagTarget,

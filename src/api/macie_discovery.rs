@@ -111,6 +111,7 @@ pub struct MacieDiscoveryStatus {
 
     /// Region the accounts were managed in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub region: Option<String>,
 
     /// One row per declared account, sorted by accountId: desired and observed status, and the
@@ -120,9 +121,10 @@ pub struct MacieDiscoveryStatus {
     pub accounts: Vec<AccountStatus>,
 
     /// Each error code found in `accounts`, once: what it means, what to do, and how many
-    /// accounts have it.
+    /// accounts have it (at most 32 codes; Macie's per-account codes, the operator's own and the
+    /// AWS error codes of failed calls are far fewer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "atomic"))]
     pub error_codes: Vec<ErrorCodeStatus>,
 
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +132,7 @@ pub struct MacieDiscoveryStatus {
 
     /// When the observation this status was computed from started (written only on change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::optional_time_schema")]
     pub last_sync_time: Option<Time>,
 }
 
@@ -137,15 +140,19 @@ pub struct MacieDiscoveryStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountStatus {
+    #[schemars(length(max = 12))]
     pub account_id: String,
     /// ENABLED or DISABLED, as declared.
+    #[schemars(length(max = 8))]
     pub desired: String,
     /// ENABLED or DISABLED as last observed; absent when Macie did not list the account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
     pub observed: Option<String>,
     /// ACCOUNT_PAUSED, ACCOUNT_NOT_FOUND, Conflict, or the AWS error code of a failed call; see
     /// status.errorCodes for what it means.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub error_code: Option<String>,
 }
 
@@ -154,6 +161,7 @@ pub struct AccountStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ErrorCodeStatus {
     /// The errorCode as it appears in status.accounts.
+    #[schemars(length(max = 64))]
     pub code: String,
     /// What it means and what to do about it.
     #[schemars(length(max = 4096))]
@@ -190,7 +198,7 @@ mod tests {
         assert_eq!(status["errorCodes"]["x-kubernetes-list-type"], "atomic");
         let cond = &status["conditions"]["items"]["properties"];
         assert_eq!(cond["reason"]["maxLength"], 1024);
-        assert_eq!(cond["message"]["maxLength"], 32768);
+        assert_eq!(cond["message"]["maxLength"], crate::api::conditions::MESSAGE_MAX);
         assert_eq!(cond["type"]["maxLength"], 316);
     }
 }

@@ -152,6 +152,7 @@ pub struct MacieJobStatus {
 
     /// Region the job was looked up in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub region: Option<String>,
 
     /// The Macie job as last observed.
@@ -162,6 +163,7 @@ pub struct MacieJobStatus {
     /// written only when something changes, so this is the time of the last change the
     /// operator saw, not of the latest sweep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::optional_time_schema")]
     pub last_sync_time: Option<Time>,
 
     /// The last UpdateClassificationJob call the operator made for this resource.
@@ -178,19 +180,25 @@ pub struct MacieJobStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservedJob {
+    #[schemars(length(max = 64))]
     pub job_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 500))]
     pub name: Option<String>,
     /// ONE_TIME or SCHEDULED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub job_type: Option<String>,
     /// RUNNING, PAUSED, CANCELLED, COMPLETE, IDLE or USER_PAUSED (or a value newer than this
     /// operator, shown as Macie sent it).
+    #[schemars(length(max = 64))]
     pub job_status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::optional_time_schema")]
     pub created_at: Option<Time>,
     /// NONE, or ERROR if the last run had errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub last_run_error_status: Option<String>,
     /// Set while the job is USER_PAUSED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,13 +210,16 @@ pub struct ObservedJob {
 pub struct UserPausedDetails {
     /// When the job was paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::optional_time_schema")]
     pub job_paused_at: Option<Time>,
     /// When Macie will cancel the paused job (or, for a scheduled job, its paused run): 30 days
     /// after the pause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::optional_time_schema")]
     pub job_expires_at: Option<Time>,
     /// The AWS Health event Macie sent about the coming expiry (about 7 days before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub job_imminent_expiration_health_event_arn: Option<String>,
 }
 
@@ -217,11 +228,15 @@ pub struct UserPausedDetails {
 #[serde(rename_all = "camelCase")]
 pub struct RequestedTransition {
     /// The job the call was for.
+    #[schemars(length(max = 64))]
     pub job_id: String,
     /// The job status observed when the call was made.
+    #[schemars(length(max = 64))]
     pub from: String,
     /// The status asked for.
+    #[schemars(length(max = 64))]
     pub to: String,
+    #[schemars(schema_with = "crate::api::time_schema")]
     pub requested_at: Time,
     /// Pending (waiting for a sweep to show the result; also after an error that leaves the
     /// result unknown), Succeeded, Failed (Macie refused the call, or nothing showed within the
@@ -229,8 +244,10 @@ pub struct RequestedTransition {
     pub outcome: TransitionOutcome,
     /// AWS error code when the call failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub error_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub message: Option<String>,
 }
 
@@ -248,20 +265,25 @@ pub enum TransitionOutcome {
 pub struct CreationRecord {
     /// The idempotency token sent (derived from the resource's UID): a job with this token is
     /// this resource's job.
+    #[schemars(length(max = 64))]
     pub client_token: String,
     /// When the call was made (whole seconds, rounded up).
+    #[schemars(schema_with = "crate::api::time_schema")]
     pub requested_at: Time,
     /// Pending (sent; its result not known yet), Succeeded, NotProcessed (throttled: sent again
     /// later) or Failed (refused: sent again at retryAt).
     pub outcome: CreationOutcome,
     /// The job created (the resource follows it from then on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub job_id: Option<String>,
     /// When a create that was not processed or was refused is sent again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::optional_time_schema")]
     pub retry_at: Option<Time>,
     /// The AWS error code of a failed create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub error_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]

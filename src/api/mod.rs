@@ -2,6 +2,8 @@
 
 pub mod conditions;
 pub mod job_definition;
+#[cfg(test)]
+mod largest;
 pub mod macie_account;
 pub mod macie_discovery;
 pub mod macie_job;
@@ -15,6 +17,28 @@ use kube::CustomResourceExt;
 
 /// API group of every kind.
 pub const GROUP: &str = "macie.kubeops.dev";
+
+/// Longest timestamp a status field may hold. RFC 3339 with nanoseconds and an offset takes 35
+/// characters; the `date-time` format alone is no length bound (Go's RFC 3339 parser takes any
+/// number of fractional digits).
+pub const TIME_MAX: usize = 64;
+
+/// Schema of a `Time` field: an RFC 3339 date-time of at most [`TIME_MAX`] characters. Use it
+/// as `#[schemars(schema_with = "crate::api::time_schema")]`.
+pub fn time_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "format": "date-time",
+        "maxLength": TIME_MAX,
+    })
+}
+
+/// Schema of an `Option<Time>` field: [`time_schema`], nullable.
+pub fn optional_time_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = time_schema(generator);
+    schema.insert("nullable".into(), true.into());
+    schema
+}
 
 /// Every CRD the operator serves, in the order `macie-operator crd` prints them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
