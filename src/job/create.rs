@@ -15,6 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::plan::Observation;
 use crate::api::DesiredJobStatus;
+use crate::api::job_definition::RESERVED_TAG_PREFIX;
 use crate::api::macie_job::{CreationOutcome, CreationRecord};
 
 /// The client token of the resource with `uid`: the same for every attempt, so that Macie
@@ -22,10 +23,6 @@ use crate::api::macie_job::{CreationOutcome, CreationRecord};
 pub fn client_token(uid: &str) -> String {
     format!("macie-operator-{uid}")
 }
-
-/// The prefix of the tags the operator puts on the jobs it creates (user tags may not use it:
-/// refused at admission).
-pub const TAG_PREFIX: &str = "macie.kubeops.dev/";
 
 /// The tags of a job created for a MacieJob: the definition's, and three that tie the job to
 /// the resource that made it (its namespace, name and UID), for audits from the AWS side. The
@@ -37,9 +34,9 @@ pub fn job_tags(
     uid: &str,
 ) -> BTreeMap<String, String> {
     let mut tags = declared.cloned().unwrap_or_default();
-    tags.insert(format!("{TAG_PREFIX}namespace"), namespace.to_string());
-    tags.insert(format!("{TAG_PREFIX}name"), name.to_string());
-    tags.insert(format!("{TAG_PREFIX}uid"), uid.to_string());
+    tags.insert(format!("{RESERVED_TAG_PREFIX}namespace"), namespace.to_string());
+    tags.insert(format!("{RESERVED_TAG_PREFIX}name"), name.to_string());
+    tags.insert(format!("{RESERVED_TAG_PREFIX}uid"), uid.to_string());
     tags
 }
 
@@ -283,7 +280,10 @@ mod tests {
             job_tags(Some(&forged), "ns", "m", "uid-1")["macie.kubeops.dev/uid"],
             "uid-1"
         );
-        assert_eq!(job_tags(None, "ns", "m", "uid-1").len(), 3);
+        assert_eq!(
+            job_tags(None, "ns", "m", "uid-1").len(),
+            crate::api::job_definition::OPERATOR_TAGS
+        );
     }
 
     #[test]
