@@ -975,6 +975,9 @@ async fn release(ctx: &Context, api: &Api<MacieJob>, obj: &MacieJob, why: String
     Ok(())
 }
 
+/// The longest AWS error code a record keeps (its schema's bound).
+const ERROR_CODE_MAX: usize = 128;
+
 /// What a status write is given.
 struct StatusUpdate<'a> {
     /// What the resource holds now.
@@ -1005,6 +1008,17 @@ async fn write_status(
         snapshot_at,
         creation,
     } = u;
+    // The records fit their schema's bounds, whatever Macie's messages are.
+    let last_transition = last_transition.map(|mut t| {
+        t.message = t.message.map(|m| crate::runtime::truncate(&m, conditions::MESSAGE_MAX));
+        t.error_code = t.error_code.map(|c| crate::runtime::truncate(&c, ERROR_CODE_MAX));
+        t
+    });
+    let creation = creation.map(|mut c| {
+        c.message = c.message.map(|m| crate::runtime::truncate(&m, conditions::MESSAGE_MAX));
+        c.error_code = c.error_code.map(|e| crate::runtime::truncate(&e, ERROR_CODE_MAX));
+        c
+    });
     let mut status = MacieJobStatus {
         observed_generation: obj.meta().generation,
         conditions: conditions::conditions(summary, obj.meta().generation, &prev.conditions, Timestamp::now()),

@@ -1024,3 +1024,26 @@ async fn a_job_that_cannot_be_read_is_reported_on_its_resource_only() {
     assert_eq!(macie.updates().len(), 1);
     assert_eq!(macie.updates()[0].job_id, "j1");
 }
+
+#[tokio::test]
+async fn a_long_aws_message_is_cut_to_the_status_schemas_bounds() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    macie.fail_updates(
+        "j1",
+        Some(MacieError::Rejected {
+            code: "ValidationException".into(),
+            message: "x".repeat(10_000),
+        }),
+    );
+    let mut r = rig(macie);
+    r.create(object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 2).await;
+    let st = r.get("m").unwrap().status.unwrap();
+    let t = st.last_transition.expect("recorded");
+    assert_eq!(t.error_code.as_deref(), Some("ValidationException"));
+    let m = t.message.expect("message");
+    assert!(m.len() <= conditions::MESSAGE_MAX, "{} bytes", m.len());
+    assert!(st.conditions.iter().all(|c| c.message.len() <= conditions::MESSAGE_MAX));
+}
