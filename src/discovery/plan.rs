@@ -333,9 +333,10 @@ pub fn resource_status(
             .and_then(|st| st.error.as_ref())
             .filter(|e| e.status == *want && observed != Some(*want))
         {
-            row.error_code = Some(err.code.clone());
+            let code = truncate(&err.code, ERROR_CODE_MAX);
+            row.error_code = Some(code.clone());
             let e = codes
-                .entry(err.code.clone())
+                .entry(code)
                 .or_insert_with(|| (explain(&err.code, &err.message, s.error_retry), 0));
             e.1 += 1;
             failed += 1;
@@ -357,7 +358,7 @@ pub fn resource_status(
             name_peers(resource, conflicting_with.keys())
         );
     }
-    let error_codes: Vec<ErrorCodeStatus> = codes
+    let mut error_codes: Vec<ErrorCodeStatus> = codes
         .into_iter()
         .map(|(code, (message, count))| ErrorCodeStatus {
             code,
@@ -365,6 +366,9 @@ pub fn resource_status(
             count,
         })
         .collect();
+    // The schema keeps the most frequent codes; every row still carries its own.
+    error_codes.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.code.cmp(&b.code)));
+    error_codes.truncate(ERROR_CODES_MAX);
     let total = accounts.len() as i64;
     let counts = Counts {
         desired: total,
@@ -423,6 +427,10 @@ pub const NOT_PERMITTED: &str = "NotPermitted";
 pub const CONFLICT: &str = "Conflict";
 /// Longest explanation of an error code (the schema's maxLength).
 const ERROR_MESSAGE_MAX: usize = 4096;
+/// The longest error code a row keeps, and the most codes `status.errorCodes` lists (the
+/// schema's bounds).
+const ERROR_CODE_MAX: usize = 64;
+const ERROR_CODES_MAX: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -928,6 +936,43 @@ mod tests {
         let bytes = serde_json::to_vec(&r.accounts).unwrap().len();
         // About 81 bytes a row: the status stays well under etcd's 1.5 MiB with the spec beside it.
         assert!(bytes < 5000 * 90, "{bytes} bytes");
+    }
+
+    #[test]
+    fn error_codes_stay_within_the_schemas_bounds() {
+        // 40 accounts, each failing with a code of its own; one code longer than any AWS one.
+        let ids: Vec<(String, DiscoveryStatus)> = (0..40)
+            .map(|i| (format!("{:012}", 600_000_000_000u64 + i), E))
+            .collect();
+        let set = desired_set(&[Declared {
+            resource: "ns/many".into(),
+            taken: TakenIn::default(),
+            accounts: ids.clone(),
+        }]);
+        let state: HashMap<String, AccountState> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| {
+                let mut st = observed(None, 0);
+                let code = if i == 0 { "C".repeat(300) } else { format!("Code{i:02}") };
+                st.error = Some(AccountError {
+                    status: E,
+                    code,
+                    message: String::new(),
+                    at: t(1),
+                });
+                (id.clone(), st)
+            })
+            .collect();
+        let r = resource_status("ns/many", &ids, &BTreeMap::new(), &set, &state, None, &settings());
+        assert_eq!(r.counts.failed, 40);
+        assert_eq!(r.error_codes.len(), ERROR_CODES_MAX);
+        assert!(r.error_codes.iter().all(|c| c.code.len() <= ERROR_CODE_MAX));
+        assert!(
+            r.accounts
+                .iter()
+                .all(|a| a.error_code.as_ref().is_some_and(|c| c.len() <= ERROR_CODE_MAX))
+        );
     }
 
     #[test]
