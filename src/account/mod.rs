@@ -644,7 +644,7 @@ async fn reconcile(obj: Arc<MacieAccount>, ctx: Arc<Context>) -> Result<Action, 
         recorder: &ctx.recorder,
         metrics: ctx.clients.metrics(),
     };
-    if status::write(to, &*obj, obj.status.as_ref(), &status).await? {
+    if status::write(to, &*obj, obj.status.as_ref(), &status).await?.is_some() {
         lock(&ctx.written).insert(name, Instant::now());
     }
     Ok(Action::requeue(due))

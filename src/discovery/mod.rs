@@ -428,7 +428,7 @@ async fn engine_loop(
 
 /// Lists `ids` and records what each shows; `full` when they are every declared account.
 async fn observe(env: &EngineEnv, ids: &[String], view: &mut View, full: bool) {
-    let started = Timestamp::now();
+    let started = crate::runtime::clock::now();
     let listed = env
         .clients
         .with_client(&env.place, |c| async move {
@@ -471,7 +471,12 @@ async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep
         ids: Vec::new(),
         retry_after: None,
     };
-    let sends = plan::to_send(&view.desired, &view.accounts, Timestamp::now(), &env.config.plan);
+    let sends = plan::to_send(
+        &view.desired,
+        &view.accounts,
+        crate::runtime::clock::now(),
+        &env.config.plan,
+    );
     for batch in plan::batches(&sends, env.config.plan.batch_size) {
         if !env.gate.allows_writes() {
             tracing::info!(%region, accounts = batch.len(), "write gate closed (not the leader): BatchUpdateAutomatedDiscoveryAccounts held back");
@@ -487,7 +492,7 @@ async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep
         if batch.is_empty() {
             continue;
         }
-        let at = Timestamp::now();
+        let at = crate::runtime::clock::now();
         log_write(env, &batch);
         let sent = env
             .clients
@@ -734,7 +739,7 @@ async fn refused(ctx: &Context, obj: &MacieDiscovery, region: &str, refusal: &Re
             &summary,
             generation,
             prev.map_or(&[][..], |p| &p.conditions),
-            api_time(Timestamp::now()).0,
+            api_time(crate::runtime::clock::now()).0,
         ),
         region: Some(region.to_string()),
         ..Default::default()
@@ -796,7 +801,7 @@ async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Resul
             &r.summary,
             Some(generation),
             prev.map_or(&[][..], |p| &p.conditions),
-            api_time(Timestamp::now()).0,
+            api_time(crate::runtime::clock::now()).0,
         ),
         region: Some(region),
         accounts: r.accounts,

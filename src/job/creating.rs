@@ -83,7 +83,7 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
     // At most two DescribeClassificationJob per reconcile (the recorded job's, then the named
     // job's once a forged record is dropped): each answer decides again.
     for _ in 0..4 {
-        let now = Timestamp::now();
+        let now = crate::runtime::clock::now();
         let action = create::decide(create::Facts {
             desired,
             record: record.as_ref(),
@@ -240,7 +240,7 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
                 // Write-ahead: the create is recorded before the call.
                 let mut r = CreationRecord {
                     client_token: ours.clone(),
-                    requested_at: Time(plan::ceil_second(Timestamp::now())),
+                    requested_at: Time(plan::ceil_second(crate::runtime::clock::now())),
                     outcome: CreationOutcome::Pending,
                     job_id: None,
                     retry_at: None,
@@ -300,7 +300,7 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
                             format!("CreateClassificationJob {name:?}: job {job_id}"),
                         )
                         .await;
-                        ctx.wake_after_sweep(&oref, place, Timestamp::now());
+                        ctx.wake_after_sweep(&oref, place, crate::runtime::clock::now());
                         (
                             Reason::Creating.summary(format!("created job {job_id}; waiting for a sweep to show it")),
                             Action::await_change(),
@@ -312,7 +312,7 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
                         lock(&ctx.queue).throttled(place, &oref, std::time::Instant::now(), wait);
                         r.outcome = CreationOutcome::NotProcessed;
                         r.error_code = Some(e.code().to_string());
-                        let at = Timestamp::now().checked_add(wait).unwrap_or(Timestamp::MAX);
+                        let at = crate::runtime::clock::now().checked_add(wait).unwrap_or(Timestamp::MAX);
                         r.retry_at = Some(Time(at));
                         (
                             Reason::WaitingForCreateQuota.summary(format!(
@@ -350,7 +350,7 @@ pub(super) async fn create_step(ctx: &Context, ask: CreateAsk<'_>) -> Result<Cre
                             Reason::CreateFailed
                         };
                         let wait = outcome::retry_delay(Reason::AccessDenied, 1, 0.75);
-                        let at = Timestamp::now().checked_add(wait).unwrap_or(Timestamp::MAX);
+                        let at = crate::runtime::clock::now().checked_add(wait).unwrap_or(Timestamp::MAX);
                         r.outcome = CreationOutcome::Failed;
                         r.error_code = Some(e.code().to_string());
                         r.retry_at = Some(Time(at));

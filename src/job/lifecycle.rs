@@ -102,7 +102,6 @@ mod tests {
     use std::time::Duration;
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use k8s_openapi::jiff::Timestamp;
     use kube::api::ObjectMeta;
 
     use super::*;
@@ -128,7 +127,7 @@ mod tests {
             name: Some("m".into()),
             namespace: Some("ns".into()),
             finalizers: finalizer.then(|| vec![FINALIZER.to_string()]),
-            deletion_timestamp: deleting.then(|| Time(Timestamp::now())),
+            deletion_timestamp: deleting.then(|| Time(crate::runtime::clock::now())),
             ..Default::default()
         };
         o
@@ -237,7 +236,7 @@ mod tests {
             job_status: s.into(),
             ..Default::default()
         };
-        let t = Timestamp::now();
+        let t = crate::runtime::clock::now();
         let err = MacieError::Uncertain {
             code: "DispatchFailure".into(),
             message: "dns error".into(),

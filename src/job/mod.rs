@@ -664,7 +664,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
         _ => None,
     };
     let step = ctx.step_for(&oref, obj.status.as_ref(), acting_on);
-    let now = Timestamp::now();
+    let now = crate::runtime::clock::now();
 
     // Plan (pure).
     let mut p = plan::plan(desired, observation, snapshot_at, step.as_ref(), now, &ctx.config.plan);
@@ -730,7 +730,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
         if let Err(refusal) = recheck(ctx, obj, acted_on) {
             return refused(ctx, &api, obj, &refusal).await;
         }
-        let st = Step::new(job_id, from, *to, Timestamp::now());
+        let st = Step::new(job_id, from, *to, crate::runtime::clock::now());
         // Write-ahead: record the step in the status before the call, so that a replica that
         // takes over after a crash between the call and the status write does not repeat it.
         let intent = transition_record(&st, TransitionOutcome::Pending, None);
@@ -794,7 +794,7 @@ async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error>
 
     Ok(match recheck_at {
         Some(t) => {
-            let wait = Timestamp::now().duration_until(t).unsigned_abs();
+            let wait = crate::runtime::clock::now().duration_until(t).unsigned_abs();
             Action::requeue(wait.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)))
         }
         None if deleting => Action::requeue(ctx.poller.interval()),
@@ -902,12 +902,12 @@ async fn act(ctx: &Context, obj: &MacieJob, place: &Place, step: Step, prev_atte
         step.from,
         step.to.as_str()
     );
-    let jitter = 0.5 + rand::random::<f64>() * 0.5;
+    let jitter = 0.5 + crate::runtime::clock::random() * 0.5;
     let verdict = outcome::after_call(
         step,
         result.as_ref().map(|_| ()),
         prev_attempts,
-        Timestamp::now(),
+        crate::runtime::clock::now(),
         jitter,
     );
     if let (CallEvent::Failed, Err(e)) = (verdict.event, &result) {
@@ -925,7 +925,7 @@ async fn act(ctx: &Context, obj: &MacieJob, place: &Place, step: Step, prev_atte
 
 /// Reconcile again at `at` (at least 1 s, at most a day from now).
 fn requeue_at(at: Timestamp) -> Action {
-    let wait = Timestamp::now().duration_until(at).unsigned_abs();
+    let wait = crate::runtime::clock::now().duration_until(at).unsigned_abs();
     Action::requeue(wait.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)))
 }
 
@@ -1021,7 +1021,12 @@ async fn write_status(
     });
     let mut status = MacieJobStatus {
         observed_generation: obj.meta().generation,
-        conditions: conditions::conditions(summary, obj.meta().generation, &prev.conditions, Timestamp::now()),
+        conditions: conditions::conditions(
+            summary,
+            obj.meta().generation,
+            &prev.conditions,
+            crate::runtime::clock::now(),
+        ),
         region: Some(region.to_string()),
         job,
         last_sync_time: prev.last_sync_time.clone(),

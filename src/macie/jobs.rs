@@ -332,7 +332,7 @@ pub async fn sweep(
     let (live, pages) = list_all_jobs(api, place, JobsQuery::NotTerminal, page_size, metrics).await?;
     let live_ids: HashSet<String> = live.iter().map(|j| j.job_id.clone()).collect();
     let mut extra: Vec<ObservedJob> = Vec::new();
-    let now = Timestamp::now();
+    let now = crate::runtime::clock::now();
     let mut reads_left = MAX_READS_PER_SWEEP;
     let (mut unread_ids, mut unread_names) = (HashMap::new(), HashMap::new());
     // Jobs that dropped out of the list (turned terminal, or gone), with their names: a name
@@ -589,7 +589,7 @@ async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let started_at = Timestamp::now();
+        let started_at = crate::runtime::clock::now();
         let t = std::time::Instant::now();
         let prev = tx.borrow().clone();
         let ask = SweepAsk {
@@ -665,7 +665,7 @@ mod tests {
 
     #[test]
     fn diff_reports_changed_appeared_and_vanished_jobs_by_id_and_name() {
-        let t = Timestamp::now();
+        let t = crate::runtime::clock::now();
         let old = Snapshot::new(
             t,
             vec![
@@ -745,7 +745,7 @@ mod tests {
         .unwrap();
         assert_eq!(pages, 1, "300 terminal jobs are not paged through");
         assert_eq!((fake.lists(), fake.describes()), (3, 2));
-        let snap = Snapshot::new(Timestamp::now(), jobs, pages);
+        let snap = Snapshot::new(crate::runtime::clock::now(), jobs, pages);
         assert_eq!(snap.jobs["done"].job_status, "CANCELLED");
         assert_eq!(snap.by_name["twin"].len(), 2, "terminal jobs of a name still count");
         assert!(!snap.jobs.contains_key("old000"));
@@ -760,7 +760,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((fake.lists(), fake.describes()), (4, 2));
-        let snap = Snapshot::new(Timestamp::now(), jobs, 1);
+        let snap = Snapshot::new(crate::runtime::clock::now(), jobs, 1);
         // A job that completes drops out of the sweep: described once, then known.
         fake.set_status("us-east-1", "live", "COMPLETE");
         let Swept { jobs, .. } = sweep(
@@ -772,7 +772,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((fake.lists(), fake.describes()), (5, 3));
-        let snap2 = Snapshot::new(Timestamp::now(), jobs, 1);
+        let snap2 = Snapshot::new(crate::runtime::clock::now(), jobs, 1);
         assert_eq!(snap2.jobs["live"].job_status, "COMPLETE");
         assert!(diff(&snap, &snap2).affects(Some("live"), None), "the change is seen");
         let Swept { jobs, .. } = sweep(
@@ -785,7 +785,7 @@ mod tests {
         .unwrap();
         assert_eq!((fake.lists(), fake.describes()), (6, 3));
         assert_eq!(
-            Snapshot::new(Timestamp::now(), jobs, 1).jobs["live"].job_status,
+            Snapshot::new(crate::runtime::clock::now(), jobs, 1).jobs["live"].job_status,
             "COMPLETE"
         );
     }
@@ -808,7 +808,7 @@ mod tests {
         let swept = sweep(&fake, ask(&place, None, &["bad", "good"], &[]), &mut history, &metrics)
             .await
             .expect("one job's describe failing does not fail the sweep");
-        let snap = Snapshot::of(Timestamp::now(), swept);
+        let snap = Snapshot::of(crate::runtime::clock::now(), swept);
         assert!(snap.jobs.contains_key("live") && snap.jobs.contains_key("good"));
         assert_eq!(
             snap.unread_ids.get("bad"),
@@ -829,7 +829,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(fake.describes(), 2, "no describe within the backoff");
-        let snap2 = Snapshot::of(Timestamp::now(), swept);
+        let snap2 = Snapshot::of(crate::runtime::clock::now(), swept);
         assert!(matches!(
             snap2.unread_ids.get("bad"),
             Some(Unread::Failed { failures: 1, .. })
@@ -837,7 +837,10 @@ mod tests {
         assert!(!diff(&snap, &snap2).affects(Some("bad"), None), "nothing new to report");
         // Past the backoff it is read again; once it answers, the resources are woken.
         fake.fail_describes("bad", None);
-        history.failed.values_mut().for_each(|f| f.retry_at = Timestamp::now());
+        history
+            .failed
+            .values_mut()
+            .for_each(|f| f.retry_at = crate::runtime::clock::now());
         let swept = sweep(
             &fake,
             ask(&place, Some(&snap2), &["bad", "good"], &[]),
@@ -846,7 +849,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let snap3 = Snapshot::of(Timestamp::now(), swept);
+        let snap3 = Snapshot::of(crate::runtime::clock::now(), swept);
         assert_eq!(fake.describes(), 3);
         assert!(snap3.unread_ids.is_empty() && snap3.jobs.contains_key("bad"));
         assert!(diff(&snap2, &snap3).affects(Some("bad"), None));
@@ -868,7 +871,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fake.describes() as usize, MAX_READS_PER_SWEEP);
-        let snap = Snapshot::of(Timestamp::now(), swept);
+        let snap = Snapshot::of(crate::runtime::clock::now(), swept);
         assert_eq!(snap.unread_ids.len(), 50);
         assert!(snap.unread_ids.values().all(|u| *u == Unread::Deferred));
         assert_eq!(snap.unread_names.get("a-name"), Some(&Unread::Deferred));
@@ -882,7 +885,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(fake.describes() as usize, n);
-        let snap2 = Snapshot::of(Timestamp::now(), swept);
+        let snap2 = Snapshot::of(crate::runtime::clock::now(), swept);
         assert!(snap2.unread_ids.is_empty() && snap2.unread_names.is_empty());
         assert_eq!(snap2.jobs.len(), n);
     }
@@ -932,7 +935,7 @@ mod tests {
     #[test]
     fn snapshot_indexes_names_with_duplicates() {
         let s = Snapshot::new(
-            Timestamp::now(),
+            crate::runtime::clock::now(),
             vec![job("a", "same", "RUNNING"), job("b", "same", "IDLE")],
             1,
         );

@@ -1,11 +1,13 @@
 //! Process plumbing: logging, metrics, the health and metrics servers, leader election,
 //! shutdown signals.
 
+pub mod clock;
 pub mod events;
 #[cfg(test)]
 pub mod fake_kube;
 pub mod gate;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod metrics_auth;
 pub mod regions;
@@ -257,7 +259,7 @@ pub async fn check_kube(client: kube::Client, namespace: Option<String>, health:
 pub fn backoff(failures: u32) -> std::time::Duration {
     let base = std::time::Duration::from_secs(1).saturating_mul(1u32 << failures.saturating_sub(1).min(9));
     let capped = base.min(std::time::Duration::from_secs(300));
-    capped.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    capped.mul_f64(0.5 + clock::random() * 0.5)
 }
 
 /// The annotation `kubectl apply` (client-side) keeps: the whole last applied object again.

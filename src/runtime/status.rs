@@ -164,8 +164,8 @@ pub struct Writer<'a, K> {
 }
 
 /// Writes `new` as the status of `obj` unless it equals `previous` (see the module
-/// documentation); returns whether it wrote.
-pub async fn write<K, S>(to: Writer<'_, K>, obj: &K, previous: Option<&S>, new: &S) -> Result<bool, kube::Error>
+/// documentation); returns the object as written (None: nothing to write).
+pub async fn write<K, S>(to: Writer<'_, K>, obj: &K, previous: Option<&S>, new: &S) -> Result<Option<K>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq + Reported,
@@ -193,7 +193,7 @@ pub async fn write_announcing<K, S>(
     previous: Option<&S>,
     new: &S,
     announce: impl Fn(EventType, &str) -> Option<EventType>,
-) -> Result<bool, kube::Error>
+) -> Result<Option<K>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq + Reported,
@@ -201,7 +201,7 @@ where
     let Writer { api, recorder, metrics } = to;
     if !differs(previous, new) {
         metrics.resource_shown(object_key(obj), shown(new));
-        return Ok(false);
+        return Ok(None);
     }
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
@@ -226,14 +226,14 @@ where
         )
         .await;
     }
-    written?;
+    let written = written?;
     metrics.resource_shown(object_key(obj), shown(new));
     if let Some((type_, reason, note)) = ready_event(previous, new)
         && let Some(type_) = announce(type_, &reason)
     {
         publish_event(recorder, obj, type_, &reason, ACTION, note).await;
     }
-    Ok(true)
+    Ok(Some(written))
 }
 
 #[cfg(test)]
