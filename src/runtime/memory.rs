@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use kube::Resource;
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
-use super::backoff;
+use super::{Next, backoff};
 
 /// One resource's entry.
 #[derive(Debug, Default, Clone)]
@@ -94,7 +93,7 @@ impl<K: Resource<DynamicType = ()>, V: Default> Memory<K, V> {
     }
 
     /// The error policy: one more failure, logged, and a retry after the backoff.
-    pub fn retry(&self, obj: &K, err: &dyn std::fmt::Display) -> Action {
+    pub fn retry(&self, obj: &K, err: &dyn std::fmt::Display) -> Next {
         use kube::ResourceExt as _;
         let n = self.with(&ObjectRef::from_obj(obj), |e| {
             e.failures += 1;
@@ -102,7 +101,7 @@ impl<K: Resource<DynamicType = ()>, V: Default> Memory<K, V> {
         });
         let delay = backoff(n);
         tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), namespace = ?obj.namespace(), error = %err, retry_in = ?delay, "reconcile failed");
-        Action::requeue(delay)
+        Next::After(delay)
     }
 
     /// A reconcile succeeded: the next failure starts from the shortest wait.

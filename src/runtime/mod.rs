@@ -278,6 +278,46 @@ pub fn slim<K: kube::Resource>(obj: &mut K) {
     }
 }
 
+/// How a reconcile ends: when to look at the resource again if no watch event or sweep does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Only a change (a watch event, a sweep, a trigger) brings the resource back.
+    AwaitChange,
+    /// Again after this long (whatever else happens).
+    After(Duration),
+}
+
+impl Next {
+    /// Again at `at`: at least 1 s, at most a day from now.
+    pub fn at(at: k8s_openapi::jiff::Timestamp) -> Next {
+        let wait = clock::now().duration_until(at).unsigned_abs();
+        Next::After(wait.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)))
+    }
+
+    /// The controller runtime's form.
+    pub fn action(self) -> kube::runtime::controller::Action {
+        match self {
+            Next::AwaitChange => kube::runtime::controller::Action::await_change(),
+            Next::After(d) => kube::runtime::controller::Action::requeue(d),
+        }
+    }
+}
+
+/// What a reconcile step gives: the next step's input (`Continue`), or the end of the
+/// reconcile (`Break`).
+pub type Flow<T> = Result<std::ops::ControlFlow<Next, T>, Error>;
+
+/// The input a step handed on, or a return from the reconcile with the step's end.
+#[macro_export]
+macro_rules! proceed {
+    ($step:expr) => {
+        match $step? {
+            std::ops::ControlFlow::Continue(v) => v,
+            std::ops::ControlFlow::Break(next) => return Ok(next),
+        }
+    };
+}
+
 /// Consecutive reconcile failures per object, for the controllers' error policies.
 pub struct Failures<K: kube::Resource<DynamicType = ()>> {
     counts: std::sync::Mutex<std::collections::HashMap<kube::runtime::reflector::ObjectRef<K>, u32>>,
