@@ -84,7 +84,7 @@ pub fn release_after_cancel(observation: &Observation<'_>, p: &Plan) -> Option<S
     }
 }
 
-pub async fn set_finalizer(api: &Api<MacieJob>, obj: &MacieJob, present: bool) -> Result<(), Error> {
+pub async fn set_finalizer(api: &Api<MacieJob>, obj: &MacieJob, present: bool) -> Result<MacieJob, Error> {
     let mut finalizers: Vec<String> = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     if present {
         finalizers.push(FINALIZER.to_string());
@@ -92,9 +92,9 @@ pub async fn set_finalizer(api: &Api<MacieJob>, obj: &MacieJob, present: bool) -
     let patch = json!({
         "metadata": { "finalizers": finalizers, "resourceVersion": obj.resource_version() }
     });
-    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
+    Ok(api
+        .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?)
 }
 
 #[cfg(test)]

@@ -7,14 +7,15 @@ pub mod lifecycle;
 pub mod outcome;
 pub mod ownership;
 pub mod plan;
+mod reconcile;
+mod report;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::runtime::events::{EventType, Recorder};
+use crate::runtime::events::Recorder;
 use futures::TryStreamExt as _;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -25,18 +26,17 @@ use kube::{Resource, ResourceExt};
 use crate::account::policy::{self, JobAsk, JobName, Refusal};
 use crate::account::users::UserKind;
 use crate::account::{Admitted, Change, Tenancy};
-use crate::api::conditions::{self, Summary};
+use crate::api::conditions;
 use crate::api::macie_job::{CreationRecord, ObservedJob, RequestedTransition, TransitionOutcome};
 use crate::api::{DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
 use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView, Wanted};
-use crate::macie::{MacieClients, MacieError, Place};
-use crate::runtime::{Error, Failures, MANAGER, status};
+use crate::macie::{MacieClients, Place};
+use crate::runtime::memory::{self, Memory};
+use crate::runtime::{Error, MANAGER, Next, status};
 use create::CreateQueue;
-use creating::{CreateAsk, Created, create_step};
-use lifecycle::{AfterRefusal, Lifecycle, after_refusal, lifecycle, release_after_cancel, set_finalizer};
-use outcome::{CallEvent, CallVerdict};
+use lifecycle::{Lifecycle, lifecycle};
 use ownership::Declaration;
-use plan::{Act, Observation, Reason, Settings, Step, StepOutcome, StepState};
+use plan::{Observation, Reason, Settings, Step, StepState};
 
 /// Holds a MacieJob with `deletionPolicy: Cancel` until its job is cancelled.
 pub const FINALIZER: &str = "macie.kubeops.dev/cancel-job";
@@ -71,20 +71,11 @@ pub struct Context {
     recorder: Recorder,
     /// Every MacieJob (the controller's cache): who else names a job.
     store: Store<MacieJob>,
-    /// What this process knows of each resource's step: the source of truth within this
-    /// process (the status copy can lag behind the watch), with the status as the fallback
-    /// after a restart.
-    steps: Steps,
-    /// Consecutive reconcile failures, for backoff.
-    failures: Arc<Failures<MacieJob>>,
-    /// Resources waiting for a sweep that started after the given time (a step in flight):
-    /// woken by the first such sweep even if it shows no change.
-    waiters: Waiters,
+    /// What this process remembers of each resource (see [`Remembered`]), with its failures
+    /// and the version of its own last write: one entry, dropped in one place.
+    memory: Arc<Memory<MacieJob, Remembered>>,
     /// Reconciles a resource now (a peer whose conflict this reconcile may have ended).
     trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<MacieJob>>,
-    /// What this process knows of each resource's create (spec.definition): the source of
-    /// truth within this process, with the status as the fallback after a restart.
-    creations: Arc<Mutex<HashMap<ObjectRef<MacieJob>, CreationRecord>>>,
     /// The client token of jobs (DescribeClassificationJob), by place and job id: whose job it
     /// is never changes.
     tokens: Arc<Mutex<HashMap<(Place, String), String>>>,
@@ -101,10 +92,19 @@ enum Known {
     Cleared,
 }
 
-type Steps = Arc<Mutex<HashMap<ObjectRef<MacieJob>, Known>>>;
-
-/// Resource -> (place, wake after a sweep started later than this).
-type Waiters = Arc<Mutex<HashMap<ObjectRef<MacieJob>, (Place, Timestamp)>>>;
+/// What the controller remembers of one resource, beyond its failures and own last write: the
+/// source of truth within this process (a status copy can lag behind the watch), with the
+/// status as the fallback after a restart.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Remembered {
+    /// The step: in flight, refused until its retry time, or cleared.
+    step: Option<Known>,
+    /// The create of spec.definition.
+    creation: Option<CreationRecord>,
+    /// Reconcile after the first sweep of this place that starts later than this time (a
+    /// step or a create in flight), even if it shows no change.
+    waiter: Option<(Place, Timestamp)>,
+}
 
 fn region_of<'a>(spec: &'a MacieJobSpec, default_region: &'a str) -> &'a str {
     spec.region.as_deref().unwrap_or(default_region)
@@ -180,8 +180,8 @@ impl Context {
         status: Option<&MacieJobStatus>,
         acting_on: Option<&str>,
     ) -> Option<Step> {
-        match lock(&self.steps).get(oref) {
-            Some(Known::Step(s)) => return Some(s.clone()),
+        match self.memory.read(oref, |e| e.own.step.clone()).flatten() {
+            Some(Known::Step(s)) => return Some(s),
             Some(Known::Cleared) => return None,
             None => {}
         }
@@ -189,37 +189,43 @@ impl Context {
     }
 
     fn remember(&self, oref: &ObjectRef<MacieJob>, known: Known) {
-        lock(&self.steps).insert(oref.clone(), known);
+        self.memory.with(oref, |e| e.own.step = Some(known));
     }
 
     /// Reconcile `oref` after the first sweep of `place` that starts later than `after`.
     fn wake_after_sweep(&self, oref: &ObjectRef<MacieJob>, place: &Place, after: Timestamp) {
-        lock(&self.waiters).insert(oref.clone(), (place.clone(), after));
+        self.memory.with(oref, |e| e.own.waiter = Some((place.clone(), after)));
     }
 
-    fn forget(&self, obj: &MacieJob) {
-        let oref = ObjectRef::from_obj(obj);
-        lock(&self.steps).remove(&oref);
-        lock(&self.waiters).remove(&oref);
-        lock(&self.creations).remove(&oref);
-        lock(&self.queue).leave(&oref);
-        self.failures.clear(obj);
+    /// Drops everything this process keeps for the resource (memory, place in a create line).
+    fn forget(&self, oref: &ObjectRef<MacieJob>) {
+        self.memory.forget(oref);
+        lock(&self.queue).leave(oref);
     }
 
     /// The resource's create: in memory, else the write-ahead status after a restart.
     fn creation_for(&self, oref: &ObjectRef<MacieJob>, status: Option<&MacieJobStatus>) -> Option<CreationRecord> {
-        lock(&self.creations)
-            .get(oref)
-            .cloned()
+        self.memory
+            .read(oref, |e| e.own.creation.clone())
+            .flatten()
             .or_else(|| status?.creation.clone())
     }
 
     fn remember_creation(&self, oref: &ObjectRef<MacieJob>, record: CreationRecord) {
-        lock(&self.creations).insert(oref.clone(), record);
+        self.memory.with(oref, |e| e.own.creation = Some(record));
     }
 
     fn forget_creation(&self, oref: &ObjectRef<MacieJob>) {
-        lock(&self.creations).remove(oref);
+        self.memory.with(oref, |e| e.own.creation = None);
+    }
+
+    /// The client token of a job at `place`, when known.
+    fn token_of(&self, place: &Place, job_id: &str) -> Option<String> {
+        lock(&self.tokens).get(&(place.clone(), job_id.to_string())).cloned()
+    }
+
+    fn keep_token(&self, place: &Place, job_id: &str, token: String) {
+        lock(&self.tokens).insert((place.clone(), job_id.to_string()), token);
     }
 
     /// The other MacieJobs that name `job` at `place` and may act on it (admitted by the same
@@ -231,7 +237,6 @@ impl Context {
         job: &ObservedJob,
         by_name: &HashMap<String, Vec<String>>,
     ) -> Vec<Declaration> {
-        let steps = lock(&self.steps);
         // One pass over the cache per reconcile, cheapest test first (no allocation until a
         // resource names the same job).
         self.store
@@ -254,10 +259,12 @@ impl Context {
                     Lifecycle::Manage { desired, .. } => desired,
                     _ => return None,
                 };
-                let in_flight = matches!(
-                    steps.get(&ObjectRef::from_obj(&**o)),
-                    Some(Known::Step(Step { job_id, state: StepState::InFlight { .. }, .. })) if *job_id == job.job_id
-                );
+                let in_flight = self
+                    .memory
+                    .read(&ObjectRef::from_obj(&**o), |e| {
+                        matches!(&e.own.step, Some(Known::Step(Step { job_id, state: StepState::InFlight { .. }, .. })) if *job_id == job.job_id)
+                    })
+                    .unwrap_or(false);
                 let shows_conflict = o
                     .status
                     .as_ref()
@@ -396,48 +403,14 @@ impl JobController {
             .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
         let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<MacieJob>>();
         let default_region = config.default_region.clone();
-        let waiters: Waiters = Arc::default();
-        let steps: Steps = Arc::default();
-        let failures: Arc<Failures<MacieJob>> = Arc::default();
-        let on_change: OnChange = {
-            let (store, waiters, steps, failures) = (store.clone(), waiters.clone(), steps.clone(), failures.clone());
-            let trigger_tx = trigger_tx.clone();
-            let default_region = default_region.clone();
-            let tenancy = tenancy.clone();
-            // After a sweep: reconcile the resources that name the changed jobs and those
-            // waiting for a sweep newer than the one they saw; drop what is kept for deleted
-            // resources.
-            Arc::new(move |place: &Place, changes: &Changes, swept_at: Option<Timestamp>| {
-                let objs = store.state();
-                if !changes.is_empty() {
-                    for obj in &objs {
-                        if place_of(obj, &tenancy, &default_region) == *place
-                            && changes.affects(obj.spec.job_id.as_deref(), obj.spec.job_name.as_deref())
-                        {
-                            let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(&**obj));
-                        }
-                    }
-                }
-                if let Some(t) = swept_at {
-                    let mut w = lock(&waiters);
-                    let due: Vec<ObjectRef<MacieJob>> = w
-                        .iter()
-                        .filter(|(_, (p, after))| p == place && *after < t)
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for k in due {
-                        w.remove(&k);
-                        let _ = trigger_tx.unbounded_send(k);
-                    }
-                }
-                // Drop what is kept for deleted resources.
-                let live: std::collections::HashSet<ObjectRef<MacieJob>> =
-                    objs.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
-                lock(&steps).retain(|k, _| live.contains(k));
-                lock(&waiters).retain(|k, _| live.contains(k));
-                failures.retain(|k| live.contains(k));
-            })
-        };
+        let memory: Arc<Memory<MacieJob, Remembered>> = Arc::default();
+        let on_change = after_sweep(
+            store.clone(),
+            memory.clone(),
+            trigger_tx.clone(),
+            tenancy.clone(),
+            default_region.clone(),
+        );
         let in_use: InUse = {
             let (store, default_region, tenancy) = (store.clone(), default_region.clone(), tenancy.clone());
             // Only admitted resources keep a sweeper: a refused region gets none.
@@ -495,10 +468,7 @@ impl JobController {
             tenancy,
             config,
             store,
-            steps,
-            failures,
-            waiters,
-            creations: Arc::default(),
+            memory,
             tokens: Arc::default(),
             queue: Arc::new(Mutex::new(CreateQueue::new(config_rate))),
         });
@@ -541,527 +511,75 @@ impl JobController {
 pub struct Tracked(Arc<Context>);
 
 impl Tracked {
-    /// Entries kept per resource: (steps, sweep waiters, failure counts).
+    /// Resources with (a step known, a sweep waited for, a failure counted).
     pub fn counts(&self) -> (usize, usize, usize) {
-        (
-            lock(&self.0.steps).len(),
-            lock(&self.0.waiters).len(),
-            self.0.failures.len(),
-        )
+        self.0.memory.scan(|m| {
+            let count = |f: &dyn Fn(&memory::Entry<Remembered>) -> bool| m.values().filter(|e| f(e)).count();
+            (
+                count(&|e| e.own.step.is_some()),
+                count(&|e| e.own.waiter.is_some()),
+                count(&|e| e.failures > 0),
+            )
+        })
     }
 }
 
+/// After a sweep of `place`: reconcile the resources that name the changed jobs and those
+/// waiting for a sweep newer than the one they saw; drop what is kept for deleted resources.
+fn after_sweep(
+    store: Store<MacieJob>,
+    memory: Arc<Memory<MacieJob, Remembered>>,
+    trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<MacieJob>>,
+    tenancy: Arc<Tenancy>,
+    default_region: String,
+) -> OnChange {
+    Arc::new(move |place: &Place, changes: &Changes, swept_at: Option<Timestamp>| {
+        let objs = store.state();
+        if !changes.is_empty() {
+            for obj in &objs {
+                if place_of(obj, &tenancy, &default_region) == *place
+                    && changes.affects(obj.spec.job_id.as_deref(), obj.spec.job_name.as_deref())
+                {
+                    let _ = trigger.unbounded_send(ObjectRef::from_obj(&**obj));
+                }
+            }
+        }
+        if let Some(t) = swept_at {
+            let due = memory.take_where(|r| {
+                let due = r.waiter.as_ref().is_some_and(|(p, after)| p == place && *after < t);
+                if due {
+                    r.waiter = None;
+                }
+                due
+            });
+            for k in due {
+                let _ = trigger.unbounded_send(k);
+            }
+        }
+        let live: std::collections::HashSet<ObjectRef<MacieJob>> =
+            objs.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
+        memory.retain(|k| live.contains(k));
+    })
+}
+
 fn error_policy(obj: Arc<MacieJob>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.failures.retry(&obj, err)
+    ctx.memory.retry(&obj, err).action()
 }
 
 async fn reconcile(obj: Arc<MacieJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let t = std::time::Instant::now();
-    let r = reconcile_inner(&obj, &ctx).await;
+    let r = reconcile::reconcile_inner(&obj, &ctx).await;
     ctx.clients
         .metrics()
         .reconciled("MacieJob", t.elapsed(), r.as_ref().err().map(Error::category));
-    r
-}
-
-/// One reconcile: tenancy -> lifecycle -> observe -> plan (pure) -> act -> status.
-async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Action, Error> {
-    let api: Api<MacieJob> = crate::runtime::object_api(ctx.client.clone(), obj);
-    let lifecycle = lifecycle(obj);
-    if lifecycle == Lifecycle::Forget {
-        ctx.forget(obj);
-        return Ok(Action::await_change());
-    }
-    // Tenancy, before any other step (deletion included): the account must admit the
-    // resource, and its rules allow what it asks.
-    let admitted = match admit(obj, &ctx.tenancy, &ctx.config.default_region)
-        .and_then(|a| job_rules(obj, &a, declared_name(obj)).map(|()| a))
-    {
-        Ok(a) => a,
-        Err(refusal) => return refused(ctx, &api, obj, &refusal).await,
-    };
-    ctx.clients.use_account(&admitted.place.account, admitted.role());
-    let (desired, deleting) = match lifecycle {
-        Lifecycle::Forget => return Ok(Action::await_change()),
-        Lifecycle::SetFinalizer(present) => {
-            // The update triggers the next reconcile.
-            set_finalizer(&api, obj, present).await?;
-            return Ok(Action::await_change());
-        }
-        Lifecycle::Release(why) => {
-            release(ctx, &api, obj, why.to_string()).await?;
-            return Ok(Action::await_change());
-        }
-        Lifecycle::Manage { desired, deleting } => (desired, deleting),
-    };
-
-    // Observe: the place's shared sweep, the step in flight, and who else names the job.
-    let oref = ObjectRef::from_obj(obj);
-    let place = admitted.place.clone();
-    let view = ctx.poller.view(&place);
-    let snapshot_at = view.snapshot.as_ref().map(|s| s.started_at);
-    let mut creation = ctx.creation_for(&oref, obj.status.as_ref());
-    let mut observation = resolve(&obj.spec, &view);
-    // spec.definition: create the job once, then follow it by id.
-    if let Some(definition) = &obj.spec.definition {
-        let asked = CreateAsk {
-            api: &api,
-            obj,
-            place: &place,
-            definition,
-            desired,
-            observation: &observation,
-            snapshot_at,
-            record: creation.clone(),
-        };
-        match create_step(ctx, asked).await? {
-            Created::Follow(job_id, record) => {
-                let followed = MacieJobSpec {
-                    job_id: Some(job_id.clone()),
-                    job_name: None,
-                    ..obj.spec.clone()
-                };
-                observation = resolve(&followed, &view);
-                // Just created: only a sweep that started after the create can show the job.
-                if matches!(observation, Observation::NotFound | Observation::NoSweepYet)
-                    && snapshot_at.is_none_or(|s| s <= record.requested_at.0)
-                {
-                    ctx.wake_after_sweep(&oref, &place, record.requested_at.0);
-                    let stored = obj.status.clone().unwrap_or_default();
-                    write_status(
-                        &api,
-                        obj,
-                        ctx,
-                        StatusUpdate {
-                            prev: &stored,
-                            region: &place.region,
-                            job: None,
-                            summary: &Reason::Creating
-                                .summary(format!("created job {job_id}; waiting for a sweep to show it")),
-                            last_transition: stored.last_transition.clone(),
-                            snapshot_at: None,
-                            creation: Some(record),
-                        },
-                    )
-                    .await?;
-                    return Ok(Action::await_change());
-                }
-                creation = Some(record);
-            }
-            Created::ByName => {}
-            Created::Done(action) => return Ok(action),
-        }
-    }
-    // The job acted on, whatever path found it (spec.jobId, the created job): the name rule
-    // holds for the name Macie reports, so an id cannot bypass it.
-    if let Observation::Found(job) = &observation
-        && let Err(refusal) = job_rules(obj, &admitted, acted_on_name(obj, job))
-    {
-        return refused(ctx, &api, obj, &refusal).await;
-    }
-    let acting_on = match &observation {
-        Observation::Found(job) => Some(job.job_id.as_str()),
-        _ => None,
-    };
-    let step = ctx.step_for(&oref, obj.status.as_ref(), acting_on);
-    let now = crate::runtime::clock::now();
-
-    // Plan (pure).
-    let mut p = plan::plan(desired, observation, snapshot_at, step.as_ref(), now, &ctx.config.plan);
-    if let (Observation::Found(job), Some(snap)) = (&observation, &view.snapshot) {
-        let peers = ctx.peers(obj, &place, job, &snap.by_name);
-        let me = Declaration {
-            namespace: obj.namespace().unwrap_or_default(),
-            name: obj.name_any(),
-            desired,
-            created: obj.meta().creation_timestamp.as_ref().map(|t| t.0),
-            in_flight: matches!(
-                &step,
-                Some(Step {
-                    state: StepState::InFlight { .. },
-                    ..
-                })
-            ),
-            shows_conflict: false,
-        };
-        let own = ownership::ownership(&me, &peers);
-        // Peers whose reported conflict this declaration starts or ends: look at them now.
-        for peer in ownership::peers_to_wake(&own, &peers) {
-            let _ = ctx
-                .trigger
-                .unbounded_send(ObjectRef::new(&peer.name).within(&peer.namespace));
-        }
-        p = ownership::owned(p, &own);
-    }
-    if deleting {
-        if let Some(why) = release_after_cancel(&observation, &p) {
-            release(ctx, &api, obj, format!("deletionPolicy Cancel: {why}")).await?;
-            return Ok(Action::await_change());
-        }
-        p.summary.message = format!(
-            "deletionPolicy Cancel: the finalizer stays until the job is cancelled: {}",
-            p.summary.message
-        );
-    }
-    let mut stored = obj.status.clone().unwrap_or_default();
-    let mut last_transition = stored.last_transition.clone();
-    let prev_attempts = step
-        .as_ref()
-        .filter(|s| s.to == desired && p.step == Some(StepOutcome::RetryDue))
-        .map_or(0, Step::attempts);
-    resolve_step(ctx, &oref, step.as_ref(), p.step.as_ref(), &mut last_transition);
-    if p.after_next_sweep {
-        ctx.wake_after_sweep(&oref, &place, snapshot_at.unwrap_or(now));
-    }
-    let job = plan::shown_job(&observation, p.step.as_ref(), stored.job.as_ref());
-    let mut summary = p.summary.clone();
-    let mut recheck_at = p.recheck_at;
-
-    // Act: write-ahead, the call, and what its result means.
-    if let Act::Update { job_id, from, to } = &p.act {
-        if !ctx.clients.gate().allows_writes() {
-            tracing::info!(name = %obj.name_any(), "not the leader any more: no UpdateClassificationJob");
-            return Ok(Action::requeue(ctx.poller.interval()));
-        }
-        let acted_on = match &observation {
-            Observation::Found(job) => acted_on_name(obj, job),
-            _ => None,
-        };
-        if let Err(refusal) = recheck(ctx, obj, acted_on) {
-            return refused(ctx, &api, obj, &refusal).await;
-        }
-        let st = Step::new(job_id, from, *to, crate::runtime::clock::now());
-        // Write-ahead: record the step in the status before the call, so that a replica that
-        // takes over after a crash between the call and the status write does not repeat it.
-        let intent = transition_record(&st, TransitionOutcome::Pending, None);
-        stored = write_status(
-            &api,
-            obj,
-            ctx,
-            StatusUpdate {
-                prev: &stored,
-                region: &place.region,
-                job: job.clone(),
-                summary: &summary,
-                last_transition: Some(intent),
-                snapshot_at,
-                creation: creation.clone(),
-            },
-        )
-        .await?;
-        // Again right before the call: the write-ahead took a round trip. A refusal here
-        // rewrites the status without the write-ahead (no call was made).
-        if let Err(refusal) = recheck(ctx, obj, acted_on) {
-            return refused(ctx, &api, obj, &refusal).await;
-        }
-        let verdict = act(ctx, obj, &place, st, prev_attempts).await;
-        match &verdict.step.state {
-            StepState::InFlight { .. } => {
-                // Only a sweep that started after the call can show its effect.
-                ctx.wake_after_sweep(&oref, &place, verdict.step.requested_at);
-            }
-            StepState::Refused { retry_at, .. } => recheck_at = Some(*retry_at),
-        }
-        let mut record = transition_record(&verdict.step, verdict.outcome, step_error(&verdict.step));
-        if record.error_code.is_some() {
-            record.message = Some(verdict.summary.message.clone());
-        }
-        last_transition = Some(record);
-        ctx.remember(&oref, Known::Step(verdict.step));
-        summary = verdict.summary;
-    } else if p.hold && !stored.conditions.is_empty() {
-        // A transient sweep failure: the resource keeps its conditions.
-        return Ok(Action::await_change());
-    }
-
-    // Status: one write when something changed, and an Event when the reason did.
-    write_status(
-        &api,
-        obj,
-        ctx,
-        StatusUpdate {
-            prev: &stored,
-            region: &place.region,
-            job,
-            summary: &summary,
-            last_transition,
-            snapshot_at,
-            creation,
-        },
-    )
-    .await?;
-    ctx.failures.clear(obj);
-
-    Ok(match recheck_at {
-        Some(t) => {
-            let wait = crate::runtime::clock::now().duration_until(t).unsigned_abs();
-            Action::requeue(wait.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)))
-        }
-        None if deleting => Action::requeue(ctx.poller.interval()),
-        None => Action::await_change(),
-    })
-}
-
-fn transition_record(step: &Step, outcome: TransitionOutcome, error: Option<String>) -> RequestedTransition {
-    RequestedTransition {
-        job_id: step.job_id.clone(),
-        from: step.from.clone(),
-        to: step.to.as_str().to_string(),
-        // Whole seconds, rounded up: what the API stores, and never before the call.
-        requested_at: Time(plan::ceil_second(step.requested_at)),
-        outcome,
-        error_code: error,
-        message: None,
-    }
-}
-
-/// The AWS error code a step's call ended with, if any.
-fn step_error(step: &Step) -> Option<String> {
-    match &step.state {
-        StepState::InFlight { error } => error.clone(),
-        StepState::Refused { code, .. } => Some(code.clone()),
-    }
-}
-
-/// Records what became of the step in flight.
-fn resolve_step(
-    ctx: &Context,
-    oref: &ObjectRef<MacieJob>,
-    step: Option<&Step>,
-    outcome: Option<&StepOutcome>,
-    last_transition: &mut Option<RequestedTransition>,
-) {
-    let (Some(step), Some(outcome)) = (step, outcome) else {
-        return;
-    };
-    // Timestamps are compared at the precision the API stores (whole seconds).
-    let at = plan::ceil_second(step.requested_at).as_second();
-    let new_outcome = match outcome {
-        StepOutcome::Waiting => {
-            // A cached object older than this step's own write-ahead (the watch lags behind
-            // our writes) must not take the step's record out of the status: the step this
-            // process holds is the record until a sweep settles it.
-            if last_transition
-                .as_ref()
-                .is_none_or(|t| t.requested_at.0.as_second() < at)
-            {
-                *last_transition = Some(transition_record(step, TransitionOutcome::Pending, step_error(step)));
-            }
-            return;
-        }
-        StepOutcome::Succeeded => Some(TransitionOutcome::Succeeded),
-        StepOutcome::Superseded => Some(TransitionOutcome::Superseded),
-        StepOutcome::TimedOut => Some(TransitionOutcome::Failed),
-        StepOutcome::RetryDue => None,
-    };
-    ctx.remember(oref, Known::Cleared);
-    let Some(new_outcome) = new_outcome else {
-        return;
-    };
-    let t = match last_transition {
-        Some(t) if t.requested_at.0.as_second() == at => t,
-        // The cached object predates this step's own write-ahead (the watch lags behind our
-        // writes): the step this process holds is the record.
-        Some(t) if t.requested_at.0.as_second() > at => return,
-        _ => last_transition.insert(transition_record(step, TransitionOutcome::Pending, step_error(step))),
-    };
-    if t.outcome != TransitionOutcome::Pending {
-        return;
-    }
-    t.outcome = new_outcome;
-    if *outcome == StepOutcome::TimedOut {
-        t.message = Some(format!(
-            "no sweep that started within {:?} after the call showed the change",
-            ctx.config.plan.step_timeout
-        ));
-    }
-}
-
-/// Calls UpdateClassificationJob for the step the plan chose, and judges the result.
-async fn act(ctx: &Context, obj: &MacieJob, place: &Place, step: Step, prev_attempts: u32) -> CallVerdict {
-    // Every AWS write is logged with where it goes and who asked for it.
-    tracing::info!(
-        account = %place.account,
-        region = %place.region,
-        operation = "UpdateClassificationJob",
-        job_id = %step.job_id,
-        from = %step.from,
-        to = step.to.as_str(),
-        namespace = %obj.namespace().unwrap_or_default(),
-        name = %obj.name_any(),
-        uid = %obj.uid().unwrap_or_default(),
-        "AWS write"
-    );
-    let result = ctx.clients.api().update_job(place, &step.job_id, step.to).await;
-    ctx.clients
-        .metrics()
-        .call("UpdateClassificationJob", MacieError::outcome(&result));
-    let what = format!(
-        "UpdateClassificationJob {}: {} -> {}",
-        step.job_id,
-        step.from,
-        step.to.as_str()
-    );
-    let jitter = 0.5 + crate::runtime::clock::random() * 0.5;
-    let verdict = outcome::after_call(
-        step,
-        result.as_ref().map(|_| ()),
-        prev_attempts,
-        crate::runtime::clock::now(),
-        jitter,
-    );
-    if let (CallEvent::Failed, Err(e)) = (verdict.event, &result) {
-        publish(
-            ctx,
-            obj,
-            EventType::Warning,
-            "UpdateFailed",
-            format!("{what} failed: {e}"),
-        )
-        .await;
-    }
-    verdict
-}
-
-/// Reconcile again at `at` (at least 1 s, at most a day from now).
-fn requeue_at(at: Timestamp) -> Action {
-    let wait = crate::runtime::clock::now().duration_until(at).unsigned_abs();
-    Action::requeue(wait.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)))
-}
-
-/// A resource its MacieAccount refuses: no Macie call; the status says which rule refused
-/// (Stalled, with an Event on entering it), and a deletion proceeds as `after_refusal` says.
-async fn refused(ctx: &Context, api: &Api<MacieJob>, obj: &MacieJob, refusal: &Refusal) -> Result<Action, Error> {
-    let mut summary = refusal.reason().summary(refusal.message());
-    let next = match after_refusal(obj, refusal) {
-        AfterRefusal::Release(why) => {
-            release(ctx, api, obj, why).await?;
-            return Ok(Action::await_change());
-        }
-        AfterRefusal::Hold => {
-            summary.message = format!(
-                "deletionPolicy Cancel: the finalizer stays until the job can be cancelled: {}",
-                summary.message
-            );
-            ctx.failures.retry(obj, &summary.message)
-        }
-        AfterRefusal::Report => Action::await_change(),
-    };
-    let stored = obj.status.clone().unwrap_or_default();
-    write_status(
-        api,
-        obj,
-        ctx,
-        StatusUpdate {
-            prev: &stored,
-            region: region_of(&obj.spec, &ctx.config.default_region),
-            // Nothing observed is shown to a refused resource.
-            job: None,
-            summary: &summary,
-            last_transition: stored.last_transition.clone(),
-            snapshot_at: None,
-            creation: stored.creation.clone(),
-        },
-    )
-    .await?;
-    Ok(next)
-}
-
-/// Releases the finalizer of a resource being deleted, with an Event saying why.
-async fn release(ctx: &Context, api: &Api<MacieJob>, obj: &MacieJob, why: String) -> Result<(), Error> {
-    publish(ctx, obj, EventType::Normal, "Released", why).await;
-    set_finalizer(api, obj, false).await?;
-    ctx.forget(obj);
-    Ok(())
-}
-
-/// The longest AWS error code a record keeps (its schema's bound).
-const ERROR_CODE_MAX: usize = 128;
-
-/// What a status write is given.
-struct StatusUpdate<'a> {
-    /// What the resource holds now.
-    prev: &'a MacieJobStatus,
-    region: &'a str,
-    job: Option<ObservedJob>,
-    summary: &'a Summary,
-    last_transition: Option<RequestedTransition>,
-    snapshot_at: Option<Timestamp>,
-    creation: Option<CreationRecord>,
-}
-
-/// Writes the status unless it equals what the resource holds (the shared
-/// `runtime::status` write); returns what it holds now. Entering a new reason is announced as
-/// the reason says.
-async fn write_status(
-    api: &Api<MacieJob>,
-    obj: &MacieJob,
-    ctx: &Context,
-    u: StatusUpdate<'_>,
-) -> Result<MacieJobStatus, Error> {
-    let StatusUpdate {
-        prev,
-        region,
-        job,
-        summary,
-        last_transition,
-        snapshot_at,
-        creation,
-    } = u;
-    // The records fit their schema's bounds, whatever Macie's messages are.
-    let last_transition = last_transition.map(|mut t| {
-        t.message = t.message.map(|m| crate::runtime::truncate(&m, conditions::MESSAGE_MAX));
-        t.error_code = t.error_code.map(|c| crate::runtime::truncate(&c, ERROR_CODE_MAX));
-        t
-    });
-    let creation = creation.map(|mut c| {
-        c.message = c.message.map(|m| crate::runtime::truncate(&m, conditions::MESSAGE_MAX));
-        c.error_code = c.error_code.map(|e| crate::runtime::truncate(&e, ERROR_CODE_MAX));
-        c
-    });
-    let mut status = MacieJobStatus {
-        observed_generation: obj.meta().generation,
-        conditions: conditions::conditions(
-            summary,
-            obj.meta().generation,
-            &prev.conditions,
-            crate::runtime::clock::now(),
-        ),
-        region: Some(region.to_string()),
-        job,
-        last_sync_time: prev.last_sync_time.clone(),
-        last_transition,
-        creation,
-    };
-    if status::differs(Some(prev), &status)
-        && let Some(t) = snapshot_at
-    {
-        status.last_sync_time = Some(status::api_time(t));
-    }
-    // Also when nothing changed: the write records what the status shows in the metrics.
-    let to = status::Writer {
-        api,
-        recorder: &ctx.recorder,
-        metrics: ctx.clients.metrics(),
-    };
-    status::write(to, obj, Some(prev), &status).await?;
-    Ok(status)
-}
-
-async fn publish(ctx: &Context, obj: &MacieJob, type_: EventType, reason: &str, note: String) {
-    let action = match reason {
-        "UpdateFailed" => "UpdateClassificationJob",
-        "Created" | "CreateFailed" => "CreateClassificationJob",
-        "Released" => "ReleaseFinalizer",
-        _ => "Observe",
-    };
-    crate::runtime::publish_event(&ctx.recorder, obj, type_, reason, action, note).await;
+    r.map(Next::action)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::DeletionPolicy;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     #[test]
     fn a_restarted_process_reads_the_step_from_the_status() {

@@ -15,6 +15,7 @@ use crate::account::testing::Fed;
 use crate::api::MacieAccountSpec;
 use crate::api::macie_account::{DiscoveryRules, JobRules};
 use crate::api::macie_job::CreationOutcome;
+use crate::macie::MacieError;
 use crate::macie::fake::FakeMacie;
 use crate::runtime::fake_kube::{FakeKube, path_of};
 
@@ -96,10 +97,7 @@ fn rig(macie: Arc<FakeMacie>) -> Rig {
         tenancy: fed.tenancy.clone(),
         config,
         store,
-        steps: Arc::default(),
-        failures: Arc::default(),
-        waiters: Arc::default(),
-        creations: Arc::default(),
+        memory: Arc::default(),
         tokens: Arc::default(),
         queue: Arc::new(Mutex::new(CreateQueue::new(1000.0))),
     };
@@ -162,7 +160,7 @@ impl Rig {
         for _ in 0..times {
             let Some(o) = self.get(name) else { return };
             self.sync(&serde_json::to_value(&o).unwrap());
-            reconcile_inner(&o, &self.ctx).await.expect("reconcile");
+            reconcile::reconcile_inner(&o, &self.ctx).await.expect("reconcile");
         }
     }
 
@@ -312,7 +310,7 @@ async fn a_stale_cached_object_never_takes_the_write_ahead_out_of_the_status() {
     // Before any sweep settles the step, a reconcile sees the object as created (the watch
     // has not delivered the write-ahead yet): the status keeps the step's record, which a
     // restarted process needs so as not to call again.
-    reconcile_inner(&stale, &r.ctx).await.expect("reconcile");
+    reconcile::reconcile_inner(&stale, &r.ctx).await.expect("reconcile");
     let t = r
         .get("m")
         .unwrap()
@@ -331,7 +329,7 @@ async fn a_stale_cached_object_still_gets_the_steps_outcome() {
     // created (the watch has not delivered the operator's own status writes yet).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     r.sweeps(2).await;
-    reconcile_inner(&stale, &r.ctx).await.expect("reconcile");
+    reconcile::reconcile_inner(&stale, &r.ctx).await.expect("reconcile");
     let st = r.get("m").unwrap().status.unwrap();
     assert_eq!(st.last_transition.unwrap().outcome, TransitionOutcome::Succeeded);
     assert_eq!(r.reason("m").1, "Converged");
@@ -396,7 +394,10 @@ async fn a_transient_sweep_failure_writes_nothing() {
         "no status write, no Event while it fails"
     );
     assert!(
-        lock(&r.ctx.waiters).contains_key(&ObjectRef::new("m").within("ns")),
+        r.ctx
+            .memory
+            .read(&ObjectRef::new("m").within("ns"), |e| e.own.waiter.is_some())
+            .unwrap_or(false),
         "woken by the next good sweep (a spec change seen now is not lost)"
     );
     tokio::time::timeout(
@@ -723,7 +724,11 @@ async fn creates_wait_their_turn_and_a_throttled_create_is_not_a_failure() {
     let (_, reason, message) = r.reason("m");
     assert_eq!(reason, "WaitingForCreateQuota");
     assert!(message.contains("throttled"), "{message}");
-    assert_eq!(r.ctx.failures.len(), 0, "a throttled create is not a failure");
+    assert_eq!(
+        r.ctx.memory.scan(|m| m.values().filter(|e| e.failures > 0).count()),
+        0,
+        "a throttled create is not a failure"
+    );
     let rec = r.get("m").unwrap().status.unwrap().creation.unwrap();
     assert_eq!(rec.outcome, CreationOutcome::NotProcessed);
     // Reconciles before its retry time send nothing.
@@ -1046,4 +1051,64 @@ async fn a_long_aws_message_is_cut_to_the_status_schemas_bounds() {
     let m = t.message.expect("message");
     assert!(m.len() <= conditions::MESSAGE_MAX, "{} bytes", m.len());
     assert!(st.conditions.iter().all(|c| c.message.len() <= conditions::MESSAGE_MAX));
+}
+
+#[tokio::test]
+async fn a_copy_older_than_the_own_last_write_writes_nothing() {
+    let (r, _) = paused_once_and_the_created_object().await;
+    // The copy the watch delivered before the operator's own write-ahead (an older version).
+    let mut stale = r.get("m").unwrap();
+    stale.status = None;
+    stale.metadata.resource_version = Some("1".into());
+    let writes = r.kube.writes().len();
+    let next = reconcile::reconcile_inner(&stale, &r.ctx).await.expect("reconcile");
+    assert_eq!(next, Next::After(Duration::from_secs(1)), "waits for the newer copy");
+    assert_eq!(r.kube.writes().len(), writes, "nothing written from the older copy");
+    assert_eq!(r.macie.updates().len(), 1);
+    // The copy the API server holds is acted on as usual.
+    let current = r.get("m").unwrap();
+    reconcile::reconcile_inner(&current, &r.ctx).await.expect("reconcile");
+}
+
+/// The rig's sweeps: the first at once, the next an hour later.
+fn hourly_sweeps(r: &mut Rig) {
+    let on_change: OnChange = Arc::new(|_: &Place, _: &Changes, _: Option<Timestamp>| {});
+    let (in_use, wanted): (InUse, Wanted) = (Arc::new(|_: &Place| true), Arc::new(|_: &Place| Default::default()));
+    let hour = Duration::from_secs(3600);
+    r.ctx.poller = Arc::new(JobPoller::new(
+        r.ctx.clients.clone(),
+        100,
+        hour,
+        on_change,
+        in_use,
+        wanted,
+    ));
+}
+
+#[tokio::test]
+async fn a_job_of_the_name_created_after_the_sweep_is_name_in_use() {
+    let macie = Arc::new(FakeMacie::default());
+    let mut r = creating_rig(macie.clone());
+    hourly_sweeps(&mut r);
+    r.create(object("m", definition("scan", "RUNNING")));
+    r.sweeps(1).await;
+    // Created out of band after the sweep the create decision reads (the next sweep is an
+    // hour away): only a fresh lookup of the name can see it.
+    macie.put(REGION, "theirs", "scan", "RUNNING");
+    macie.set_token("theirs", "console-1234");
+    assert!(
+        !r.ctx
+            .poller
+            .view(&place())
+            .snapshot
+            .expect("a sweep")
+            .by_name
+            .contains_key("scan")
+    );
+    let obj = r.get("m").unwrap();
+    reconcile::reconcile_inner(&obj, &r.ctx).await.expect("reconcile");
+    let (phase, reason, message) = r.reason("m");
+    assert_eq!((phase.as_str(), reason.as_str()), ("Stalled", "NameInUse"), "{message}");
+    assert!(message.contains("theirs"), "{message}");
+    assert!(macie.creates().is_empty(), "no second job of the name");
 }

@@ -307,15 +307,43 @@ impl Next {
 /// reconcile (`Break`).
 pub type Flow<T> = Result<std::ops::ControlFlow<Next, T>, Error>;
 
-/// The input a step handed on, or a return from the reconcile with the step's end.
+/// The input a step handed on; else the step's end returned, from a step (as its `Flow`) or
+/// from the reconcile (as its `Next`).
 #[macro_export]
 macro_rules! proceed {
     ($step:expr) => {
         match $step? {
             std::ops::ControlFlow::Continue(v) => v,
-            std::ops::ControlFlow::Break(next) => return Ok(next),
+            std::ops::ControlFlow::Break(next) => return Ok($crate::runtime::Ends::end(next)),
         }
     };
+}
+
+/// What a step's end becomes where `proceed!` returns it.
+pub trait Ends {
+    fn end(next: Next) -> Self;
+}
+
+impl Ends for Next {
+    fn end(next: Next) -> Self {
+        next
+    }
+}
+
+impl<T> Ends for std::ops::ControlFlow<Next, T> {
+    fn end(next: Next) -> Self {
+        std::ops::ControlFlow::Break(next)
+    }
+}
+
+/// A step hands the next one its input.
+pub fn go<T>(input: T) -> Flow<T> {
+    Ok(std::ops::ControlFlow::Continue(input))
+}
+
+/// A step ends the reconcile.
+pub fn stop<T>(next: Next) -> Flow<T> {
+    Ok(std::ops::ControlFlow::Break(next))
 }
 
 /// Consecutive reconcile failures per object, for the controllers' error policies.

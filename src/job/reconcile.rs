@@ -1,0 +1,533 @@
+//! One MacieJob reconcile, as named steps. Each step either ends the reconcile (a `Next`) or
+//! hands the next step its input, and makes only the effect its name says:
+//!
+//! 1. `forget_if_gone`: a resource gone from the API server is forgotten.
+//! 2. `wait_for_own_write`: a copy older than this process's own last write is never written
+//!    from (the watch brings the newer copy).
+//! 3. `admit`: the MacieAccount admits the resource and its rules allow what it asks.
+//! 4. `keep_finalizer`: the Cancel finalizer is added, or released.
+//! 5. `observe`: the place's latest sweep, the resource's create and step (no effect).
+//! 6. `creating::create_job`: spec.definition: the job is created once, then followed.
+//! 7. `check_acted_on`: the name rule holds for the job acted on, however it was found.
+//! 8. `plan` and `settle_ownership` (pure, but for waking peers whose conflict changes).
+//! 9. `release_after_cancel`: a deletion with Cancel ends once the job is cancelled.
+//! 10. `settle_step`: what became of the step in flight.
+//! 11. `update_job`: the write-ahead, the rules again, UpdateClassificationJob.
+//! 12. `report`: one status write when something changed, and the Event of a new reason.
+
+use std::ops::ControlFlow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use super::lifecycle::{AfterRefusal, Lifecycle, after_refusal, lifecycle, set_finalizer};
+use super::outcome::{self, CallEvent, CallVerdict};
+use super::ownership::{self, Declaration};
+use super::plan::{self, Act, Observation, Plan, Step, StepOutcome, StepState};
+use super::report::{StatusUpdate, publish, write_status};
+use super::{Context, Known, acted_on_name, admit, declared_name, job_rules, recheck, resolve};
+use crate::account::Admitted;
+use crate::account::policy::Refusal;
+use crate::api::conditions::Summary;
+use crate::api::macie_job::{CreationRecord, ObservedJob, RequestedTransition, TransitionOutcome};
+use crate::api::{DesiredJobStatus, MacieJob, MacieJobStatus};
+use crate::macie::jobs::RegionView;
+use crate::macie::{MacieError, Place};
+use crate::proceed;
+use crate::runtime::events::EventType;
+use crate::runtime::{Error, Flow, Next, clock, go, stop};
+
+/// How long a reconcile handed a copy older than its own last write waits for the newer copy
+/// (the watch event of that write normally comes first).
+const OWN_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One reconcile of `obj`.
+pub(super) async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Next, Error> {
+    let r = Reconcile::new(obj, ctx);
+    proceed!(r.forget_if_gone());
+    proceed!(r.wait_for_own_write());
+    let admitted = proceed!(r.admit().await);
+    let (desired, deleting) = proceed!(r.keep_finalizer().await);
+    let view = ctx.poller.view(&admitted.place);
+    let seen = r.observe(&admitted.place, &view);
+    let seen = proceed!(super::creating::create_job(&r, seen, desired).await);
+    proceed!(r.check_acted_on(&admitted, &seen).await);
+    let planned = r.settle_ownership(r.plan(desired, &seen), desired, &seen);
+    let planned = proceed!(r.release_after_cancel(planned, deleting, &seen).await);
+    let report = r.settle_step(&planned, &seen);
+    let report = proceed!(r.update_job(report, &planned, &seen).await);
+    r.report(report, &seen, deleting).await
+}
+
+/// What every step of one reconcile shares.
+pub(super) struct Reconcile<'a> {
+    pub(super) obj: &'a MacieJob,
+    pub(super) ctx: &'a Context,
+    pub(super) api: Api<MacieJob>,
+    pub(super) oref: ObjectRef<MacieJob>,
+}
+
+/// What the reconcile saw of Macie: the place's latest sweep and what it says of the job.
+pub(super) struct Seen<'v> {
+    pub(super) place: Place,
+    pub(super) view: &'v RegionView,
+    /// Start of the sweep the observation comes from.
+    pub(super) snapshot_at: Option<Timestamp>,
+    pub(super) observation: Observation<'v>,
+    /// The resource's create (spec.definition), as this process knows it.
+    pub(super) creation: Option<CreationRecord>,
+}
+
+/// The plan, and the step it was made with.
+pub(super) struct Planned {
+    plan: Plan,
+    step: Option<Step>,
+}
+
+/// What the status will say.
+pub(super) struct Report {
+    stored: MacieJobStatus,
+    job: Option<ObservedJob>,
+    summary: Summary,
+    last_transition: Option<RequestedTransition>,
+    recheck_at: Option<Timestamp>,
+}
+
+impl<'a> Reconcile<'a> {
+    fn new(obj: &'a MacieJob, ctx: &'a Context) -> Reconcile<'a> {
+        Reconcile {
+            obj,
+            ctx,
+            api: crate::runtime::object_api(ctx.client.clone(), obj),
+            oref: ObjectRef::from_obj(obj),
+        }
+    }
+
+    /// A resource gone (deleted, no finalizer left) is forgotten.
+    fn forget_if_gone(&self) -> Flow<()> {
+        if lifecycle(self.obj) == Lifecycle::Forget {
+            self.ctx.forget(&self.oref);
+            return stop(Next::AwaitChange);
+        }
+        go(())
+    }
+
+    /// A copy older than this process's own last write to the resource is not written from:
+    /// its status would take back what that write said (a step's record, a transition time).
+    fn wait_for_own_write(&self) -> Flow<()> {
+        if self.ctx.memory.is_behind(self.obj) {
+            tracing::debug!(name = %self.obj.name_any(), "the cache has not seen our own last write yet");
+            return stop(Next::After(OWN_WRITE_WAIT));
+        }
+        go(())
+    }
+
+    /// The MacieAccount admits the resource and its rules allow what the resource declares.
+    async fn admit(&self) -> Flow<Admitted> {
+        let (obj, ctx) = (self.obj, self.ctx);
+        match admit(obj, &ctx.tenancy, &ctx.config.default_region)
+            .and_then(|a| job_rules(obj, &a, declared_name(obj)).map(|()| a))
+        {
+            Ok(a) => {
+                ctx.clients.use_account(&a.place.account, a.role());
+                go(a)
+            }
+            Err(refusal) => self.refused(&refusal).await.map(ControlFlow::Break),
+        }
+    }
+
+    /// The Cancel finalizer is added or removed as `deletionPolicy` says; a deletion that
+    /// needs nothing of Macie releases it. Hands on (desired status, being deleted).
+    async fn keep_finalizer(&self) -> Flow<(DesiredJobStatus, bool)> {
+        match lifecycle(self.obj) {
+            Lifecycle::Forget => stop(Next::AwaitChange),
+            Lifecycle::SetFinalizer(present) => {
+                // The update triggers the next reconcile.
+                let written = set_finalizer(&self.api, self.obj, present).await?;
+                self.ctx.memory.wrote(&written);
+                stop(Next::AwaitChange)
+            }
+            Lifecycle::Release(why) => {
+                self.release(why.to_string()).await?;
+                stop(Next::AwaitChange)
+            }
+            Lifecycle::Manage { desired, deleting } => go((desired, deleting)),
+        }
+    }
+
+    /// What the place's latest sweep says of the job the spec names (no effect).
+    fn observe<'v>(&self, place: &Place, view: &'v RegionView) -> Seen<'v> {
+        Seen {
+            place: place.clone(),
+            view,
+            snapshot_at: view.snapshot.as_ref().map(|s| s.started_at),
+            observation: resolve(&self.obj.spec, view),
+            creation: self.ctx.creation_for(&self.oref, self.obj.status.as_ref()),
+        }
+    }
+
+    /// The job acted on, whatever path found it (spec.jobId, the created job): the name rule
+    /// holds for the name Macie reports, so an id cannot bypass it.
+    async fn check_acted_on(&self, admitted: &Admitted, seen: &Seen<'_>) -> Flow<()> {
+        if let Observation::Found(job) = &seen.observation
+            && let Err(refusal) = job_rules(self.obj, admitted, acted_on_name(self.obj, job))
+        {
+            return self.refused(&refusal).await.map(ControlFlow::Break);
+        }
+        go(())
+    }
+
+    /// The pure plan, with the step this process (or the status) holds.
+    fn plan(&self, desired: DesiredJobStatus, seen: &Seen<'_>) -> Planned {
+        let acting_on = match &seen.observation {
+            Observation::Found(job) => Some(job.job_id.as_str()),
+            _ => None,
+        };
+        let step = self.ctx.step_for(&self.oref, self.obj.status.as_ref(), acting_on);
+        let plan = plan::plan(
+            desired,
+            seen.observation,
+            seen.snapshot_at,
+            step.as_ref(),
+            clock::now(),
+            &self.ctx.config.plan,
+        );
+        Planned { plan, step }
+    }
+
+    /// Who else declares the job: the plan as ownership allows it, and the peers whose
+    /// reported conflict this declaration starts or ends are looked at now.
+    fn settle_ownership(&self, mut planned: Planned, desired: DesiredJobStatus, seen: &Seen<'_>) -> Planned {
+        let (obj, ctx) = (self.obj, self.ctx);
+        let (Observation::Found(job), Some(snap)) = (&seen.observation, &seen.view.snapshot) else {
+            return planned;
+        };
+        let peers = ctx.peers(obj, &seen.place, job, &snap.by_name);
+        let me = Declaration {
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+            desired,
+            created: obj.meta().creation_timestamp.as_ref().map(|t| t.0),
+            in_flight: matches!(
+                &planned.step,
+                Some(Step {
+                    state: StepState::InFlight { .. },
+                    ..
+                })
+            ),
+            shows_conflict: false,
+        };
+        let own = ownership::ownership(&me, &peers);
+        for peer in ownership::peers_to_wake(&own, &peers) {
+            let _ = ctx
+                .trigger
+                .unbounded_send(ObjectRef::new(&peer.name).within(&peer.namespace));
+        }
+        planned.plan = ownership::owned(planned.plan, &own);
+        planned
+    }
+
+    /// A resource being deleted with Cancel: released once its job is cancelled (or cannot
+    /// be); else the status says what the finalizer waits for.
+    async fn release_after_cancel(&self, mut planned: Planned, deleting: bool, seen: &Seen<'_>) -> Flow<Planned> {
+        if !deleting {
+            return go(planned);
+        }
+        if let Some(why) = super::lifecycle::release_after_cancel(&seen.observation, &planned.plan) {
+            self.release(format!("deletionPolicy Cancel: {why}")).await?;
+            return stop(Next::AwaitChange);
+        }
+        let p = &mut planned.plan;
+        p.summary.message = format!(
+            "deletionPolicy Cancel: the finalizer stays until the job is cancelled: {}",
+            p.summary.message
+        );
+        go(planned)
+    }
+
+    /// What became of the step in flight (its record in the status), and a wake-up after the
+    /// next sweep when the plan waits for one.
+    fn settle_step(&self, planned: &Planned, seen: &Seen<'_>) -> Report {
+        let p = &planned.plan;
+        let stored = self.obj.status.clone().unwrap_or_default();
+        let mut last_transition = stored.last_transition.clone();
+        resolve_step(
+            self.ctx,
+            &self.oref,
+            planned.step.as_ref(),
+            p.step.as_ref(),
+            &mut last_transition,
+        );
+        if p.after_next_sweep {
+            let after = seen.snapshot_at.unwrap_or_else(clock::now);
+            self.ctx.wake_after_sweep(&self.oref, &seen.place, after);
+        }
+        Report {
+            job: plan::shown_job(&seen.observation, p.step.as_ref(), stored.job.as_ref()),
+            summary: p.summary.clone(),
+            recheck_at: p.recheck_at,
+            stored,
+            last_transition,
+        }
+    }
+
+    /// The plan's UpdateClassificationJob: only by the leader, only within the rules (decided
+    /// again before the write-ahead and right before the call), after the write-ahead.
+    async fn update_job(&self, mut report: Report, planned: &Planned, seen: &Seen<'_>) -> Flow<Report> {
+        let (obj, ctx) = (self.obj, self.ctx);
+        let p = &planned.plan;
+        let Act::Update { job_id, from, to } = &p.act else {
+            // A transient sweep failure: the resource keeps its conditions.
+            if p.hold && !report.stored.conditions.is_empty() {
+                return stop(Next::AwaitChange);
+            }
+            return go(report);
+        };
+        if !ctx.clients.gate().allows_writes() {
+            tracing::info!(name = %obj.name_any(), "not the leader any more: no UpdateClassificationJob");
+            return stop(Next::After(ctx.poller.interval()));
+        }
+        let acted_on = match &seen.observation {
+            Observation::Found(job) => acted_on_name(obj, job),
+            _ => None,
+        };
+        if let Err(refusal) = recheck(ctx, obj, acted_on) {
+            return self.refused(&refusal).await.map(ControlFlow::Break);
+        }
+        let step = Step::new(job_id, from, *to, clock::now());
+        report.stored = self.write_ahead(&report, &step, seen).await?;
+        // Again right before the call: the write-ahead took a round trip. A refusal here
+        // rewrites the status without the write-ahead (no call was made).
+        if let Err(refusal) = recheck(ctx, obj, acted_on) {
+            return self.refused(&refusal).await.map(ControlFlow::Break);
+        }
+        let prev_attempts = planned
+            .step
+            .as_ref()
+            .filter(|s| s.to == *to && p.step == Some(StepOutcome::RetryDue))
+            .map_or(0, Step::attempts);
+        let verdict = call_update(ctx, obj, &seen.place, step, prev_attempts).await;
+        go(self.after_call(report, verdict, &seen.place))
+    }
+
+    /// Write-ahead: the step is recorded in the status before the call, so that a replica that
+    /// takes over after a crash between the call and the next status write does not repeat it.
+    async fn write_ahead(&self, report: &Report, step: &Step, seen: &Seen<'_>) -> Result<MacieJobStatus, Error> {
+        let update = StatusUpdate {
+            prev: &report.stored,
+            region: &seen.place.region,
+            job: report.job.clone(),
+            summary: &report.summary,
+            last_transition: Some(transition_record(step, TransitionOutcome::Pending, None)),
+            snapshot_at: seen.snapshot_at,
+            creation: seen.creation.clone(),
+        };
+        write_status(&self.api, self.obj, self.ctx, update).await
+    }
+
+    /// What the call's verdict means for the step this process holds and the status.
+    fn after_call(&self, mut report: Report, verdict: CallVerdict, place: &Place) -> Report {
+        match &verdict.step.state {
+            // Only a sweep that started after the call can show its effect.
+            StepState::InFlight { .. } => self.ctx.wake_after_sweep(&self.oref, place, verdict.step.requested_at),
+            StepState::Refused { retry_at, .. } => report.recheck_at = Some(*retry_at),
+        }
+        let mut record = transition_record(&verdict.step, verdict.outcome, step_error(&verdict.step));
+        if record.error_code.is_some() {
+            record.message = Some(verdict.summary.message.clone());
+        }
+        report.last_transition = Some(record);
+        self.ctx.remember(&self.oref, Known::Step(verdict.step));
+        report.summary = verdict.summary;
+        report
+    }
+
+    /// The status: one write when something changed, and an Event when the reason did.
+    async fn report(&self, report: Report, seen: &Seen<'_>, deleting: bool) -> Result<Next, Error> {
+        let update = StatusUpdate {
+            prev: &report.stored,
+            region: &seen.place.region,
+            job: report.job,
+            summary: &report.summary,
+            last_transition: report.last_transition,
+            snapshot_at: seen.snapshot_at,
+            creation: seen.creation.clone(),
+        };
+        write_status(&self.api, self.obj, self.ctx, update).await?;
+        self.ctx.memory.succeeded(self.obj);
+        Ok(match report.recheck_at {
+            Some(t) => Next::at(t),
+            None if deleting => Next::After(self.ctx.poller.interval()),
+            None => Next::AwaitChange,
+        })
+    }
+
+    /// A resource its MacieAccount refuses: no Macie call; the status says which rule refused
+    /// (Stalled, with an Event on entering it), and a deletion proceeds as `after_refusal` says.
+    pub(super) async fn refused(&self, refusal: &Refusal) -> Result<Next, Error> {
+        let (obj, ctx) = (self.obj, self.ctx);
+        let mut summary = refusal.reason().summary(refusal.message());
+        let next = match after_refusal(obj, refusal) {
+            AfterRefusal::Release(why) => {
+                self.release(why).await?;
+                return Ok(Next::AwaitChange);
+            }
+            AfterRefusal::Hold => {
+                summary.message = format!(
+                    "deletionPolicy Cancel: the finalizer stays until the job can be cancelled: {}",
+                    summary.message
+                );
+                ctx.memory.retry(obj, &summary.message)
+            }
+            AfterRefusal::Report => Next::AwaitChange,
+        };
+        let stored = obj.status.clone().unwrap_or_default();
+        let update = StatusUpdate {
+            prev: &stored,
+            region: super::region_of(&obj.spec, &ctx.config.default_region),
+            // Nothing observed is shown to a refused resource.
+            job: None,
+            summary: &summary,
+            last_transition: stored.last_transition.clone(),
+            snapshot_at: None,
+            creation: stored.creation.clone(),
+        };
+        write_status(&self.api, obj, ctx, update).await?;
+        Ok(next)
+    }
+
+    /// Releases the finalizer of a resource being deleted, with an Event saying why.
+    pub(super) async fn release(&self, why: String) -> Result<(), Error> {
+        publish(self.ctx, self.obj, EventType::Normal, "Released", why).await;
+        set_finalizer(&self.api, self.obj, false).await?;
+        self.ctx.forget(&self.oref);
+        Ok(())
+    }
+
+    /// A status write that keeps the step's record and shows no job (the create steps).
+    pub(super) async fn status(
+        &self,
+        summary: Summary,
+        place: &Place,
+        creation: Option<CreationRecord>,
+    ) -> Result<(), Error> {
+        let stored = self.obj.status.clone().unwrap_or_default();
+        let update = StatusUpdate {
+            prev: &stored,
+            region: &place.region,
+            job: None,
+            summary: &summary,
+            last_transition: stored.last_transition.clone(),
+            snapshot_at: None,
+            creation,
+        };
+        write_status(&self.api, self.obj, self.ctx, update).await.map(|_| ())
+    }
+}
+
+pub(super) fn transition_record(step: &Step, outcome: TransitionOutcome, error: Option<String>) -> RequestedTransition {
+    RequestedTransition {
+        job_id: step.job_id.clone(),
+        from: step.from.clone(),
+        to: step.to.as_str().to_string(),
+        // Whole seconds, rounded up: what the API stores, and never before the call.
+        requested_at: Time(plan::ceil_second(step.requested_at)),
+        outcome,
+        error_code: error,
+        message: None,
+    }
+}
+
+/// The AWS error code a step's call ended with, if any.
+fn step_error(step: &Step) -> Option<String> {
+    match &step.state {
+        StepState::InFlight { error } => error.clone(),
+        StepState::Refused { code, .. } => Some(code.clone()),
+    }
+}
+
+/// Records what became of the step in flight.
+fn resolve_step(
+    ctx: &Context,
+    oref: &ObjectRef<MacieJob>,
+    step: Option<&Step>,
+    outcome: Option<&StepOutcome>,
+    last_transition: &mut Option<RequestedTransition>,
+) {
+    let (Some(step), Some(outcome)) = (step, outcome) else {
+        return;
+    };
+    // Timestamps are compared at the precision the API stores (whole seconds).
+    let at = plan::ceil_second(step.requested_at).as_second();
+    let new_outcome = match outcome {
+        StepOutcome::Waiting => {
+            // The step this process holds is the record until a sweep settles it.
+            if last_transition
+                .as_ref()
+                .is_none_or(|t| t.requested_at.0.as_second() < at)
+            {
+                *last_transition = Some(transition_record(step, TransitionOutcome::Pending, step_error(step)));
+            }
+            return;
+        }
+        StepOutcome::Succeeded => Some(TransitionOutcome::Succeeded),
+        StepOutcome::Superseded => Some(TransitionOutcome::Superseded),
+        StepOutcome::TimedOut => Some(TransitionOutcome::Failed),
+        StepOutcome::RetryDue => None,
+    };
+    ctx.remember(oref, Known::Cleared);
+    let Some(new_outcome) = new_outcome else {
+        return;
+    };
+    let t = match last_transition {
+        Some(t) if t.requested_at.0.as_second() == at => t,
+        // A newer record than this step (another process's): it is the record.
+        Some(t) if t.requested_at.0.as_second() > at => return,
+        _ => last_transition.insert(transition_record(step, TransitionOutcome::Pending, step_error(step))),
+    };
+    if t.outcome != TransitionOutcome::Pending {
+        return;
+    }
+    t.outcome = new_outcome;
+    if *outcome == StepOutcome::TimedOut {
+        t.message = Some(format!(
+            "no sweep that started within {:?} after the call showed the change",
+            ctx.config.plan.step_timeout
+        ));
+    }
+}
+
+/// Calls UpdateClassificationJob for the step the plan chose, and judges the result.
+async fn call_update(ctx: &Context, obj: &MacieJob, place: &Place, step: Step, prev_attempts: u32) -> CallVerdict {
+    // Every AWS write is logged with where it goes and who asked for it.
+    tracing::info!(
+        account = %place.account,
+        region = %place.region,
+        operation = "UpdateClassificationJob",
+        job_id = %step.job_id,
+        from = %step.from,
+        to = step.to.as_str(),
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        uid = %obj.uid().unwrap_or_default(),
+        "AWS write"
+    );
+    let result = ctx.clients.api().update_job(place, &step.job_id, step.to).await;
+    ctx.clients
+        .metrics()
+        .call("UpdateClassificationJob", MacieError::outcome(&result));
+    let jitter = 0.5 + clock::random() * 0.5;
+    let (from, to, job_id) = (step.from.clone(), step.to, step.job_id.clone());
+    let verdict = outcome::after_call(step, result.as_ref().map(|_| ()), prev_attempts, clock::now(), jitter);
+    if let (CallEvent::Failed, Err(e)) = (verdict.event, &result) {
+        let note = format!(
+            "UpdateClassificationJob {job_id}: {from} -> {} failed: {e}",
+            to.as_str()
+        );
+        publish(ctx, obj, EventType::Warning, "UpdateFailed", note).await;
+    }
+    verdict
+}
