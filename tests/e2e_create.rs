@@ -240,6 +240,34 @@ async fn a_name_used_by_another_job_is_never_adopted_nor_duplicated() -> Result<
     Ok(())
 }
 
+/// A job created out of band a moment before a MacieJob with a definition of the same name,
+/// inside one poll interval: the sweep the create decision reads cannot know it, and Macie
+/// allows duplicate names; the lookup of the name right before the create finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_taken_inside_one_poll_interval_is_never_duplicated() -> Result<()> {
+    let Scene { client, ns, emu, .. } = scene("create-race").await?;
+    creating_account(&client, "create-race").await?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    // Sweeps 10 minutes apart: after the first, the operator sees nothing new by sweeping.
+    let op = OperatorHandle::start(client.clone(), &ns, &emu.url, |c| {
+        c.poll_interval = Duration::from_secs(600);
+    })
+    .await;
+    let first = emu.put_job(json!({"name": "first", "jobType": "ONE_TIME", "jobStatus": "RUNNING"}));
+    let adopt = json!({"jobId": first, "jobStatus": "RUNNING", "accountRef": {"name": "create-race"}});
+    create_job(&api, "first", adopt).await?;
+    wait_reason(&api, "first", "Converged", DEADLINE).await?;
+    let theirs = emu.put_job(json!({"name": "raced", "jobType": "ONE_TIME", "jobStatus": "RUNNING"}));
+    create_job(&api, "m", one_time("raced", "RUNNING", "create-race")).await?;
+    let o = wait_reason(&api, "m", "NameInUse", DEADLINE).await?;
+    let message = condition(&o, "Ready").message;
+    assert!(message.contains(&theirs), "{message}");
+    assert!(creates(&emu).is_empty(), "no create: {:?}", creates(&emu));
+    assert_eq!(jobs_named(&emu, "raced"), [theirs]);
+    op.stop().await;
+    Ok(())
+}
+
 /// 12 definitions at once against the emulator's create quota (4 per second here, the
 /// operator's --create-rate the same): all created once, throttled creates are not failures,
 /// creates are spaced by the rate, and the waiting resources say so.

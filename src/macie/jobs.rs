@@ -475,6 +475,9 @@ pub struct JobPoller {
     in_use: InUse,
     wanted: Wanted,
     places: RegionTasks<watch::Receiver<RegionView>>,
+    /// Sweeps only when told (`sweep_now`), on the caller's task: the perturbation harness
+    /// drives them in virtual time. None in the operator.
+    manual: Option<std::sync::Mutex<HashMap<Place, (watch::Sender<RegionView>, History)>>>,
 }
 
 /// What a sweeper needs to stop itself.
@@ -500,6 +503,42 @@ impl JobPoller {
             in_use,
             wanted,
             places: RegionTasks::default(),
+            manual: None,
+        }
+    }
+
+    /// A poller that sweeps only when `sweep_now` is called (no task is started).
+    pub fn manual(mut self) -> JobPoller {
+        self.manual = Some(std::sync::Mutex::default());
+        self
+    }
+
+    /// One sweep of `place` now, on the caller's task (a manual poller only).
+    pub async fn sweep_now(&self, place: &Place) {
+        let Some(manual) = &self.manual else { return };
+        let (tx, mut history) = {
+            let mut m = manual.lock().unwrap_or_else(|p| p.into_inner());
+            let (tx, history) = m
+                .entry(place.clone())
+                .or_insert_with(|| (watch::channel(RegionView::default()).0, History::default()));
+            (tx.clone(), std::mem::take(history))
+        };
+        let sweeper = self.sweeper(place);
+        sweep_once(&sweeper, &mut history, &tx).await;
+        if let Some(entry) = manual.lock().unwrap_or_else(|p| p.into_inner()).get_mut(place) {
+            entry.1 = history;
+        }
+    }
+
+    /// What one sweep of `place` needs.
+    fn sweeper(&self, place: &Place) -> Sweeper {
+        Sweeper {
+            place: place.clone(),
+            clients: self.clients.clone(),
+            metrics: self.clients.metrics().clone(),
+            page_size: self.page_size,
+            on_change: self.on_change.clone(),
+            wanted: self.wanted.clone(),
         }
     }
 
@@ -514,6 +553,13 @@ impl JobPoller {
 
     /// The place's sweep results; starts its sweeper on first use.
     pub fn subscribe(&self, place: &Place) -> watch::Receiver<RegionView> {
+        if let Some(manual) = &self.manual {
+            let mut m = manual.lock().unwrap_or_else(|p| p.into_inner());
+            let (tx, _) = m
+                .entry(place.clone())
+                .or_insert_with(|| (watch::channel(RegionView::default()).0, History::default()));
+            return tx.subscribe();
+        }
         self.places.get_or_start(
             place,
             |_| true,
@@ -524,19 +570,7 @@ impl JobPoller {
                     retire,
                     in_use: self.in_use.clone(),
                 };
-                let task = tokio::spawn(sweep_loop(
-                    Sweep {
-                        place: place.clone(),
-                        clients: self.clients.clone(),
-                        metrics: self.clients.metrics().clone(),
-                        page_size: self.page_size,
-                        interval: self.interval,
-                        on_change: self.on_change.clone(),
-                        wanted: self.wanted.clone(),
-                        retire,
-                    },
-                    tx,
-                ));
+                let task = tokio::spawn(sweep_loop(self.sweeper(place), self.interval, retire, tx));
                 (rx, task)
             },
         )
@@ -548,16 +582,14 @@ impl JobPoller {
     }
 }
 
-/// One place's sweeper.
-struct Sweep {
+/// What one sweep of a place needs.
+struct Sweeper {
     place: Place,
     clients: Arc<MacieClients>,
     metrics: Arc<Metrics>,
     page_size: i32,
-    interval: Duration,
     on_change: OnChange,
     wanted: Wanted,
-    retire: Retire,
 }
 
 /// Which resources a failed sweep affects: none until the failures are reported (the
@@ -573,81 +605,87 @@ pub fn changes_after_failure(failures: u32) -> Changes {
     }
 }
 
-async fn sweep_loop(sweep: Sweep, tx: watch::Sender<RegionView>) {
-    let Sweep {
-        place,
-        clients,
-        metrics,
-        page_size,
-        interval,
-        on_change,
-        wanted,
-        retire,
-    } = sweep;
+/// One place's sweeper: a sweep every `interval` until no resource uses the place.
+async fn sweep_loop(sweeper: Sweeper, interval: Duration, retire: Retire, tx: watch::Sender<RegionView>) {
     let mut history = History::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let started_at = crate::runtime::clock::now();
-        let t = std::time::Instant::now();
-        let prev = tx.borrow().clone();
-        let ask = SweepAsk {
-            place: &place,
-            page_size,
-            prev: prev.snapshot.as_deref(),
-            wanted: wanted(&place),
-        };
-        let result = self::sweep(clients.api(), ask, &mut history, &metrics).await;
-        let mut next = RegionView {
-            sweeps: prev.sweeps + 1,
-            ..prev.clone()
-        };
-        let changes = match result {
-            Ok(swept) => {
-                let pages = swept.pages;
-                metrics.swept(&place, t.elapsed(), pages);
-                let mut by_status: HashMap<&str, i64> = HashMap::new();
-                for j in &swept.jobs {
-                    *by_status.entry(j.job_status.as_str()).or_default() += 1;
-                }
-                let counts: Vec<(String, i64)> = by_status.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
-                metrics.set_jobs(&place, &counts);
-                let snap = Snapshot::of(started_at, swept);
-                let reported = prev.failures >= crate::job::plan::SWEEP_FAILURES_REPORTED;
-                let changes = match &prev.snapshot {
-                    Some(old) if !reported => diff(old, &snap),
-                    _ => Changes::All,
-                };
-                tracing::debug!(%place, jobs = snap.jobs.len(), pages, elapsed = ?t.elapsed(), "sweep");
-                next.snapshot = Some(Arc::new(snap));
-                next.error = None;
-                next.failures = 0;
-                changes
-            }
-            Err(e) => {
-                next.failures = prev.failures + 1;
-                // One log line per failure streak (and one when it starts to be reported).
-                if next.failures == 1 || next.failures == crate::job::plan::SWEEP_FAILURES_REPORTED {
-                    tracing::warn!(%place, error = %e, failures = next.failures, "ListClassificationJobs sweep failed");
-                } else {
-                    tracing::debug!(%place, error = %e, failures = next.failures, "ListClassificationJobs sweep failed again");
-                }
-                next.error = Some(e);
-                changes_after_failure(next.failures)
-            }
-        };
-        metrics.sweep_finished(&place, next.error.is_none());
-        let swept_at = next.error.is_none().then_some(started_at);
-        // Publish before triggering, so the triggered reconciles read this sweep.
-        tx.send_replace(next);
-        on_change(&place, &changes, swept_at);
-        if retire.retire.retire_if(|| !(retire.in_use)(&place)) {
-            metrics.region_stopped(&place);
+        sweep_once(&sweeper, &mut history, &tx).await;
+        let (place, metrics) = (&sweeper.place, &sweeper.metrics);
+        if retire.retire.retire_if(|| !(retire.in_use)(place)) {
+            metrics.region_stopped(place);
             tracing::info!(%place, "no MacieJob uses the account and region any more; its sweeper stops");
             return;
         }
     }
+}
+
+/// One sweep: the new view published, then the resources it concerns told.
+async fn sweep_once(sweeper: &Sweeper, history: &mut History, tx: &watch::Sender<RegionView>) {
+    let Sweeper {
+        place,
+        clients,
+        metrics,
+        page_size,
+        on_change,
+        wanted,
+    } = sweeper;
+    let page_size = *page_size;
+    let started_at = crate::runtime::clock::now();
+    let t = std::time::Instant::now();
+    let prev = tx.borrow().clone();
+    let ask = SweepAsk {
+        place: &place,
+        page_size,
+        prev: prev.snapshot.as_deref(),
+        wanted: wanted(place),
+    };
+    let result = self::sweep(clients.api(), ask, history, metrics).await;
+    let mut next = RegionView {
+        sweeps: prev.sweeps + 1,
+        ..prev.clone()
+    };
+    let changes = match result {
+        Ok(swept) => {
+            let pages = swept.pages;
+            metrics.swept(&place, t.elapsed(), pages);
+            let mut by_status: HashMap<&str, i64> = HashMap::new();
+            for j in &swept.jobs {
+                *by_status.entry(j.job_status.as_str()).or_default() += 1;
+            }
+            let counts: Vec<(String, i64)> = by_status.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
+            metrics.set_jobs(&place, &counts);
+            let snap = Snapshot::of(started_at, swept);
+            let reported = prev.failures >= crate::job::plan::SWEEP_FAILURES_REPORTED;
+            let changes = match &prev.snapshot {
+                Some(old) if !reported => diff(old, &snap),
+                _ => Changes::All,
+            };
+            tracing::debug!(%place, jobs = snap.jobs.len(), pages, elapsed = ?t.elapsed(), "sweep");
+            next.snapshot = Some(Arc::new(snap));
+            next.error = None;
+            next.failures = 0;
+            changes
+        }
+        Err(e) => {
+            next.failures = prev.failures + 1;
+            // One log line per failure streak (and one when it starts to be reported).
+            if next.failures == 1 || next.failures == crate::job::plan::SWEEP_FAILURES_REPORTED {
+                tracing::warn!(%place, error = %e, failures = next.failures, "ListClassificationJobs sweep failed");
+            } else {
+                tracing::debug!(%place, error = %e, failures = next.failures, "ListClassificationJobs sweep failed again");
+            }
+            next.error = Some(e);
+            changes_after_failure(next.failures)
+        }
+    };
+    metrics.sweep_finished(&place, next.error.is_none());
+    let swept_at = next.error.is_none().then_some(started_at);
+    // Publish before triggering, so the triggered reconciles read this sweep.
+    tx.send_replace(next);
+    on_change(&place, &changes, swept_at);
 }
 
 #[cfg(test)]
