@@ -477,8 +477,11 @@ pub struct JobPoller {
     places: RegionTasks<watch::Receiver<RegionView>>,
     /// Sweeps only when told (`sweep_now`), on the caller's task: the perturbation harness
     /// drives them in virtual time. None in the operator.
-    manual: Option<std::sync::Mutex<HashMap<Place, (watch::Sender<RegionView>, History)>>>,
+    manual: Option<std::sync::Mutex<HashMap<Place, Manual>>>,
 }
+
+/// A manual poller's place: its view and the history of its sweeps.
+type Manual = (watch::Sender<RegionView>, History);
 
 /// What a sweeper needs to stop itself.
 struct Retire {
@@ -637,7 +640,7 @@ async fn sweep_once(sweeper: &Sweeper, history: &mut History, tx: &watch::Sender
     let t = std::time::Instant::now();
     let prev = tx.borrow().clone();
     let ask = SweepAsk {
-        place: &place,
+        place,
         page_size,
         prev: prev.snapshot.as_deref(),
         wanted: wanted(place),
@@ -650,13 +653,13 @@ async fn sweep_once(sweeper: &Sweeper, history: &mut History, tx: &watch::Sender
     let changes = match result {
         Ok(swept) => {
             let pages = swept.pages;
-            metrics.swept(&place, t.elapsed(), pages);
+            metrics.swept(place, t.elapsed(), pages);
             let mut by_status: HashMap<&str, i64> = HashMap::new();
             for j in &swept.jobs {
                 *by_status.entry(j.job_status.as_str()).or_default() += 1;
             }
             let counts: Vec<(String, i64)> = by_status.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
-            metrics.set_jobs(&place, &counts);
+            metrics.set_jobs(place, &counts);
             let snap = Snapshot::of(started_at, swept);
             let reported = prev.failures >= crate::job::plan::SWEEP_FAILURES_REPORTED;
             let changes = match &prev.snapshot {
@@ -681,11 +684,11 @@ async fn sweep_once(sweeper: &Sweeper, history: &mut History, tx: &watch::Sender
             changes_after_failure(next.failures)
         }
     };
-    metrics.sweep_finished(&place, next.error.is_none());
+    metrics.sweep_finished(place, next.error.is_none());
     let swept_at = next.error.is_none().then_some(started_at);
     // Publish before triggering, so the triggered reconciles read this sweep.
     tx.send_replace(next);
-    on_change(&place, &changes, swept_at);
+    on_change(place, &changes, swept_at);
 }
 
 #[cfg(test)]
