@@ -259,11 +259,11 @@ async fn create<T>(r: &Reconcile<'_>, seen: &Seen<'_>) -> Flow<T> {
 
 /// The create's turn in the place's queue (the CreateClassificationJob quota).
 async fn take_turn(r: &Reconcile<'_>, seen: &Seen<'_>) -> Flow<()> {
-    let ticket = lock(&r.ctx.queue).ticket(&seen.place, &r.oref, std::time::Instant::now());
+    let ticket = lock(&r.ctx.queue).ticket(&seen.place, &r.oref, clock::instant());
     let Ticket::Wait { position, at } = ticket else {
         return go(());
     };
-    let wait = at.saturating_duration_since(std::time::Instant::now());
+    let wait = at.saturating_duration_since(clock::instant());
     let summary = Reason::WaitingForCreateQuota.summary(format!(
         "number {position} in line for CreateClassificationJob in {} (one every {:?}, the create quota); about {}s to go",
         seen.place,
@@ -384,7 +384,7 @@ async fn send_create(r: &Reconcile<'_>, seen: &Seen<'_>) -> Result<String, Macie
         client_token: &token,
         tags: &tags,
     };
-    lock(&ctx.queue).sending(place, std::time::Instant::now());
+    lock(&ctx.queue).sending(place, clock::instant());
     let result = ctx.clients.api().create_job(place, &new_job).await;
     ctx.clients
         .metrics()
@@ -439,7 +439,7 @@ fn throttled(
     e: &MacieError,
 ) -> (crate::api::conditions::Summary, Next) {
     let wait = (lock(&r.ctx.queue).interval() * 2).max(Duration::from_secs(2));
-    lock(&r.ctx.queue).throttled(&seen.place, &r.oref, std::time::Instant::now(), wait);
+    lock(&r.ctx.queue).throttled(&seen.place, &r.oref, clock::instant(), wait);
     record.outcome = CreationOutcome::NotProcessed;
     record.error_code = Some(e.code().to_string());
     let at = clock::now()

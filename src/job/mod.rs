@@ -421,23 +421,7 @@ impl JobController {
                     .any(|o| admit(o, &tenancy, &default_region).is_ok_and(|a| a.place == *place))
             })
         };
-        let wanted: Wanted = {
-            let (store, default_region, tenancy) = (store.clone(), default_region.clone(), tenancy.clone());
-            // What admitted resources name: a refused resource causes no read either.
-            Arc::new(move |place: &Place| {
-                let mut ids = std::collections::HashSet::new();
-                let mut names = std::collections::HashSet::new();
-                for o in store.state() {
-                    if !admit(&o, &tenancy, &default_region).is_ok_and(|a| a.place == *place) {
-                        continue;
-                    }
-                    ids.extend(o.spec.job_id.clone());
-                    names.extend(o.spec.job_name.clone());
-                    ids.extend(o.status.as_ref().and_then(|s| s.creation.as_ref()?.job_id.clone()));
-                }
-                (ids, names)
-            })
-        };
+        let wanted = wanted_by(store.clone(), tenancy.clone(), default_region.clone());
         let poller = Arc::new(JobPoller::new(
             clients.clone(),
             config.page_size,
@@ -522,6 +506,24 @@ impl Tracked {
             )
         })
     }
+}
+
+/// What the admitted resources at a place name, for its sweeps to read (a refused resource
+/// causes no read either): job ids (spec.jobId, created jobs) and names.
+fn wanted_by(store: Store<MacieJob>, tenancy: Arc<Tenancy>, default_region: String) -> Wanted {
+    Arc::new(move |place: &Place| {
+        let mut ids = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for o in store.state() {
+            if !admit(&o, &tenancy, &default_region).is_ok_and(|a| a.place == *place) {
+                continue;
+            }
+            ids.extend(o.spec.job_id.clone());
+            names.extend(o.spec.job_name.clone());
+            ids.extend(o.status.as_ref().and_then(|s| s.creation.as_ref()?.job_id.clone()));
+        }
+        (ids, names)
+    })
 }
 
 /// After a sweep of `place`: reconcile the resources that name the changed jobs and those
@@ -644,5 +646,7 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod step_tests;

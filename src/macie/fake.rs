@@ -137,6 +137,20 @@ impl FakeMacie {
         self.state().create_failures.push_back(err);
     }
 
+    /// The jobs of a region.
+    pub fn jobs(&self, region: &str) -> Vec<ObservedJob> {
+        self.state()
+            .jobs
+            .get(region)
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The client token a job was created with, if any.
+    pub fn token(&self, job_id: &str) -> Option<String> {
+        self.state().tokens.get(job_id).cloned()
+    }
+
     /// Every create call: (name, client token, outcome).
     pub fn creates(&self) -> Vec<(String, String, String)> {
         self.state().creates.clone()

@@ -11,6 +11,8 @@ use k8s_openapi::jiff::Timestamp;
 /// What a thread that runs in virtual time holds.
 struct Virtual {
     now: Timestamp,
+    /// The wall instant the virtual clock started at, and its virtual time then.
+    base: (std::time::Instant, Timestamp),
     /// xorshift64* state (never 0).
     rng: u64,
 }
@@ -24,6 +26,18 @@ pub fn now() -> Timestamp {
     VIRTUAL
         .with(|v| v.borrow().as_ref().map(|v| v.now))
         .unwrap_or_else(Timestamp::now)
+}
+
+/// A monotonic instant (queues and rates): moves with virtual time on a thread in virtual time.
+pub fn instant() -> std::time::Instant {
+    VIRTUAL
+        .with(|v| {
+            v.borrow().as_ref().map(|v| {
+                let elapsed = v.base.1.duration_until(v.now).unsigned_abs();
+                v.base.0 + elapsed
+            })
+        })
+        .unwrap_or_else(std::time::Instant::now)
 }
 
 /// A uniform random number in [0, 1): seeded on a thread in virtual time.
@@ -48,6 +62,7 @@ impl VirtualClock {
         VIRTUAL.with(|v| {
             *v.borrow_mut() = Some(Virtual {
                 now: start,
+                base: (std::time::Instant::now(), start),
                 rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             })
         });

@@ -29,11 +29,20 @@ struct State {
 /// world between a write-ahead and the call that follows it).
 type Hook = Box<dyn FnMut(&Value) + Send>;
 
+/// One process talking to the fake (the perturbation harness): a dead process's requests
+/// reach nothing, and each write it makes is an effect the harness may crash it after.
+pub trait Process: Send + Sync {
+    fn alive(&self) -> bool;
+    /// A write of this process was applied.
+    fn effect(&self, write: &Write);
+}
+
 /// The fake API server.
 #[derive(Default, Clone)]
 pub struct FakeKube {
     state: Arc<Mutex<State>>,
     before_status_write: Arc<Mutex<Option<Hook>>>,
+    process: Option<Arc<dyn Process>>,
 }
 
 /// The path of a namespaced object of a custom resource.
@@ -95,6 +104,43 @@ impl FakeKube {
             .collect()
     }
 
+    /// Updates a stored object as a user would (spec, labels, deletion): `change` edits it; a
+    /// spec change bumps the generation. An object being deleted without finalizers is removed.
+    pub fn edit(&self, path: &str, change: impl FnOnce(&mut Value)) {
+        let mut s = self.state();
+        s.version += 1;
+        let version = s.version;
+        let Some(obj) = s.objects.get_mut(path) else { return };
+        let spec = obj["spec"].clone();
+        change(obj);
+        if obj["spec"] != spec {
+            let g = obj["metadata"]["generation"].as_i64().unwrap_or(1);
+            obj["metadata"]["generation"] = json!(g + 1);
+        }
+        obj["metadata"]["resourceVersion"] = json!(version.to_string());
+        let gone = !obj["metadata"]["deletionTimestamp"].is_null()
+            && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        if gone {
+            s.objects.remove(path);
+        }
+    }
+
+    /// The paths of every stored object.
+    pub fn paths(&self) -> Vec<String> {
+        let mut p: Vec<String> = self.state().objects.keys().cloned().collect();
+        p.sort();
+        p
+    }
+
+    /// A kube client of `process` talking to this fake.
+    pub fn client_of(&self, process: Arc<dyn Process>) -> kube::Client {
+        FakeKube {
+            process: Some(process),
+            ..self.clone()
+        }
+        .client()
+    }
+
     /// A kube client talking to this fake.
     pub fn client(&self) -> kube::Client {
         let me = self.clone();
@@ -114,6 +160,21 @@ impl FakeKube {
             .is_some_and(|t| t.as_bytes().starts_with(b"application/merge-patch"));
         let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if self.process.as_ref().is_some_and(|p| !p.alive()) {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "ServiceUnavailable", "code": 503, "message": "the process is dead"}),
+            );
+        }
+        let written = self.apply(method, path, merge, body);
+        if let (Some(w), Some(p)) = (&written.1, &self.process) {
+            p.effect(w);
+        }
+        written.0
+    }
+
+    /// Applies one request; returns the response and the write it made, if any.
+    fn apply(&self, method: Method, path: String, merge: bool, body: Value) -> (Response<Body>, Option<Write>) {
         if method == Method::PATCH
             && path.ends_with("/status")
             && let Some(hook) = self
@@ -125,19 +186,20 @@ impl FakeKube {
             hook(&body);
         }
         let mut s = self.state();
-        if method != Method::GET {
-            s.writes.push(Write {
-                method: method.clone(),
-                path: path.clone(),
-                body: body.clone(),
-            });
+        let write = (method != Method::GET).then(|| Write {
+            method: method.clone(),
+            path: path.clone(),
+            body: body.clone(),
+        });
+        if let Some(w) = &write {
+            s.writes.push(w.clone());
         }
         if path.contains("/events") {
             let mut ev = body;
             if ev["metadata"]["name"].is_null() {
                 ev["metadata"]["name"] = json!(format!("ev-{}", s.writes.len()));
             }
-            return respond(StatusCode::CREATED, &ev);
+            return (respond(StatusCode::CREATED, &ev), write);
         }
         let (object_path, status) = match path.strip_suffix("/status") {
             Some(p) => (p.to_string(), true),
@@ -146,10 +208,8 @@ impl FakeKube {
         s.version += 1;
         let version = s.version;
         let Some(obj) = s.objects.get_mut(&object_path) else {
-            return respond(
-                StatusCode::NOT_FOUND,
-                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-            );
+            let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+            return (respond(StatusCode::NOT_FOUND, &not_found), None);
         };
         match (method, status) {
             (Method::GET, _) => {}
@@ -177,7 +237,7 @@ impl FakeKube {
                     }
                 }
             }
-            _ => return respond(StatusCode::METHOD_NOT_ALLOWED, &json!({})),
+            _ => return (respond(StatusCode::METHOD_NOT_ALLOWED, &json!({})), None),
         }
         obj["metadata"]["resourceVersion"] = json!(version.to_string());
         let out = obj.clone();
@@ -187,7 +247,7 @@ impl FakeKube {
         if gone {
             s.objects.remove(&object_path);
         }
-        respond(StatusCode::OK, &out)
+        (respond(StatusCode::OK, &out), write)
     }
 }
 
