@@ -89,6 +89,9 @@ pub enum Op {
     Inject(Fault),
     /// One sweep of the place.
     Sweep,
+    /// A sweep that reads Macie now and is published only after a second passed and the
+    /// reconciles pending then ran (a sweep concurrent with their calls).
+    SlowSweep,
     /// Watch events, triggers and due requeues until nothing is pending.
     Settle,
     Advance(Duration),
@@ -484,6 +487,8 @@ struct Sim {
     history: HashMap<String, Vec<MacieJob>>,
     /// Names ever applied.
     names: BTreeSet<&'static str>,
+    /// The API server's version at the last delivery (nothing to deliver while it holds).
+    delivered_at: Option<u64>,
 }
 
 fn path(name: &str) -> String {
@@ -524,10 +529,14 @@ impl Sim {
             run: Run::default(),
             history: HashMap::new(),
             names: BTreeSet::new(),
+            delivered_at: None,
         }
     }
 
     async fn apply(&mut self, o: &Op) {
+        if std::env::var_os("SIM_TRACE").is_some() {
+            println!("op {o:?}");
+        }
         match o {
             Op::Apply(name, spec) => self.put(name, spec),
             Op::Delete(name) => self.shared.kube.edit(&path(name), |o| {
@@ -553,6 +562,7 @@ impl Sim {
             }
             Op::Inject(f) => lock(&self.shared.faults).push_back(*f),
             Op::Sweep => self.sweep().await,
+            Op::SlowSweep => self.slow_sweep().await,
             Op::Settle => self.settle().await,
             Op::Advance(d) => self.clock.advance(*d),
             Op::Handover => {
@@ -591,19 +601,45 @@ impl Sim {
         if !self.op.life.alive() {
             return;
         }
-        *lock(&self.shared.last_sweep) = Some(clock::now());
+        let started = clock::now();
         self.op.ctx.poller.sweep_now(&Place::new("default", REGION)).await;
+        *lock(&self.shared.last_sweep) = Some(started);
+    }
+
+    async fn slow_sweep(&mut self) {
+        if !self.op.life.alive() {
+            return;
+        }
+        let (place, started) = (Place::new("default", REGION), clock::now());
+        let Some(taken) = self.op.ctx.poller.begin_sweep(&place).await else {
+            return;
+        };
+        let life = self.op.life.clone();
+        self.clock.advance(Duration::from_secs(1));
+        self.settle().await;
+        // A process that crashed meanwhile never publishes its sweep.
+        if !Arc::ptr_eq(&life, &self.op.life) {
+            return;
+        }
+        self.op.ctx.poller.finish_sweep(&place, taken);
+        *lock(&self.shared.last_sweep) = Some(started);
     }
 
     /// A new process takes over from what the API server and Macie hold.
     fn restart(&mut self) {
         self.op = start(&self.shared, &self.fed.tenancy);
+        self.delivered_at = None;
         self.deliver();
     }
 
     /// The watch: every object whose version the cache does not hold is delivered (unless
     /// the schedule drops that delivery) and reconciled.
     fn deliver(&mut self) {
+        let at = self.shared.kube.version();
+        if self.delivered_at == Some(at) {
+            return;
+        }
+        let mut complete = true;
         let stored: BTreeMap<String, MacieJob> = self
             .shared
             .kube
@@ -631,6 +667,7 @@ impl Sim {
             }
             self.run.deliveries += 1;
             if self.perturb.dropped.contains(&self.run.deliveries) {
+                complete = false;
                 continue;
             }
             self.op.writer.apply_watcher_event(&watcher::Event::Apply(obj.clone()));
@@ -641,6 +678,8 @@ impl Sim {
             self.op.cache.insert(name.clone(), obj);
             self.op.pending.insert(name);
         }
+        // Nothing left behind: nothing to deliver until the API server changes.
+        self.delivered_at = complete.then_some(at);
     }
 
     /// Runs what is pending (watch events, triggers, due requeues) until nothing is.
@@ -690,9 +729,33 @@ impl Sim {
                 obj = h[i - 1].clone();
                 self.op.writer.apply_watcher_event(&watcher::Event::Apply(obj.clone()));
                 self.op.cache.insert(name.to_string(), obj.clone());
+                self.delivered_at = None;
             }
         }
         let result = reconcile::reconcile_inner(&obj, &self.op.ctx).await;
+        if std::env::var_os("SIM_TRACE").is_some() {
+            let st = obj
+                .status
+                .as_ref()
+                .and_then(|s| conditions::find(&s.conditions, conditions::READY).map(|c| c.reason.clone()));
+            let written = self
+                .op
+                .ctx
+                .memory
+                .read(&ObjectRef::from_obj(&obj), |e| e.written)
+                .flatten();
+            let stored = self
+                .shared
+                .kube
+                .get(&path(name))
+                .map(|v| v["metadata"]["resourceVersion"].clone());
+            println!(
+                "  reconcile #{} {name} rv {:?} (shown {st:?}) -> {result:?}; effects {}, own write {written:?}, stored {stored:?}",
+                self.run.reconciles,
+                obj.metadata.resource_version,
+                self.shared.effects.load(Ordering::SeqCst)
+            );
+        }
         let next = match result {
             Ok(next) => next,
             Err(e) => self.op.ctx.memory.retry(&obj, &e),
@@ -1097,12 +1160,14 @@ pub fn schedule(seed: u64) -> (Scenario, Perturb) {
         Job("j1", "nightly", "USER_PAUSED", None),
         Job("j1", "nightly", "RUNNING", None),
         Job("j1", "nightly", "COMPLETE", None),
+        Job("j1", "nightly", "PAUSED", None),
         Apply("m", by_id("j1", "RUNNING")),
         Apply("m", by_id("j1", "USER_PAUSED")),
         Apply("m", definition("scan", "USER_PAUSED")),
         Advance(Duration::from_secs(1)),
         Advance(STEP_TIMEOUT),
         Sweep,
+        SlowSweep,
         Settle,
         Handover,
     ];
@@ -1137,8 +1202,8 @@ pub fn random(from: u64, to: u64, threads: u64) -> (u64, Vec<String>) {
                     let r = run(&s, p.clone(), seed);
                     if !r.violations.is_empty() {
                         lock(failures).push(format!(
-                            "seed {seed} (replay: SIM_SEED={seed} make sim): scenario {} ops {:?} under {p:?}: {:#?}",
-                            s.name, s.ops, r.violations
+                            "seed {seed} (replay: SIM_SEED={seed} make sim): {:?}\nscenario {} ops {:?} under {p:?}",
+                            r.violations, s.name, s.ops
                         ));
                     }
                 }

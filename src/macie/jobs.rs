@@ -518,18 +518,39 @@ impl JobPoller {
 
     /// One sweep of `place` now, on the caller's task (a manual poller only).
     pub async fn sweep_now(&self, place: &Place) {
-        let Some(manual) = &self.manual else { return };
-        let (tx, mut history) = {
+        if let Some(taken) = self.begin_sweep(place).await {
+            self.finish_sweep(place, taken);
+        }
+    }
+
+    /// A manual poller's sweep of `place`, read from Macie now and published only by
+    /// `finish_sweep` (a sweep that runs while reconciles act).
+    pub async fn begin_sweep(&self, place: &Place) -> Option<Taken> {
+        let manual = self.manual.as_ref()?;
+        let (prev, mut history) = {
             let mut m = manual.lock().unwrap_or_else(|p| p.into_inner());
             let (tx, history) = m
                 .entry(place.clone())
                 .or_insert_with(|| (watch::channel(RegionView::default()).0, History::default()));
-            (tx.clone(), std::mem::take(history))
+            (tx.borrow().clone(), std::mem::take(history))
         };
-        let sweeper = self.sweeper(place);
-        sweep_once(&sweeper, &mut history, &tx).await;
+        let taken = take_sweep(&self.sweeper(place), &mut history, &prev).await;
         if let Some(entry) = manual.lock().unwrap_or_else(|p| p.into_inner()).get_mut(place) {
             entry.1 = history;
+        }
+        Some(taken)
+    }
+
+    /// Publishes a sweep `begin_sweep` took.
+    pub fn finish_sweep(&self, place: &Place, taken: Taken) {
+        let Some(manual) = &self.manual else { return };
+        let tx = manual
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(place)
+            .map(|(tx, _)| tx.clone());
+        if let Some(tx) = tx {
+            publish_sweep(&self.sweeper(place), &tx, taken);
         }
     }
 
@@ -625,23 +646,36 @@ async fn sweep_loop(sweeper: Sweeper, interval: Duration, retire: Retire, tx: wa
     }
 }
 
-/// One sweep: the new view published, then the resources it concerns told.
+/// One sweep: taken, then published.
 async fn sweep_once(sweeper: &Sweeper, history: &mut History, tx: &watch::Sender<RegionView>) {
+    let prev = tx.borrow().clone();
+    let taken = take_sweep(sweeper, history, &prev).await;
+    publish_sweep(sweeper, tx, taken);
+}
+
+/// A sweep taken and not yet published: the view it makes and what changed.
+pub struct Taken {
+    next: RegionView,
+    changes: Changes,
+    /// Its start, when it succeeded.
+    swept_at: Option<Timestamp>,
+}
+
+/// The new view of the place (after `prev`), read from Macie.
+async fn take_sweep(sweeper: &Sweeper, history: &mut History, prev: &RegionView) -> Taken {
     let Sweeper {
         place,
         clients,
         metrics,
         page_size,
-        on_change,
         wanted,
+        ..
     } = sweeper;
-    let page_size = *page_size;
     let started_at = crate::runtime::clock::now();
     let t = std::time::Instant::now();
-    let prev = tx.borrow().clone();
     let ask = SweepAsk {
         place,
-        page_size,
+        page_size: *page_size,
         prev: prev.snapshot.as_deref(),
         wanted: wanted(place),
     };
@@ -684,11 +718,25 @@ async fn sweep_once(sweeper: &Sweeper, history: &mut History, tx: &watch::Sender
             changes_after_failure(next.failures)
         }
     };
-    metrics.sweep_finished(place, next.error.is_none());
     let swept_at = next.error.is_none().then_some(started_at);
-    // Publish before triggering, so the triggered reconciles read this sweep.
+    Taken {
+        next,
+        changes,
+        swept_at,
+    }
+}
+
+/// Publishes a sweep, then tells the resources it concerns (so that the reconciles it
+/// triggers read it).
+fn publish_sweep(sweeper: &Sweeper, tx: &watch::Sender<RegionView>, taken: Taken) {
+    let Taken {
+        next,
+        changes,
+        swept_at,
+    } = taken;
+    sweeper.metrics.sweep_finished(&sweeper.place, next.error.is_none());
     tx.send_replace(next);
-    on_change(place, &changes, swept_at);
+    (sweeper.on_change)(&sweeper.place, &changes, swept_at);
 }
 
 #[cfg(test)]

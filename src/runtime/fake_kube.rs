@@ -125,6 +125,11 @@ impl FakeKube {
         }
     }
 
+    /// The version of the last change (every request moves it).
+    pub fn version(&self) -> u64 {
+        self.state().version
+    }
+
     /// The paths of every stored object.
     pub fn paths(&self) -> Vec<String> {
         let mut p: Vec<String> = self.state().objects.keys().cloned().collect();
