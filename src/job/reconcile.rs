@@ -297,7 +297,7 @@ impl<'a> Reconcile<'a> {
         if let Err(refusal) = recheck(ctx, obj, acted_on) {
             return self.refused(&refusal).await.map(ControlFlow::Break);
         }
-        let step = Step::new(job_id, from, *to, clock::now());
+        let step = Step::new(job_id, from, *to, step_time(report.stored.last_transition.as_ref()));
         report.stored = self.write_ahead(&report, &step, seen).await?;
         // Again right before the call: the write-ahead took a round trip. A refusal here
         // rewrites the status without the write-ahead (no call was made).
@@ -425,6 +425,21 @@ impl<'a> Reconcile<'a> {
             creation,
         };
         write_status(&self.api, self.obj, self.ctx, update).await.map(|_| ())
+    }
+}
+
+/// When a new step starts: now, or past the second of the stored record if that is not over
+/// yet. A record keeps whole seconds, and two steps never share one's identity (a retry within
+/// the second of a settled record would otherwise write it back as Pending).
+fn step_time(stored: Option<&RequestedTransition>) -> Timestamp {
+    let now = clock::now();
+    match stored {
+        Some(t) if plan::ceil_second(now) <= t.requested_at.0 => t
+            .requested_at
+            .0
+            .checked_add(std::time::Duration::from_millis(500))
+            .unwrap_or(Timestamp::MAX),
+        _ => now,
     }
 }
 

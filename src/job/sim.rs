@@ -283,6 +283,40 @@ impl Fenced {
     }
 }
 
+/// A status write never takes the status back: a settled step record written again as
+/// Pending, an older step record over a newer one, or a condition's transition time moved
+/// without a transition (each a status built from a copy older than the one it replaces).
+fn check_status_write(shared: &Shared, stored: &Value, written: &Value) {
+    let (old, new) = (&stored["lastTransition"], &written["lastTransition"]);
+    if old.is_object() && new.is_object() && old["jobId"] == new["jobId"] {
+        let (was, is) = (old["requestedAt"].as_str(), new["requestedAt"].as_str());
+        if was == is && old["outcome"] != "Pending" && new["outcome"] == "Pending" {
+            shared.violation(format!("a settled step ({}) written back as Pending", old["outcome"]));
+        }
+        if is < was {
+            shared.violation(format!(
+                "an older step record ({is:?}) written over a newer one ({was:?})"
+            ));
+        }
+    }
+    for c in written["conditions"].as_array().into_iter().flatten() {
+        let before = stored["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["type"] == c["type"]);
+        if let Some(b) = before
+            && b["status"] == c["status"]
+            && b["lastTransitionTime"] != c["lastTransitionTime"]
+        {
+            shared.violation(format!(
+                "condition {} moved its transition time without a transition",
+                c["type"]
+            ));
+        }
+    }
+}
+
 fn error(kind: &str) -> MacieError {
     match kind {
         "throttle" => MacieError::Throttled {
@@ -519,6 +553,10 @@ impl Sim {
             last_sweep: Mutex::default(),
             changed_at: Mutex::default(),
         });
+        let checked = shared.clone();
+        shared
+            .kube
+            .check_status_writes(move |stored, written| check_status_write(&checked, stored, written));
         let op = start(&shared, &fed.tenancy);
         Sim {
             shared,
@@ -1004,7 +1042,27 @@ pub fn corpus() -> Vec<Scenario> {
     for _ in 0..3 {
         faults.extend(round());
     }
+    let mut sweep_during_call = vec![
+        Job("j1", "nightly", "RUNNING", None),
+        Apply("m", by_id("j1", "RUNNING")),
+        Sweep,
+        Settle,
+    ];
+    sweep_during_call.extend([
+        Apply("m", by_id("j1", "USER_PAUSED")),
+        Advance(Duration::from_secs(1)),
+        Job("j1", "nightly", "PAUSED", None),
+        Advance(Duration::from_secs(1)),
+        SlowSweep,
+        Settle,
+    ]);
+    sweep_during_call.extend(round());
     vec![
+        Scenario {
+            name: "sweep-during-call",
+            rules: all.clone(),
+            ops: sweep_during_call,
+        },
         Scenario {
             name: "flip",
             rules: all.clone(),
@@ -1239,4 +1297,14 @@ fn random_schedules_keep_the_promise() {
         failures.len(),
         failures[0]
     );
+}
+
+#[test]
+fn trace_one() {
+    if std::env::var_os("SIM_TRACE").is_none() {
+        return;
+    }
+    let s = corpus().into_iter().find(|s| s.name == "sweep-during-call").unwrap();
+    let r = run(&s, Perturb::default(), 1);
+    println!("{:?}", r.violations);
 }

@@ -37,11 +37,16 @@ pub trait Process: Send + Sync {
     fn effect(&self, write: &Write);
 }
 
+/// Called with (the stored status, the written status) of every status write.
+type Check = Box<dyn FnMut(&Value, &Value) + Send>;
+
 /// The fake API server.
 #[derive(Default, Clone)]
 pub struct FakeKube {
     state: Arc<Mutex<State>>,
     before_status_write: Arc<Mutex<Option<Hook>>>,
+    /// Sees every status write with the status it replaces (the harness's checks).
+    status_check: Arc<Mutex<Option<Check>>>,
     process: Option<Arc<dyn Process>>,
 }
 
@@ -75,6 +80,12 @@ impl FakeKube {
     /// Runs `hook` with the body of every later status write, before it is applied.
     pub fn before_status_write(&self, hook: impl FnMut(&Value) + Send + 'static) {
         *self.before_status_write.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+    }
+
+    /// Runs `check` with (the stored status, the written status) of every later status
+    /// write, while the write is applied.
+    pub fn check_status_writes(&self, check: impl FnMut(&Value, &Value) + Send + 'static) {
+        *self.status_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(check));
     }
 
     /// Every write so far.
@@ -210,12 +221,21 @@ impl FakeKube {
             Some(p) => (p.to_string(), true),
             None => (path.clone(), false),
         };
-        s.version += 1;
+        if method != Method::GET {
+            s.version += 1;
+        }
         let version = s.version;
         let Some(obj) = s.objects.get_mut(&object_path) else {
             let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
             return (respond(StatusCode::NOT_FOUND, &not_found), None);
         };
+        if method == Method::PATCH
+            && status
+            && let Some(check) = self.status_check.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+        {
+            check(&obj["status"], &body["status"]);
+        }
+        let read = method == Method::GET;
         match (method, status) {
             (Method::GET, _) => {}
             // A merge patch removes what it sets to null; an apply replaces the status.
@@ -244,7 +264,9 @@ impl FakeKube {
             }
             _ => return (respond(StatusCode::METHOD_NOT_ALLOWED, &json!({})), None),
         }
-        obj["metadata"]["resourceVersion"] = json!(version.to_string());
+        if !read {
+            obj["metadata"]["resourceVersion"] = json!(version.to_string());
+        }
         let out = obj.clone();
         // A deleted object goes once its last finalizer is removed.
         let gone = !out["metadata"]["deletionTimestamp"].is_null()

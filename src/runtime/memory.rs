@@ -21,7 +21,8 @@ use super::{Next, backoff};
 pub struct Entry<V> {
     /// Consecutive reconcile failures (the backoff).
     pub failures: u32,
-    /// The resourceVersion of this process's last write to the resource (status, finalizers).
+    /// The resourceVersion of the newest copy this process knows the API server held: its own
+    /// last write (status, finalizers), or a read.
     pub written: Option<u64>,
     /// The controller's own part.
     pub own: V,
@@ -116,7 +117,7 @@ impl<K: Resource<DynamicType = ()>, V: Default> Memory<K, V> {
         self.read(&ObjectRef::from_obj(obj), |e| e.failures).unwrap_or(0)
     }
 
-    /// This process wrote `written` (the object the API server answered with).
+    /// This process wrote `written` (the object the API server answered with), or read it.
     pub fn wrote(&self, written: &K) {
         let Some(v) = version_of(written) else { return };
         self.with(&ObjectRef::from_obj(written), |e| {
