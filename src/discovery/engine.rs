@@ -518,3 +518,343 @@ fn record_batch(
     }
     ControlFlow::Continue(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::DiscoveryStatus::{Disabled, Enabled};
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            step_timeout: S(30),
+            error_retry: S(3600),
+            batch_size: 100,
+        }
+    }
+
+    /// A view declaring `a`, `b` and `c` (ENABLED); `observed` of them seen DISABLED.
+    fn view(observed: &[&str]) -> View {
+        let mut v = View::default();
+        v.desired.wanted = ["a", "b", "c"].iter().map(|id| (id.to_string(), Enabled)).collect();
+        for id in observed {
+            let a = v.accounts.entry(id.to_string()).or_default();
+            a.observed = Some(Disabled);
+            a.observed_at = Some(t(0));
+        }
+        v
+    }
+
+    fn err(kind: &str) -> MacieError {
+        let (code, message) = (kind.to_string(), "m".to_string());
+        match kind {
+            "ThrottlingException" => MacieError::Throttled { code, message },
+            "InternalServerException" => MacieError::Uncertain { code, message },
+            _ => MacieError::AccessDenied { code, message },
+        }
+    }
+
+    #[test]
+    fn which_accounts_a_pass_observes() {
+        let t0 = Instant::now();
+        let v = view(&["a", "b"]);
+        let mut s = Schedule::new(t0);
+        s.next_observe = t0 + S(60);
+        s.confirm = ["b".to_string()].into();
+        // (case, now, confirmation due at, expected ids, full, confirming)
+        type Row<'a> = (&'a str, Instant, Option<Instant>, &'a [&'a str], bool, bool);
+        let rows: [Row; 5] = [
+            (
+                "the interval's observation: every account",
+                t0 + S(60),
+                None,
+                &["a", "b", "c"],
+                true,
+                false,
+            ),
+            (
+                "between: only the never observed",
+                t0 + S(59),
+                None,
+                &["c"],
+                false,
+                false,
+            ),
+            (
+                "the sent ones once due",
+                t0 + S(5),
+                Some(t0 + S(5)),
+                &["b", "c"],
+                false,
+                true,
+            ),
+            ("not before", t0 + S(4), Some(t0 + S(5)), &["c"], false, false),
+            ("both due", t0 + S(61), Some(t0 + S(5)), &["a", "b", "c"], true, true),
+        ];
+        for (case, now, confirm_at, want, full, confirming) in rows {
+            s.confirm_at = confirm_at;
+            let due = s.due(now, &v);
+            assert_eq!(
+                due,
+                Due {
+                    ids: ids(want),
+                    full,
+                    confirming
+                },
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_observation_moves_the_schedule_on() {
+        let t0 = Instant::now();
+        let pending = |s: &mut Schedule| {
+            s.next_observe = t0 + S(60);
+            s.confirm = ["b".to_string()].into();
+            s.confirm_at = Some(t0 + S(5));
+        };
+        let mut s = Schedule::new(t0);
+        // (case, full, confirming, next observation, confirmations left)
+        for (case, full, confirming, next, left) in [
+            ("nothing due", false, false, t0 + S(60), true),
+            ("the confirmations", false, true, t0 + S(60), false),
+            ("the interval's", true, false, t0 + S(70), false),
+        ] {
+            pending(&mut s);
+            let due = Due {
+                ids: vec![],
+                full,
+                confirming,
+            };
+            s.observed(&due, t0 + S(10), S(60));
+            assert_eq!(s.next_observe, next, "{case}");
+            assert_eq!((!s.confirm.is_empty(), s.confirm_at.is_some()), (left, left), "{case}");
+        }
+    }
+
+    #[test]
+    fn throttling_holds_sends_back_for_a_backoff_of_at_most_an_interval() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(t0);
+        s.next_observe = t0 + S(60);
+        assert!(s.may_send(t0));
+        let throttled = SendStep {
+            throttled: true,
+            ..SendStep::default()
+        };
+        s.sent(throttled.clone(), t0, S(60), S(1));
+        let r1 = s.retry_at.expect("held back");
+        assert!(
+            r1 >= t0 + Duration::from_millis(500) && r1 <= t0 + S(1),
+            "1 s jittered: {:?}",
+            r1 - t0
+        );
+        assert!(!s.may_send(r1 - Duration::from_millis(1)));
+        assert_eq!(s.retry_at, Some(r1), "still held back");
+        s.sent(throttled.clone(), t0, S(60), S(1));
+        s.sent(throttled.clone(), t0, S(60), S(1));
+        let r3 = s.retry_at.unwrap();
+        assert!(
+            r3 >= t0 + S(2) && r3 <= t0 + S(4),
+            "third in a row: 4 s jittered: {:?}",
+            r3 - t0
+        );
+        assert_eq!(s.wake(), r3, "the next pass is the retry");
+        assert!(s.may_send(r3));
+        assert_eq!(s.retry_at, None, "the backoff is over");
+        for _ in 0..20 {
+            s.sent(throttled.clone(), t0, S(60), S(1));
+        }
+        assert_eq!(s.retry_at, Some(t0 + S(60)), "capped at the poll interval");
+        // An answered call, then throttled: the backoff starts over.
+        s.sent(
+            SendStep {
+                answered: true,
+                throttled: true,
+                ids: vec![],
+            },
+            t0,
+            S(60),
+            S(1),
+        );
+        assert!(s.retry_at.unwrap() <= t0 + S(1));
+        s.sent(
+            SendStep {
+                answered: true,
+                ..SendStep::default()
+            },
+            t0,
+            S(60),
+            S(1),
+        );
+        assert_eq!(s.throttled, 0);
+    }
+
+    #[test]
+    fn sent_accounts_are_confirmed_a_batch_window_later() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(t0);
+        s.next_observe = t0 + S(60);
+        let step = |v: &[&str]| SendStep {
+            ids: ids(v),
+            answered: true,
+            throttled: false,
+        };
+        s.sent(step(&[]), t0, S(60), S(2));
+        assert_eq!(
+            (s.confirm_at, s.wake()),
+            (None, t0 + S(60)),
+            "nothing sent, nothing to confirm"
+        );
+        s.sent(step(&["a"]), t0 + S(1), S(60), S(2));
+        s.sent(step(&["b"]), t0 + S(2), S(60), S(2));
+        assert_eq!(s.confirm, ["a".to_string(), "b".to_string()].into());
+        assert_eq!(s.confirm_at, Some(t0 + S(3)), "the earliest confirmation");
+        assert_eq!(s.wake(), t0 + S(3));
+    }
+
+    #[test]
+    fn a_listing_records_what_it_showed_and_a_failure_only_the_error() {
+        let mut v = view(&["a"]);
+        let shown = [("a".to_string(), Enabled)].into();
+        record_listing(&mut v, &ids(&["a", "b"]), Ok(shown), t(10), false, &settings());
+        assert_eq!(v.accounts["a"].observed, Some(Enabled));
+        assert_eq!(v.accounts["b"].observed, None, "not listed");
+        assert_eq!(v.accounts["b"].observed_at, Some(t(10)));
+        assert_eq!(v.observed_at, None, "not every account");
+        assert!(!v.accounts.contains_key("c"));
+        record_listing(
+            &mut v,
+            &ids(&["a"]),
+            Err(err("AccessDeniedException")),
+            t(20),
+            true,
+            &settings(),
+        );
+        assert_eq!(
+            v.api_error.as_ref().map(MacieError::code),
+            Some("AccessDeniedException")
+        );
+        assert_eq!(v.accounts["a"].observed_at, Some(t(10)), "a failure observed nothing");
+        assert_eq!(v.observed_at, None);
+        let all = ids(&["a", "b", "c"]);
+        record_listing(&mut v, &all, Ok(HashMap::new()), t(30), true, &settings());
+        assert_eq!((v.api_error.as_ref(), v.observed_at), (None, Some(t(30))));
+        assert_eq!(v.accounts["c"].observed_at, Some(t(30)));
+    }
+
+    #[test]
+    fn a_listing_settles_a_send_it_shows_taken() {
+        let mut v = view(&["a"]);
+        v.accounts.get_mut("a").unwrap().sent = Some(Sent {
+            status: Enabled,
+            from: Some(Disabled),
+            at: t(5),
+        });
+        record_listing(
+            &mut v,
+            &ids(&["a"]),
+            Ok([("a".to_string(), Enabled)].into()),
+            t(10),
+            false,
+            &settings(),
+        );
+        assert_eq!(v.accounts["a"].sent, None);
+    }
+
+    #[test]
+    fn a_batch_answer_is_recorded_per_account() {
+        let batch: Vec<(String, DiscoveryStatus)> = vec![("a".into(), Enabled), ("b".into(), Enabled)];
+        let at = t(7);
+        // (case, answer, break, confirmed ids, answered, sent a, error code of b, API error)
+        type Row = (
+            &'static str,
+            Result<Vec<(String, String)>, MacieError>,
+            bool,
+            &'static [&'static str],
+            bool,
+            bool,
+            Option<&'static str>,
+            Option<&'static str>,
+        );
+        let rows: Vec<Row> = vec![
+            ("all taken", Ok(vec![]), false, &["a", "b"], true, true, None, None),
+            (
+                "one refused",
+                Ok(vec![("b".into(), "ACCOUNT_PAUSED".into())]),
+                false,
+                &["a"],
+                true,
+                true,
+                Some("ACCOUNT_PAUSED"),
+                None,
+            ),
+            (
+                "throttled: nothing processed",
+                Err(err("ThrottlingException")),
+                true,
+                &[],
+                false,
+                false,
+                None,
+                Some("ThrottlingException"),
+            ),
+            (
+                "uncertain: maybe taken",
+                Err(err("InternalServerException")),
+                false,
+                &["a", "b"],
+                false,
+                true,
+                None,
+                Some("InternalServerException"),
+            ),
+            (
+                "failed: an error on each",
+                Err(err("AccessDeniedException")),
+                false,
+                &[],
+                false,
+                false,
+                Some("AccessDeniedException"),
+                Some("AccessDeniedException"),
+            ),
+        ];
+        for (case, answer, stops, confirmed, answered, sent_a, code_b, api_error) in rows {
+            let mut v = view(&["a", "b"]);
+            v.api_error = Some(err("Earlier"));
+            let mut step = SendStep::default();
+            let flow = record_batch(&mut v, &mut step, &batch, answer, at);
+            assert_eq!(flow.is_break(), stops, "{case}");
+            assert_eq!(step.throttled, stops, "{case}");
+            assert_eq!((step.ids.clone(), step.answered), (ids(confirmed), answered), "{case}");
+            let a = &v.accounts["a"];
+            let want_sent = sent_a.then_some(Sent {
+                status: Enabled,
+                from: Some(Disabled),
+                at,
+            });
+            assert_eq!(a.sent, want_sent, "{case}");
+            assert_eq!(
+                v.accounts["b"].error.as_ref().map(|e| e.code.as_str()),
+                code_b,
+                "{case}"
+            );
+            assert_eq!(
+                v.api_error.as_ref().map(MacieError::code),
+                api_error,
+                "{case}: the earlier error goes with an answer"
+            );
+        }
+    }
+}
