@@ -27,9 +27,8 @@ use super::plan::{self, AccountError, Declared, Sent, Settings};
 use super::{Config, RegionEngine, Trigger, View, admit, key, place_of, refused_rows, taken_in};
 use crate::account::Tenancy;
 use crate::api::{DiscoveryStatus, MacieDiscovery};
-use crate::macie::{MacieClients, MacieError, Place, discovery as calls};
+use crate::macie::{MacieClients, MacieError, Place};
 use crate::runtime::gate::WriteGate;
-use crate::runtime::metrics::Metrics;
 use crate::runtime::regions::Retire;
 use crate::runtime::{backoff, clock};
 
@@ -38,7 +37,6 @@ pub(super) struct EngineEnv {
     pub(super) place: Place,
     pub(super) clients: Arc<MacieClients>,
     pub(super) tenancy: Arc<Tenancy>,
-    pub(super) metrics: Arc<Metrics>,
     pub(super) gate: WriteGate,
     pub(super) config: Config,
     pub(super) store: Store<MacieDiscovery>,
@@ -247,28 +245,18 @@ impl EngineEnv {
 
     /// ListAutomatedDiscoveryAccounts of `ids`: what Macie shows of each it lists.
     async fn list(&self, ids: &[String]) -> Result<HashMap<String, DiscoveryStatus>, MacieError> {
-        let listed = self
-            .clients
-            .with_client(&self.place, |c| async move {
-                calls::list_accounts(&c, ids, &self.metrics).await
-            })
-            .await;
+        let listed = self.clients.discovery_api().list_accounts(&self.place, ids).await;
         if let Err(e) = &listed {
             tracing::warn!(place = %self.place, error = %e, "ListAutomatedDiscoveryAccounts failed");
         }
-        listed.map(|(found, _calls)| found)
+        listed
     }
 
     /// One BatchUpdateAutomatedDiscoveryAccounts call (logged as an AWS write): the
     /// per-account errors.
     async fn batch_update(&self, batch: &[(String, DiscoveryStatus)]) -> Result<Vec<(String, String)>, MacieError> {
         self.log_write(batch);
-        let sent = self
-            .clients
-            .with_client(&self.place, |c| async move {
-                calls::batch_update(&c, batch, &self.metrics).await
-            })
-            .await;
+        let sent = self.clients.discovery_api().batch_update(&self.place, batch).await;
         let place = &self.place;
         match &sent {
             Ok(_) => {}

@@ -150,7 +150,6 @@ impl Engines {
                     place: place.clone(),
                     clients: self.clients.clone(),
                     tenancy: self.tenancy.clone(),
-                    metrics: self.clients.metrics().clone(),
                     gate: self.clients.gate().clone(),
                     config: self.config.clone(),
                     store: self.store.clone(),

@@ -1,6 +1,7 @@
 //! Reconcile steps against in-process fakes (the middle test layer): a fake API server
-//! capturing every write, and an engine whose view the test sets (no engine task runs, no
-//! Macie call is made). A scenario takes milliseconds.
+//! capturing every write, and either an engine whose view the test sets (no engine task runs,
+//! no Macie call is made) or the real engine against the fake discovery API. A scenario takes
+//! milliseconds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::account::testing::Fed;
 use crate::api::conditions;
 use crate::api::macie_account::{DiscoveryRules, JobRules};
 use crate::api::{DiscoveryStatus, MacieAccountSpec};
+use crate::macie::fake_discovery::{FakeDiscovery, Fault};
 use crate::runtime::fake_kube::{FakeKube, path_of};
 
 const REGION: &str = "us-east-1";
@@ -33,11 +35,46 @@ struct Rig {
     kicks: mpsc::UnboundedReceiver<()>,
 }
 
+/// The rig with the real engine, against the fake discovery API.
+struct EngineRig {
+    rig: Rig,
+    macie: Arc<FakeDiscovery>,
+}
+
 fn place() -> Place {
     Place::new("default", REGION)
 }
 
+/// The place's engine is the test: its view is set by hand, its kicks are counted.
 fn rig() -> Rig {
+    let clients = MacieClients::new(aws_config::SdkConfig::builder().build(), None);
+    let mut r = rig_with(clients);
+    let (view, view_rx) = watch::channel(Arc::new(View::default()));
+    let (kick, kicks) = mpsc::unbounded_channel();
+    r.ctx.engines.regions.get_or_start(
+        &place(),
+        |_| true,
+        |_| {
+            let engine = RegionEngine { kick, view: view_rx };
+            (engine, tokio::spawn(std::future::pending()))
+        },
+    );
+    (r.view, r.kicks) = (view, kicks);
+    r
+}
+
+/// The place's engine runs, against the fake discovery API (started by the first reconcile).
+fn engine_rig() -> EngineRig {
+    let macie = Arc::new(FakeDiscovery::default());
+    let clients = MacieClients::new(aws_config::SdkConfig::builder().build(), None)
+        .with_discovery_api(macie.clone() as Arc<dyn crate::macie::discovery::DiscoveryApi>);
+    let rig = rig_with(clients);
+    // The watch has listed the resources.
+    rig.ctx.engines.store_ready.send_replace(true);
+    EngineRig { rig, macie }
+}
+
+fn rig_with(clients: MacieClients) -> Rig {
     let mut fed = Fed::new("default");
     fed.put_verified(
         "default",
@@ -56,7 +93,7 @@ fn rig() -> Rig {
     fed.put_namespace("ns", &[]);
     let kube = FakeKube::default();
     let client = kube.client();
-    let clients = Arc::new(MacieClients::new(aws_config::SdkConfig::builder().build(), None));
+    let clients = Arc::new(clients);
     let (store, writer) = reflector::store::<MacieDiscovery>();
     let config = Config {
         default_region: REGION.into(),
@@ -79,17 +116,9 @@ fn rig() -> Rig {
         trigger: futures::channel::mpsc::unbounded().0,
         regions: RegionTasks::default(),
     });
-    // The place's engine is the test: its view is set by hand, its kicks are counted.
-    let (view, view_rx) = watch::channel(Arc::new(View::default()));
-    let (kick, kicks) = mpsc::unbounded_channel();
-    engines.regions.get_or_start(
-        &place(),
-        |_| true,
-        |_| {
-            let engine = RegionEngine { kick, view: view_rx };
-            (engine, tokio::spawn(std::future::pending()))
-        },
-    );
+    // Unused unless `rig` stands in for the engine.
+    let view = watch::channel(Arc::new(View::default())).0;
+    let kicks = mpsc::unbounded_channel().1;
     let ctx = Context {
         recorder: Recorder::new(client.clone(), MANAGER, None),
         client,
@@ -267,4 +296,74 @@ async fn failures_back_off_until_a_reconcile_succeeds_and_go_with_the_resource()
     r.writer.apply_watcher_event(&watcher::Event::Delete(other.clone()));
     forget_gone(&r.ctx.memory, &watcher::Event::InitDone, &store);
     assert!(r.ctx.memory.is_empty());
+}
+
+impl EngineRig {
+    /// Waits (at most 5 s) until the engine's view satisfies `done`.
+    async fn until(&self, what: &str, done: impl Fn(&View) -> bool) {
+        let mut rx = self.rig.ctx.engines.subscribe(&place());
+        let waited = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| done(v))).await;
+        assert!(matches!(waited, Ok(Ok(_))), "the engine never got to: {what}");
+    }
+}
+
+/// The account observed in `status`, with no send in flight.
+fn settled_at(status: DiscoveryStatus) -> impl Fn(&View) -> bool {
+    move |v| {
+        v.accounts
+            .get(MEMBER)
+            .is_some_and(|a| a.observed == Some(status) && a.sent.is_none())
+    }
+}
+
+#[tokio::test]
+async fn the_engine_sends_a_change_once_and_the_status_converges() {
+    for (case, fault) in [("answered", None), ("answer lost", Some(Fault::Lost))] {
+        let mut e = engine_rig();
+        e.macie.put(&place(), MEMBER, DiscoveryStatus::Disabled);
+        if let Some(f) = fault {
+            e.macie.fail_next_batch(f);
+        }
+        let created = e.rig.create(object("d", None, &[(MEMBER, "ENABLED")]));
+        assert_eq!(
+            e.rig.reconcile(&created).await,
+            Next::AwaitChange,
+            "{case}: starts the engine"
+        );
+        e.until("the change observed", settled_at(DiscoveryStatus::Enabled))
+            .await;
+        let batches = e.macie.batches();
+        assert_eq!(batches.len(), 1, "{case}: sent once: {batches:?}");
+        let row = &batches[0].rows[0];
+        assert_eq!(
+            (row.status, row.previous),
+            (DiscoveryStatus::Enabled, Some(DiscoveryStatus::Disabled))
+        );
+        e.rig.reconcile(&e.rig.get("d").unwrap()).await;
+        assert_eq!(e.rig.reason("d"), "Converged", "{case}");
+    }
+}
+
+#[tokio::test]
+async fn a_change_macie_does_not_show_yet_is_not_sent_again() {
+    let mut e = engine_rig();
+    e.macie.put(&place(), MEMBER, DiscoveryStatus::Disabled);
+    e.macie.delay_visibility(Duration::from_secs(3600));
+    let created = e.rig.create(object("d", None, &[(MEMBER, "ENABLED")]));
+    e.rig.reconcile(&created).await;
+    // The pass that sends, then the confirmation a batch window later, which still shows the
+    // old status: in flight (the step timeout is 30 s), not sent again.
+    e.until("an observation after the send", |v| {
+        v.accounts
+            .get(MEMBER)
+            .and_then(|a| Some(a.observed_at? > a.sent.as_ref()?.at))
+            .unwrap_or(false)
+    })
+    .await;
+    let v = e.rig.ctx.engines.subscribe(&place()).borrow().clone();
+    let a = &v.accounts[MEMBER];
+    assert_eq!(a.observed, Some(DiscoveryStatus::Disabled));
+    assert!(a.sent.is_some(), "still in flight: {a:?}");
+    assert_eq!(e.macie.batches().len(), 1);
+    assert_eq!(e.macie.lists(), 2, "the first observation and the confirmation");
 }
