@@ -8,8 +8,16 @@
 //! once. An engine keeps state only for declared accounts and existing resources, and stops when
 //! no MacieDiscovery names its region any more (the next reconcile for the region starts it
 //! again).
+//!
+//! Files: this one holds the view, the engines' registry and the controller; `engine.rs` an
+//! engine's pass, `reconcile.rs` a reconcile, each as named steps; `plan.rs` the pure
+//! decisions.
 
+mod engine;
 pub mod plan;
+mod reconcile;
+#[cfg(test)]
+mod step_tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -28,15 +36,14 @@ use tokio::sync::{mpsc, watch};
 use crate::account::policy::{self, Refusal};
 use crate::account::users::UserKind;
 use crate::account::{Admitted, Change, Tenancy};
-use crate::api::conditions;
-use crate::api::{DiscoveryStatus, MacieDiscovery, MacieDiscoveryStatus};
-use crate::macie::{MacieClients, MacieError, Place, discovery as calls};
-use crate::runtime::gate::WriteGate;
-use crate::runtime::metrics::Metrics;
-use crate::runtime::regions::{RegionTasks, Retire};
-use crate::runtime::status::{self, api_time};
-use crate::runtime::{Error, Failures, MANAGER, backoff};
-use plan::{AccountError, AccountState, Declared, DesiredSet, Sent, Settings, TakenIn};
+use crate::api::MacieDiscovery;
+use crate::macie::{MacieClients, MacieError, Place};
+use crate::runtime::memory::Memory;
+use crate::runtime::regions::RegionTasks;
+use crate::runtime::status;
+use crate::runtime::{Error, MANAGER, Next};
+use engine::{EngineEnv, engine_loop};
+use plan::{AccountState, Declared, DesiredSet, Settings, TakenIn};
 
 /// Settings of the MacieDiscovery controller.
 #[derive(Debug, Clone)]
@@ -143,7 +150,6 @@ impl Engines {
                     place: place.clone(),
                     clients: self.clients.clone(),
                     tenancy: self.tenancy.clone(),
-                    metrics: self.clients.metrics().clone(),
                     gate: self.clients.gate().clone(),
                     config: self.config.clone(),
                     store: self.store.clone(),
@@ -186,6 +192,24 @@ impl Engines {
                 let _ = e.kick.send(());
             }
         }
+    }
+
+    /// A MacieAccount or a namespace changed: the engines take in the declarations again and
+    /// the resources it concerns are decided again.
+    fn follow_tenancy(engines: &Arc<Engines>) {
+        let weak = Arc::downgrade(engines);
+        engines.tenancy.subscribe(move |change: &Change| {
+            let Some(engines) = weak.upgrade() else { return };
+            engines.kick_where(|_, _| true);
+            for o in engines.store.state() {
+                if engines
+                    .tenancy
+                    .affects(change, &o.namespace().unwrap_or_default(), o.spec.account_ref.as_ref())
+                {
+                    let _ = engines.trigger.unbounded_send(ObjectRef::from_obj(&*o));
+                }
+            }
+        });
     }
 
     /// A watch event: wakes the engines whose view it changes.
@@ -267,340 +291,15 @@ fn taken_in(o: &MacieDiscovery) -> TakenIn {
     }
 }
 
-/// What an engine works with.
-struct EngineEnv {
-    place: Place,
-    clients: Arc<MacieClients>,
-    tenancy: Arc<Tenancy>,
-    metrics: Arc<Metrics>,
-    gate: WriteGate,
-    config: Config,
-    store: Store<MacieDiscovery>,
-    trigger: Trigger,
-    retire: Retire<RegionEngine>,
-}
-
-impl EngineEnv {
-    /// The declarations of the place's admitted resources (those being deleted excluded), by
-    /// key, without the rows their account's rules refuse.
-    fn declared(&self) -> Vec<Declared> {
-        let default_region = &self.config.default_region;
-        let mut out: Vec<Declared> = self
-            .store
-            .state()
-            .iter()
-            .filter(|o| o.meta().deletion_timestamp.is_none())
-            .filter_map(|o| {
-                let admitted = admit(o, &self.tenancy, default_region).ok()?;
-                (admitted.place == self.place).then(|| {
-                    let refused = refused_rows(o, &admitted);
-                    Declared {
-                        resource: key(o),
-                        taken: taken_in(o),
-                        accounts: o
-                            .spec
-                            .accounts
-                            .iter()
-                            .filter(|a| !refused.contains_key(&a.account_id))
-                            .map(|a| (a.account_id.clone(), a.status))
-                            .collect(),
-                    }
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.resource.cmp(&b.resource));
-        out
-    }
-
-    /// Removes this engine when no resource names its region; true when it did. Checked under
-    /// the registry's lock, so a reconcile either finds this engine still serving or starts a new one.
-    fn retire_if_unused(&self) -> bool {
-        self.retire.retire_if(|| self.declared().is_empty())
-    }
-
-    /// Publishes `view` to the reconciles, and triggers the region's resources when their
-    /// status would change.
-    fn publish(&self, view: &View, shown: &mut Arc<View>, tx: &watch::Sender<Arc<View>>) {
-        let changed = !view.shows_like(shown);
-        *shown = Arc::new(view.clone());
-        tx.send_replace(shown.clone());
-        if changed {
-            for obj in self.store.state() {
-                if place_of(&obj, &self.tenancy, &self.config.default_region) == self.place {
-                    let _ = self.trigger.unbounded_send(ObjectRef::from_obj(&*obj));
-                }
-            }
-        }
-    }
-}
-
-/// The engine of one region: take in the declarations, observe, send in batches, publish.
-async fn engine_loop(
-    env: EngineEnv,
-    mut store_ready: watch::Receiver<bool>,
-    mut kick: mpsc::UnboundedReceiver<()>,
-    view_tx: watch::Sender<Arc<View>>,
-) {
-    let region = &env.place;
-    let config = &env.config;
-    // Start once the watch has listed the resources.
-    if store_ready.wait_for(|r| *r).await.is_err() {
-        return;
-    }
-    tracing::debug!(%region, "discovery engine started");
-    let mut view = View::default();
-    let mut shown = Arc::new(View::default());
-    let mut next_observe = tokio::time::Instant::now();
-    let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut throttled = 0u32;
-    // Accounts sent and not observed since: confirmed on their own, soon, while the full
-    // observation of every declared account runs once per interval.
-    let mut confirm: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    let mut confirm_at: Option<tokio::time::Instant> = None;
-    // Gather the declarations that arrive together (e.g. a GitOps sync) before the first pass.
-    tokio::time::sleep(config.batch_window).await;
-    loop {
-        let declared = env.declared();
-        if declared.is_empty() && env.retire_if_unused() {
-            tracing::debug!(%region, "no MacieDiscovery uses the account and region: discovery engine stopped");
-            return;
-        }
-        view.take_in(&declared);
-        // Reconciles report on the new declarations at once (Pending until observed).
-        env.publish(&view, &mut shown, &view_tx);
-
-        // Every declared account each poll interval; newly declared ones at once; the ones just
-        // sent, on their own, a batch window after the send.
-        let now = tokio::time::Instant::now();
-        let due = now >= next_observe;
-        let confirming = confirm_at.is_some_and(|c| now >= c);
-        let ids: Vec<String> = view
-            .desired
-            .account_ids()
-            .into_iter()
-            .filter(|id| {
-                due || view.accounts.get(id).is_none_or(|a| a.observed_at.is_none())
-                    || (confirming && confirm.contains(id))
-            })
-            .collect();
-        if !ids.is_empty() {
-            observe(&env, &ids, &mut view, due).await;
-        }
-        if due || confirming {
-            confirm.clear();
-            confirm_at = None;
-        }
-        if due {
-            next_observe = now + config.poll_interval;
-        }
-
-        if retry_at.is_none_or(|r| now >= r) {
-            retry_at = None;
-            let sent = send(&env, &mut view, &mut throttled).await;
-            if let Some(wait) = sent.retry_after {
-                retry_at = Some(tokio::time::Instant::now() + wait.min(config.poll_interval));
-            }
-            if !sent.ids.is_empty() {
-                // Confirm soon rather than a whole interval later: those accounts only.
-                confirm.extend(sent.ids);
-                let at = tokio::time::Instant::now() + config.batch_window;
-                confirm_at = Some(confirm_at.map_or(at, |c| c.min(at)));
-            }
-        }
-        view.passes += 1;
-        env.publish(&view, &mut shown, &view_tx);
-
-        let wake = [retry_at, confirm_at]
-            .into_iter()
-            .flatten()
-            .fold(next_observe, |w, t| w.min(t));
-        tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {}
-            k = kick.recv() => {
-                if k.is_none() { return; }
-                // Coalesce: wait for more changes, then take them all.
-                tokio::time::sleep(config.batch_window).await;
-                while kick.try_recv().is_ok() {}
-            }
-        }
-    }
-}
-
-/// Lists `ids` and records what each shows; `full` when they are every declared account.
-async fn observe(env: &EngineEnv, ids: &[String], view: &mut View, full: bool) {
-    let started = crate::runtime::clock::now();
-    let listed = env
-        .clients
-        .with_client(&env.place, |c| async move {
-            calls::list_accounts(&c, ids, &env.metrics).await
-        })
-        .await;
-    match listed {
-        Ok((found, _calls)) => {
-            for id in ids {
-                let a = view.accounts.entry(id.clone()).or_default();
-                a.observed = found.get(id).copied();
-                a.observed_at = Some(started);
-                plan::settle(a, &env.config.plan);
-            }
-            if full {
-                view.observed_at = Some(started);
-            }
-            view.api_error = None;
-        }
-        Err(e) => {
-            tracing::warn!(place = %env.place, error = %e, "ListAutomatedDiscoveryAccounts failed");
-            view.api_error = Some(e);
-        }
-    }
-}
-
-/// What a send step did.
-struct SendStep {
-    /// Accounts whose change was (or may have been) processed: to be confirmed.
-    ids: Vec<String>,
-    /// Throttled: try the rest after this long.
-    retry_after: Option<Duration>,
-}
-
-/// Sends the accounts that differ from their declaration, in batches, while the write gate
-/// allows Macie writes.
-async fn send(env: &EngineEnv, view: &mut View, throttled: &mut u32) -> SendStep {
-    let region = &env.place;
-    let mut step = SendStep {
-        ids: Vec::new(),
-        retry_after: None,
-    };
-    let sends = plan::to_send(
-        &view.desired,
-        &view.accounts,
-        crate::runtime::clock::now(),
-        &env.config.plan,
-    );
-    for batch in plan::batches(&sends, env.config.plan.batch_size) {
-        if !env.gate.allows_writes() {
-            tracing::info!(%region, accounts = batch.len(), "write gate closed (not the leader): BatchUpdateAutomatedDiscoveryAccounts held back");
-            break;
-        }
-        // The MacieAccounts, namespaces and declarations as they are now: a row whose rule
-        // was narrowed (or whose resource went) since the pass began is not sent.
-        let asked = batch.len();
-        let batch = plan::still_declared(batch, &env.declared());
-        if batch.len() < asked {
-            tracing::info!(%region, held_back = asked - batch.len(), "rows no longer declared or allowed: not sent");
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let at = crate::runtime::clock::now();
-        log_write(env, &batch);
-        let sent = env
-            .clients
-            .with_client(&env.place, |c| {
-                let batch = &batch;
-                async move { calls::batch_update(&c, batch, &env.metrics).await }
-            })
-            .await;
-        match sent {
-            Ok(errors) => {
-                *throttled = 0;
-                view.api_error = None;
-                let failed: HashMap<String, String> = errors.into_iter().collect();
-                for (id, status) in &batch {
-                    let a = view.accounts.entry(id.clone()).or_default();
-                    match failed.get(id) {
-                        Some(code) => {
-                            a.error = Some(AccountError {
-                                status: *status,
-                                code: code.clone(),
-                                message: String::new(),
-                                at,
-                            });
-                        }
-                        None => {
-                            step.ids.push(id.clone());
-                            a.sent = Some(Sent {
-                                status: *status,
-                                from: a.observed,
-                                at,
-                            });
-                            a.error = None;
-                        }
-                    }
-                }
-            }
-            Err(e @ MacieError::Throttled { .. }) => {
-                // Not processed: keep the rest for a retry after a jittered backoff.
-                *throttled += 1;
-                tracing::debug!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts throttled");
-                view.api_error = Some(e);
-                step.retry_after = Some(backoff(*throttled));
-                break;
-            }
-            Err(e @ MacieError::Uncertain { .. }) => {
-                // It may have taken effect: treat as sent, an observation settles it.
-                tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts outcome unknown");
-                for (id, status) in &batch {
-                    step.ids.push(id.clone());
-                    let a = view.accounts.entry(id.clone()).or_default();
-                    a.sent = Some(Sent {
-                        status: *status,
-                        from: a.observed,
-                        at,
-                    });
-                }
-                view.api_error = Some(e);
-            }
-            Err(e) => {
-                tracing::warn!(%region, error = %e, "BatchUpdateAutomatedDiscoveryAccounts failed");
-                for (id, status) in &batch {
-                    view.accounts.entry(id.clone()).or_default().error = Some(AccountError {
-                        status: *status,
-                        code: e.code().to_string(),
-                        message: format!("{e}"),
-                        at,
-                    });
-                }
-                view.api_error = Some(e);
-            }
-        }
-    }
-    step
-}
-
-/// Logs an AWS write: where it goes, the accounts it changes, and the resources that ask.
-fn log_write(env: &EngineEnv, batch: &[(String, DiscoveryStatus)]) {
-    let ids: std::collections::BTreeSet<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
-    let resources: Vec<String> = env
-        .store
-        .state()
-        .iter()
-        .filter(|o| place_of(o, &env.tenancy, &env.config.default_region) == env.place)
-        .filter(|o| o.spec.accounts.iter().any(|a| ids.contains(a.account_id.as_str())))
-        .map(|o| {
-            format!(
-                "{}/{} ({})",
-                o.namespace().unwrap_or_default(),
-                o.name_any(),
-                o.uid().unwrap_or_default()
-            )
-        })
-        .collect();
-    tracing::info!(
-        account = %env.place.account,
-        region = %env.place.region,
-        operation = "BatchUpdateAutomatedDiscoveryAccounts",
-        accounts = ?batch.iter().map(|(id, s)| format!("{id}={}", s.as_str())).collect::<Vec<_>>(),
-        resources = ?resources,
-        "AWS write"
-    );
-}
-
+/// Shared by every reconcile.
 struct Context {
     client: kube::Client,
     engines: Arc<Engines>,
     recorder: Recorder,
-    failures: Arc<Failures<MacieDiscovery>>,
+    /// What the controller remembers of each resource: its failures (the backoff) and the
+    /// version of its own last write. Nothing else is kept per resource (an engine keeps its
+    /// place's state); the entry is dropped in one place, [`forget_gone`].
+    memory: Arc<Memory<MacieDiscovery, ()>>,
 }
 
 impl Context {
@@ -640,8 +339,8 @@ impl DiscoveryController {
             regions: RegionTasks::default(),
             config,
         });
-        let failures: Arc<Failures<MacieDiscovery>> = Arc::default();
-        let (e, f, s) = (engines.clone(), failures.clone(), store.clone());
+        let memory: Arc<Memory<MacieDiscovery, ()>> = Arc::default();
+        let (e, m, s) = (engines.clone(), memory.clone(), store.clone());
         // The MacieAccount controller counts each account's users from this cache.
         let users = tenancy.user_feed(
             UserKind::MacieDiscovery,
@@ -659,29 +358,10 @@ impl DiscoveryController {
                 users.after_reflect(event);
                 e.on_event(event);
                 status::forget_deleted(e.clients.metrics(), event, &s);
-                if let watcher::Event::Delete(o) = event {
-                    // No state for deleted resources.
-                    f.clear(o);
-                }
+                forget_gone(&m, event, &s);
             })
             .touched_objects();
-        {
-            // A MacieAccount or a namespace changed: the engines take in the declarations again
-            // and the resources it concerns are decided again.
-            let (engines, store) = (Arc::downgrade(&engines), store.clone());
-            tenancy.subscribe(move |change: &Change| {
-                let Some(engines) = engines.upgrade() else { return };
-                engines.kick_where(|_, _| true);
-                for o in store.state() {
-                    if engines
-                        .tenancy
-                        .affects(change, &o.namespace().unwrap_or_default(), o.spec.account_ref.as_ref())
-                    {
-                        let _ = engines.trigger.unbounded_send(ObjectRef::from_obj(&*o));
-                    }
-                }
-            });
-        }
+        Engines::follow_tenancy(&engines);
         let controller = Controller::for_stream(events, store);
         DiscoveryController {
             controller,
@@ -690,7 +370,7 @@ impl DiscoveryController {
                 recorder,
                 client,
                 engines,
-                failures,
+                memory,
             }),
         }
     }
@@ -715,105 +395,29 @@ impl DiscoveryController {
     }
 }
 
+/// Drops what the controller remembers of resources gone, as the watch reports them (after
+/// the reflector applied the event to `store`): a deletion, and at the end of a (re)list the
+/// resources it did not show (deleted while the watch was down).
+fn forget_gone(
+    memory: &Memory<MacieDiscovery, ()>,
+    event: &watcher::Event<MacieDiscovery>,
+    store: &Store<MacieDiscovery>,
+) {
+    match event {
+        watcher::Event::Delete(o) => memory.forget(&ObjectRef::from_obj(o)),
+        watcher::Event::InitDone => memory.retain(|k| store.get(k).is_some()),
+        watcher::Event::Apply(_) | watcher::Event::InitApply(_) | watcher::Event::Init => {}
+    }
+}
+
 fn error_policy(obj: Arc<MacieDiscovery>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.failures.retry(&obj, err)
+    ctx.memory.retry(&obj, err).action()
 }
 
 async fn reconcile(obj: Arc<MacieDiscovery>, ctx: Arc<Context>) -> Result<Action, Error> {
     let t = std::time::Instant::now();
-    let r = reconcile_inner(&obj, &ctx).await;
+    let r = reconcile::reconcile_inner(&obj, &ctx).await;
     let metrics = ctx.engines.clients.metrics();
     metrics.reconciled("MacieDiscovery", t.elapsed(), r.as_ref().err().map(Error::category));
-    r
-}
-
-/// A resource its MacieAccount refuses as a whole: no Macie call, no engine; the status says
-/// which rule refused (Stalled, with an Event on entering it) and shows nothing observed.
-async fn refused(ctx: &Context, obj: &MacieDiscovery, region: &str, refusal: &Refusal) -> Result<Action, Error> {
-    let prev = obj.status.as_ref();
-    let summary = refusal.reason().summary(refusal.message());
-    let generation = obj.meta().generation;
-    let status = MacieDiscoveryStatus {
-        observed_generation: generation,
-        conditions: conditions::conditions(
-            &summary,
-            generation,
-            prev.map_or(&[][..], |p| &p.conditions),
-            api_time(crate::runtime::clock::now()).0,
-        ),
-        region: Some(region.to_string()),
-        ..Default::default()
-    };
-    let api: Api<MacieDiscovery> = crate::runtime::object_api(ctx.client.clone(), obj);
-    status::write(ctx.status_writer(&api), obj, prev, &status).await?;
-    ctx.failures.clear(obj);
-    Ok(Action::await_change())
-}
-
-async fn reconcile_inner(obj: &Arc<MacieDiscovery>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    if obj.meta().deletion_timestamp.is_some() {
-        // Deleting a MacieDiscovery leaves the accounts as they are.
-        return Ok(Action::await_change());
-    }
-    let engines = &ctx.engines;
-    let region = engines.region_of(obj).to_string();
-    tracing::debug!(name = %obj.name_any(), %region, "reconcile MacieDiscovery");
-    // Tenancy, before any other step: the account must admit the resource; rows its rules
-    // refuse are reported, the others proceed.
-    let admitted = match engines.admit(obj) {
-        Ok(a) => a,
-        Err(refusal) => return refused(ctx, obj, &region, &refusal).await,
-    };
-    ctx.engines
-        .clients
-        .use_account(&admitted.place.account, admitted.role());
-    let refused = refused_rows(obj, &admitted);
-    let (kick, view_rx) = engines.engine(&admitted.place);
-    let view = view_rx.borrow().clone();
-    let resource = key(obj);
-    let Some(generation) =
-        plan::taken_generation(&view.resources, &resource, obj.uid().as_deref(), obj.meta().generation)
-    else {
-        // The engine has not taken this version in: its next pass does, and triggers this
-        // resource again.
-        let _ = kick.send(());
-        return Ok(Action::await_change());
-    };
-    let accounts: Vec<(String, crate::api::DiscoveryStatus)> = obj
-        .spec
-        .accounts
-        .iter()
-        .map(|a| (a.account_id.clone(), a.status))
-        .collect();
-    let r = plan::resource_status(
-        &resource,
-        &accounts,
-        &refused,
-        &view.desired,
-        &view.accounts,
-        view.api_error.as_ref(),
-        &engines.config.plan,
-    );
-    let prev = obj.status.as_ref();
-    let mut status = MacieDiscoveryStatus {
-        observed_generation: Some(generation),
-        conditions: conditions::conditions(
-            &r.summary,
-            Some(generation),
-            prev.map_or(&[][..], |p| &p.conditions),
-            api_time(crate::runtime::clock::now()).0,
-        ),
-        region: Some(region),
-        accounts: r.accounts,
-        error_codes: r.error_codes,
-        counts: Some(r.counts),
-        last_sync_time: prev.and_then(|p| p.last_sync_time.clone()),
-    };
-    if status::differs(prev, &status) {
-        status.last_sync_time = view.observed_at.map(api_time);
-    }
-    let api: Api<MacieDiscovery> = crate::runtime::object_api(ctx.client.clone(), &**obj);
-    status::write(ctx.status_writer(&api), &**obj, prev, &status).await?;
-    ctx.failures.clear(obj);
-    Ok(Action::await_change())
+    r.map(Next::action)
 }

@@ -1,12 +1,16 @@
 //! Automated-discovery calls: ListAutomatedDiscoveryAccounts (only the declared accounts, 50 ids
-//! per request, 25 per page) and BatchUpdateAutomatedDiscoveryAccounts.
+//! per request, 25 per page) and BatchUpdateAutomatedDiscoveryAccounts, behind
+//! [`DiscoveryApi`]: the AWS SDK implements it for the operator
+//! ([`MacieClients`](super::MacieClients)), and
+//! [`FakeDiscovery`](super::fake_discovery::FakeDiscovery) in process for the tests.
 
 use std::collections::HashMap;
 
 use aws_sdk_macie2::Client;
 use aws_sdk_macie2::types::{AutomatedDiscoveryAccountStatus, AutomatedDiscoveryAccountUpdate};
+use futures::future::BoxFuture;
 
-use super::MacieError;
+use super::{MacieClients, MacieError, Place};
 use crate::api::DiscoveryStatus;
 use crate::runtime::metrics::Metrics;
 
@@ -99,4 +103,49 @@ pub async fn batch_update(
             )
         })
         .collect())
+}
+
+/// The automated-discovery calls the MacieDiscovery engines make, per place (MacieAccount and
+/// region).
+pub trait DiscoveryApi: Send + Sync {
+    /// ListAutomatedDiscoveryAccounts of `ids` (every page): the status of each account Macie
+    /// lists; an account it does not list is absent.
+    fn list_accounts<'a>(
+        &'a self,
+        place: &'a Place,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, DiscoveryStatus>, MacieError>>;
+
+    /// One BatchUpdateAutomatedDiscoveryAccounts, sent once (never retried by the client): the
+    /// per-account errors, (accountId, error code).
+    fn batch_update<'a>(
+        &'a self,
+        place: &'a Place,
+        updates: &'a [(String, DiscoveryStatus)],
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, MacieError>>;
+}
+
+impl DiscoveryApi for MacieClients {
+    fn list_accounts<'a>(
+        &'a self,
+        place: &'a Place,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, DiscoveryStatus>, MacieError>> {
+        Box::pin(async move {
+            let listed = self
+                .with_client(place, |c| async move { list_accounts(&c, ids, self.metrics()).await })
+                .await;
+            listed.map(|(found, _calls)| found)
+        })
+    }
+
+    fn batch_update<'a>(
+        &'a self,
+        place: &'a Place,
+        updates: &'a [(String, DiscoveryStatus)],
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, MacieError>> {
+        Box::pin(self.with_client(place, move |c| async move {
+            batch_update(&c, updates, self.metrics()).await
+        }))
+    }
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod credentials;
 pub mod discovery;
 pub mod fake;
+pub mod fake_discovery;
 pub mod jobs;
 
 use std::collections::HashMap;
@@ -117,6 +118,8 @@ pub struct MacieClients {
     gate: WriteGate,
     /// Answers the job calls instead of AWS (the in-process fake of the step tests).
     fake: Option<Arc<dyn MacieApi>>,
+    /// Answers the automated-discovery calls instead of AWS (the in-process fake).
+    fake_discovery: Option<Arc<dyn discovery::DiscoveryApi>>,
 }
 
 /// A MacieAccount's credentials in this process, and its clients by region.
@@ -157,6 +160,7 @@ impl MacieClients {
             metrics: Arc::new(Metrics::new()),
             gate: WriteGate::open(),
             fake: None,
+            fake_discovery: None,
         }
     }
 
@@ -169,6 +173,21 @@ impl MacieClients {
     /// The Macie API of the job controller: AWS through the SDK, or the fake set by `with_api`.
     pub fn api(&self) -> &dyn MacieApi {
         match &self.fake {
+            Some(f) => f.as_ref(),
+            None => self,
+        }
+    }
+
+    /// The automated-discovery calls go to `api` instead of AWS (tests: an in-process fake).
+    pub fn with_discovery_api(mut self, api: Arc<dyn discovery::DiscoveryApi>) -> MacieClients {
+        self.fake_discovery = Some(api);
+        self
+    }
+
+    /// The automated-discovery calls: AWS through the SDK, or the fake set by
+    /// `with_discovery_api`.
+    pub fn discovery_api(&self) -> &dyn discovery::DiscoveryApi {
+        match &self.fake_discovery {
             Some(f) => f.as_ref(),
             None => self,
         }
