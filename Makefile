@@ -11,7 +11,7 @@ IMAGE ?= macie-operator:dev
 TOOLS_PATH := $(CURDIR)/.cache/tools/bin:$(PATH)
 SBOM := target/$(RELEASE_TARGET)/release/macie-operator.cdx.json
 
-.PHONY: all tools test fmt-check clippy deny audit crds-check alerts unit awscli bench-smoke argocd-health leak-check demo crds bench build release release-bin sbom release-check image
+.PHONY: all tools test fmt-check clippy deny audit crds-check alerts unit harness sim awscli bench-smoke argocd-health leak-check demo crds bench build release release-bin sbom release-check image
 
 all: build
 
@@ -24,7 +24,7 @@ build:
 	$(CARGO) build --workspace --all-targets --locked
 
 ## test: everything CI checks
-test: tools fmt-check clippy deny crds-check alerts unit awscli bench-smoke argocd-health leak-check release-check
+test: tools fmt-check clippy deny crds-check alerts unit harness awscli bench-smoke argocd-health leak-check release-check
 	@echo "make test: all checks passed"
 
 fmt-check:
@@ -44,8 +44,19 @@ audit:
 	@echo "cargo deny --locked --workspace check advisories"
 	@PATH="$(TOOLS_PATH)" $(CARGO) deny --locked --workspace check advisories
 
+## unit: every test of every crate but the perturbation harnesses (make harness runs those)
 unit:
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked -- --skip ::sim::
+
+## harness: the perturbation harnesses (src/job/sim.rs, src/discovery/sim.rs): every injection
+## point of their corpus and 10,000 random schedules; prints how many ran and the violations
+harness:
+	hack/harness.sh
+
+## sim: SIM_SCHEDULES random schedules of the harnesses (default 1,000,000; not in make test);
+## SIM_SEED=<seed> replays one schedule exactly. The last line: `sim: <N> schedules, <V> violations`.
+sim:
+	hack/sim.sh
 
 ## alerts: promtool's `check rules` and `test rules` (tests/alerts/) on the rules the chart
 ## renders, the chart's PrometheusRule and dashboard, and every metric they query against a

@@ -70,12 +70,10 @@ pub(super) async fn write_status(
         last_transition,
         creation,
     };
-    if status::differs(Some(prev), &status)
-        && let Some(t) = snapshot_at
-    {
-        status.last_sync_time = Some(status::api_time(t));
-    }
     if status::differs(Some(prev), &status) {
+        if let Some(t) = snapshot_at {
+            status.last_sync_time = Some(status::api_time(t));
+        }
         read_through_once(api, obj, ctx).await?;
     }
     // Also when nothing changed: the write records what the status shows in the metrics.

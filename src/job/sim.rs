@@ -45,11 +45,11 @@ use crate::runtime::gate::WriteGate;
 
 const REGION: &str = "us-east-1";
 const POLL: Duration = Duration::from_secs(60);
-const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 /// Reconciles one settle may run before the harness calls it a hot loop.
 const SETTLE_LIMIT: usize = 80;
 /// Sweeps (one poll interval apart) every resource gets to converge once perturbations stop.
-const QUIET_ROUNDS: usize = 12;
+const QUIET_ROUNDS: usize = 8;
 
 /// Where the harness injects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -122,7 +122,7 @@ struct Shared {
     kube: FakeKube,
     macie: Arc<FakeMacie>,
     effects: AtomicU64,
-    crash_after: BTreeSet<u64>,
+    crash_after: Mutex<BTreeSet<u64>>,
     violations: Mutex<Vec<String>>,
     faults: Mutex<VecDeque<Fault>>,
     rules: Mutex<JobRules>,
@@ -182,7 +182,7 @@ impl Life {
     /// One more effect; the process dies right after it if the schedule says so.
     fn counted(&self) {
         let n = self.shared.effects.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.shared.crash_after.contains(&n) {
+        if lock(&self.shared.crash_after).contains(&n) {
             self.alive.store(false, Ordering::SeqCst);
         }
     }
@@ -546,7 +546,7 @@ impl Sim {
             kube: FakeKube::default(),
             macie: Arc::new(FakeMacie::default()),
             effects: AtomicU64::new(0),
-            crash_after: perturb.crash_after.clone(),
+            crash_after: Mutex::new(perturb.crash_after.clone()),
             violations: Mutex::default(),
             faults: Mutex::default(),
             rules: Mutex::new(scenario.rules.clone()),
@@ -813,6 +813,7 @@ impl Sim {
     /// in a terminal reason, then two more rounds that must write nothing.
     async fn quiet(&mut self) {
         self.perturb = Perturb::default();
+        lock(&self.shared.crash_after).clear();
         lock(&self.shared.faults).clear();
         if !self.op.life.alive() {
             self.restart();
@@ -840,7 +841,7 @@ impl Sim {
 
     fn writes(&self) -> (usize, usize, usize) {
         (
-            self.shared.kube.writes().len(),
+            self.shared.kube.write_count(),
             self.shared.macie.updates().len(),
             self.shared.macie.creates().len(),
         )

@@ -88,6 +88,11 @@ impl FakeKube {
         *self.status_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(check));
     }
 
+    /// How many writes so far.
+    pub fn write_count(&self) -> usize {
+        self.state().writes.len()
+    }
+
     /// Every write so far.
     pub fn writes(&self) -> Vec<Write> {
         self.state().writes.clone()
