@@ -13,7 +13,6 @@
 //! Every status write is recorded as this process's own last write, so that step 2 knows it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
@@ -26,10 +25,6 @@ use crate::api::{DiscoveryStatus, MacieDiscovery, MacieDiscoveryStatus};
 use crate::proceed;
 use crate::runtime::status::{self, api_time};
 use crate::runtime::{Error, Flow, Next, clock, go, stop};
-
-/// How long a reconcile handed a copy older than its own last write waits for the newer copy
-/// (the watch event of that write normally comes first).
-pub(super) const OWN_WRITE_WAIT: Duration = Duration::from_secs(1);
 
 /// One reconcile of `obj`.
 pub(super) async fn reconcile_inner(obj: &MacieDiscovery, ctx: &Context) -> Result<Next, Error> {
@@ -65,14 +60,9 @@ impl<'a> Reconcile<'a> {
         go(())
     }
 
-    /// A copy older than this process's own last write to the resource is not written from:
-    /// its status would take back what that write said (and its transition times).
+    /// A copy older than this process's own last write is not written from.
     fn wait_for_own_write(&self) -> Flow<()> {
-        if self.ctx.memory.is_behind(self.obj) {
-            tracing::debug!(name = %self.obj.name_any(), "the cache has not seen our own last write yet");
-            return stop(Next::After(OWN_WRITE_WAIT));
-        }
-        go(())
+        self.ctx.memory.wait_for_own_write(self.obj)
     }
 
     /// The MacieAccount admits the resource (namespace, region, credentials), before any other

@@ -228,7 +228,11 @@ async fn a_copy_older_than_the_own_last_write_writes_nothing() {
     let writes = r.kube.writes().len();
     let next = r.reconcile(&created).await;
     assert_eq!(r.kube.writes().len(), writes, "nothing written from the older copy");
-    assert_eq!(next, Next::After(reconcile::OWN_WRITE_WAIT), "waits for the newer copy");
+    assert_eq!(
+        next,
+        Next::After(crate::runtime::memory::OWN_WRITE_WAIT),
+        "waits for the newer copy"
+    );
     // The copy the API server holds is reconciled as usual: nothing changed, nothing written.
     let current = r.get("d").unwrap();
     assert_eq!(r.reconcile(&current).await, Next::AwaitChange);
@@ -249,7 +253,7 @@ async fn a_copy_older_than_the_own_last_write_writes_no_refusal_either() {
     let writes = r.kube.writes().len();
     let next = r.reconcile(&created).await;
     assert_eq!(r.kube.writes().len(), writes, "nothing written from the older copy");
-    assert_eq!(next, Next::After(reconcile::OWN_WRITE_WAIT));
+    assert_eq!(next, Next::After(crate::runtime::memory::OWN_WRITE_WAIT));
 }
 
 #[tokio::test]

@@ -40,10 +40,6 @@ use crate::proceed;
 use crate::runtime::events::EventType;
 use crate::runtime::{Error, Flow, Next, clock, go, stop};
 
-/// How long a reconcile handed a copy older than its own last write waits for the newer copy
-/// (the watch event of that write normally comes first).
-const OWN_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// One reconcile of `obj`.
 pub(super) async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Next, Error> {
     let r = Reconcile::new(obj, ctx);
@@ -115,14 +111,9 @@ impl<'a> Reconcile<'a> {
         go(())
     }
 
-    /// A copy older than this process's own last write to the resource is not written from:
-    /// its status would take back what that write said (a step's record, a transition time).
+    /// A copy older than this process's own last write is not written from.
     fn wait_for_own_write(&self) -> Flow<()> {
-        if self.ctx.memory.is_behind(self.obj) {
-            tracing::debug!(name = %self.obj.name_any(), "the cache has not seen our own last write yet");
-            return stop(Next::After(OWN_WRITE_WAIT));
-        }
-        go(())
+        self.ctx.memory.wait_for_own_write(self.obj)
     }
 
     /// The MacieAccount admits the resource and its rules allow what the resource declares.

@@ -14,7 +14,10 @@ use std::sync::{Mutex, MutexGuard};
 use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
 
-use super::{Next, backoff};
+use super::{Flow, Next, backoff, go, stop};
+
+/// How long a reconcile handed a copy older than its own last write waits for the newer copy.
+pub const OWN_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One resource's entry.
 #[derive(Debug, Default, Clone)]
@@ -123,6 +126,19 @@ impl<K: Resource<DynamicType = ()>, V: Default> Memory<K, V> {
         self.with(&ObjectRef::from_obj(written), |e| {
             e.written = Some(e.written.map_or(v, |w| w.max(v)));
         });
+    }
+
+    /// The step both reconciles start with: a copy older than this process's own last write
+    /// to the resource is not written from (its status would take back what that write said:
+    /// a step's record, a transition time); the watch event of that write brings the newer
+    /// copy, and a second later the resource is looked at again anyway.
+    pub fn wait_for_own_write(&self, obj: &K) -> Flow<()> {
+        if self.is_behind(obj) {
+            use kube::ResourceExt as _;
+            tracing::debug!(name = %obj.name_any(), "the cache has not seen our own last write yet");
+            return stop(Next::After(OWN_WRITE_WAIT));
+        }
+        go(())
     }
 
     /// Whether `obj` is older than this process's own last write to it: the cache has not yet
