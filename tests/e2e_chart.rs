@@ -401,8 +401,10 @@ async fn chart_rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
         "namespaces list",
         "namespaces watch",
     ];
-    // The namespaced kinds, where they are watched: no get, no patch on MacieDiscoveries.
+    // The namespaced kinds, where they are watched: get on MacieJobs only (the one read before a
+    // process's first status write), no patch on MacieDiscoveries.
     let kinds: &[&str] = &[
+        "maciejobs.macie.kubeops.dev get",
         "maciejobs.macie.kubeops.dev list",
         "maciejobs.macie.kubeops.dev watch",
         "maciejobs.macie.kubeops.dev patch",
@@ -687,6 +689,13 @@ async fn chart_defaults_are_safe_and_tenant_roles_leave_status_to_the_operator()
             .create(&PostParams::default(), &binding)
             .await?;
     }
+    // The authorizer sees new bindings through its own watch: wait until both have reached it.
+    wait_for("the tenant bindings to take effect", Duration::from_secs(30), || async {
+        let alice = allowed(&client, "alice", "create", "maciejobs", &ns).await?;
+        let bob = allowed(&client, "bob", "get", "maciejobs", &ns).await?;
+        Ok((alice && bob).then_some(()))
+    })
+    .await?;
     // (user, verb, resource, namespace, allowed)
     let mut table: Vec<(&str, &str, &str, &str, bool)> = Vec::new();
     for kind in kinds {
