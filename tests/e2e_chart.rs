@@ -690,11 +690,15 @@ async fn chart_defaults_are_safe_and_tenant_roles_leave_status_to_the_operator()
             .await?;
     }
     // The authorizer sees new bindings through its own watch: wait until both have reached it.
-    wait_for("the tenant bindings to take effect", Duration::from_secs(30), || async {
-        let alice = allowed(&client, "alice", "create", "maciejobs", &ns).await?;
-        let bob = allowed(&client, "bob", "get", "maciejobs", &ns).await?;
-        Ok((alice && bob).then_some(()))
-    })
+    wait_for(
+        "the tenant bindings to take effect",
+        Duration::from_secs(30),
+        || async {
+            let alice = allowed(&client, "alice", "create", "maciejobs", &ns).await?;
+            let bob = allowed(&client, "bob", "get", "maciejobs", &ns).await?;
+            Ok((alice && bob).then_some(()))
+        },
+    )
     .await?;
     // (user, verb, resource, namespace, allowed)
     let mut table: Vec<(&str, &str, &str, &str, bool)> = Vec::new();

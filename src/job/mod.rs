@@ -411,16 +411,7 @@ impl JobController {
             tenancy.clone(),
             default_region.clone(),
         );
-        let in_use: InUse = {
-            let (store, default_region, tenancy) = (store.clone(), default_region.clone(), tenancy.clone());
-            // Only admitted resources keep a sweeper: a refused region gets none.
-            Arc::new(move |place: &Place| {
-                store
-                    .state()
-                    .iter()
-                    .any(|o| admit(o, &tenancy, &default_region).is_ok_and(|a| a.place == *place))
-            })
-        };
+        let in_use = in_use_by(store.clone(), tenancy.clone(), default_region.clone());
         let wanted = wanted_by(store.clone(), tenancy.clone(), default_region.clone());
         let poller = Arc::new(JobPoller::new(
             clients.clone(),
@@ -430,18 +421,7 @@ impl JobController {
             in_use,
             wanted,
         ));
-        {
-            // A MacieAccount or a namespace changed: decide again for the resources it concerns.
-            let (store, trigger_tx, t) = (store.clone(), trigger_tx.clone(), Arc::downgrade(&tenancy));
-            tenancy.subscribe(move |change: &Change| {
-                let Some(tenancy) = t.upgrade() else { return };
-                for o in store.state() {
-                    if tenancy.affects(change, &o.namespace().unwrap_or_default(), o.spec.account_ref.as_ref()) {
-                        let _ = trigger_tx.unbounded_send(ObjectRef::from_obj(&*o));
-                    }
-                }
-            });
-        }
+        follow_tenancy(&tenancy, store.clone(), trigger_tx.clone());
         let config_rate = config.create_rate;
         let ctx = Arc::new(Context {
             trigger: trigger_tx,
@@ -506,6 +486,34 @@ impl Tracked {
             )
         })
     }
+}
+
+/// Whether a place still needs its sweeper: only admitted resources keep one (a refused region
+/// gets none).
+fn in_use_by(store: Store<MacieJob>, tenancy: Arc<Tenancy>, default_region: String) -> InUse {
+    Arc::new(move |place: &Place| {
+        store
+            .state()
+            .iter()
+            .any(|o| admit(o, &tenancy, &default_region).is_ok_and(|a| a.place == *place))
+    })
+}
+
+/// A MacieAccount or a namespace changed: decide again for the resources it concerns.
+fn follow_tenancy(
+    tenancy: &Arc<Tenancy>,
+    store: Store<MacieJob>,
+    trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<MacieJob>>,
+) {
+    let t = Arc::downgrade(tenancy);
+    tenancy.subscribe(move |change: &Change| {
+        let Some(tenancy) = t.upgrade() else { return };
+        for o in store.state() {
+            if tenancy.affects(change, &o.namespace().unwrap_or_default(), o.spec.account_ref.as_ref()) {
+                let _ = trigger.unbounded_send(ObjectRef::from_obj(&*o));
+            }
+        }
+    });
 }
 
 /// What the admitted resources at a place name, for its sweeps to read (a refused resource

@@ -470,7 +470,7 @@ fn start(shared: &Arc<Shared>, tenancy: &Arc<Tenancy>) -> Operator {
         REGION.into(),
     );
     let wanted = wanted_by(store.clone(), tenancy.clone(), REGION.into());
-    let in_use: InUse = Arc::new(|_: &Place| true);
+    let in_use = in_use_by(store.clone(), tenancy.clone(), REGION.into());
     let poller = JobPoller::new(clients.clone(), 100, POLL, on_change, in_use, wanted).manual();
     let config = Config {
         default_region: REGION.into(),
