@@ -421,3 +421,6 @@ async fn reconcile(obj: Arc<MacieDiscovery>, ctx: Arc<Context>) -> Result<Action
     metrics.reconciled("MacieDiscovery", t.elapsed(), r.as_ref().err().map(Error::category));
     r.map(Next::action)
 }
+
+#[cfg(test)]
+mod view_tests;

@@ -1,0 +1,222 @@
+//! The engine's view as the reconciles see it: when two views show alike (a pass that changes
+//! nothing shown triggers no resource), what taking in the declarations keeps, and which region
+//! a resource names. Pure, milliseconds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector;
+use tokio::sync::watch;
+
+use super::plan::{AccountError, AccountState, Declared, Sent, Settings, TakenIn, desired_set};
+use super::{Config, Engines, View, region_of};
+use crate::account::testing::Fed;
+use crate::api::macie_discovery::{DiscoveryAccount, MacieDiscoverySpec};
+use crate::api::{DiscoveryStatus, MacieDiscovery};
+use crate::macie::{MacieClients, MacieError};
+use crate::runtime::regions::RegionTasks;
+use DiscoveryStatus::{Disabled as D, Enabled as E};
+
+fn t(s: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + s).unwrap()
+}
+
+fn decl(resource: &str, generation: i64, accounts: &[(&str, DiscoveryStatus)]) -> Declared {
+    Declared {
+        resource: resource.into(),
+        taken: TakenIn {
+            uid: format!("uid-{resource}"),
+            generation,
+        },
+        accounts: accounts.iter().map(|(a, s)| (a.to_string(), *s)).collect(),
+    }
+}
+
+fn observed(status: DiscoveryStatus, at: i64) -> AccountState {
+    AccountState {
+        observed: Some(status),
+        observed_at: Some(t(at)),
+        ..Default::default()
+    }
+}
+
+/// A view of two resources that agree on one account and disagree on another, both observed.
+fn view() -> View {
+    let mut v = View::default();
+    v.take_in(&[
+        decl("ns/a", 1, &[("111111111111", E), ("222222222222", E)]),
+        decl("ns/b", 1, &[("111111111111", E), ("222222222222", D)]),
+    ]);
+    v.accounts.insert("111111111111".into(), observed(E, 0));
+    v.accounts.insert("222222222222".into(), observed(D, 0));
+    v.observed_at = Some(t(0));
+    v.passes = 1;
+    v
+}
+
+fn throttled() -> MacieError {
+    MacieError::Throttled {
+        code: "ThrottlingException".into(),
+        message: "slow down".into(),
+    }
+}
+
+#[test]
+fn a_view_shows_like_itself_and_like_one_that_differs_only_in_what_no_status_shows() {
+    let v = view();
+    assert!(v.shows_like(&v.clone()));
+    let mut later = v.clone();
+    later.observed_at = Some(t(60));
+    later.passes = 7;
+    let a = later.accounts.get_mut("111111111111").unwrap();
+    a.observed_at = Some(t(60));
+    a.sent = Some(Sent {
+        status: E,
+        from: Some(E),
+        at: t(30),
+    });
+    assert!(
+        v.shows_like(&later) && later.shows_like(&v),
+        "observation times, pass count and sends in flight are not shown"
+    );
+}
+
+/// Each row changes one thing a status shows; the view no longer shows like the original,
+/// whichever side is asked.
+#[test]
+fn a_view_shows_differently_when_anything_a_status_shows_differs() {
+    type Change = fn(&mut View);
+    let rows: &[(&str, Change)] = &[
+        ("desired set", |v| {
+            v.desired.wanted.insert("333333333333".into(), D);
+        }),
+        ("resource version taken in", |v| {
+            v.resources.get_mut("ns/a").unwrap().generation = 2;
+        }),
+        ("resource taken in", |v| {
+            v.resources.remove("ns/b");
+        }),
+        ("an API error", |v| v.api_error = Some(throttled())),
+        ("one account more", |v| {
+            v.accounts.insert("333333333333".into(), observed(E, 0));
+        }),
+        ("one account fewer", |v| {
+            v.accounts.remove("222222222222");
+        }),
+        ("an account under another id", |v| {
+            let a = v.accounts.remove("222222222222").unwrap();
+            v.accounts.insert("333333333333".into(), a);
+        }),
+        ("an account's observed status", |v| {
+            v.accounts.get_mut("222222222222").unwrap().observed = Some(E);
+        }),
+        ("an account observed or not", |v| {
+            v.accounts.get_mut("222222222222").unwrap().observed_at = None;
+        }),
+        ("an account's error", |v| {
+            v.accounts.get_mut("222222222222").unwrap().error = Some(AccountError {
+                status: E,
+                code: "ACCOUNT_PAUSED".into(),
+                message: String::new(),
+                at: t(5),
+            });
+        }),
+    ];
+    let v = view();
+    for (what, change) in rows {
+        let mut other = v.clone();
+        change(&mut other);
+        assert!(!v.shows_like(&other), "{what}: other shows like the original");
+        assert!(!other.shows_like(&v), "{what}: the original shows like other");
+    }
+    // The same API error on both sides is shown alike.
+    let (mut x, mut y) = (v.clone(), v);
+    x.api_error = Some(throttled());
+    y.api_error = Some(throttled());
+    assert!(x.shows_like(&y));
+}
+
+#[test]
+fn taking_in_sets_the_desired_set_and_versions_and_drops_accounts_nobody_declares() {
+    let mut v = view();
+    v.accounts.insert("999999999999".into(), observed(E, 0));
+    let declared = [
+        decl("ns/a", 2, &[("111111111111", D), ("333333333333", E)]),
+        decl("ns/c", 1, &[("222222222222", E), ("333333333333", D)]),
+    ];
+    v.take_in(&declared);
+    assert_eq!(v.desired, desired_set(&declared));
+    assert_eq!(
+        v.resources
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.generation))
+            .collect::<Vec<_>>(),
+        [("ns/a", 2), ("ns/c", 1)],
+        "ns/b declares nothing any more; ns/a is taken in at its new generation"
+    );
+    assert_eq!(v.resources["ns/c"].uid, "uid-ns/c");
+    let mut kept: Vec<&str> = v.accounts.keys().map(String::as_str).collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        ["111111111111", "222222222222"],
+        "the state of declared accounts stays (333333333333, in conflict, has none yet); 999999999999 is dropped"
+    );
+    assert_eq!(v.accounts["222222222222"], observed(D, 0), "kept as it was");
+    assert_eq!(v.passes, 1, "taking in is not a pass");
+
+    v.take_in(&[]);
+    assert!(v.desired.account_ids().is_empty() && v.resources.is_empty() && v.accounts.is_empty());
+}
+
+fn discovery(region: Option<&str>) -> MacieDiscovery {
+    let mut o = MacieDiscovery::new(
+        "d",
+        MacieDiscoverySpec {
+            accounts: vec![DiscoveryAccount {
+                account_id: "111111111111".into(),
+                status: E,
+            }],
+            region: region.map(str::to_string),
+            account_ref: None,
+        },
+    );
+    o.metadata.namespace = Some("ns".into());
+    o
+}
+
+#[test]
+fn a_resource_names_its_region_or_gets_the_operators() {
+    assert_eq!(region_of(&discovery(Some("eu-west-1")), "us-east-1"), "eu-west-1");
+    assert_eq!(region_of(&discovery(None), "us-east-1"), "us-east-1");
+
+    let fed = Fed::new("default");
+    let (store, _writer) = reflector::store::<MacieDiscovery>();
+    let engines = Engines {
+        clients: Arc::new(MacieClients::new(aws_config::SdkConfig::builder().build(), None)),
+        tenancy: fed.tenancy.clone(),
+        config: Config {
+            default_region: "ap-south-1".into(),
+            poll_interval: Duration::from_secs(60),
+            batch_window: Duration::from_millis(10),
+            plan: Settings {
+                step_timeout: Duration::from_secs(300),
+                error_retry: Duration::from_secs(600),
+                batch_size: 100,
+            },
+            namespace: None,
+            instance: None,
+        },
+        store,
+        store_ready: watch::channel(false).0,
+        trigger: futures::channel::mpsc::unbounded().0,
+        regions: RegionTasks::default(),
+    };
+    assert_eq!(engines.region_of(&discovery(Some("eu-west-1"))), "eu-west-1");
+    assert_eq!(
+        engines.region_of(&discovery(None)),
+        "ap-south-1",
+        "the controller's default region"
+    );
+}
