@@ -1,7 +1,8 @@
 //! The engine's view as the reconciles see it: when two views show alike (a pass that changes
-//! nothing shown triggers no resource), what taking in the declarations keeps, and which region
-//! a resource names. Pure, milliseconds.
+//! nothing shown triggers no resource), what taking in the declarations keeps, which region a
+//! resource names, and that the status a view projects fits its schema. Pure, milliseconds.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,9 +10,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector;
 use tokio::sync::watch;
 
-use super::plan::{AccountError, AccountState, Declared, Sent, Settings, TakenIn, desired_set};
+use super::plan::{AccountError, AccountState, Declared, Sent, Settings, TakenIn, desired_set, resource_status};
 use super::{Config, Engines, View, region_of};
 use crate::account::testing::Fed;
+use crate::api::conditions::MESSAGE_MAX;
 use crate::api::macie_discovery::{DiscoveryAccount, MacieDiscoverySpec};
 use crate::api::{DiscoveryStatus, MacieDiscovery};
 use crate::macie::{MacieClients, MacieError};
@@ -53,6 +55,14 @@ fn view() -> View {
     v.observed_at = Some(t(0));
     v.passes = 1;
     v
+}
+
+fn settings() -> Settings {
+    Settings {
+        step_timeout: Duration::from_secs(300),
+        error_retry: Duration::from_secs(600),
+        batch_size: 100,
+    }
 }
 
 fn throttled() -> MacieError {
@@ -200,11 +210,7 @@ fn a_resource_names_its_region_or_gets_the_operators() {
             default_region: "ap-south-1".into(),
             poll_interval: Duration::from_secs(60),
             batch_window: Duration::from_millis(10),
-            plan: Settings {
-                step_timeout: Duration::from_secs(300),
-                error_retry: Duration::from_secs(600),
-                batch_size: 100,
-            },
+            plan: settings(),
             namespace: None,
             instance: None,
         },
@@ -219,4 +225,96 @@ fn a_resource_names_its_region_or_gets_the_operators() {
         "ap-south-1",
         "the controller's default region"
     );
+}
+
+/// However long Macie's error message, the summary a view projects fits the condition's schema.
+#[test]
+fn a_summary_from_an_overlong_aws_message_fits_the_condition() {
+    let v = view();
+    let denied = MacieError::AccessDenied {
+        code: "AccessDeniedException".into(),
+        message: "é".repeat(MESSAGE_MAX),
+    };
+    let r = resource_status(
+        "ns/a",
+        &[("111111111111".to_string(), E)],
+        &BTreeMap::new(),
+        &v.desired,
+        &v.accounts,
+        Some(&denied),
+        &settings(),
+    );
+    assert_eq!(r.summary.reason, "AccessDenied");
+    assert!(
+        r.summary.message.len() <= MESSAGE_MAX,
+        "{} bytes",
+        r.summary.message.len()
+    );
+    assert!(r.summary.message.starts_with("AccessDeniedException: éé"));
+    assert!(r.summary.message.ends_with('…'));
+}
+
+/// Rows still on their way are Pending (not Converged) until every one is observed as
+/// declared; accounts in conflict are counted once each under the Conflict code.
+#[test]
+fn the_status_a_view_projects_counts_pending_and_conflicting_rows() {
+    // 111111111111: agreed ENABLED and observed so. 222222222222: ns/a and ns/b disagree.
+    let mut v = view();
+    let one = [("111111111111".to_string(), E)];
+    let r = resource_status(
+        "ns/a",
+        &one,
+        &BTreeMap::new(),
+        &v.desired,
+        &v.accounts,
+        None,
+        &settings(),
+    );
+    assert_eq!((r.summary.reason.as_str(), r.counts.converged), ("Converged", 1));
+
+    v.accounts.get_mut("111111111111").unwrap().observed = Some(D);
+    let r = resource_status(
+        "ns/a",
+        &one,
+        &BTreeMap::new(),
+        &v.desired,
+        &v.accounts,
+        None,
+        &settings(),
+    );
+    assert_eq!(r.summary.reason, "Pending", "{}", r.summary.message);
+    assert_eq!(r.summary.message, "0 of 1 account(s) in their desired status");
+
+    v.take_in(&[
+        decl(
+            "ns/a",
+            1,
+            &[("111111111111", E), ("222222222222", E), ("333333333333", E)],
+        ),
+        decl("ns/b", 1, &[("222222222222", D), ("333333333333", D)]),
+    ]);
+    let mine = [
+        ("111111111111".to_string(), E),
+        ("222222222222".to_string(), E),
+        ("333333333333".to_string(), E),
+    ];
+    let r = resource_status(
+        "ns/a",
+        &mine,
+        &BTreeMap::new(),
+        &v.desired,
+        &v.accounts,
+        None,
+        &settings(),
+    );
+    assert_eq!(r.summary.reason, "Conflict");
+    assert_eq!(
+        r.error_codes
+            .iter()
+            .map(|c| (c.code.as_str(), c.count))
+            .collect::<Vec<_>>(),
+        [("Conflict", 2)],
+        "two accounts in conflict"
+    );
+    assert_eq!((r.counts.desired, r.counts.failed), (3, 2));
 }
