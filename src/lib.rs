@@ -8,3 +8,6 @@ pub mod discovery;
 pub mod job;
 pub mod macie;
 pub mod runtime;
+
+#[cfg(test)]
+mod mutation_tests;
