@@ -159,3 +159,72 @@ fn the_valid_transitions_are_exactly_the_api_references() {
     }
     assert_eq!(accepted, valid.len());
 }
+
+/// Kills `replace kind_of -> &'static str with ""` (src/runtime/status.rs): the resource
+/// gauges' key names each kind of ours.
+#[test]
+fn the_gauges_key_names_the_kind() {
+    use crate::api::{MacieAccount, MacieAccountSpec, MacieDiscovery, MacieDiscoverySpec, MacieJob};
+    use crate::runtime::status::object_key;
+    let mut job = MacieJob::new("nightly", spec_by_name("nightly"));
+    job.metadata.namespace = Some("ns".into());
+    let key = object_key(&job);
+    assert_eq!(
+        (key.kind, key.namespace.as_str(), key.name.as_str()),
+        ("MacieJob", "ns", "nightly")
+    );
+    let discovery = MacieDiscovery::new(
+        "d",
+        MacieDiscoverySpec {
+            accounts: Vec::new(),
+            region: None,
+            account_ref: None,
+        },
+    );
+    assert_eq!(object_key(&discovery).kind, "MacieDiscovery");
+    let account = MacieAccount::new(
+        "a",
+        MacieAccountSpec {
+            role_arn: None,
+            external_id: None,
+            regions: vec!["us-east-1".into()],
+            namespace_selector: Default::default(),
+            jobs: Default::default(),
+            discovery: Default::default(),
+        },
+    );
+    assert_eq!(object_key(&account).kind, "MacieAccount");
+}
+
+/// Kills `replace > with >= in ambiguous` (src/job/plan.rs): an AmbiguousName message shows
+/// up to five ids, and says how many more only when there are more.
+#[test]
+fn an_ambiguous_name_shows_five_ids_and_counts_the_rest() {
+    use crate::job::plan::{Settings, plan};
+    let settings = Settings {
+        step_timeout: Duration::from_secs(300),
+        expiry_warning: Duration::from_secs(7 * 86400),
+    };
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    let message = |n: usize| {
+        let ids: Vec<String> = (1..=n).map(|i| format!("j{i}")).collect();
+        let p = plan(
+            DesiredJobStatus::Running,
+            Observation::Ambiguous(&ids),
+            Some(now),
+            None,
+            now,
+            &settings,
+        );
+        assert_eq!(p.summary.reason, "AmbiguousName");
+        p.summary.message
+    };
+    assert_eq!(
+        message(5),
+        "5 jobs have this name (j1, j2, j3, j4, j5); use spec.jobId to pick one"
+    );
+    assert_eq!(
+        message(6),
+        "6 jobs have this name (j1, j2, j3, j4, j5 and 1 more); use spec.jobId to pick one"
+    );
+}
