@@ -16,7 +16,7 @@ use crate::account::testing::Fed;
 use crate::api::conditions::MESSAGE_MAX;
 use crate::api::macie_discovery::{DiscoveryAccount, MacieDiscoverySpec};
 use crate::api::{DiscoveryStatus, MacieDiscovery};
-use crate::macie::{MacieClients, MacieError};
+use crate::macie::{MacieClients, MacieError, Place};
 use crate::runtime::regions::RegionTasks;
 use DiscoveryStatus::{Disabled as D, Enabled as E};
 
@@ -196,14 +196,11 @@ fn discovery(region: Option<&str>) -> MacieDiscovery {
     o
 }
 
-#[test]
-fn a_resource_names_its_region_or_gets_the_operators() {
-    assert_eq!(region_of(&discovery(Some("eu-west-1")), "us-east-1"), "eu-west-1");
-    assert_eq!(region_of(&discovery(None), "us-east-1"), "us-east-1");
-
+/// The controller's engines, none running, with "ap-south-1" as the default region.
+fn engines() -> Engines {
     let fed = Fed::new("default");
     let (store, _writer) = reflector::store::<MacieDiscovery>();
-    let engines = Engines {
+    Engines {
         clients: Arc::new(MacieClients::new(aws_config::SdkConfig::builder().build(), None)),
         tenancy: fed.tenancy.clone(),
         config: Config {
@@ -218,7 +215,15 @@ fn a_resource_names_its_region_or_gets_the_operators() {
         store_ready: watch::channel(false).0,
         trigger: futures::channel::mpsc::unbounded().0,
         regions: RegionTasks::default(),
-    };
+    }
+}
+
+#[test]
+fn a_resource_names_its_region_or_gets_the_operators() {
+    assert_eq!(region_of(&discovery(Some("eu-west-1")), "us-east-1"), "eu-west-1");
+    assert_eq!(region_of(&discovery(None), "us-east-1"), "us-east-1");
+
+    let engines = engines();
     assert_eq!(engines.region_of(&discovery(Some("eu-west-1"))), "eu-west-1");
     assert_eq!(
         engines.region_of(&discovery(None)),
@@ -317,4 +322,19 @@ fn the_status_a_view_projects_counts_pending_and_conflicting_rows() {
         "two accounts in conflict"
     );
     assert_eq!((r.counts.desired, r.counts.failed), (3, 2));
+}
+
+/// An engine runs for each place a reconcile asked about, and is listed while it runs, in the
+/// places' order (account, then region).
+#[tokio::test]
+async fn the_engines_list_the_places_they_run_for() {
+    let engines = engines();
+    assert!(engines.running().is_empty() && engines.places().is_empty());
+    let _eu = engines.subscribe(&Place::new("default", "eu-west-1"));
+    let _ap = engines.subscribe(&Place::new("team", "ap-south-1"));
+    assert_eq!(engines.running(), ["eu-west-1", "ap-south-1"]);
+    assert_eq!(
+        engines.places(),
+        [Place::new("default", "eu-west-1"), Place::new("team", "ap-south-1")]
+    );
 }
