@@ -338,3 +338,29 @@ async fn the_engines_list_the_places_they_run_for() {
         [Place::new("default", "eu-west-1"), Place::new("team", "ap-south-1")]
     );
 }
+
+/// A row its MacieAccount refuses counts as failed, under NotPermitted, beside the rows that
+/// proceed.
+#[test]
+fn a_refused_row_counts_as_failed_beside_the_rows_that_proceed() {
+    use crate::account::policy::{Refusal, Rule};
+    let v = view();
+    let refused = BTreeMap::from([(
+        "222222222222".to_string(),
+        Refusal::NotPermitted {
+            account: "default".into(),
+            rule: Rule::DiscoveryAccount("222222222222".into()),
+        },
+    )]);
+    let mine = [("111111111111".to_string(), E), ("222222222222".to_string(), E)];
+    let r = resource_status("ns/a", &mine, &refused, &v.desired, &v.accounts, None, &settings());
+    assert_eq!(r.summary.reason, "NotPermitted", "{}", r.summary.message);
+    assert_eq!((r.counts.desired, r.counts.converged, r.counts.failed), (2, 1, 1));
+    assert_eq!(
+        r.error_codes
+            .iter()
+            .map(|c| (c.code.as_str(), c.count))
+            .collect::<Vec<_>>(),
+        [("NotPermitted", 1)]
+    );
+}
