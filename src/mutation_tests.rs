@@ -228,3 +228,15 @@ fn an_ambiguous_name_shows_five_ids_and_counts_the_rest() {
         "6 jobs have this name (j1, j2, j3, j4, j5 and 1 more); use spec.jobId to pick one"
     );
 }
+
+/// Kills `replace + with * in glob` at the backtrack (src/account/policy.rs): Macie job names
+/// may contain `*` themselves; after a backtrack the pattern's `*` is not matched against the
+/// name's `*` as if it were a literal.
+#[test]
+fn a_glob_backtracks_over_a_name_that_contains_a_star() {
+    use crate::account::policy::glob;
+    assert!(glob("*?", "a*"));
+    assert!(glob("nightly-*?", "nightly-x*"));
+    assert!(glob("nightly-*?", "nightly-**"));
+    assert!(!glob("nightly-*?", "nightly-"));
+}
