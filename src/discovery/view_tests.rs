@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::plan::{AccountError, AccountState, Declared, Sent, Settings, TakenIn, desired_set, resource_status};
-use super::{Config, Engines, View, region_of};
+use super::{Config, Engines, RegionEngine, View, key, region_of, taken_in};
 use crate::account::testing::Fed;
 use crate::api::conditions::MESSAGE_MAX;
 use crate::api::macie_discovery::{DiscoveryAccount, MacieDiscoverySpec};
@@ -363,4 +363,57 @@ fn a_refused_row_counts_as_failed_beside_the_rows_that_proceed() {
             .collect::<Vec<_>>(),
         [("NotPermitted", 1)]
     );
+}
+
+/// A watch event kicks the engine of the resource's place when the engine's view holds no or
+/// another version of the resource, and not when it holds this one; the engine of a place the
+/// resource left is kicked too.
+#[tokio::test]
+async fn a_watch_event_kicks_only_the_engines_whose_view_it_changes() {
+    use kube::runtime::watcher::Event;
+    let engines = engines();
+    // Engines whose kicks and views the test holds (no engine loop runs).
+    let stand_in = |place: &Place| {
+        let (kick, kicks) = mpsc::unbounded_channel();
+        let (view_tx, view) = watch::channel(Arc::new(View::default()));
+        engines.regions.get_or_start(
+            place,
+            |_| true,
+            |_| (RegionEngine { kick, view }, tokio::spawn(std::future::pending())),
+        );
+        (kicks, view_tx)
+    };
+    let (mut here, here_view) = stand_in(&Place::new("default", "ap-south-1"));
+    let (mut there, there_view) = stand_in(&Place::new("default", "eu-west-1"));
+    let mut obj = discovery(None);
+    obj.metadata.uid = Some("uid-d".into());
+    obj.metadata.generation = Some(1);
+
+    engines.on_event(&Event::Apply(obj.clone()));
+    assert!(here.try_recv().is_ok(), "new to the engine of its place");
+    assert!(there.try_recv().is_err(), "nothing to the engine of another place");
+
+    let holding = |o: &MacieDiscovery| {
+        let mut v = View::default();
+        v.resources.insert(key(o), taken_in(o));
+        Arc::new(v)
+    };
+    here_view.send_replace(holding(&obj));
+    engines.on_event(&Event::Apply(obj.clone()));
+    assert!(here.try_recv().is_err(), "the version the engine holds: no kick");
+
+    obj.metadata.generation = Some(2);
+    engines.on_event(&Event::Apply(obj.clone()));
+    assert!(here.try_recv().is_ok(), "a new generation");
+
+    // Moved to eu-west-1 (as the engine of ap-south-1 still holds it): both engines are kicked.
+    obj.spec.region = Some("eu-west-1".into());
+    engines.on_event(&Event::Apply(obj.clone()));
+    assert!(here.try_recv().is_ok() && there.try_recv().is_ok());
+
+    there_view.send_replace(holding(&obj));
+    here_view.send_replace(Arc::new(View::default()));
+    engines.on_event(&Event::Delete(obj));
+    assert!(there.try_recv().is_ok(), "deleted: the engine that holds it");
+    assert!(here.try_recv().is_err());
 }
