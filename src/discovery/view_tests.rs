@@ -417,3 +417,42 @@ async fn a_watch_event_kicks_only_the_engines_whose_view_it_changes() {
     assert!(there.try_recv().is_ok(), "deleted: the engine that holds it");
     assert!(here.try_recv().is_err());
 }
+
+/// An account's error shows while the account is not in the status the error was about and
+/// that status is still the one declared: not once the account got there, nor when the
+/// declaration changed since.
+#[test]
+fn an_account_error_shows_only_while_it_still_stands_in_the_way() {
+    let mut v = view();
+    let failed = |status| AccountError {
+        status,
+        code: "ACCOUNT_PAUSED".into(),
+        message: String::new(),
+        at: t(5),
+    };
+    let one = [("111111111111".to_string(), E)];
+    let shown = |v: &View| {
+        let r = resource_status(
+            "ns/a",
+            &one,
+            &BTreeMap::new(),
+            &v.desired,
+            &v.accounts,
+            None,
+            &settings(),
+        );
+        (r.summary.reason, r.accounts[0].error_code.clone())
+    };
+    let a = v.accounts.get_mut("111111111111").unwrap();
+    a.observed = Some(D);
+    a.error = Some(failed(E));
+    assert_eq!(shown(&v), ("AccountErrors".into(), Some("ACCOUNT_PAUSED".into())));
+    // It got there after all (the error is from an earlier try).
+    v.accounts.get_mut("111111111111").unwrap().observed = Some(E);
+    assert_eq!(shown(&v), ("Converged".into(), None));
+    // The error was about DISABLED, declared before: ENABLED is pending, not failed.
+    let a = v.accounts.get_mut("111111111111").unwrap();
+    a.observed = Some(D);
+    a.error = Some(failed(D));
+    assert_eq!(shown(&v), ("Pending".into(), None));
+}
