@@ -149,13 +149,15 @@ bench: tools
 ## installed into .cache/tools here (make test and make tools do not need it).
 ## MUTANTS_ARGS is expanded by the recipe's shell and passed on, e.g.
 ##   make mutants MUTANTS_ARGS="-f 'src/job/*.rs' --sharding round-robin --shard 0/32"
-## A -f (--file) in MUTANTS_ARGS replaces MUTANTS_FILES (cargo-mutants would add the two).
+## A -f (--file) in MUTANTS_ARGS replaces MUTANTS_FILES (cargo-mutants would add the two);
+## make expands a $ in MUTANTS_ARGS, so a regex anchor is written $$.
 ## docs/testing.md, "Mutation testing", has the sample and its figures.
 ## Cost on 2 cores: --in-place mutates and builds this checkout, in its own target/, so a
-## mutant costs an incremental build of the library's tests and a link (about 8 s) plus the
-## tests. cargo-mutants' default, a copy of the tree, starts from an empty target/: every
-## dependency (AWS SDK, kube, ...) built cold on each run, that is on each shard. So do not edit
-## or build this checkout while it runs; Ctrl-C puts the source back (check with git status).
+## mutant costs an incremental build of the library's tests and a link plus the tests (about
+## 10 s each here; docs/testing.md has the figures). cargo-mutants' default, a copy of the tree, starts from an empty target/:
+## every dependency (AWS SDK, kube, ...) built cold on each run, that is on each shard. So do
+## not edit or build this checkout while it runs (a spare worktree with a copy of target/ is
+## best); Ctrl-C puts the source back (check with git status).
 ## One job: a build already uses both cores. --timeout: in place, cargo-mutants cannot scale
 ## its timeout from the baseline (it would use 300 s); $(MUTANTS_TIMEOUT) s is several times the
 ## library's whole test run, so a mutant that hangs costs little.

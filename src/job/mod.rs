@@ -658,3 +658,5 @@ mod tests {
 mod sim;
 #[cfg(test)]
 mod step_tests;
+#[cfg(test)]
+mod wanted_tests;
