@@ -115,6 +115,8 @@ fn rig_with(clients: MacieClients) -> Rig {
         store_ready: watch::channel(false).0,
         trigger: futures::channel::mpsc::unbounded().0,
         regions: RegionTasks::default(),
+        newest: Newest::default(),
+        manual: None,
     });
     // Unused unless `rig` stands in for the engine.
     let view = watch::channel(Arc::new(View::default())).0;
