@@ -1,6 +1,7 @@
 //! One place's discovery engine, as a pass of named steps:
 //!
-//! 1. `declarations`: the place's admitted declarations; none left retires the engine.
+//! 1. `declarations`: the place's admitted declarations; none left retires the engine;
+//!    `cache_went_back`: an older generation than the view took in holds the pass back.
 //! 2. `take_in`: the view takes them in and is published (new declarations show Pending).
 //! 3. `Schedule::due` (pure): which accounts to observe now.
 //! 4. `observe`: ListAutomatedDiscoveryAccounts of those, recorded by `record_listing` (pure).
@@ -24,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::plan::{self, AccountError, Declared, Sent, Settings};
-use super::{Config, RegionEngine, Trigger, View, admit, key, place_of, refused_rows, taken_in};
+use super::{Config, Newest, RegionEngine, Trigger, View, admit, key, lock, place_of, refused_rows, taken_in};
 use crate::account::Tenancy;
 use crate::api::{DiscoveryStatus, MacieDiscovery};
 use crate::macie::{MacieClients, MacieError, Place};
@@ -41,6 +42,7 @@ pub(super) struct EngineEnv {
     pub(super) config: Config,
     pub(super) store: Store<MacieDiscovery>,
     pub(super) trigger: Trigger,
+    pub(super) newest: Newest,
     pub(super) retire: Retire<RegionEngine>,
 }
 
@@ -58,13 +60,7 @@ pub(super) async fn engine_loop(
     }
     tracing::debug!(place = %env.place, "discovery engine started");
     let batch_window = env.config.batch_window;
-    let mut engine = Engine {
-        view: View::default(),
-        shown: Arc::new(View::default()),
-        schedule: Schedule::new(Instant::now()),
-        tx: view_tx,
-        env,
-    };
+    let mut engine = Engine::new(env, view_tx);
     tokio::time::sleep(batch_window).await;
     while let Some(wake) = engine.pass().await {
         if !wait(&mut kick, wake, batch_window).await {
@@ -90,6 +86,73 @@ async fn wait(kick: &mut mpsc::UnboundedReceiver<()>, wake: Instant, batch_windo
     }
 }
 
+/// The engine's time: `clock::instant()` (the wall clock's in the operator, virtual in the
+/// perturbation harness).
+fn instant() -> Instant {
+    Instant::from_std(clock::instant())
+}
+
+/// An engine the caller drives (the perturbation harness): no task runs; `pass_if_due` makes
+/// a pass on the caller's task when `engine_loop` would: a batch window after the start or
+/// after a kick, else at the schedule's wake.
+#[cfg(test)]
+pub(super) struct ManualEngine {
+    engine: Engine,
+    kicks: mpsc::UnboundedReceiver<()>,
+    store_ready: watch::Receiver<bool>,
+    /// When the next pass is due.
+    due: Instant,
+    /// Waiting between passes (before the first, the batch window runs whatever comes).
+    waiting: bool,
+    /// The wait took a kick: the pass at `due` takes in the kicks gathered until then.
+    kicked: bool,
+}
+
+#[cfg(test)]
+impl ManualEngine {
+    pub(super) fn new(
+        env: EngineEnv,
+        store_ready: watch::Receiver<bool>,
+        kicks: mpsc::UnboundedReceiver<()>,
+        view_tx: watch::Sender<Arc<View>>,
+    ) -> ManualEngine {
+        let due = instant() + env.config.batch_window;
+        ManualEngine {
+            engine: Engine::new(env, view_tx),
+            kicks,
+            store_ready,
+            due,
+            waiting: false,
+            kicked: false,
+        }
+    }
+
+    /// When the next pass is due, as `engine_loop`'s wait would have it now (a kick that came
+    /// before the wake moves the pass to a batch window after it).
+    pub(super) fn next_pass(&mut self) -> Instant {
+        let now = instant();
+        if self.waiting && !self.kicked && now < self.due && self.kicks.try_recv().is_ok() {
+            self.kicked = true;
+            self.due = now + self.engine.env.config.batch_window;
+        }
+        self.due
+    }
+
+    /// One pass when one is due (and the watch has listed the resources): Some(true) when
+    /// it ran, None once the engine retired.
+    pub(super) async fn pass_if_due(&mut self) -> Option<bool> {
+        if !*self.store_ready.borrow() || instant() < self.next_pass() {
+            return Some(false);
+        }
+        if self.kicked {
+            while self.kicks.try_recv().is_ok() {}
+        }
+        self.due = self.engine.pass().await?;
+        (self.waiting, self.kicked) = (true, false);
+        Some(true)
+    }
+}
+
 /// An engine between passes.
 struct Engine {
     env: EngineEnv,
@@ -101,11 +164,24 @@ struct Engine {
 }
 
 impl Engine {
+    fn new(env: EngineEnv, tx: watch::Sender<Arc<View>>) -> Engine {
+        Engine {
+            view: View::default(),
+            shown: Arc::new(View::default()),
+            schedule: Schedule::new(instant()),
+            tx,
+            env,
+        }
+    }
+
     /// One pass; hands back when the next is due, or None once the engine retired.
     async fn pass(&mut self) -> Option<Instant> {
         let declared = self.declarations()?;
+        if self.cache_went_back(&declared) {
+            return Some(self.schedule.wake());
+        }
         self.take_in(&declared);
-        let now = Instant::now();
+        let now = instant();
         let due = self.schedule.due(now, &self.view);
         self.observe(&due).await;
         self.schedule.observed(&due, now, self.env.config.poll_interval);
@@ -113,7 +189,7 @@ impl Engine {
             let step = self.send().await;
             let config = &self.env.config;
             self.schedule
-                .sent(step, Instant::now(), config.poll_interval, config.batch_window);
+                .sent(step, instant(), config.poll_interval, config.batch_window);
         }
         self.view.passes += 1;
         self.publish();
@@ -128,6 +204,17 @@ impl Engine {
             return None;
         }
         Some(declared)
+    }
+
+    /// Whether the cache holds an older generation of a resource than the watch delivered (a
+    /// relist from a lagging API server): nothing is taken in, observed or sent until the newer
+    /// copy is back (its watch event kicks the engine).
+    fn cache_went_back(&self, declared: &[Declared]) -> bool {
+        let behind = self.env.behind(declared);
+        if !behind.is_empty() {
+            tracing::info!(place = %self.env.place, ?behind, "the cache holds older generations than taken in: pass held back");
+        }
+        !behind.is_empty()
     }
 
     /// The view takes in the declarations, and the reconciles report on them at once (Pending
@@ -222,6 +309,11 @@ impl EngineEnv {
         out
     }
 
+    /// The resources `declared` shows older than the watch delivered them.
+    fn behind(&self, declared: &[Declared]) -> Vec<String> {
+        plan::behind(declared, &lock(&self.newest))
+    }
+
     /// Reconciles every resource of the place.
     fn trigger_resources(&self) {
         for obj in self.store.state() {
@@ -233,10 +325,15 @@ impl EngineEnv {
 
     /// The rows of `batch` the MacieAccounts, namespaces and declarations allow as they are
     /// now: a row whose rule was narrowed (or whose resource went) since the pass began is not
-    /// sent.
+    /// sent, nor anything while the cache went back.
     fn still_declared(&self, batch: Vec<(String, DiscoveryStatus)>) -> Vec<(String, DiscoveryStatus)> {
         let asked = batch.len();
-        let batch = plan::still_declared(batch, &self.declared());
+        let now = self.declared();
+        if !self.behind(&now).is_empty() {
+            tracing::info!(place = %self.place, held_back = asked, "the cache went back: not sent");
+            return Vec::new();
+        }
+        let batch = plan::still_declared(batch, &now);
         if batch.len() < asked {
             tracing::info!(place = %self.place, held_back = asked - batch.len(), "rows no longer declared or allowed: not sent");
         }
@@ -739,6 +836,22 @@ mod tests {
         record_listing(&mut v, &all, Ok(HashMap::new()), t(30), true, &settings());
         assert_eq!((v.api_error.as_ref(), v.observed_at), (None, Some(t(30))));
         assert_eq!(v.accounts["c"].observed_at, Some(t(30)));
+    }
+
+    #[test]
+    fn an_api_error_goes_once_no_account_is_declared() {
+        let decl = |accounts: Vec<(String, DiscoveryStatus)>| Declared {
+            resource: "ns/d".into(),
+            taken: Default::default(),
+            accounts,
+        };
+        let mut v = view(&["a"]);
+        v.api_error = Some(err("AccessDeniedException"));
+        v.take_in(&[decl(vec![("a".into(), Enabled)])]);
+        assert!(v.api_error.is_some(), "an observation of the account clears it");
+        // Every row refused (or gone): nothing is observed or sent that would clear it.
+        v.take_in(&[decl(vec![])]);
+        assert_eq!((v.api_error, v.accounts.len()), (None, 0));
     }
 
     #[test]

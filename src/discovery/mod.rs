@@ -17,6 +17,8 @@ mod engine;
 pub mod plan;
 mod reconcile;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod step_tests;
 
 use std::collections::{BTreeMap, HashMap};
@@ -93,16 +95,23 @@ impl View {
     }
 
     /// Takes in the declarations: the desired set, which resource versions it comes from, and
-    /// no state for accounts nobody declares any more.
+    /// no state for accounts nobody declares any more (nor an API error once no account is
+    /// declared: no call will clear it).
     fn take_in(&mut self, declared: &[Declared]) {
         self.desired = plan::desired_set(declared);
         self.resources = declared.iter().map(|d| (d.resource.clone(), d.taken.clone())).collect();
         let ids = self.desired.account_ids();
         self.accounts.retain(|id, _| ids.binary_search(id).is_ok());
+        if ids.is_empty() {
+            self.api_error = None;
+        }
     }
 }
 
 type Trigger = futures::channel::mpsc::UnboundedSender<ObjectRef<MacieDiscovery>>;
+/// The newest version of each resource (by key) the watch delivered: a cache that holds an
+/// older one went back (a relist from a lagging API server), and the engines wait for it.
+type Newest = Arc<std::sync::Mutex<BTreeMap<String, TakenIn>>>;
 /// What a reconcile gets of a region's engine: its kick channel and its view.
 #[derive(Clone)]
 struct RegionEngine {
@@ -121,6 +130,11 @@ pub struct Engines {
     store_ready: watch::Sender<bool>,
     trigger: Trigger,
     regions: RegionTasks<RegionEngine>,
+    newest: Newest,
+    /// Passes run only when told (`pass_due`), on the caller's task: the perturbation harness
+    /// drives the engines in virtual time. None in the operator.
+    #[cfg(test)]
+    manual: Option<std::sync::Mutex<HashMap<Place, engine::ManualEngine>>>,
 }
 
 impl Engines {
@@ -154,8 +168,19 @@ impl Engines {
                     config: self.config.clone(),
                     store: self.store.clone(),
                     trigger: self.trigger.clone(),
+                    newest: self.newest.clone(),
                     retire,
                 };
+                #[cfg(test)]
+                if let Some(manual) = &self.manual {
+                    let m = engine::ManualEngine::new(env, self.store_ready.subscribe(), kick_rx, view_tx);
+                    lock(manual).insert(place.clone(), m);
+                    let engine = RegionEngine {
+                        kick: kick_tx,
+                        view: view_rx,
+                    };
+                    return (engine, tokio::spawn(std::future::pending()));
+                }
                 let task = tokio::spawn(engine_loop(env, self.store_ready.subscribe(), kick_rx, view_tx));
                 (
                     RegionEngine {
@@ -167,6 +192,33 @@ impl Engines {
             },
         );
         (e.kick, e.view)
+    }
+
+    /// A manual engines' passes that are due now, each on the caller's task; how many ran.
+    #[cfg(test)]
+    async fn pass_due(&self) -> usize {
+        let Some(manual) = &self.manual else { return 0 };
+        let places: Vec<Place> = lock(manual).keys().cloned().collect();
+        let mut ran = 0;
+        for place in places {
+            let Some(mut m) = lock(manual).remove(&place) else {
+                continue;
+            };
+            // None: the engine retired (and goes).
+            if let Some(r) = m.pass_if_due().await {
+                ran += usize::from(r);
+                // A successor started while the pass ran keeps its place.
+                lock(manual).entry(place).or_insert(m);
+            }
+        }
+        ran
+    }
+
+    /// When the next pass of a manual engine is due.
+    #[cfg(test)]
+    fn next_pass(&self) -> Option<tokio::time::Instant> {
+        let manual = self.manual.as_ref()?;
+        lock(manual).values_mut().map(engine::ManualEngine::next_pass).min()
     }
 
     /// The place's view (starting its engine when none runs; an engine for a place no
@@ -217,6 +269,15 @@ impl Engines {
         match event {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
                 let key = key(o);
+                let seen = taken_in(o);
+                lock(&self.newest)
+                    .entry(key.clone())
+                    .and_modify(|n| {
+                        if n.uid != seen.uid || n.generation < seen.generation {
+                            *n = seen.clone();
+                        }
+                    })
+                    .or_insert(seen);
                 let place = self.place_of(o);
                 let version = (o.meta().deletion_timestamp.is_none()).then(|| taken_in(o));
                 self.kick_where(|p, view| {
@@ -231,16 +292,23 @@ impl Engines {
             }
             watcher::Event::Delete(o) => {
                 let key = key(o);
+                lock(&self.newest).remove(&key);
                 self.kick_where(|_, view| view.resources.contains_key(&key));
             }
             watcher::Event::InitDone => {
                 // A (re)list: resources deleted meanwhile are gone from the store.
+                let listed: std::collections::BTreeSet<String> = self.store.state().iter().map(|o| key(o)).collect();
+                lock(&self.newest).retain(|k, _| listed.contains(k));
                 self.store_ready.send_replace(true);
                 self.kick_where(|_, _| true);
             }
             watcher::Event::Init => {}
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn region_of<'a>(obj: &'a MacieDiscovery, default_region: &'a str) -> &'a str {
@@ -337,6 +405,9 @@ impl DiscoveryController {
             store_ready: watch::channel(false).0,
             trigger: trigger_tx,
             regions: RegionTasks::default(),
+            newest: Newest::default(),
+            #[cfg(test)]
+            manual: None,
             config,
         });
         let memory: Arc<Memory<MacieDiscovery, ()>> = Arc::default();

@@ -210,13 +210,31 @@ pub fn batches(accounts: &[(String, DiscoveryStatus)], size: usize) -> Vec<Vec<(
     accounts.chunks(size.max(1)).map(<[_]>::to_vec).collect()
 }
 
+/// The resources whose declaration is not the newest the watch delivered (`newest`): an older
+/// generation, or another incarnation (a deleted resource of the same name). The cache went back
+/// (a relist from a lagging API server); nothing is decided or sent from it until the newer
+/// copy is back.
+pub fn behind(declared: &[Declared], newest: &BTreeMap<String, TakenIn>) -> Vec<String> {
+    declared
+        .iter()
+        .filter(|d| {
+            newest
+                .get(&d.resource)
+                .is_some_and(|n| n.uid != d.taken.uid || n.generation > d.taken.generation)
+        })
+        .map(|d| d.resource.clone())
+        .collect()
+}
+
 /// The rows of `batch` that the declarations as they are now (`declared`: admitted resources,
 /// without the rows their account's rules refuse) still ask for, with the same status: the
-/// rules decided again right before the write. The other rows are held back (not sent).
+/// rules decided again right before the write, and no other declaration disagreeing (a rule
+/// widened or a resource added meanwhile makes a conflict). The other rows are held back.
 pub fn still_declared(batch: Vec<(String, DiscoveryStatus)>, declared: &[Declared]) -> Vec<(String, DiscoveryStatus)> {
+    let now = desired_set(declared);
     batch
         .into_iter()
-        .filter(|row| declared.iter().any(|d| d.accounts.contains(row)))
+        .filter(|(id, status)| now.wanted.get(id) == Some(status))
         .collect()
 }
 
@@ -756,9 +774,55 @@ mod tests {
                 vec![(b.clone(), D), (c.clone(), E)],
             ),
             ("nothing declared", vec![], vec![]),
+            (
+                "another declaration now disagrees (a rule widened, a resource added)",
+                vec![
+                    decl("ns/x", &[("000000000001", E), ("000000000002", D)]),
+                    decl("ns/y", &[("000000000003", E)]),
+                    decl("ns/z", &[("000000000001", D)]),
+                ],
+                vec![(b.clone(), D), (c.clone(), E)],
+            ),
         ];
         for (what, declared, want) in rows {
             assert_eq!(still_declared(batch.clone(), &declared), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_cache_older_than_the_watch_delivered_is_behind() {
+        let newest = BTreeMap::from([
+            (
+                "ns/a".to_string(),
+                TakenIn {
+                    uid: "uid-ns/a".into(),
+                    generation: 2,
+                },
+            ),
+            (
+                "ns/b".to_string(),
+                TakenIn {
+                    uid: "uid-ns/b".into(),
+                    generation: 1,
+                },
+            ),
+        ]);
+        let older = |r: &str, uid: &str, generation| Declared {
+            taken: TakenIn {
+                uid: uid.into(),
+                generation,
+            },
+            ..decl(r, &[])
+        };
+        // (case, declarations, behind)
+        let rows: [(&str, Vec<Declared>, &[&str]); 4] = [
+            ("the newest", vec![older("ns/a", "uid-ns/a", 2), decl("ns/b", &[])], &[]),
+            ("an older generation", vec![older("ns/a", "uid-ns/a", 1)], &["ns/a"]),
+            ("another incarnation", vec![older("ns/b", "old", 3)], &["ns/b"]),
+            ("not delivered yet (nothing to compare)", vec![decl("ns/c", &[])], &[]),
+        ];
+        for (case, declared, want) in rows {
+            assert_eq!(behind(&declared, &newest), want, "{case}");
         }
     }
 

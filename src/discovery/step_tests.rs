@@ -115,6 +115,8 @@ fn rig_with(clients: MacieClients) -> Rig {
         store_ready: watch::channel(false).0,
         trigger: futures::channel::mpsc::unbounded().0,
         regions: RegionTasks::default(),
+        newest: Newest::default(),
+        manual: None,
     });
     // Unused unless `rig` stands in for the engine.
     let view = watch::channel(Arc::new(View::default())).0;
@@ -370,4 +372,26 @@ async fn a_change_macie_does_not_show_yet_is_not_sent_again() {
     assert!(a.sent.is_some(), "still in flight: {a:?}");
     assert_eq!(e.macie.batches().len(), 1);
     assert_eq!(e.macie.lists(), 2, "the first observation and the confirmation");
+}
+
+#[tokio::test]
+async fn a_first_write_from_a_copy_older_than_the_api_servers_is_held_back() {
+    let mut r = rig();
+    let created = r.create(object("d", None, &[(MEMBER, "ENABLED")]));
+    r.engine_shows(&[(MEMBER, DiscoveryStatus::Enabled)]);
+    // The API server moved on (another process wrote its status) while this new process's
+    // cache, listed from a lagging API server, still holds the created copy.
+    let path = path_of(&object("d", None, &[]), PLURAL);
+    r.kube.edit(&path, |o| o["metadata"]["labels"] = json!({"moved": "on"}));
+    let err = reconcile::reconcile_inner(&created, &r.ctx)
+        .await
+        .expect_err("an older copy is not written from");
+    assert!(format!("{err:?}").contains("older"), "{err:?}");
+    assert!(r.kube.writes().is_empty(), "nothing written");
+    assert!(r.ctx.memory.is_behind(&created), "the read is remembered");
+    // The newer copy is written from (one read only: the next write needs none).
+    let current = r.get("d").unwrap();
+    assert_eq!(r.reconcile(&current).await, Next::AwaitChange);
+    assert_eq!(r.reason("d"), "Converged");
+    assert_eq!(r.kube.status_writes().len(), 1);
 }

@@ -42,6 +42,8 @@ use crate::macie::fake::FakeMacie;
 use crate::runtime::clock::{self, VirtualClock};
 use crate::runtime::fake_kube::{FakeKube, Process, Write, path_of};
 use crate::runtime::gate::WriteGate;
+pub use crate::runtime::sim::Perturb;
+use crate::runtime::sim::Rng;
 
 const REGION: &str = "us-east-1";
 const POLL: Duration = Duration::from_secs(60);
@@ -50,17 +52,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 const SETTLE_LIMIT: usize = 80;
 /// Sweeps (one poll interval apart) every resource gets to converge once perturbations stop.
 const QUIET_ROUNDS: usize = 8;
-
-/// Where the harness injects.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Perturb {
-    /// Crash the process right after its n-th effect (1-based, counted over the run).
-    pub crash_after: BTreeSet<u64>,
-    /// At the n-th reconcile the cache holds the version before the one it held.
-    pub stale: BTreeSet<u64>,
-    /// The n-th watch delivery is dropped.
-    pub dropped: BTreeSet<u64>,
-}
 
 /// A Macie fault, for the next call of its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1128,26 +1119,7 @@ pub fn exhaustive() -> (usize, Vec<String>) {
     let mut failures = Vec::new();
     for s in corpus() {
         let base = run(&s, Perturb::default(), 1);
-        let mut perturbs = Vec::new();
-        for k in 1..=base.effects {
-            perturbs.push(Perturb {
-                crash_after: [k].into(),
-                ..Perturb::default()
-            });
-        }
-        for k in 1..=base.reconciles {
-            perturbs.push(Perturb {
-                stale: [k].into(),
-                ..Perturb::default()
-            });
-        }
-        for k in 1..=base.deliveries {
-            perturbs.push(Perturb {
-                dropped: [k].into(),
-                ..Perturb::default()
-            });
-        }
-        for p in perturbs {
+        for p in Perturb::every_point(base.effects, base.reconciles, base.deliveries) {
             points += 1;
             let r = run(&s, p.clone(), 1);
             if !r.violations.is_empty() {
@@ -1173,34 +1145,6 @@ fn every_injection_point_of_the_corpus_keeps_the_promise() {
         failures.len(),
         failures[0]
     );
-}
-
-/// A seeded generator (xorshift64*): one seed, one schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize].clone()
-    }
 }
 
 /// The schedule of `seed`: a corpus scenario with random operations inserted (faults, spec
@@ -1234,18 +1178,7 @@ pub fn schedule(seed: u64) -> (Scenario, Perturb) {
         let at = rng.below(s.ops.len() as u64 + 1) as usize;
         s.ops.insert(at, rng.pick(&extra));
     }
-    let mut p = Perturb::default();
-    for _ in 0..rng.below(3) {
-        p.crash_after.insert(1 + rng.below(40));
-    }
-    for k in 1..=60 {
-        if rng.chance(8) {
-            p.stale.insert(k);
-        }
-        if rng.chance(8) {
-            p.dropped.insert(k);
-        }
-    }
+    let p = Perturb::random(&mut rng, 40, 60, 8);
     (s, p)
 }
 

@@ -12,6 +12,8 @@ pub mod metrics;
 pub mod metrics_auth;
 pub mod regions;
 pub mod serve;
+#[cfg(test)]
+pub mod sim;
 pub mod status;
 pub mod tls;
 
