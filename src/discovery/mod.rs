@@ -138,6 +138,28 @@ pub struct Engines {
 }
 
 impl Engines {
+    /// The engines of one controller, none running yet.
+    fn new(
+        clients: Arc<MacieClients>,
+        tenancy: Arc<Tenancy>,
+        config: Config,
+        store: Store<MacieDiscovery>,
+        trigger: Trigger,
+    ) -> Engines {
+        Engines {
+            clients,
+            tenancy,
+            config,
+            store,
+            store_ready: watch::channel(false).0,
+            trigger,
+            regions: RegionTasks::default(),
+            newest: Newest::default(),
+            #[cfg(test)]
+            manual: None,
+        }
+    }
+
     fn region_of<'a>(&'a self, obj: &'a MacieDiscovery) -> &'a str {
         region_of(obj, &self.config.default_region)
     }
@@ -398,18 +420,13 @@ impl DiscoveryController {
         let (store, writer) = reflector::store();
         let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
         let recorder = Recorder::new(client.clone(), MANAGER, config.instance.clone());
-        let engines = Arc::new(Engines {
+        let engines = Arc::new(Engines::new(
             clients,
-            tenancy: tenancy.clone(),
-            store: store.clone(),
-            store_ready: watch::channel(false).0,
-            trigger: trigger_tx,
-            regions: RegionTasks::default(),
-            newest: Newest::default(),
-            #[cfg(test)]
-            manual: None,
+            tenancy.clone(),
             config,
-        });
+            store.clone(),
+            trigger_tx,
+        ));
         let memory: Arc<Memory<MacieDiscovery, ()>> = Arc::default();
         let (e, m, s) = (engines.clone(), memory.clone(), store.clone());
         // The MacieAccount controller counts each account's users from this cache.

@@ -469,15 +469,8 @@ fn start(shared: &Arc<Shared>, id: u64) -> Operator {
     };
     let tenancy = lock(&shared.fed).tenancy.clone();
     let engines = Arc::new(Engines {
-        clients,
-        tenancy,
-        config,
-        store,
-        store_ready: watch::channel(false).0,
-        trigger,
-        regions: RegionTasks::default(),
-        newest: Newest::default(),
         manual: Some(Mutex::default()),
+        ..Engines::new(clients, tenancy, config, store, trigger)
     });
     let ctx = Context {
         recorder: Recorder::new(client.clone(), MANAGER, None),
@@ -1144,20 +1137,7 @@ pub fn exhaustive() -> (usize, Vec<String>) {
 fn every_injection_point_of_the_corpus_keeps_the_promise() {
     let t = std::time::Instant::now();
     let (points, failures) = exhaustive();
-    for f in failures.iter().take(20) {
-        println!("{f}");
-    }
-    println!(
-        "sim: {points} injection points, {} violations, {:?}",
-        failures.len(),
-        t.elapsed()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {points} failed; first: {}",
-        failures.len(),
-        failures[0]
-    );
+    crate::runtime::sim::assert_kept(points as u64, "injection points", &failures, t.elapsed());
 }
 
 /// The schedule of `seed`: a corpus scenario with random operations inserted (faults, spec
@@ -1198,68 +1178,43 @@ pub fn schedule(seed: u64) -> (Scenario, Perturb) {
     (s, p)
 }
 
-/// Runs the schedules of seeds `from..to` on `threads` threads: (schedules, failures).
-pub fn random(from: u64, to: u64, threads: u64) -> (u64, Vec<String>) {
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for t in 0..threads {
-            let failures = &failures;
-            scope.spawn(move || {
-                for seed in (from + t..to).step_by(threads as usize) {
-                    let (s, p) = schedule(seed);
-                    let r = run(&s, p.clone(), seed);
-                    if !r.violations.is_empty() {
-                        lock(failures).push(format!(
-                            "seed {seed} (replay: SIM_SEED={seed} cargo test --lib discovery::sim::random): {:?}\nscenario {} ops {:?} under {p:?}",
-                            r.violations, s.name, s.ops
-                        ));
-                    }
-                }
-            });
-        }
-    });
-    (to - from, failures.into_inner().unwrap_or_default())
+/// The schedule of `seed` run; its violations with the seed and schedule, if any.
+pub fn check(seed: u64) -> Option<String> {
+    let (s, p) = schedule(seed);
+    let r = run(&s, p.clone(), seed);
+    (!r.violations.is_empty()).then(|| {
+        format!(
+            "seed {seed} (replay: SIM_SEED={seed} make sim): {:?}\nscenario {} ops {:?} under {p:?}",
+            r.violations, s.name, s.ops
+        )
+    })
 }
 
 /// `SIM_SEED` replays one schedule; else `SIM_SCHEDULES` random schedules (10,000 unless set).
 #[test]
 fn random_schedules_keep_the_promise() {
     let t = std::time::Instant::now();
-    let (n, failures) = match std::env::var("SIM_SEED").ok().and_then(|s| s.parse::<u64>().ok()) {
-        Some(seed) => {
-            let (s, p) = schedule(seed);
-            println!("sim: seed {seed}: scenario {} ops {:?} under {p:?}", s.name, s.ops);
-            random(seed, seed + 1, 1)
-        }
-        None => {
-            let n = std::env::var("SIM_SCHEDULES")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(10_000);
-            let threads = std::thread::available_parallelism().map_or(1, |p| p.get() as u64);
-            random(0, n, threads)
-        }
-    };
-    for f in failures.iter().take(20) {
-        println!("{f}");
+    let seeds = crate::runtime::sim::seeds_to_run();
+    if seeds.end - seeds.start == 1 {
+        let (s, p) = schedule(seeds.start);
+        println!(
+            "sim: seed {}: scenario {} ops {:?} under {p:?}",
+            seeds.start, s.name, s.ops
+        );
     }
-    println!("sim: {n} schedules, {} violations, {:?}", failures.len(), t.elapsed());
-    assert!(
-        failures.is_empty(),
-        "{} of {n} failed; first: {}",
-        failures.len(),
-        failures[0]
-    );
+    let n = seeds.end - seeds.start;
+    let failures = crate::runtime::sim::run_seeds(seeds, check);
+    crate::runtime::sim::assert_kept(n, "schedules", &failures, t.elapsed());
 }
 
-/// `SIM_TRACE=<scenario>` runs that scenario unperturbed, printing each step.
+/// `SIM_TRACE=<scenario>` runs that scenario of the corpus unperturbed, printing each step
+/// (with `make sim`, any `SIM_TRACE` prints the steps of the schedules run).
 #[test]
 fn trace_one() {
     let Ok(name) = std::env::var("SIM_TRACE") else { return };
-    let s = corpus()
-        .into_iter()
-        .find(|s| s.name == name)
-        .expect("a scenario of the corpus");
+    let Some(s) = corpus().into_iter().find(|s| s.name == name) else {
+        return;
+    };
     let r = run(&s, Perturb::default(), 1);
     println!("{r:#?}");
 }

@@ -107,17 +107,8 @@ fn rig_with(clients: MacieClients) -> Rig {
         namespace: None,
         instance: None,
     };
-    let engines = Arc::new(Engines {
-        clients,
-        tenancy: fed.tenancy.clone(),
-        config,
-        store,
-        store_ready: watch::channel(false).0,
-        trigger: futures::channel::mpsc::unbounded().0,
-        regions: RegionTasks::default(),
-        newest: Newest::default(),
-        manual: None,
-    });
+    let trigger = futures::channel::mpsc::unbounded().0;
+    let engines = Arc::new(Engines::new(clients, fed.tenancy.clone(), config, store, trigger));
     // Unused unless `rig` stands in for the engine.
     let view = watch::channel(Arc::new(View::default())).0;
     let kicks = mpsc::unbounded_channel().1;

@@ -17,7 +17,6 @@ use crate::api::conditions::MESSAGE_MAX;
 use crate::api::macie_discovery::{DiscoveryAccount, MacieDiscoverySpec};
 use crate::api::{DiscoveryStatus, MacieDiscovery};
 use crate::macie::{MacieClients, MacieError, Place};
-use crate::runtime::regions::RegionTasks;
 use DiscoveryStatus::{Disabled as D, Enabled as E};
 
 fn t(s: i64) -> Timestamp {
@@ -200,22 +199,22 @@ fn discovery(region: Option<&str>) -> MacieDiscovery {
 fn engines() -> Engines {
     let fed = Fed::new("default");
     let (store, _writer) = reflector::store::<MacieDiscovery>();
-    Engines {
-        clients: Arc::new(MacieClients::new(aws_config::SdkConfig::builder().build(), None)),
-        tenancy: fed.tenancy.clone(),
-        config: Config {
-            default_region: "ap-south-1".into(),
-            poll_interval: Duration::from_secs(60),
-            batch_window: Duration::from_millis(10),
-            plan: settings(),
-            namespace: None,
-            instance: None,
-        },
+    let clients = Arc::new(MacieClients::new(aws_config::SdkConfig::builder().build(), None));
+    let config = Config {
+        default_region: "ap-south-1".into(),
+        poll_interval: Duration::from_secs(60),
+        batch_window: Duration::from_millis(10),
+        plan: settings(),
+        namespace: None,
+        instance: None,
+    };
+    Engines::new(
+        clients,
+        fed.tenancy.clone(),
+        config,
         store,
-        store_ready: watch::channel(false).0,
-        trigger: futures::channel::mpsc::unbounded().0,
-        regions: RegionTasks::default(),
-    }
+        futures::channel::mpsc::unbounded().0,
+    )
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! What the perturbation harnesses of the controllers share (tests only): where a run injects
-//! (`Perturb`), and the seeded generator their random schedules come from (`Rng`).
+//! (`Perturb`), the seeded generator their random schedules come from (`Rng`), and how a test
+//! runs many schedules and reports them (`run_seeds`, `seeds_to_run`, `assert_kept`).
 
 use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// Where the harness injects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -82,6 +85,54 @@ impl Rng {
     }
 }
 
+/// The seeds a random-schedule test runs: `SIM_SEED=<seed>` replays that one; else seeds
+/// `0..SIM_SCHEDULES` (10,000 unless set). Returns the range.
+pub fn seeds_to_run() -> std::ops::Range<u64> {
+    let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    match var("SIM_SEED") {
+        Some(seed) => seed..seed + 1,
+        None => 0..var("SIM_SCHEDULES").unwrap_or(10_000),
+    }
+}
+
+/// Runs `check` on every seed of `seeds`, spread over the machine's cores; each `Some` is a
+/// failure (its seed and schedule, to print). Failures in seed order.
+pub fn run_seeds(seeds: std::ops::Range<u64>, check: impl Fn(u64) -> Option<String> + Sync) -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(1, |p| p.get() as u64);
+    let threads = threads.min(seeds.end - seeds.start).max(1);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (failures, check, start) = (&failures, &check, seeds.start);
+            scope.spawn(move || {
+                for seed in (start + t..seeds.end).step_by(threads as usize) {
+                    if let Some(f) = check(seed) {
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).push((seed, f));
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    failures.sort_by_key(|(seed, _)| *seed);
+    failures.into_iter().map(|(_, f)| f).collect()
+}
+
+/// Prints a harness's `sim:` line (`sim: <n> <what>, <v> violations, <elapsed>`, which
+/// `make harness` and `make sim` read) and the first failures, then fails the test if any.
+pub fn assert_kept(n: u64, what: &str, failures: &[String], elapsed: Duration) {
+    for f in failures.iter().take(20) {
+        println!("{f}");
+    }
+    println!("sim: {n} {what}, {} violations, {elapsed:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed; first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +154,18 @@ mod tests {
         assert_eq!(draw(5), draw(5));
         assert!((0..50).map(draw).any(|p| p != Perturb::default()));
         assert!(draw(5).crash_after.iter().all(|k| (1..=40).contains(k)));
+    }
+
+    #[test]
+    fn every_seed_runs_once_and_failures_come_in_seed_order() {
+        let ran = Mutex::new(Vec::new());
+        let failures = run_seeds(3..40, |seed| {
+            ran.lock().unwrap().push(seed);
+            (seed % 7 == 0).then(|| format!("seed {seed}"))
+        });
+        let mut ran = ran.into_inner().unwrap();
+        ran.sort_unstable();
+        assert_eq!(ran, (3..40).collect::<Vec<_>>());
+        assert_eq!(failures, ["seed 7", "seed 14", "seed 21", "seed 28", "seed 35"]);
     }
 }
