@@ -14,21 +14,20 @@
 //!   object: a relist from a lagging API server); the next delivery brings the newest again;
 //! - **unobserved states**: the n-th watch delivery is dropped (coalesced into the next).
 //!
-//! `exhaustive` runs every injection point of every scenario; `random` runs seeded schedules
-//! that mix those with Macie faults, spec changes and out-of-band changes. Checked at every
-//! BatchUpdateAutomatedDiscoveryAccounts: the write gate is open, the MacieAccount's discovery
-//! rules allow every row, every row asks what each declaration of the account in the newest
-//! version of the resources the process has seen asks (no account two resources disagree on,
-//! nothing from an older version), and no account is sent the status it already has unless
-//! Macie changed it out of band since the process last observed it, or another process's
-//! change was still hidden from lists then (no repeated write). Checked at every status write:
-//! a condition's transition time moves only with a transition. Checked at the end, once
-//! perturbations stop: every resource reaches Ready or a documented terminal reason within a
-//! bounded number of poll intervals, every account the declarations agree on is in its
-//! desired status, and then nothing more is written.
+//! `exhaustive` runs every injection point of every scenario; `check` runs the seeded schedule
+//! of one seed (`schedule`), one that mixes those with Macie faults, spec changes and
+//! out-of-band changes. Checked at every BatchUpdateAutomatedDiscoveryAccounts: the write gate
+//! is open, the MacieAccount's discovery rules allow every row, every row asks what each
+//! declaration of the account in the newest version of the resources the process has seen asks
+//! (no account two resources disagree on, nothing from an older version), and no account is
+//! sent the status it already has unless Macie changed it out of band since the process last
+//! observed it, or another process's change was still hidden from lists then (no repeated
+//! write). Checked at every status write: a condition's transition time moves only with a
+//! transition. Checked at the end, once perturbations stop: every resource reaches Ready or a
+//! documented terminal reason within a bounded number of poll intervals, every account the
+//! declarations agree on is in its desired status, and then nothing more is written.
 //!
-//! A failure prints its seed and schedule; `SIM_SEED=<seed> cargo test --lib
-//! discovery::sim::random` replays it.
+//! A failure prints its seed and schedule; `SIM_SEED=<seed> make sim` replays it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1170,22 +1169,26 @@ pub fn schedule(seed: u64) -> (Scenario, Perturb) {
         Settle,
         Handover,
     ];
-    for _ in 0..rng.below(5) {
-        let at = rng.below(s.ops.len() as u64 + 1) as usize;
-        s.ops.insert(at, rng.pick(&extra));
-    }
+    rng.insert_some(&mut s.ops, &extra, 5);
     let p = Perturb::random(&mut rng, 30, 80, 6);
     (s, p)
+}
+
+/// What the schedule of `seed` is (printed with a failure and when a seed is replayed).
+fn describe(seed: u64) -> String {
+    let (s, p) = schedule(seed);
+    format!("scenario {} ops {:?} under {p:?}", s.name, s.ops)
 }
 
 /// The schedule of `seed` run; its violations with the seed and schedule, if any.
 pub fn check(seed: u64) -> Option<String> {
     let (s, p) = schedule(seed);
-    let r = run(&s, p.clone(), seed);
+    let r = run(&s, p, seed);
     (!r.violations.is_empty()).then(|| {
         format!(
-            "seed {seed} (replay: SIM_SEED={seed} make sim): {:?}\nscenario {} ops {:?} under {p:?}",
-            r.violations, s.name, s.ops
+            "seed {seed} (replay: SIM_SEED={seed} make sim): {:?}\n{}",
+            r.violations,
+            describe(seed)
         )
     })
 }
@@ -1193,18 +1196,7 @@ pub fn check(seed: u64) -> Option<String> {
 /// `SIM_SEED` replays one schedule; else `SIM_SCHEDULES` random schedules (10,000 unless set).
 #[test]
 fn random_schedules_keep_the_promise() {
-    let t = std::time::Instant::now();
-    let seeds = crate::runtime::sim::seeds_to_run();
-    if seeds.end - seeds.start == 1 {
-        let (s, p) = schedule(seeds.start);
-        println!(
-            "sim: seed {}: scenario {} ops {:?} under {p:?}",
-            seeds.start, s.name, s.ops
-        );
-    }
-    let n = seeds.end - seeds.start;
-    let failures = crate::runtime::sim::run_seeds(seeds, check);
-    crate::runtime::sim::assert_kept(n, "schedules", &failures, t.elapsed());
+    crate::runtime::sim::random_schedules(describe, check);
 }
 
 /// `SIM_TRACE=<scenario>` runs that scenario of the corpus unperturbed, printing each step

@@ -11,7 +11,7 @@ pub use crate::api::conditions::{ALL_REASONS, Announce, Reason};
 use crate::api::conditions::{Phase, Summary};
 use crate::api::macie_job::ObservedJob;
 use crate::macie::MacieError;
-use crate::macie::jobs::Unread;
+use crate::macie::jobs::{SWEEP_FAILURES_REPORTED, Unread};
 
 /// A Macie job status as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,10 +101,6 @@ pub enum Observation<'a> {
     /// done to it until a read answers.
     Unread(&'a Unread),
 }
-
-/// Sweeps that must fail in a row before the resources of the region say so: one failed sweep
-/// (a page that failed after its retries) leaves every resource's condition as it was.
-pub const SWEEP_FAILURES_REPORTED: u32 = 3;
 
 /// The step: the last UpdateClassificationJob call of a resource, for as long as it decides
 /// what the resource may do next. One type for the in-memory record, the write-ahead status

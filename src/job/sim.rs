@@ -11,13 +11,14 @@
 //!   before the one it held (the next delivery brings the newest again);
 //! - **unobserved states**: the n-th watch delivery is dropped (coalesced into the next).
 //!
-//! `exhaustive` runs every injection point of every scenario; `random` runs seeded schedules
-//! that mix those with Macie faults, spec flips and out-of-band changes. Checked at every AWS
-//! write: the write gate is open, the MacieAccount's rules allow it, its write-ahead record is
-//! stored, an UpdateClassificationJob is valid for the job's status (unless Macie changed it
-//! after the last sweep started), a create never makes a second job of a name. Checked at the
-//! end, once perturbations stop: every resource reaches Ready or a documented terminal reason
-//! within a bounded number of sweeps, and then makes no write at all.
+//! `exhaustive` runs every injection point of every scenario; `check` runs the seeded schedule
+//! of one seed (`schedule`), one that mixes those with Macie faults, spec flips and out-of-band
+//! changes. Checked at every AWS write: the write gate is open, the MacieAccount's rules allow
+//! it, its write-ahead record is stored, an UpdateClassificationJob is valid for the job's
+//! status (unless Macie changed it after the last sweep started), a create never makes a second
+//! job of a name. Checked at the end, once perturbations stop: every resource reaches Ready or
+//! a documented terminal reason within a bounded number of sweeps, and then makes no write at
+//! all.
 //!
 //! A failure prints its seed and schedule; `SIM_SEED=<seed> make sim` replays it.
 
@@ -1164,22 +1165,26 @@ pub fn schedule(seed: u64) -> (Scenario, Perturb) {
         Settle,
         Handover,
     ];
-    for _ in 0..rng.below(5) {
-        let at = rng.below(s.ops.len() as u64 + 1) as usize;
-        s.ops.insert(at, rng.pick(&extra));
-    }
+    rng.insert_some(&mut s.ops, &extra, 5);
     let p = Perturb::random(&mut rng, 40, 60, 8);
     (s, p)
+}
+
+/// What the schedule of `seed` is (printed with a failure and when a seed is replayed).
+fn describe(seed: u64) -> String {
+    let (s, p) = schedule(seed);
+    format!("scenario {} ops {:?} under {p:?}", s.name, s.ops)
 }
 
 /// The schedule of `seed` run; its violations with the seed and schedule, if any.
 pub fn check(seed: u64) -> Option<String> {
     let (s, p) = schedule(seed);
-    let r = run(&s, p.clone(), seed);
+    let r = run(&s, p, seed);
     (!r.violations.is_empty()).then(|| {
         format!(
-            "seed {seed} (replay: SIM_SEED={seed} make sim): {:?}\nscenario {} ops {:?} under {p:?}",
-            r.violations, s.name, s.ops
+            "seed {seed} (replay: SIM_SEED={seed} make sim): {:?}\n{}",
+            r.violations,
+            describe(seed)
         )
     })
 }
@@ -1187,18 +1192,7 @@ pub fn check(seed: u64) -> Option<String> {
 /// `SIM_SEED` replays one schedule; else `SIM_SCHEDULES` random schedules (10,000 unless set).
 #[test]
 fn random_schedules_keep_the_promise() {
-    let t = std::time::Instant::now();
-    let seeds = crate::runtime::sim::seeds_to_run();
-    if seeds.end - seeds.start == 1 {
-        let (s, p) = schedule(seeds.start);
-        println!(
-            "sim: seed {}: scenario {} ops {:?} under {p:?}",
-            seeds.start, s.name, s.ops
-        );
-    }
-    let n = seeds.end - seeds.start;
-    let failures = crate::runtime::sim::run_seeds(seeds, check);
-    crate::runtime::sim::assert_kept(n, "schedules", &failures, t.elapsed());
+    crate::runtime::sim::random_schedules(describe, check);
 }
 
 /// `SIM_TRACE=<scenario>` runs that scenario of the corpus unperturbed, printing each step

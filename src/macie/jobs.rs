@@ -20,6 +20,10 @@ use crate::runtime::regions::RegionTasks;
 /// each response small while an account with 1,000 jobs costs 10 calls per sweep.
 pub const DEFAULT_PAGE_SIZE: i32 = 100;
 
+/// Sweeps that must fail in a row before the resources of the place say so: one failed sweep
+/// (a page that failed after its retries) leaves every resource's condition as it was.
+pub const SWEEP_FAILURES_REPORTED: u32 = 3;
+
 /// All jobs of a place as one sweep saw them.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -619,7 +623,7 @@ struct Sweeper {
 /// Which resources a failed sweep affects: none until the failures are reported (the
 /// resources keep their conditions), all when they start to be.
 pub fn changes_after_failure(failures: u32) -> Changes {
-    if failures == crate::job::plan::SWEEP_FAILURES_REPORTED {
+    if failures == SWEEP_FAILURES_REPORTED {
         Changes::All
     } else {
         Changes::Jobs {
@@ -695,7 +699,7 @@ async fn take_sweep(sweeper: &Sweeper, history: &mut History, prev: &RegionView)
             let counts: Vec<(String, i64)> = by_status.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
             metrics.set_jobs(place, &counts);
             let snap = Snapshot::of(started_at, swept);
-            let reported = prev.failures >= crate::job::plan::SWEEP_FAILURES_REPORTED;
+            let reported = prev.failures >= SWEEP_FAILURES_REPORTED;
             let changes = match &prev.snapshot {
                 Some(old) if !reported => diff(old, &snap),
                 _ => Changes::All,
@@ -709,7 +713,7 @@ async fn take_sweep(sweeper: &Sweeper, history: &mut History, prev: &RegionView)
         Err(e) => {
             next.failures = prev.failures + 1;
             // One log line per failure streak (and one when it starts to be reported).
-            if next.failures == 1 || next.failures == crate::job::plan::SWEEP_FAILURES_REPORTED {
+            if next.failures == 1 || next.failures == SWEEP_FAILURES_REPORTED {
                 tracing::warn!(%place, error = %e, failures = next.failures, "ListClassificationJobs sweep failed");
             } else {
                 tracing::debug!(%place, error = %e, failures = next.failures, "ListClassificationJobs sweep failed again");

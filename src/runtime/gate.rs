@@ -1,5 +1,5 @@
-//! The write gate: whether this process may make Macie writes (UpdateClassificationJob,
-//! BatchUpdateAutomatedDiscoveryAccounts) right now.
+//! The write gate: whether this process may make Macie writes (CreateClassificationJob,
+//! UpdateClassificationJob, BatchUpdateAutomatedDiscoveryAccounts) right now.
 //!
 //! Without leader election the gate is always open. With it, the gate is open only until the
 //! deadline the last successful lease renewal earned (renew deadline, which is shorter than the

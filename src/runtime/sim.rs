@@ -1,6 +1,6 @@
 //! What the perturbation harnesses of the controllers share (tests only): where a run injects
 //! (`Perturb`), the seeded generator their random schedules come from (`Rng`), and how a test
-//! runs many schedules and reports them (`run_seeds`, `seeds_to_run`, `assert_kept`).
+//! runs many schedules and reports them (`random_schedules`, `assert_kept`).
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -83,11 +83,19 @@ impl Rng {
     pub fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len() as u64) as usize].clone()
     }
+
+    /// Inserts fewer than `most` operations picked from `extra` at random places of `ops`.
+    pub fn insert_some<T: Clone>(&mut self, ops: &mut Vec<T>, extra: &[T], most: u64) {
+        for _ in 0..self.below(most) {
+            let at = self.below(ops.len() as u64 + 1) as usize;
+            ops.insert(at, self.pick(extra));
+        }
+    }
 }
 
 /// The seeds a random-schedule test runs: `SIM_SEED=<seed>` replays that one; else seeds
 /// `0..SIM_SCHEDULES` (10,000 unless set). Returns the range.
-pub fn seeds_to_run() -> std::ops::Range<u64> {
+fn seeds_to_run() -> std::ops::Range<u64> {
     let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
     match var("SIM_SEED") {
         Some(seed) => seed..seed + 1,
@@ -97,7 +105,7 @@ pub fn seeds_to_run() -> std::ops::Range<u64> {
 
 /// Runs `check` on every seed of `seeds`, spread over the machine's cores; each `Some` is a
 /// failure (its seed and schedule, to print). Failures in seed order.
-pub fn run_seeds(seeds: std::ops::Range<u64>, check: impl Fn(u64) -> Option<String> + Sync) -> Vec<String> {
+fn run_seeds(seeds: std::ops::Range<u64>, check: impl Fn(u64) -> Option<String> + Sync) -> Vec<String> {
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get() as u64);
     let threads = threads.min(seeds.end - seeds.start).max(1);
     let failures = Mutex::new(Vec::new());
@@ -116,6 +124,19 @@ pub fn run_seeds(seeds: std::ops::Range<u64>, check: impl Fn(u64) -> Option<Stri
     let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     failures.sort_by_key(|(seed, _)| *seed);
     failures.into_iter().map(|(_, f)| f).collect()
+}
+
+/// The random-schedule test of a harness: `SIM_SEED=<seed>` replays that schedule (`describe`
+/// says what it is), else `SIM_SCHEDULES` of them (10,000 unless set); `check` runs one.
+pub fn random_schedules(describe: impl Fn(u64) -> String, check: impl Fn(u64) -> Option<String> + Sync) {
+    let t = std::time::Instant::now();
+    let seeds = seeds_to_run();
+    if seeds.end - seeds.start == 1 {
+        println!("sim: seed {}: {}", seeds.start, describe(seeds.start));
+    }
+    let n = seeds.end - seeds.start;
+    let failures = run_seeds(seeds, check);
+    assert_kept(n, "schedules", &failures, t.elapsed());
 }
 
 /// Prints a harness's `sim:` line (`sim: <n> <what>, <v> violations, <elapsed>`, which
