@@ -11,14 +11,14 @@
 //!   before the one it held (the next delivery brings the newest again);
 //! - **unobserved states**: the n-th watch delivery is dropped (coalesced into the next).
 //!
-//! `exhaustive` runs every injection point of every scenario; `check` runs the seeded schedule
-//! of one seed (`schedule`), one that mixes those with Macie faults, spec flips and out-of-band
-//! changes. Checked at every AWS write: the write gate is open, the MacieAccount's rules allow
-//! it, its write-ahead record is stored, an UpdateClassificationJob is valid for the job's
-//! status (unless Macie changed it after the last sweep started), a create never makes a second
-//! job of a name. Checked at the end, once perturbations stop: every resource reaches Ready or
-//! a documented terminal reason within a bounded number of sweeps, and then makes no write at
-//! all.
+//! The injection-point test runs every injection point of every scenario; `check` runs the
+//! seeded schedule of one seed (`schedule`), one that mixes those with Macie faults, spec flips
+//! and out-of-band changes. Checked at every AWS write: the write gate is open, the
+//! MacieAccount's rules allow it, its write-ahead record is stored, an UpdateClassificationJob
+//! is valid for the job's status (unless Macie changed it after the last sweep started), a
+//! create never makes a second job of a name. Checked at the end, once perturbations stop:
+//! every resource reaches Ready or a documented terminal reason within a bounded number of
+//! sweeps, and then makes no write at all.
 //!
 //! A failure prints its seed and schedule; `SIM_SEED=<seed> make sim` replays it.
 
@@ -1114,28 +1114,18 @@ fn the_corpus_converges_unperturbed() {
 }
 
 /// Every injection point of every scenario: a crash after each effect, a stale copy at each
-/// reconcile, a dropped delivery at each delivery. Returns (points, failures).
-pub fn exhaustive() -> (usize, Vec<String>) {
-    let mut points = 0;
-    let mut failures = Vec::new();
-    for s in corpus() {
-        let base = run(&s, Perturb::default(), 1);
-        for p in Perturb::every_point(base.effects, base.reconciles, base.deliveries) {
-            points += 1;
-            let r = run(&s, p.clone(), 1);
-            if !r.violations.is_empty() {
-                failures.push(format!("scenario {} under {p:?}: {:#?}", s.name, r.violations));
-            }
-        }
-    }
-    (points, failures)
-}
-
+/// step, a dropped delivery at each delivery.
 #[test]
 fn every_injection_point_of_the_corpus_keeps_the_promise() {
-    let t = std::time::Instant::now();
-    let (points, failures) = exhaustive();
-    crate::runtime::sim::assert_kept(points as u64, "injection points", &failures, t.elapsed());
+    crate::runtime::sim::every_point_of(
+        &corpus(),
+        |s| s.name,
+        |s| {
+            let base = run(s, Perturb::default(), 1);
+            (base.effects, base.reconciles, base.deliveries)
+        },
+        |s, p| run(s, p.clone(), 1).violations,
+    );
 }
 
 /// The schedule of `seed`: a corpus scenario with random operations inserted (faults, spec

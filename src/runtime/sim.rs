@@ -1,6 +1,6 @@
 //! What the perturbation harnesses of the controllers share (tests only): where a run injects
 //! (`Perturb`), the seeded generator their random schedules come from (`Rng`), and how a test
-//! runs many schedules and reports them (`random_schedules`, `assert_kept`).
+//! runs many schedules and reports them (`every_point_of`, `random_schedules`).
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -126,6 +126,31 @@ fn run_seeds(seeds: std::ops::Range<u64>, check: impl Fn(u64) -> Option<String> 
     failures.into_iter().map(|(_, f)| f).collect()
 }
 
+/// The injection-point test of a harness: every single injection point (`Perturb::every_point`)
+/// of every scenario of `corpus`. `counts` runs a scenario unperturbed and says how many
+/// effects, steps and deliveries it made; `violations` runs it under one perturbation.
+pub fn every_point_of<S>(
+    corpus: &[S],
+    name: impl Fn(&S) -> &str,
+    counts: impl Fn(&S) -> (u64, u64, u64),
+    violations: impl Fn(&S, &Perturb) -> Vec<String>,
+) {
+    let t = std::time::Instant::now();
+    let mut points = 0;
+    let mut failures = Vec::new();
+    for s in corpus {
+        let (effects, steps, deliveries) = counts(s);
+        for p in Perturb::every_point(effects, steps, deliveries) {
+            points += 1;
+            let v = violations(s, &p);
+            if !v.is_empty() {
+                failures.push(format!("scenario {} under {p:?}: {v:#?}", name(s)));
+            }
+        }
+    }
+    assert_kept(points, "injection points", &failures, t.elapsed());
+}
+
 /// The random-schedule test of a harness: `SIM_SEED=<seed>` replays that schedule (`describe`
 /// says what it is), else `SIM_SCHEDULES` of them (10,000 unless set); `check` runs one.
 pub fn random_schedules(describe: impl Fn(u64) -> String, check: impl Fn(u64) -> Option<String> + Sync) {
@@ -141,7 +166,7 @@ pub fn random_schedules(describe: impl Fn(u64) -> String, check: impl Fn(u64) ->
 
 /// Prints a harness's `sim:` line (`sim: <n> <what>, <v> violations, <elapsed>`, which
 /// `make harness` and `make sim` read) and the first failures, then fails the test if any.
-pub fn assert_kept(n: u64, what: &str, failures: &[String], elapsed: Duration) {
+fn assert_kept(n: u64, what: &str, failures: &[String], elapsed: Duration) {
     for f in failures.iter().take(20) {
         println!("{f}");
     }
