@@ -452,6 +452,20 @@ const ERROR_CODES_MAX: usize = 32;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_conflict_names_ten_resources_then_counts_the_rest() {
+        let names = |n: usize| (0..n).map(|i| format!("r{i}")).collect::<Vec<_>>();
+        assert_eq!(
+            name_some(names(10).iter()),
+            names(10).join(", "),
+            "ten: all named, no count"
+        );
+        assert_eq!(
+            name_some(names(12).iter()),
+            format!("{}, and 2 more", names(10).join(", "))
+        );
+    }
     use super::*;
     use crate::api::conditions::Phase;
     use DiscoveryStatus::{Disabled as D, Enabled as E};

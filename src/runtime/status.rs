@@ -267,6 +267,18 @@ mod tests {
     }
 
     #[test]
+    fn a_macie_account_shows_what_its_conditions_say() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let s = Summary::new(Phase::Stalled, "AccessDenied", "the role cannot be assumed");
+        let account = crate::api::MacieAccountStatus {
+            conditions: conditions::conditions(&s, Some(1), &[], now),
+            ..Default::default()
+        };
+        assert_eq!(shown(&account).condition, Some((STALLED, "AccessDenied")));
+        assert_eq!(shown(&crate::api::MacieAccountStatus::default()).condition, None);
+    }
+
+    #[test]
     fn an_event_when_the_ready_reason_changes() {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let pending = status(&Summary::new(Phase::Reconciling, "Pending", "0 of 1"), now);
