@@ -718,6 +718,7 @@ async fn creates_wait_their_turn_and_a_throttled_create_is_not_a_failure() {
         message: "Rate exceeded".into(),
     }));
     let mut r = creating_rig(macie.clone());
+    r.ctx.queue = Arc::new(Mutex::new(CreateQueue::new(0.1)));
     r.create(object("m", definition("scan", "RUNNING")));
     r.sweeps(1).await;
     r.reconcile("m", 1).await;
@@ -731,6 +732,9 @@ async fn creates_wait_their_turn_and_a_throttled_create_is_not_a_failure() {
     );
     let rec = r.get("m").unwrap().status.unwrap().creation.unwrap();
     assert_eq!(rec.outcome, CreationOutcome::NotProcessed);
+    // Back in line after two create intervals (10 s each at this rate).
+    let wait = rec.retry_at.expect("a retry time").0.as_second() - rec.requested_at.0.as_second();
+    assert!((19..=21).contains(&wait), "retry after {wait} s");
     // Reconciles before its retry time send nothing.
     r.reconcile("m", 3).await;
     assert_eq!(macie.creates().len(), 1);
