@@ -454,6 +454,18 @@ const ERROR_CODES_MAX: usize = 32;
 mod tests {
 
     #[test]
+    fn an_api_error_says_what_macie_said_or_its_code() {
+        let hour = Duration::from_secs(3600);
+        let said = explain("ValidationException", "accountIds is too long", hour);
+        assert!(
+            said.contains("failed: accountIds is too long (retried every 1h)"),
+            "{said}"
+        );
+        let silent = explain("InternalServerException", "", hour);
+        assert!(silent.contains("failed with InternalServerException"), "{silent}");
+    }
+
+    #[test]
     fn a_conflict_names_ten_resources_then_counts_the_rest() {
         let names = |n: usize| (0..n).map(|i| format!("r{i}")).collect::<Vec<_>>();
         assert_eq!(

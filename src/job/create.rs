@@ -605,6 +605,25 @@ mod tests {
     }
 
     #[test]
+    fn a_throttled_create_keeps_everyone_else_in_line() {
+        let mut q: CreateQueue<&str, &str> = CreateQueue::new(1.0);
+        let t0 = Instant::now();
+        assert_eq!(q.ticket(&"east", &"a", t0), Ticket::Go);
+        for who in ["b", "c"] {
+            assert!(matches!(q.ticket(&"east", &who, t0), Ticket::Wait { .. }));
+        }
+        q.throttled(&"east", &"a", t0, Duration::from_secs(5));
+        assert_eq!(q.waiting(), 3, "a first again, b and c behind it");
+        assert_eq!(
+            q.ticket(&"east", &"c", t0),
+            Ticket::Wait {
+                position: 3,
+                at: t0 + Duration::from_secs(7)
+            }
+        );
+    }
+
+    #[test]
     fn a_throttled_create_goes_first_again_after_its_backoff() {
         let mut q: CreateQueue<&str, &str> = CreateQueue::new(1.0);
         let t0 = Instant::now();

@@ -189,8 +189,10 @@ mod tests {
         let Ownership::Conflict { message } = ownership(&me, &[other.clone(), foreign.clone()]) else {
             panic!("conflict")
         };
-        assert!(message.contains("other (RUNNING)"), "{message}");
-        assert!(message.contains("1 in other namespaces"), "{message}");
+        assert!(
+            message.contains(": other (RUNNING) and 1 in other namespaces;"),
+            "{message}"
+        );
         assert!(!message.contains("secret-name"), "{message}");
         assert!(matches!(
             ownership(&other, std::slice::from_ref(&me)),
@@ -200,6 +202,7 @@ mod tests {
             panic!("conflict")
         };
         assert!(!message.contains("mine"), "{message}");
+        assert!(message.contains("same job: 1 in other namespaces;"), "{message}");
     }
 
     #[test]

@@ -542,6 +542,14 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_call_in_flight_says_which_transition_it_waits_to_see() {
+        assert_eq!(
+            transitioning("RUNNING", DesiredJobStatus::UserPaused),
+            "UpdateClassificationJob RUNNING -> USER_PAUSED requested; waiting for a sweep to show it"
+        );
+    }
+
+    #[test]
     fn the_status_shows_a_sweep_only_when_it_settles_the_step_in_flight() {
         let (before, after) = (job("RUNNING"), job("USER_PAUSED"));
         let e = err("InternalServerException");

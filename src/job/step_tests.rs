@@ -281,6 +281,9 @@ async fn a_converged_step_is_recorded_and_then_nothing_is_written() {
         "a converged resource is not written again"
     );
     assert_eq!(r.macie.updates().len(), 1);
+    // Nothing to poll for: the next sweep or edit wakes it.
+    let o = r.get("m").unwrap();
+    assert_eq!(reconcile::reconcile_inner(&o, &r.ctx).await.unwrap(), Next::AwaitChange);
 }
 
 /// A MacieJob whose pause was written ahead and called once, and the object as it was created

@@ -68,6 +68,12 @@ fn a_place_reads_what_its_admitted_resources_name_and_nothing_for_a_refused_one(
     ] {
         writer.apply_watcher_event(&watcher::Event::Apply(o));
     }
+    let in_use = in_use_by(store.clone(), fed.tenancy.clone(), "us-east-1".into());
+    assert!(
+        in_use(&Place::new("default", "us-east-1")),
+        "admitted resources use the place"
+    );
+    assert!(!in_use(&Place::new("default", "eu-west-1")), "a refused one uses none");
     let wanted = wanted_by(store, fed.tenancy.clone(), "us-east-1".into());
     let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
     assert_eq!(
