@@ -730,6 +730,10 @@ mod tests {
             from: Some(D),
             at: t(5),
         };
+        // An observation that started with the send cannot show it, whatever it shows.
+        let mut st = observed(Some(E), 5);
+        st.sent = Some(sent.clone());
+        assert_eq!(settled(&st, &settings()), Some(Settled::InFlight));
         let mut st = observed(Some(D), 6);
         st.sent = Some(sent.clone());
         settle(&mut st, &settings());

@@ -555,6 +555,21 @@ async fn a_refused_deletion_cancel_releases_the_finalizer_without_a_call() {
 }
 
 #[tokio::test]
+async fn a_deleted_definition_with_nothing_created_is_released_without_a_call() {
+    let macie = Arc::new(FakeMacie::default());
+    let mut r = creating_rig(macie.clone());
+    let mut obj = object("m", definition("scan", "CANCELLED"));
+    obj["spec"]["deletionPolicy"] = json!("Cancel");
+    obj["metadata"]["finalizers"] = json!([FINALIZER]);
+    obj["metadata"]["deletionTimestamp"] = json!("2026-01-02T00:00:00Z");
+    r.create(obj);
+    r.sweeps(1).await;
+    r.reconcile("m", 2).await;
+    assert!(r.get("m").is_none(), "released: the deletion completes");
+    assert!(macie.creates().is_empty() && macie.updates().is_empty(), "no call");
+}
+
+#[tokio::test]
 async fn an_account_without_working_credentials_holds_a_cancel_deletion() {
     let macie = Arc::new(FakeMacie::default());
     macie.put(REGION, "j1", "n", "RUNNING");
