@@ -401,15 +401,13 @@ async fn chart_rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
         "namespaces list",
         "namespaces watch",
     ];
-    // The namespaced kinds, where they are watched: get on both (the one read before a process's
-    // first status write to a resource), no patch on MacieDiscoveries.
+    // The namespaced kinds, where they are watched: no get (nothing is read outside the watch),
+    // no patch on MacieDiscoveries.
     let kinds: &[&str] = &[
-        "maciejobs.macie.kubeops.dev get",
         "maciejobs.macie.kubeops.dev list",
         "maciejobs.macie.kubeops.dev watch",
         "maciejobs.macie.kubeops.dev patch",
         "maciejobs.macie.kubeops.dev/status patch",
-        "maciediscoveries.macie.kubeops.dev get",
         "maciediscoveries.macie.kubeops.dev list",
         "maciediscoveries.macie.kubeops.dev watch",
         "maciediscoveries.macie.kubeops.dev/status patch",

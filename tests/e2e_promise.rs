@@ -586,3 +586,55 @@ async fn sigkill_right_after_cancel_calls_of_deleted_resources_then_restart() ->
     assert_eq!(accepted_updates(&emu), 20, "one cancel per job across the SIGKILL");
     Ok(())
 }
+
+/// What the first status write of a process relies on, against the real API server: a
+/// server-side apply of the status that names the resourceVersion of the copy it was built from
+/// is refused (409) once the object has moved on, writes nothing and sends no Warning Event;
+/// named with the current version, it is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_made_against_an_older_copy_is_refused() -> Result<()> {
+    use macie_operator::api::conditions::{Phase, Summary};
+    use macie_operator::api::{MacieJobStatus, conditions};
+    use macie_operator::runtime::{events::Recorder, metrics::Metrics, status};
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = namespace(&client, "precondition").await?;
+    let api: Api<MacieJob> = Api::namespaced(client.clone(), &ns);
+    let obj: MacieJob = serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieJob",
+        "metadata": {"name": "m"}, "spec": {"jobId": "0123456789abcdef0123456789abcdef", "jobStatus": "RUNNING"},
+    }))?;
+    let older = api.create(&Default::default(), &obj).await?;
+    let label = json!({"metadata": {"labels": {"moved": "on"}}});
+    api.patch("m", &PatchParams::default(), &Patch::Merge(&label)).await?;
+    let (recorder, metrics) = (Recorder::new(client.clone(), "test", None), Metrics::new());
+    let summary = Summary::new(Phase::Ready, "Converged", "as declared");
+    let new = MacieJobStatus {
+        observed_generation: Some(1),
+        conditions: conditions::conditions(&summary, Some(1), &[], k8s_openapi::jiff::Timestamp::now()),
+        ..Default::default()
+    };
+    let writer = |precondition| status::Writer {
+        api: &api,
+        recorder: &recorder,
+        metrics: &metrics,
+        precondition,
+    };
+    let refused = status::write(writer(older.metadata.resource_version.clone()), &older, None, &new).await;
+    match refused {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 409, "{s:?}"),
+        other => panic!("an older copy's write was not refused: {other:?}"),
+    }
+    assert!(api.get("m").await?.status.is_none(), "nothing written");
+    assert!(
+        events(&client, &ns).await?.is_empty(),
+        "no Warning Event for a refused precondition"
+    );
+    let current = api.get("m").await?;
+    let written = status::write(writer(current.metadata.resource_version.clone()), &current, None, &new).await?;
+    assert!(
+        written.and_then(|w| w.status).is_some(),
+        "the current copy's write is taken"
+    );
+    Ok(())
+}

@@ -643,6 +643,7 @@ async fn reconcile(obj: Arc<MacieAccount>, ctx: Arc<Context>) -> Result<Action, 
         api: &api,
         recorder: &ctx.recorder,
         metrics: ctx.clients.metrics(),
+        precondition: None,
     };
     if status::write(to, &*obj, obj.status.as_ref(), &status).await?.is_some() {
         lock(&ctx.written).insert(name, Instant::now());

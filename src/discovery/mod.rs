@@ -393,11 +393,16 @@ struct Context {
 }
 
 impl Context {
-    fn status_writer<'a>(&'a self, api: &'a Api<MacieDiscovery>) -> status::Writer<'a, MacieDiscovery> {
+    fn status_writer<'a>(
+        &'a self,
+        api: &'a Api<MacieDiscovery>,
+        precondition: Option<String>,
+    ) -> status::Writer<'a, MacieDiscovery> {
         status::Writer {
             api,
             recorder: &self.recorder,
             metrics: self.engines.clients.metrics(),
+            precondition,
         }
     }
 }

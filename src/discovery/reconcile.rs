@@ -11,13 +11,12 @@
 //! 6. `report`: one status write when something changed.
 //!
 //! Every status write is recorded as this process's own last write, so that step 2 knows it;
-//! before a process's first write to a resource, one read tells whether the copy at hand is
-//! older than the API server's (`read_through_once`).
+//! a process's first write to a resource is made against the copy's resourceVersion, and the
+//! API server refuses it if that copy is older than its own (`Memory::precondition`).
 
 use std::sync::Arc;
 
 use kube::api::Api;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::{Context, View, key, plan, refused_rows};
@@ -173,32 +172,9 @@ impl<'a> Reconcile<'a> {
     /// process's own last write to the resource.
     async fn write(&self, status: &MacieDiscoveryStatus) -> Result<(), Error> {
         let api: Api<MacieDiscovery> = crate::runtime::object_api(self.ctx.client.clone(), self.obj);
-        if status::differs(self.obj.status.as_ref(), status) {
-            self.read_through_once(&api).await?;
-        }
-        if let Some(written) =
-            status::write(self.ctx.status_writer(&api), self.obj, self.obj.status.as_ref(), status).await?
-        {
+        let to = self.ctx.status_writer(&api, self.ctx.memory.precondition(self.obj));
+        if let Some(written) = status::write(to, self.obj, self.obj.status.as_ref(), status).await? {
             self.ctx.memory.wrote(&written);
-        }
-        Ok(())
-    }
-
-    /// Before this process's first write to the resource, one read tells whether the copy at
-    /// hand is the newest (after a start, the cache may come from a list served by a lagging
-    /// API server, and nothing this process wrote tells it so): an older copy is a conflict,
-    /// retried once the cache has caught up.
-    async fn read_through_once(&self, api: &Api<MacieDiscovery>) -> Result<(), Error> {
-        let oref = ObjectRef::from_obj(self.obj);
-        if self.ctx.memory.read(&oref, |e| e.written).flatten().is_some() {
-            return Ok(());
-        }
-        let fresh = api.get(&self.obj.name_any()).await?;
-        self.ctx.memory.wrote(&fresh);
-        if self.ctx.memory.is_behind(self.obj) {
-            let stale =
-                kube::core::Status::failure("the cached copy is older than the one the API server holds", "Conflict");
-            return Err(Error::Kube(kube::Error::Api(stale.with_code(409).boxed())));
         }
         Ok(())
     }

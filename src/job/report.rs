@@ -70,40 +70,22 @@ pub(super) async fn write_status(
         last_transition,
         creation,
     };
-    if status::differs(Some(prev), &status) {
-        if let Some(t) = snapshot_at {
-            status.last_sync_time = Some(status::api_time(t));
-        }
-        read_through_once(api, obj, ctx).await?;
+    if status::differs(Some(prev), &status)
+        && let Some(t) = snapshot_at
+    {
+        status.last_sync_time = Some(status::api_time(t));
     }
     // Also when nothing changed: the write records what the status shows in the metrics.
     let to = status::Writer {
         api,
         recorder: &ctx.recorder,
         metrics: ctx.clients.metrics(),
+        precondition: ctx.memory.precondition(obj),
     };
     if let Some(written) = status::write(to, obj, Some(prev), &status).await? {
         ctx.memory.wrote(&written);
     }
     Ok(status)
-}
-
-/// Before this process's first write to a resource, one read tells whether the cached copy is
-/// the newest (after a start, the cache may come from a list served by a lagging API server):
-/// an older copy is a conflict, retried once the cache has caught up.
-async fn read_through_once(api: &Api<MacieJob>, obj: &MacieJob, ctx: &Context) -> Result<(), Error> {
-    let oref = kube::runtime::reflector::ObjectRef::from_obj(obj);
-    if ctx.memory.read(&oref, |e| e.written).flatten().is_some() {
-        return Ok(());
-    }
-    let fresh = api.get(&kube::ResourceExt::name_any(obj)).await?;
-    ctx.memory.wrote(&fresh);
-    if ctx.memory.is_behind(obj) {
-        let stale =
-            kube::core::Status::failure("the cached copy is older than the one the API server holds", "Conflict");
-        return Err(Error::Kube(kube::Error::Api(stale.with_code(409).boxed())));
-    }
-    Ok(())
 }
 
 /// Publishes an Event about the resource, with the action it concerns.

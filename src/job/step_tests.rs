@@ -1092,6 +1092,46 @@ async fn a_copy_older_than_the_own_last_write_writes_nothing() {
     reconcile::reconcile_inner(&current, &r.ctx).await.expect("reconcile");
 }
 
+/// A new process's cache may be listed from a lagging API server: its first status write to a
+/// resource is made against the copy it was built from, and refused when that copy is old.
+#[tokio::test]
+async fn a_first_write_from_a_copy_older_than_the_api_servers_is_refused() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie);
+    r.create(object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    let cached = r.get("m").unwrap();
+    // Another process wrote after the copy this one holds.
+    let path = "/apis/macie.kubeops.dev/v1alpha1/namespaces/ns/maciejobs/m";
+    r.kube.edit(path, |o| o["metadata"]["labels"] = json!({"moved": "on"}));
+    let err = reconcile::reconcile_inner(&cached, &r.ctx)
+        .await
+        .expect_err("an older copy is not written from");
+    assert!(
+        format!("{err:?}").contains("409"),
+        "the precondition refused it: {err:?}"
+    );
+    assert!(r.kube.writes().is_empty(), "nothing written, and no Warning Event");
+    assert!(r.macie.updates().is_empty(), "no call without its write-ahead");
+    // The newer copy is written from: the write-ahead, then the call.
+    r.reconcile("m", 1).await;
+    assert_eq!(r.macie.updates().len(), 1);
+    let body = &r.kube.status_writes()[0].body;
+    assert!(
+        body["metadata"]["resourceVersion"].is_string(),
+        "the first write names its version: {body}"
+    );
+    r.reconcile("m", 1).await;
+    let later = r.kube.status_writes();
+    assert!(
+        later[1..]
+            .iter()
+            .all(|w| w.body["metadata"]["resourceVersion"].is_null()),
+        "later writes are guarded by the own last write instead"
+    );
+}
+
 /// The rig's sweeps: the first at once, the next an hour later.
 fn hourly_sweeps(r: &mut Rig) {
     let on_change: OnChange = Arc::new(|_: &Place, _: &Changes, _: Option<Timestamp>| {});

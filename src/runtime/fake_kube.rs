@@ -1,6 +1,7 @@
 //! An in-process fake of the Kubernetes API for the reconcile-step tests: a `kube::Client`
 //! whose requests are answered from a map of objects, with every write captured. It serves
-//! what a reconcile does: get, merge-patch (finalizers), status apply, and Events.
+//! what a reconcile does: get, merge-patch (finalizers), status apply (with a resourceVersion
+//! precondition when the body names one), and Events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -207,6 +208,19 @@ impl FakeKube {
             hook(&body);
         }
         let mut s = self.state();
+        // A write that names a resourceVersion is made only against that version (as the API
+        // server does): otherwise 409 Conflict, and nothing is written.
+        if let Some(expected) = body["metadata"]["resourceVersion"].as_str() {
+            let object_path = path.strip_suffix("/status").unwrap_or(&path);
+            let held = s
+                .objects
+                .get(object_path)
+                .map(|o| o["metadata"]["resourceVersion"].clone());
+            if held.is_some_and(|v| v.as_str() != Some(expected)) {
+                let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+                return (respond(StatusCode::CONFLICT, &conflict), None);
+            }
+        }
         let write = (method != Method::GET).then(|| Write {
             method: method.clone(),
             path: path.clone(),

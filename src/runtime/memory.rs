@@ -141,6 +141,23 @@ impl<K: Resource<DynamicType = ()>, V: Default> Memory<K, V> {
         go(())
     }
 
+    /// The resourceVersion a status write built from `obj` must be made against: `obj`'s own,
+    /// for this process's first write to the resource (after a start the cache may come from a
+    /// list served by a lagging API server, and nothing this process wrote tells it so; the
+    /// API server refuses the write if the copy is older, and it is made again once the cache
+    /// has caught up), None once this process has written (then [`Self::wait_for_own_write`]
+    /// keeps older copies from being written from).
+    pub fn precondition(&self, obj: &K) -> Option<String> {
+        let known = self
+            .read(&ObjectRef::from_obj(obj), |e| e.written.is_some())
+            .unwrap_or(false);
+        if known {
+            None
+        } else {
+            obj.meta().resource_version.clone()
+        }
+    }
+
     /// Whether `obj` is older than this process's own last write to it: the cache has not yet
     /// seen that write, and a status built from this copy would undo it.
     pub fn is_behind(&self, obj: &K) -> bool {
@@ -174,7 +191,13 @@ mod tests {
         m.wrote(&cm("8"));
         assert!(m.is_behind(&cm("9")), "the newest own write counts");
         assert!(!m.is_behind(&cm("not-a-number")), "no guess on opaque versions");
+        assert_eq!(m.precondition(&cm("9")), None, "written: the own write tells");
         m.forget(&ObjectRef::from_obj(&cm("1")));
+        assert_eq!(
+            m.precondition(&cm("9")).as_deref(),
+            Some("9"),
+            "a first write is made against its copy"
+        );
         assert!(!m.is_behind(&cm("9")) && m.is_empty());
     }
 

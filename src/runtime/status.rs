@@ -10,8 +10,8 @@
 //! - publishes an Event when the Ready condition's reason changes (Normal, or Warning when the
 //!   resource is Stalled), and a Warning Event `StatusWriteFailed` saying why when the write
 //!   fails, so that a status that cannot be written (too large, rejected by the schema) is still
-//!   visible on the resource.
-//!
+//!   visible on the resource (but a refused precondition: the copy was older than the API
+//!   server's, and the write is made again from a newer one);
 //! - records what the status shows in the resource gauges ([`Metrics::resource_shown`]: the
 //!   condition that is True and its reason, a paused job's expiry), also when the status was
 //!   already stored as is, so that the gauges are whole again after a restart; a failed write
@@ -161,6 +161,10 @@ pub struct Writer<'a, K> {
     pub api: &'a Api<K>,
     pub recorder: &'a Recorder,
     pub metrics: &'a Metrics,
+    /// The resourceVersion the status was built from, when the write must be made against it
+    /// ([`Memory::precondition`](super::memory::Memory::precondition)): if the object changed
+    /// since, the API server refuses the write (409 Conflict) and nothing is written.
+    pub precondition: Option<String>,
 }
 
 /// Writes `new` as the status of `obj` unless it equals `previous` (see the module
@@ -198,16 +202,24 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq + Reported,
 {
-    let Writer { api, recorder, metrics } = to;
+    let Writer {
+        api,
+        recorder,
+        metrics,
+        precondition,
+    } = to;
     if !differs(previous, new) {
         metrics.resource_shown(object_key(obj), shown(new));
         return Ok(None);
     }
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": new,
     });
+    if let Some(version) = &precondition {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": version });
+    }
     let written = api
         .patch_status(
             &obj.name_any(),
@@ -215,7 +227,10 @@ where
             &Patch::Apply(&patch),
         )
         .await;
-    if let Err(e) = &written {
+    let outdated = |e: &kube::Error| precondition.is_some() && matches!(e, kube::Error::Api(s) if s.code == 409);
+    if let Err(e) = &written
+        && !outdated(e)
+    {
         publish_event(
             recorder,
             obj,
