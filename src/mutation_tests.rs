@@ -47,11 +47,12 @@ fn spec_by_name(name: &str) -> MacieJobSpec {
     MacieJobSpec {
         job_id: None,
         job_name: Some(name.into()),
-        job_status: DesiredJobStatus::Running,
+        job_status: Some(DesiredJobStatus::Running),
         region: None,
         account_ref: None,
         definition: None,
         deletion_policy: DeletionPolicy::Orphan,
+        management_policy: Default::default(),
     }
 }
 
@@ -179,6 +180,7 @@ fn the_gauges_key_names_the_kind() {
             accounts: Vec::new(),
             region: None,
             account_ref: None,
+            management_policy: Default::default(),
         },
     );
     assert_eq!(object_key(&discovery).kind, "MacieDiscovery");

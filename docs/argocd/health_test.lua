@@ -20,6 +20,8 @@ local cases = {
   { "stalled", obj(3, 3, { cond("Ready", "False", "AccessDenied"), cond("Reconciling", "False", "AccessDenied"), cond("Stalled", "True", "AccessDenied") }), "Degraded" },
   { "account errors", obj(1, 1, { cond("Ready", "False", "AccountErrors"), cond("Stalled", "True", "AccountErrors") }), "Degraded" },
   { "stale generation", obj(4, 3, { cond("Ready", "True", "Converged") }), "Progressing" },
+  { "paused, as declared", obj(1, 1, { cond("Ready", "True", "ReconcilePaused"), cond("Stalled", "False", "ReconcilePaused"), cond("Paused", "True", "ReconcilePaused") }), "Suspended" },
+  { "paused, a call held", obj(2, 2, { cond("Ready", "False", "ReconcilePaused"), cond("Reconciling", "True", "ReconcilePaused"), cond("Paused", "True", "ReconcilePaused") }), "Suspended" },
 }
 local failed = 0
 for _, c in ipairs(cases) do

@@ -502,6 +502,20 @@ fn error_policy(obj: Arc<MacieAccount>, err: &Error, ctx: Arc<Context>) -> Actio
 
 /// Pure: the Ready summary and the credential fields of the status, from the verification and,
 /// while the account is held by its users during its deletion, how many they are.
+/// A paused MacieAccount that works says so (`ReconcilePaused`, still Ready: the resources that
+/// use it keep being observed); one that does not keeps saying why, which matters more.
+fn paused_account(summary: Summary, paused: bool) -> Summary {
+    if !paused || summary.phase != conditions::Phase::Ready {
+        return summary;
+    }
+    let message = format!(
+        "paused by the annotation {}=\"true\" on this MacieAccount: no resource that uses it writes to Macie until it is removed; {}",
+        crate::api::PAUSED_ANNOTATION,
+        summary.message
+    );
+    Summary::new(conditions::Phase::Ready, Reason::ReconcilePaused.as_str(), message)
+}
+
 fn report(
     verified: &Result<Identity, MacieError>,
     role: Option<&RoleSpec>,
@@ -615,6 +629,7 @@ async fn reconcile(obj: Arc<MacieAccount>, ctx: Arc<Context>) -> Result<Action, 
     let prev = obj.status.clone().unwrap_or_default();
     let generation = obj.meta().generation;
     let (summary, next) = report(&verification.result, role.as_ref(), held, &prev);
+    let summary = paused_account(summary, policy::has_pause(obj.meta()));
     let status = MacieAccountStatus {
         observed_generation: generation,
         conditions: conditions::conditions(&summary, generation, &prev.conditions, Timestamp::now()),
@@ -655,6 +670,24 @@ async fn reconcile(obj: Arc<MacieAccount>, ctx: Arc<Context>) -> Result<Action, 
 mod controller_tests {
     use super::*;
     use crate::api::conditions::Phase;
+
+    #[test]
+    fn a_paused_account_says_so_only_while_it_works() {
+        let works = Reason::Verified.summary("credentials work");
+        let paused = paused_account(works.clone(), true);
+        assert_eq!(
+            (paused.phase, paused.reason.as_str()),
+            (Phase::Ready, "ReconcilePaused")
+        );
+        assert!(paused.message.ends_with("; credentials work"), "{}", paused.message);
+        assert_eq!(paused_account(works.clone(), false), works);
+        let broken = Reason::AccountNotReady.summary("sts:AssumeRole failed");
+        assert_eq!(
+            paused_account(broken.clone(), true),
+            broken,
+            "why it does not work matters more"
+        );
+    }
 
     fn identity() -> Identity {
         Identity {

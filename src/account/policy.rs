@@ -217,6 +217,52 @@ pub fn readiness(account: &MacieAccount) -> Readiness {
     }
 }
 
+/// Why a resource's Macie writes are held back: the pause annotation
+/// ([`PAUSED_ANNOTATION`](crate::api::PAUSED_ANNOTATION)) on the resource itself, or on the
+/// MacieAccount it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    Resource,
+    Account,
+}
+
+impl Pause {
+    /// What the status says (the account named is the resource's own, which its spec names).
+    pub fn message(self, account: &str) -> String {
+        let on = match self {
+            Pause::Resource => "this resource".to_string(),
+            Pause::Account => format!("MacieAccount {account}"),
+        };
+        format!(
+            "paused by the annotation {}=\"true\" on {on}: nothing is sent to Macie until it is removed",
+            crate::api::PAUSED_ANNOTATION
+        )
+    }
+}
+
+/// Whether an object's metadata carries the pause annotation (value `"true"` only).
+pub fn has_pause(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::api::PAUSED_ANNOTATION))
+        .is_some_and(|v| v == "true")
+}
+
+/// Whether a resource (its metadata) using `account` is paused, and by which annotation (the
+/// resource's own first).
+pub fn paused(
+    resource: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    account: &MacieAccount,
+) -> Option<Pause> {
+    if has_pause(resource) {
+        Some(Pause::Resource)
+    } else if has_pause(&account.metadata) {
+        Some(Pause::Account)
+    } else {
+        None
+    }
+}
+
 /// Whether a resource in a namespace with `namespace_labels` (None: the namespace is not known)
 /// may use `account` (None: no such MacieAccount) in `region`. Checked in this order: the
 /// account exists and selects the namespace, allows the region, has working credentials.
@@ -269,7 +315,8 @@ pub struct JobAsk<'a> {
     /// The job's name (None while a job named by id is not observed yet: the name rule is
     /// checked once it is, and again for every job the resource acts on).
     pub name: Option<JobName<'a>>,
-    pub desired: DesiredJobStatus,
+    /// The status the resource keeps the job in (None: it writes none, e.g. Observe).
+    pub desired: Option<DesiredJobStatus>,
     pub deletion_policy: DeletionPolicy,
     /// The definition of the job the resource creates (spec.definition), if it creates one.
     pub definition: Option<&'a JobDefinition>,
@@ -300,14 +347,14 @@ pub fn job_allowed(account: &str, rules: &JobRules, ask: JobAsk<'_>) -> Result<(
         }
     }
     if !rules.allow_cancel {
-        if ask.desired == DesiredJobStatus::Cancelled {
+        if ask.desired == Some(DesiredJobStatus::Cancelled) {
             return refuse(Rule::Cancel);
         }
         if ask.deletion_policy == DeletionPolicy::Cancel {
             return refuse(Rule::DeletionPolicyCancel);
         }
     }
-    if !rules.allow_pause && ask.desired == DesiredJobStatus::UserPaused {
+    if !rules.allow_pause && ask.desired == Some(DesiredJobStatus::UserPaused) {
         return refuse(Rule::Pause);
     }
     Ok(())
@@ -374,6 +421,38 @@ pub fn discovery_allowed(
 mod tests {
     use super::*;
     use crate::api::MacieAccountSpec;
+
+    #[test]
+    fn only_true_pauses_and_the_resources_own_annotation_is_named_first() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let meta = |v: Option<&str>| ObjectMeta {
+            annotations: v.map(|v| [(crate::api::PAUSED_ANNOTATION.to_string(), v.to_string())].into()),
+            ..Default::default()
+        };
+        let account = |v: Option<&str>| MacieAccount {
+            metadata: meta(v),
+            spec: serde_json::from_value(serde_json::json!({"regions": ["us-east-1"], "namespaceSelector": {}}))
+                .unwrap(),
+            status: None,
+        };
+        let rows = [
+            (None, None, None),
+            (Some("true"), None, Some(Pause::Resource)),
+            (Some("True"), None, None),
+            (Some("false"), Some("true"), Some(Pause::Account)),
+            (None, Some("yes"), None),
+            (Some("true"), Some("true"), Some(Pause::Resource)),
+        ];
+        for (on_resource, on_account, want) in rows {
+            assert_eq!(
+                paused(&meta(on_resource), &account(on_account)),
+                want,
+                "{on_resource:?} {on_account:?}"
+            );
+        }
+        assert!(Pause::Account.message("prod").contains("MacieAccount prod"));
+        assert!(Pause::Resource.message("prod").contains("on this resource"));
+    }
     use crate::api::MacieAccountStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelectorRequirement, Time};
     use k8s_openapi::jiff::Timestamp;
@@ -596,13 +675,13 @@ mod tests {
         };
         let ask = |name: Option<&'static str>, desired, deletion_policy| JobAsk {
             name: name.map(JobName::Declared),
-            desired,
+            desired: Some(desired),
             deletion_policy,
             definition: None,
         };
         let by_id = |job_id: &'static str, name: &'static str, desired| JobAsk {
             name: Some(JobName::OfJob { job_id, name }),
-            desired,
+            desired: Some(desired),
             deletion_policy: Orphan,
             definition: None,
         };
@@ -871,7 +950,7 @@ mod tests {
                 &r,
                 JobAsk {
                     name: Some(JobName::Declared(name)),
-                    desired: DesiredJobStatus::Running,
+                    desired: Some(DesiredJobStatus::Running),
                     deletion_policy: DeletionPolicy::Orphan,
                     definition: Some(&def),
                 },

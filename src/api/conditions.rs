@@ -10,6 +10,8 @@ use k8s_openapi::jiff::Timestamp;
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
+/// Present (True) only while the resource is paused (the Ready reason is `ReconcilePaused`).
+pub const PAUSED: &str = "Paused";
 
 /// Which of the three conditions is True.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,12 @@ pub enum Reason {
     /// MacieAccount being deleted while resources use it: it stays (and serves them) until
     /// they are gone.
     InUse,
+    /// The pause annotation (on the resource or its MacieAccount) holds back every Macie
+    /// write; observation goes on. Ready says whether Macie shows what is declared.
+    ReconcilePaused,
+    /// managementPolicy Observe: Macie differs from the declaration (the message says how);
+    /// nothing is written.
+    Drifted,
 }
 
 /// The type of Event a reason is announced with.
@@ -127,6 +135,8 @@ impl Reason {
             Reason::CreateFailed => "CreateFailed",
             Reason::RecordIgnored => "RecordIgnored",
             Reason::InUse => "InUse",
+            Reason::ReconcilePaused => "ReconcilePaused",
+            Reason::Drifted => "Drifted",
         }
     }
 
@@ -151,7 +161,8 @@ impl Reason {
             | Reason::Pending
             | Reason::WaitingForCreateQuota
             | Reason::Creating
-            | Reason::RecordIgnored => Phase::Reconciling,
+            | Reason::RecordIgnored
+            | Reason::ReconcilePaused => Phase::Reconciling,
             Reason::AmbiguousName
             | Reason::PausedByMacie
             | Reason::AccessDenied
@@ -163,7 +174,8 @@ impl Reason {
             | Reason::RegionNotAllowed
             | Reason::AccountNotFound
             | Reason::NameInUse
-            | Reason::CreateFailed => Phase::Stalled,
+            | Reason::CreateFailed
+            | Reason::Drifted => Phase::Stalled,
         }
     }
 
@@ -174,7 +186,11 @@ impl Reason {
             Reason::Transitioning | Reason::Pending | Reason::WaitingForCreateQuota | Reason::Creating => {
                 Announce::Silent
             }
-            Reason::Converged | Reason::TerminalState | Reason::WaitingForSweep | Reason::Verified => Announce::Normal,
+            Reason::Converged
+            | Reason::TerminalState
+            | Reason::WaitingForSweep
+            | Reason::Verified
+            | Reason::ReconcilePaused => Announce::Normal,
             _ => Announce::Warning,
         }
     }
@@ -185,7 +201,7 @@ impl Reason {
 }
 
 /// Every reason (tests and parsing).
-pub const ALL_REASONS: [Reason; 27] = [
+pub const ALL_REASONS: [Reason; 29] = [
     Reason::Converged,
     Reason::Transitioning,
     Reason::TerminalState,
@@ -213,9 +229,12 @@ pub const ALL_REASONS: [Reason; 27] = [
     Reason::CreateFailed,
     Reason::RecordIgnored,
     Reason::InUse,
+    Reason::ReconcilePaused,
+    Reason::Drifted,
 ];
 
-/// Builds the three conditions for `summary`, keeping `lastTransitionTime` from `previous` when
+/// Builds the three conditions for `summary` (and `Paused`, True, while the reason is
+/// `ReconcilePaused`: a condition that leaves with the pause), keeping `lastTransitionTime` from `previous` when
 /// a condition's status did not change. A message longer than [`MESSAGE_MAX`] bytes is cut (so
 /// that the status fits the schema whatever an AWS error message says).
 pub fn conditions(
@@ -230,9 +249,11 @@ pub fn conditions(
         (STALLED, Phase::Stalled),
     ]
     .into_iter()
-    .map(|(type_, phase)| {
-        let status = if summary.phase == phase { "True" } else { "False" };
-        let (reason, message) = if summary.phase == phase || type_ == READY {
+    .map(|(type_, phase)| (type_, summary.phase == phase))
+    .chain((summary.reason == Reason::ReconcilePaused.as_str()).then_some((PAUSED, true)))
+    .map(|(type_, holds)| {
+        let status = if holds { "True" } else { "False" };
+        let (reason, message) = if holds || type_ == READY {
             (
                 summary.reason.clone(),
                 crate::runtime::truncate(&summary.message, MESSAGE_MAX),
@@ -370,6 +391,25 @@ mod tests {
             "unchanged status keeps its time"
         );
         assert_eq!(find(&c1, READY).unwrap().observed_generation, Some(2));
+    }
+
+    #[test]
+    fn a_pause_adds_the_paused_condition_and_leaving_it_drops_it() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let paused = Summary::new(Phase::Ready, "ReconcilePaused", "paused: the job is as declared");
+        let c = conditions(&paused, Some(1), &[], t0);
+        assert_eq!(c.len(), 4);
+        let p = find(&c, PAUSED).expect("Paused");
+        assert_eq!((p.status.as_str(), p.reason.as_str()), ("True", "ReconcilePaused"));
+        assert_eq!(p.message, "paused: the job is as declared");
+        assert_eq!(
+            find(&c, READY).unwrap().reason,
+            "ReconcilePaused",
+            "the printer column's reason"
+        );
+        let resumed = conditions(&Summary::new(Phase::Ready, "Converged", "as declared"), Some(1), &c, t0);
+        assert_eq!((resumed.len(), find(&resumed, PAUSED)), (3, None));
+        assert!(c.len() <= CONDITIONS_MAX);
     }
 
     #[test]

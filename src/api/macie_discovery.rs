@@ -58,6 +58,13 @@ pub struct MacieDiscoverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.accountRef is immutable"}]))]
     pub account_ref: Option<crate::api::AccountRef>,
+
+    /// Manage (default): the operator sends the accounts that differ from their declared
+    /// status. Observe: it never writes to Macie; the accounts are observed, and the resource
+    /// is Ready when every one is in its declared status, else Drifted (naming the accounts
+    /// that differ). An Observe declaration takes no part in conflicts.
+    #[serde(default)]
+    pub management_policy: crate::api::ManagementPolicy,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -49,6 +49,14 @@ use serde::{Deserialize, Serialize};
     {
         "rule": "has(self.definition) == has(oldSelf.definition)",
         "message": "spec.definition cannot be added or removed after creation: Macie cannot change a job's settings; create a new MacieJob"
+    },
+    {
+        "rule": "has(self.jobStatus) || (has(self.managementPolicy) && self.managementPolicy == 'Observe')",
+        "message": "spec.jobStatus is required unless spec.managementPolicy is Observe"
+    },
+    {
+        "rule": "!(has(self.managementPolicy) && self.managementPolicy == 'Observe' && has(self.deletionPolicy) && self.deletionPolicy == 'Cancel')",
+        "message": "deletionPolicy Cancel needs managementPolicy Manage: Observe never writes to Macie"
     }
 ]))]
 pub struct MacieJobSpec {
@@ -71,8 +79,18 @@ pub struct MacieJobSpec {
     /// Status to keep the job in. RUNNING: run (or resume) the job; a scheduled job between
     /// runs (IDLE) and a finished one-time job (COMPLETE) also count as RUNNING. USER_PAUSED:
     /// pause it (Macie cancels a paused job after 30 days; the operator warns before). CANCELLED:
-    /// cancel it for good; a cancelled job can never run again.
-    pub job_status: DesiredJobStatus,
+    /// cancel it for good; a cancelled job can never run again. Required unless
+    /// managementPolicy is Observe (then, when set, a job in another status is Drifted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_status: Option<DesiredJobStatus>,
+
+    /// Manage (default): the operator keeps the job in jobStatus (creating it from definition
+    /// first). Observe: it never writes to Macie (no update, no create, no cancel): it reports
+    /// the job, Ready when it is as declared and Drifted (saying what differs) when not; with
+    /// definition, it finds the job of jobName and names each setting that differs. An Observe
+    /// declaration takes no part in conflicts. deletionPolicy Cancel needs Manage.
+    #[serde(default)]
+    pub management_policy: crate::api::ManagementPolicy,
 
     /// AWS Region of the job, e.g. `eu-west-1`. Defaults to the operator's region. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]

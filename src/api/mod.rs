@@ -18,6 +18,22 @@ use kube::CustomResourceExt;
 /// API group of every kind.
 pub const GROUP: &str = "macie.kubeops.dev";
 
+/// The annotation that pauses the operator's Macie writes for a MacieJob, a MacieDiscovery, or
+/// every resource that uses a MacieAccount: only the value `"true"` pauses (any other value,
+/// or none, does not). Observation goes on; nothing is sent to Macie while it is set.
+pub const PAUSED_ANNOTATION: &str = "macie.kubeops.dev/paused";
+
+/// Whether the operator acts on what a resource declares, or only reports on it.
+#[derive(serde::Deserialize, serde::Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ManagementPolicy {
+    /// Keep Macie as declared: the operator makes the calls that take it there.
+    #[default]
+    Manage,
+    /// Never write to Macie: report whether it is as declared (Ready) or not (reason Drifted,
+    /// saying what differs).
+    Observe,
+}
+
 /// Longest timestamp a status field may hold. RFC 3339 with nanoseconds and an offset takes 35
 /// characters; the `date-time` format alone is no length bound (Go's RFC 3339 parser takes any
 /// number of fractional digits).

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 
 use super::plan::{self, AccountError, Declared, Sent, Settings};
 use super::{Config, Newest, RegionEngine, Trigger, View, admit, key, lock, place_of, refused_rows, taken_in};
-use crate::account::Tenancy;
-use crate::api::{DiscoveryStatus, MacieDiscovery};
+use crate::account::{Tenancy, policy};
+use crate::api::{DiscoveryStatus, MacieDiscovery, ManagementPolicy};
 use crate::macie::{MacieClients, MacieError, Place};
 use crate::runtime::gate::WriteGate;
 use crate::runtime::regions::Retire;
@@ -292,6 +292,8 @@ impl EngineEnv {
                 (admitted.place == self.place).then(|| {
                     let refused = refused_rows(o, &admitted);
                     Declared {
+                        acts: o.spec.management_policy == ManagementPolicy::Manage
+                            && policy::paused(&o.metadata, &admitted.account).is_none(),
                         resource: key(o),
                         taken: taken_in(o),
                         accounts: o
@@ -844,6 +846,7 @@ mod tests {
             resource: "ns/d".into(),
             taken: Default::default(),
             accounts,
+            acts: true,
         };
         let mut v = view(&["a"]);
         v.api_error = Some(err("AccessDeniedException"));

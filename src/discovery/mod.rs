@@ -174,6 +174,13 @@ impl Engines {
         admit(obj, &self.tenancy, &self.config.default_region)
     }
 
+    /// Whether the resource is paused, decided on the cache's newest copy of it (its
+    /// annotations may have changed since the reconcile began) and the admitting account.
+    fn paused(&self, obj: &MacieDiscovery, admitted: &Admitted) -> Option<policy::Pause> {
+        let newest = self.store.get(&ObjectRef::from_obj(obj));
+        policy::paused(&newest.as_deref().unwrap_or(obj).metadata, &admitted.account)
+    }
+
     /// The place's engine, started when none runs.
     fn engine(&self, place: &Place) -> (mpsc::UnboundedSender<()>, watch::Receiver<Arc<View>>) {
         let e = self.regions.get_or_start(
@@ -378,6 +385,7 @@ fn taken_in(o: &MacieDiscovery) -> TakenIn {
     TakenIn {
         uid: o.uid().unwrap_or_default(),
         generation: o.meta().generation.unwrap_or_default(),
+        paused: policy::has_pause(o.meta()),
     }
 }
 

@@ -6,19 +6,23 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::account::policy::Refusal;
+use crate::account::policy::{Pause, Refusal};
 use crate::api::DiscoveryStatus;
-use crate::api::conditions::{MESSAGE_MAX, Reason, Summary};
+use crate::api::conditions::{MESSAGE_MAX, Phase, Reason, Summary};
 use crate::api::macie_discovery::{AccountStatus, Counts, ErrorCodeStatus};
 use crate::macie::MacieError;
 use crate::runtime::truncate;
 
-/// What one resource declares: its key (`namespace/name`), which version of it, and its accounts.
+/// What one resource declares: its key (`namespace/name`), which version of it, its accounts,
+/// and whether it acts on them.
 #[derive(Debug, Clone)]
 pub struct Declared {
     pub resource: String,
     pub taken: TakenIn,
     pub accounts: Vec<(String, DiscoveryStatus)>,
+    /// False while the resource is paused: its accounts are observed, never sent, and it takes
+    /// no part in conflicts.
+    pub acts: bool,
 }
 
 /// Which version of a resource an engine has taken in: a status may report on that generation
@@ -27,6 +31,9 @@ pub struct Declared {
 pub struct TakenIn {
     pub uid: String,
     pub generation: i64,
+    /// The resource's own pause annotation (a change of it does not change the generation, but
+    /// changes what the engine may send).
+    pub paused: bool,
 }
 
 /// The generation a resource's status may report: the one the engine took in, when that is the
@@ -44,18 +51,25 @@ pub fn taken_generation(
         .map(|t| t.generation)
 }
 
-/// Every declared account of a region: those all declarers agree on, and the conflicts.
+/// Every declared account of a region: those all acting declarers agree on, the conflicts, and
+/// those only paused declarers name (observed, never sent).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredSet {
     pub wanted: BTreeMap<String, DiscoveryStatus>,
     /// Accounts declared with different statuses, with every (resource, status) declaring them.
     pub conflicts: BTreeMap<String, Vec<(String, DiscoveryStatus)>>,
+    /// Accounts only declarations that do not act name.
+    pub observed_only: BTreeSet<String>,
 }
 
 impl DesiredSet {
-    /// Every declared account id (wanted and conflicting), sorted.
+    /// Every declared account id (wanted, conflicting and observed only), sorted.
     pub fn account_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.wanted.keys().chain(self.conflicts.keys()).cloned().collect();
+        let mut ids: Vec<String> = (self.wanted.keys())
+            .chain(self.conflicts.keys())
+            .chain(&self.observed_only)
+            .cloned()
+            .collect();
         ids.sort();
         ids
     }
@@ -63,12 +77,19 @@ impl DesiredSet {
 
 pub fn desired_set(declared: &[Declared]) -> DesiredSet {
     let mut by_account: BTreeMap<&str, Vec<(String, DiscoveryStatus)>> = BTreeMap::new();
-    for d in declared {
+    for d in declared.iter().filter(|d| d.acts) {
         for (id, status) in &d.accounts {
             by_account.entry(id).or_default().push((d.resource.clone(), *status));
         }
     }
     let mut set = DesiredSet::default();
+    for d in declared.iter().filter(|d| !d.acts) {
+        let quiet = d
+            .accounts
+            .iter()
+            .filter(|(id, _)| !by_account.contains_key(id.as_str()));
+        set.observed_only.extend(quiet.map(|(id, _)| id.clone()));
+    }
     for (id, mut decl) in by_account {
         let first = decl[0].1;
         if decl.iter().all(|(_, s)| *s == first) {
@@ -236,6 +257,54 @@ pub fn still_declared(batch: Vec<(String, DiscoveryStatus)>, declared: &[Declare
         .into_iter()
         .filter(|(id, status)| now.wanted.get(id) == Some(status))
         .collect()
+}
+
+/// What a paused resource reports (pure): `ReconcilePaused`, Ready when every account is in its
+/// declared status, else in the phase of what it would report (Reconciling for work held
+/// back), then that report's message.
+pub fn paused_summary(pause: Pause, account: &str, counts: &Counts, report: &Summary) -> Summary {
+    let phase = match report.phase {
+        _ if counts.converged == counts.desired => Phase::Ready,
+        Phase::Stalled => Phase::Stalled,
+        _ => Phase::Reconciling,
+    };
+    Summary::new(
+        phase,
+        Reason::ReconcilePaused.as_str(),
+        format!("{}; {}", pause.message(account), report.message),
+    )
+}
+
+/// What an Observe declaration reports (pure): Drifted, naming the accounts Macie shows in
+/// another status than declared (the first ten), else the report as it is (Converged once all
+/// are as declared, Pending while some are not observed yet, an API error).
+pub fn observed_summary(rows: &[AccountStatus], report: &Summary) -> Summary {
+    let drifted: Vec<&AccountStatus> = rows
+        .iter()
+        .filter(|r| r.observed.as_ref().is_some_and(|o| *o != r.desired))
+        .collect();
+    if drifted.is_empty() {
+        return report.clone();
+    }
+    let mut named: Vec<String> = (drifted.iter().take(NAMED_MAX))
+        .map(|r| {
+            format!(
+                "{} is {} (declared {})",
+                r.account_id,
+                r.observed.as_deref().unwrap_or_default(),
+                r.desired
+            )
+        })
+        .collect();
+    if drifted.len() > NAMED_MAX {
+        named.push(format!("and {} more", drifted.len() - NAMED_MAX));
+    }
+    Reason::Drifted.summary(format!(
+        "{} of {} account(s) differ from their declared status (managementPolicy Observe: nothing is sent): {}",
+        drifted.len(),
+        rows.len(),
+        named.join(", ")
+    ))
 }
 
 /// Most other resources a conflict message names (then "and N more").
@@ -479,7 +548,6 @@ mod tests {
         );
     }
     use super::*;
-    use crate::api::conditions::Phase;
     use DiscoveryStatus::{Disabled as D, Enabled as E};
 
     fn decl(resource: &str, accounts: &[(&str, DiscoveryStatus)]) -> Declared {
@@ -488,8 +556,10 @@ mod tests {
             taken: TakenIn {
                 uid: format!("uid-{resource}"),
                 generation: 1,
+                ..Default::default()
             },
             accounts: accounts.iter().map(|(a, s)| (a.to_string(), *s)).collect(),
+            acts: true,
         }
     }
 
@@ -540,6 +610,7 @@ mod tests {
             TakenIn {
                 uid: "u1".into(),
                 generation: 2,
+                ..Default::default()
             },
         )]);
         assert_eq!(taken_generation(&taken, "ns/a", Some("u1"), Some(2)), Some(2));
@@ -766,6 +837,53 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_declaration_is_observed_never_sent_and_in_no_conflict() {
+        let paused = |r: &str, accounts: &[(&str, DiscoveryStatus)]| Declared {
+            acts: false,
+            ..decl(r, accounts)
+        };
+        let (one, two) = ("000000000001", "000000000002");
+        let set = desired_set(&[decl("ns/a", &[(one, E)]), paused("ns/b", &[(one, D), (two, E)])]);
+        assert_eq!(
+            set.wanted,
+            [(one.to_string(), E)].into(),
+            "the acting declaration alone"
+        );
+        assert!(set.conflicts.is_empty(), "no conflict with a paused declaration");
+        assert_eq!(set.observed_only, [two.to_string()].into());
+        assert_eq!(
+            set.account_ids(),
+            vec![one.to_string(), two.to_string()],
+            "both observed"
+        );
+        let state: HashMap<String, AccountState> = [
+            (one.to_string(), observed(Some(D), 0)),
+            (two.to_string(), observed(Some(D), 0)),
+        ]
+        .into();
+        assert_eq!(to_send(&set, &state, t(10), &settings()), vec![(one.to_string(), E)]);
+        // Paused right before the write: its rows are held back.
+        let batch = vec![(one.to_string(), E)];
+        assert!(still_declared(batch, &[paused("ns/a", &[(one, E)])]).is_empty());
+        let counts = Counts {
+            desired: 2,
+            converged: 1,
+            failed: 0,
+        };
+        let held = paused_summary(Pause::Resource, "prod", &counts, &Reason::Pending.summary("1 of 2"));
+        assert_eq!(
+            (held.phase, held.reason.as_str()),
+            (Phase::Reconciling, "ReconcilePaused")
+        );
+        assert!(held.message.ends_with("; 1 of 2"), "{}", held.message);
+        let all = Counts { converged: 2, ..counts };
+        assert_eq!(
+            paused_summary(Pause::Account, "prod", &all, &Reason::Converged.summary("2 of 2")).phase,
+            Phase::Ready
+        );
+    }
+
+    #[test]
     fn a_batch_keeps_only_the_rows_still_declared_and_allowed() {
         let a = "000000000001".to_string();
         let b = "000000000002".to_string();
@@ -827,6 +945,7 @@ mod tests {
                 TakenIn {
                     uid: "uid-ns/a".into(),
                     generation: 2,
+                    ..Default::default()
                 },
             ),
             (
@@ -834,6 +953,7 @@ mod tests {
                 TakenIn {
                     uid: "uid-ns/b".into(),
                     generation: 1,
+                    ..Default::default()
                 },
             ),
         ]);
@@ -841,6 +961,7 @@ mod tests {
             taken: TakenIn {
                 uid: uid.into(),
                 generation,
+                ..Default::default()
             },
             ..decl(r, &[])
         };
@@ -1009,6 +1130,7 @@ mod tests {
             resource: "ns/big".into(),
             taken: TakenIn::default(),
             accounts: ids.clone(),
+            acts: true,
         }]);
         let state: HashMap<String, AccountState> = ids
             .iter()
@@ -1042,6 +1164,7 @@ mod tests {
             resource: "ns/many".into(),
             taken: TakenIn::default(),
             accounts: ids.clone(),
+            acts: true,
         }]);
         let state: HashMap<String, AccountState> = ids
             .iter()

@@ -23,7 +23,7 @@ use super::{Context, View, key, plan, refused_rows};
 use crate::account::Admitted;
 use crate::account::policy::Refusal;
 use crate::api::conditions::{self, Summary};
-use crate::api::{DiscoveryStatus, MacieDiscovery, MacieDiscoveryStatus};
+use crate::api::{DiscoveryStatus, MacieDiscovery, MacieDiscoveryStatus, ManagementPolicy};
 use crate::proceed;
 use crate::runtime::status::{self, api_time};
 use crate::runtime::{Error, Flow, Next, clock, go, stop};
@@ -99,8 +99,9 @@ impl<'a> Reconcile<'a> {
     }
 
     /// The status the view gives the resource (no effect): its rows, their counts and errors,
-    /// the conditions (transition times kept from the status at hand), and the time of the
-    /// observation it shows when anything changed.
+    /// the conditions (transition times kept from the status at hand; `ReconcilePaused` while
+    /// paused: its accounts are observed, not sent), and the time of the observation it shows
+    /// when anything changed.
     fn status(&self, admitted: &Admitted, view: &View, generation: i64) -> MacieDiscoveryStatus {
         let obj = self.obj;
         let accounts: Vec<(String, DiscoveryStatus)> = obj
@@ -118,10 +119,15 @@ impl<'a> Reconcile<'a> {
             view.api_error.as_ref(),
             &self.ctx.engines.config.plan,
         );
+        let summary = match (self.ctx.engines.paused(obj, admitted), obj.spec.management_policy) {
+            (Some(pause), _) => plan::paused_summary(pause, &admitted.place.account, &r.counts, &r.summary),
+            (None, ManagementPolicy::Observe) => plan::observed_summary(&r.accounts, &r.summary),
+            (None, ManagementPolicy::Manage) => r.summary,
+        };
         let prev = obj.status.as_ref();
         let mut status = MacieDiscoveryStatus {
             observed_generation: Some(generation),
-            conditions: self.conditions(&r.summary, Some(generation)),
+            conditions: self.conditions(&summary, Some(generation)),
             region: Some(self.region.clone()),
             accounts: r.accounts,
             error_codes: r.error_codes,

@@ -175,6 +175,7 @@ impl Rig {
                     .iter()
                     .map(|a| (a.account_id.clone(), a.status))
                     .collect(),
+                acts: true,
             })
             .collect();
         let mut view = View::default();
@@ -387,4 +388,45 @@ async fn a_first_write_from_a_copy_older_than_the_api_servers_is_held_back() {
     assert_eq!(r.reconcile(&current).await, Next::AwaitChange);
     assert_eq!(r.reason("d"), "Converged");
     assert_eq!(r.kube.status_writes().len(), 1);
+}
+
+#[tokio::test]
+async fn a_paused_discovery_is_observed_sends_nothing_and_sends_once_resumed() {
+    let mut e = engine_rig();
+    e.macie.put(&place(), MEMBER, DiscoveryStatus::Disabled);
+    let mut obj = object("d", None, &[(MEMBER, "ENABLED")]);
+    obj["metadata"]["annotations"] = json!({ crate::api::PAUSED_ANNOTATION: "true" });
+    let created = e.rig.create(obj);
+    e.rig.reconcile(&created).await;
+    e.until("the account observed", |v| {
+        v.accounts
+            .get(MEMBER)
+            .is_some_and(|a| a.observed == Some(DiscoveryStatus::Disabled))
+    })
+    .await;
+    e.rig.reconcile(&e.rig.get("d").unwrap()).await;
+    assert_eq!(e.rig.reason("d"), "ReconcilePaused");
+    let st = e.rig.get("d").unwrap().status.unwrap();
+    let paused = conditions::find(&st.conditions, conditions::PAUSED).expect("Paused");
+    assert_eq!(paused.status, "True");
+    assert_eq!(
+        st.accounts[0].observed.as_deref(),
+        Some("DISABLED"),
+        "observation goes on"
+    );
+    assert!(e.macie.batches().is_empty(), "nothing sent while paused");
+    // Resumed: the watch event kicks the engine, which sends once.
+    let mut resumed = e.rig.get("d").unwrap();
+    resumed.metadata.annotations = None;
+    e.rig.kube.put(serde_json::to_value(&resumed).unwrap(), PLURAL);
+    let resumed = e.rig.get("d").unwrap();
+    e.rig
+        .writer
+        .apply_watcher_event(&watcher::Event::Apply(resumed.clone()));
+    e.rig.ctx.engines.on_event(&watcher::Event::Apply(resumed));
+    e.until("the change observed", settled_at(DiscoveryStatus::Enabled))
+        .await;
+    assert_eq!(e.macie.batches().len(), 1);
+    e.rig.reconcile(&e.rig.get("d").unwrap()).await;
+    assert_eq!(e.rig.reason("d"), "Converged");
 }

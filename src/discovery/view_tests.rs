@@ -29,8 +29,10 @@ fn decl(resource: &str, generation: i64, accounts: &[(&str, DiscoveryStatus)]) -
         taken: TakenIn {
             uid: format!("uid-{resource}"),
             generation,
+            ..Default::default()
         },
         accounts: accounts.iter().map(|(a, s)| (a.to_string(), *s)).collect(),
+        acts: true,
     }
 }
 
@@ -189,6 +191,7 @@ fn discovery(region: Option<&str>) -> MacieDiscovery {
             }],
             region: region.map(str::to_string),
             account_ref: None,
+            management_policy: Default::default(),
         },
     );
     o.metadata.namespace = Some("ns".into());

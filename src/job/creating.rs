@@ -15,7 +15,7 @@ use super::create::{self, CreateAction, Ticket, Waiting};
 use super::plan::{self, Observation, Reason};
 use super::reconcile::{Reconcile, Seen};
 use super::report::publish;
-use super::{lock, outcome, recheck, resolve};
+use super::{lock, outcome, paused_now, recheck, resolve};
 use crate::api::macie_job::{CreationOutcome, CreationRecord};
 use crate::api::{DesiredJobStatus, MacieJobSpec};
 use crate::macie::MacieError;
@@ -240,6 +240,7 @@ async fn wait_for_retry<T>(r: &Reconcile<'_>, seen: &Seen<'_>, at: k8s_openapi::
 
 /// CreateClassificationJob, exactly once.
 async fn create<T>(r: &Reconcile<'_>, seen: &Seen<'_>) -> Flow<T> {
+    proceed!(hold_create_if_paused(r, seen, false).await);
     proceed!(take_turn(r, seen).await);
     if !r.ctx.clients.gate().allows_writes() {
         lock(&r.ctx.queue).leave(&r.oref);
@@ -251,10 +252,39 @@ async fn create<T>(r: &Reconcile<'_>, seen: &Seen<'_>) -> Flow<T> {
     proceed!(recheck_create(r).await);
     proceed!(look_up_name(r, seen).await);
     let record = write_ahead(r, seen).await?;
-    // Again right before the call: the write-ahead took a round trip.
+    // Again right before the call: the write-ahead took a round trip. A pause here rewrites
+    // the status with the creation as it was before the write-ahead (no call was made).
     proceed!(recheck_create(r).await);
+    proceed!(hold_create_if_paused(r, seen, true).await);
     let result = send_create(r, seen).await;
     judge_create(r, seen, record, result).await
+}
+
+/// A paused resource creates nothing: it leaves the create queue, and the status says so (after
+/// the write-ahead: with the creation as it was stored before it, the write-ahead forgotten).
+async fn hold_create_if_paused(r: &Reconcile<'_>, seen: &Seen<'_>, after_write_ahead: bool) -> Flow<()> {
+    let Some(pause) = paused_now(r.ctx, r.obj) else {
+        return go(());
+    };
+    lock(&r.ctx.queue).leave(&r.oref);
+    let creation = if after_write_ahead {
+        r.ctx.forget_creation(&r.oref);
+        r.obj.status.as_ref().and_then(|s| s.creation.clone())
+    } else {
+        seen.creation.clone()
+    };
+    let message = format!(
+        "{}; the job {:?} is not created while paused",
+        pause.message(&seen.place.account),
+        job_name(r)
+    );
+    let summary = crate::api::conditions::Summary::new(
+        crate::api::conditions::Phase::Reconciling,
+        Reason::ReconcilePaused.as_str(),
+        message,
+    );
+    r.status(summary, &seen.place, creation).await?;
+    stop(Next::AwaitChange)
 }
 
 /// The create's turn in the place's queue (the CreateClassificationJob quota).

@@ -9,7 +9,7 @@ use super::FINALIZER;
 use super::plan::{Observation, Plan};
 use crate::account::policy::Refusal;
 use crate::api::conditions::Phase;
-use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob};
+use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob, ManagementPolicy};
 use crate::runtime::Error;
 
 /// What the resource's lifecycle asks of a reconcile.
@@ -23,23 +23,39 @@ pub enum Lifecycle {
     Release(&'static str),
     /// Keep the job in `desired` (CANCELLED while being deleted with deletionPolicy Cancel).
     Manage { desired: DesiredJobStatus, deleting: bool },
+    /// managementPolicy Observe: report the job against `desired` (if declared), never write.
+    Observe { desired: Option<DesiredJobStatus> },
 }
 
-/// Pure: what the resource's deletion state and (current) deletionPolicy ask for.
+/// Pure: what the resource's deletion state, (current) deletionPolicy and managementPolicy ask
+/// for. Observe never writes to Macie: it needs no finalizer (admission refuses it with
+/// deletionPolicy Cancel; a resource that has one anyway is released without a call).
 pub fn lifecycle(obj: &MacieJob) -> Lifecycle {
     let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
-    let cancel = obj.spec.deletion_policy == DeletionPolicy::Cancel;
+    let desired = match obj.spec.management_policy {
+        ManagementPolicy::Manage => obj.spec.job_status,
+        ManagementPolicy::Observe => None,
+    };
+    let cancel = obj.spec.deletion_policy == DeletionPolicy::Cancel && desired.is_some();
     match (obj.meta().deletion_timestamp.is_some(), has_finalizer, cancel) {
         (true, false, _) => Lifecycle::Forget,
+        (true, true, false) if desired.is_none() => {
+            Lifecycle::Release("managementPolicy is Observe: the job is left as it is")
+        }
         (true, true, false) => Lifecycle::Release("deletionPolicy is Orphan: the job is left as it is"),
         (true, true, true) => Lifecycle::Manage {
             desired: DesiredJobStatus::Cancelled,
             deleting: true,
         },
         (false, has, wants) if has != wants => Lifecycle::SetFinalizer(wants),
-        (false, _, _) => Lifecycle::Manage {
-            desired: obj.spec.job_status,
-            deleting: false,
+        (false, _, _) => match desired {
+            Some(desired) => Lifecycle::Manage {
+                desired,
+                deleting: false,
+            },
+            None => Lifecycle::Observe {
+                desired: obj.spec.job_status,
+            },
         },
     }
 }
@@ -116,11 +132,12 @@ mod tests {
             MacieJobSpec {
                 job_id: Some("j1".into()),
                 job_name: None,
-                job_status: DesiredJobStatus::UserPaused,
+                job_status: Some(DesiredJobStatus::UserPaused),
                 region: None,
                 account_ref: None,
                 definition: None,
                 deletion_policy: policy,
+                management_policy: ManagementPolicy::Manage,
             },
         );
         o.metadata = ObjectMeta {

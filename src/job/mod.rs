@@ -28,7 +28,7 @@ use crate::account::users::UserKind;
 use crate::account::{Admitted, Change, Tenancy};
 use crate::api::conditions;
 use crate::api::macie_job::{CreationRecord, ObservedJob, RequestedTransition, TransitionOutcome};
-use crate::api::{DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus};
+use crate::api::{DeletionPolicy, DesiredJobStatus, MacieJob, MacieJobSpec, MacieJobStatus, ManagementPolicy};
 use crate::macie::jobs::{Changes, InUse, JobPoller, OnChange, RegionView, Wanted};
 use crate::macie::{MacieClients, Place};
 use crate::runtime::memory::{self, Memory};
@@ -129,16 +129,22 @@ fn admit(obj: &MacieJob, tenancy: &Tenancy, default_region: &str) -> Result<Admi
 }
 
 /// Whether the account's job rules allow what the resource asks; `name` is the job's name
-/// (spec.jobName, or the observed name of the job it acts on by id).
+/// (spec.jobName, or the observed name of the job it acts on by id). An Observe declaration
+/// asks only to see the job: the name rules apply, the rules on writes do not.
 fn job_rules(obj: &MacieJob, admitted: &Admitted, name: Option<JobName<'_>>) -> Result<(), Refusal> {
+    let manage = obj.spec.management_policy == ManagementPolicy::Manage;
     policy::job_allowed(
         &admitted.place.account,
         &admitted.account.spec.jobs,
         JobAsk {
             name,
-            desired: obj.spec.job_status,
-            deletion_policy: obj.spec.deletion_policy,
-            definition: obj.spec.definition.as_ref(),
+            desired: obj.spec.job_status.filter(|_| manage),
+            deletion_policy: if manage {
+                obj.spec.deletion_policy
+            } else {
+                DeletionPolicy::Orphan
+            },
+            definition: obj.spec.definition.as_ref().filter(|_| manage),
         },
     )
 }
@@ -169,6 +175,16 @@ fn recheck(ctx: &Context, obj: &MacieJob, job: Option<JobName<'_>>) -> Result<()
         job_rules(obj, &admitted, job)?;
     }
     Ok(())
+}
+
+/// Whether the resource is paused, decided on the newest copies: the cache's copy of the
+/// resource (its annotations may have changed since this reconcile began) and the MacieAccount
+/// as the tenancy holds it now. None also for a resource not admitted (its refusal says why).
+fn paused_now(ctx: &Context, obj: &MacieJob) -> Option<policy::Pause> {
+    let newest = ctx.store.get(&ObjectRef::from_obj(obj));
+    let obj = newest.as_deref().unwrap_or(obj);
+    let admitted = admit(obj, &ctx.tenancy, &ctx.config.default_region).ok()?;
+    policy::paused(&obj.metadata, &admitted.account)
 }
 
 impl Context {
@@ -247,14 +263,16 @@ impl Context {
             .filter(|o| names_job(&o.spec, job, by_name))
             .filter(|o| place_of(o, &self.tenancy, &self.config.default_region) == *place)
             .filter(|o| o.metadata.name != obj.metadata.name || o.metadata.namespace != obj.metadata.namespace)
-            // A refused resource is no declaration: it can neither act nor hold others in
-            // Conflict.
+            // A refused, paused or Observe resource is no declaration: it can neither act nor
+            // hold others in Conflict.
+            .filter(|o| o.spec.management_policy == ManagementPolicy::Manage)
             .filter(|o| {
                 admit(o, &self.tenancy, &self.config.default_region)
                     .and_then(|a| {
-                        job_rules(o, &a, declared_name(o)).and_then(|()| job_rules(o, &a, acted_on_name(o, job)))
+                        job_rules(o, &a, declared_name(o)).and_then(|()| job_rules(o, &a, acted_on_name(o, job)))?;
+                        Ok(policy::paused(&o.metadata, &a.account))
                     })
-                    .is_ok()
+                    .is_ok_and(|paused| paused.is_none())
             })
             .filter_map(|o| {
                 let desired = match lifecycle(o) {
@@ -638,11 +656,12 @@ mod tests {
         let spec = |id: Option<&str>, name: Option<&str>| MacieJobSpec {
             job_id: id.map(str::to_string),
             job_name: name.map(str::to_string),
-            job_status: DesiredJobStatus::Running,
+            job_status: Some(DesiredJobStatus::Running),
             region: None,
             account_ref: None,
             definition: None,
             deletion_policy: DeletionPolicy::Orphan,
+            management_policy: Default::default(),
         };
         assert!(names_job(&spec(Some("j1"), None), &job, &by_name));
         assert!(!names_job(&spec(Some("j2"), None), &job, &by_name));

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use crate::account::policy::Pause;
 use crate::api::DesiredJobStatus;
 pub use crate::api::conditions::{ALL_REASONS, Announce, Reason};
 use crate::api::conditions::{Phase, Summary};
@@ -512,9 +513,56 @@ pub fn shown_job(
     }
 }
 
+/// What an Observe declaration reports (pure): the plan's picture of the job against `desired`,
+/// but Drifted where Manage would call (naming the status Macie shows and the one declared);
+/// without a declared status, a job found is Ready as it is.
+pub fn observed_summary(
+    desired: Option<DesiredJobStatus>,
+    observed: Observation<'_>,
+    snapshot_at: Option<Timestamp>,
+    now: Timestamp,
+    settings: &Settings,
+) -> Summary {
+    let p = plan(
+        desired.unwrap_or(DesiredJobStatus::Running),
+        observed,
+        snapshot_at,
+        None,
+        now,
+        settings,
+    );
+    match (desired, observed, &p.act) {
+        (Some(_), _, Act::Update { job_id, from, to }) => Reason::Drifted.summary(format!(
+            "job {job_id} is {from}; {} is declared (managementPolicy Observe: no call is made)",
+            to.as_str()
+        )),
+        (None, Observation::Found(job), _) => Reason::Converged.summary(format!(
+            "job {} is {} (managementPolicy Observe, no jobStatus declared: reported as it is)",
+            job.job_id, job.job_status
+        )),
+        _ => p.summary,
+    }
+}
+
+/// What a paused resource reports (pure): `ReconcilePaused`, in the phase the plan reports when
+/// it would not act (Ready when Macie shows what is declared) and Reconciling when it would: a
+/// held call is work left to do. The message says which annotation pauses it, then the plan's.
+pub fn paused_summary(pause: Pause, account: &str, plan: &Plan) -> Summary {
+    let phase = match plan.act {
+        Act::Nothing => plan.summary.phase,
+        Act::Update { .. } => Phase::Reconciling,
+    };
+    Summary::new(
+        phase,
+        Reason::ReconcilePaused.as_str(),
+        format!("{}; {}", pause.message(account), plan.summary.message),
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
     use crate::api::macie_job::UserPausedDetails;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -538,6 +586,72 @@ pub(crate) mod tests {
             name: Some("n".into()),
             job_status: status.into(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_observed_job_is_drifted_where_manage_would_call() {
+        use DesiredJobStatus::*;
+        // (actual, declared, reason)
+        let rows = [
+            ("RUNNING", Some(Running), "Converged"),
+            ("RUNNING", Some(UserPaused), "Drifted"),
+            ("USER_PAUSED", Some(Cancelled), "Drifted"),
+            ("IDLE", Some(Running), "Converged"),
+            ("PAUSED", Some(Running), "PausedByMacie"),
+            ("CANCELLED", Some(Running), p_reason(Running, "CANCELLED")),
+            ("USER_PAUSED", None, "Converged"),
+            ("CANCELLED", None, "Converged"),
+        ];
+        for (actual, declared, reason) in rows {
+            let j = job(actual);
+            let s = observed_summary(declared, Observation::Found(&j), Some(now()), now(), &settings());
+            assert_eq!(s.reason, reason, "{actual} declared {declared:?}: {}", s.message);
+            if reason == "Drifted" {
+                assert!(
+                    s.message.contains(actual) && s.message.contains("no call"),
+                    "{}",
+                    s.message
+                );
+            }
+        }
+        let s = observed_summary(None, Observation::NotFound, Some(now()), now(), &settings());
+        assert_eq!(s.reason, "JobNotFound");
+    }
+
+    /// The reason Manage reports where it would not call.
+    fn p_reason(desired: DesiredJobStatus, actual: &str) -> &'static str {
+        let p = run(desired, actual);
+        assert_eq!(p.act, Act::Nothing);
+        ALL_REASONS
+            .into_iter()
+            .find(|r| r.as_str() == p.summary.reason)
+            .unwrap()
+            .as_str()
+    }
+
+    #[test]
+    fn a_paused_plan_holds_its_act_and_keeps_its_picture() {
+        let rows = [
+            ("RUNNING", DesiredJobStatus::Running, Phase::Ready),
+            ("RUNNING", DesiredJobStatus::UserPaused, Phase::Reconciling),
+            ("CANCELLED", DesiredJobStatus::Running, Phase::Stalled),
+            ("PAUSED", DesiredJobStatus::Running, Phase::Stalled),
+        ];
+        for (actual, desired, phase) in rows {
+            let p = run(desired, actual);
+            let s = paused_summary(Pause::Resource, "prod", &p);
+            assert_eq!(
+                (s.phase, s.reason.as_str()),
+                (phase, "ReconcilePaused"),
+                "{actual} -> {desired:?}"
+            );
+            assert!(s.message.starts_with("paused by the annotation"), "{}", s.message);
+            assert!(
+                s.message.ends_with(&p.summary.message),
+                "the plan's picture follows: {}",
+                s.message
+            );
         }
     }
 

@@ -12,8 +12,10 @@
 //! 8. `plan` and `settle_ownership` (pure, but for waking peers whose conflict changes).
 //! 9. `release_after_cancel`: a deletion with Cancel ends once the job is cancelled.
 //! 10. `settle_step`: what became of the step in flight.
-//! 11. `update_job`: the write-ahead, the rules again, UpdateClassificationJob.
-//! 12. `report`: one status write when something changed, and the Event of a new reason.
+//! 11. `hold_if_paused`: the pause annotation (on the resource or its MacieAccount) holds
+//!     every Macie write; the status says so, with what Macie shows.
+//! 12. `update_job`: the write-ahead, the rules and the pause again, UpdateClassificationJob.
+//! 13. `report`: one status write when something changed, and the Event of a new reason.
 
 use std::ops::ControlFlow;
 
@@ -28,9 +30,9 @@ use super::outcome::{self, CallEvent, CallVerdict};
 use super::ownership::{self, Declaration};
 use super::plan::{self, Act, Observation, Plan, Step, StepOutcome, StepState};
 use super::report::{StatusUpdate, publish, write_status};
-use super::{Context, Known, acted_on_name, admit, declared_name, job_rules, recheck, resolve};
+use super::{Context, Known, acted_on_name, admit, declared_name, job_rules, paused_now, recheck, resolve};
 use crate::account::Admitted;
-use crate::account::policy::Refusal;
+use crate::account::policy::{Pause, Refusal};
 use crate::api::conditions::Summary;
 use crate::api::macie_job::{CreationRecord, ObservedJob, RequestedTransition, TransitionOutcome};
 use crate::api::{DesiredJobStatus, MacieJob, MacieJobStatus};
@@ -46,14 +48,19 @@ pub(super) async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Nex
     proceed!(r.forget_if_gone());
     proceed!(r.wait_for_own_write());
     let admitted = proceed!(r.admit().await);
-    let (desired, deleting) = proceed!(r.keep_finalizer().await);
+    let intent = proceed!(r.keep_finalizer().await);
     let view = ctx.poller.view(&admitted.place);
     let seen = r.observe(&admitted.place, &view);
+    let (desired, deleting) = match intent {
+        Intent::Observe(desired) => return r.observe_only(&admitted, seen, desired).await,
+        Intent::Manage { desired, deleting } => (desired, deleting),
+    };
     let seen = proceed!(super::creating::create_job(&r, seen, desired).await);
     proceed!(r.check_acted_on(&admitted, &seen).await);
     let planned = r.settle_ownership(r.plan(desired, &seen), desired, &seen);
     let planned = proceed!(r.release_after_cancel(planned, deleting, &seen).await);
     let report = r.settle_step(&planned, &seen);
+    let report = proceed!(r.hold_if_paused(report, &planned, &seen, deleting).await);
     let report = proceed!(r.update_job(report, &planned, &seen).await);
     r.report(report, &seen, deleting).await
 }
@@ -75,6 +82,14 @@ pub(super) struct Seen<'v> {
     pub(super) observation: Observation<'v>,
     /// The resource's create (spec.definition), as this process knows it.
     pub(super) creation: Option<CreationRecord>,
+}
+
+/// What the resource asks of the reconcile, once its lifecycle is settled.
+enum Intent {
+    /// Keep the job in `desired` (CANCELLED while being deleted with Cancel).
+    Manage { desired: DesiredJobStatus, deleting: bool },
+    /// managementPolicy Observe: report the job against what is declared, write nothing.
+    Observe(Option<DesiredJobStatus>),
 }
 
 /// The plan, and the step it was made with.
@@ -131,8 +146,8 @@ impl<'a> Reconcile<'a> {
     }
 
     /// The Cancel finalizer is added or removed as `deletionPolicy` says; a deletion that
-    /// needs nothing of Macie releases it. Hands on (desired status, being deleted).
-    async fn keep_finalizer(&self) -> Flow<(DesiredJobStatus, bool)> {
+    /// needs nothing of Macie releases it. Hands on what the resource asks.
+    async fn keep_finalizer(&self) -> Flow<Intent> {
         match lifecycle(self.obj) {
             Lifecycle::Forget => stop(Next::AwaitChange),
             Lifecycle::SetFinalizer(present) => {
@@ -145,8 +160,42 @@ impl<'a> Reconcile<'a> {
                 self.release(why.to_string()).await?;
                 stop(Next::AwaitChange)
             }
-            Lifecycle::Manage { desired, deleting } => go((desired, deleting)),
+            Lifecycle::Manage { desired, deleting } => go(Intent::Manage { desired, deleting }),
+            Lifecycle::Observe { desired } => go(Intent::Observe(desired)),
         }
+    }
+
+    /// managementPolicy Observe: the name rule for the job seen, then its picture against what
+    /// is declared (Drifted where Manage would act); a step an earlier Manage left in flight
+    /// keeps its record. No Macie write, no part in ownership.
+    async fn observe_only(
+        &self,
+        admitted: &Admitted,
+        seen: Seen<'_>,
+        desired: Option<DesiredJobStatus>,
+    ) -> Result<Next, Error> {
+        proceed!(self.check_acted_on(admitted, &seen).await);
+        self.release_peers(&seen);
+        let stored = self.obj.status.clone().unwrap_or_default();
+        let summary = plan::observed_summary(
+            desired,
+            seen.observation,
+            seen.snapshot_at,
+            clock::now(),
+            &self.ctx.config.plan,
+        );
+        let job = match &seen.observation {
+            Observation::Found(job) => Some((*job).clone()),
+            _ => None,
+        };
+        let report = Report {
+            last_transition: stored.last_transition.clone(),
+            stored,
+            job,
+            summary,
+            recheck_at: None,
+        };
+        self.report(report, &seen, false).await
     }
 
     /// What the place's latest sweep says of the job the spec names (no effect).
@@ -196,6 +245,10 @@ impl<'a> Reconcile<'a> {
         let (Observation::Found(job), Some(snap)) = (&seen.observation, &seen.view.snapshot) else {
             return planned;
         };
+        if paused_now(ctx, obj).is_some() {
+            self.release_peers(seen);
+            return planned;
+        }
         let peers = ctx.peers(obj, &seen.place, job, &snap.by_name);
         let me = Declaration {
             namespace: obj.namespace().unwrap_or_default(),
@@ -219,6 +272,20 @@ impl<'a> Reconcile<'a> {
         }
         planned.plan = ownership::owned(planned.plan, &own);
         planned
+    }
+
+    /// A paused or Observe declaration takes no part in ownership: the peers that show a
+    /// Conflict (perhaps with it) look again.
+    fn release_peers(&self, seen: &Seen<'_>) {
+        let (Observation::Found(job), Some(snap)) = (&seen.observation, &seen.view.snapshot) else {
+            return;
+        };
+        for peer in (self.ctx.peers(self.obj, &seen.place, job, &snap.by_name).iter()).filter(|p| p.shows_conflict) {
+            let _ = self
+                .ctx
+                .trigger
+                .unbounded_send(ObjectRef::new(&peer.name).within(&peer.namespace));
+        }
     }
 
     /// A resource being deleted with Cancel: released once its job is cancelled (or cannot
@@ -265,6 +332,31 @@ impl<'a> Reconcile<'a> {
         }
     }
 
+    /// A paused resource makes no Macie write: its status says so, with what Macie shows (a
+    /// transient sweep failure keeps the conditions, as below).
+    async fn hold_if_paused(&self, report: Report, planned: &Planned, seen: &Seen<'_>, deleting: bool) -> Flow<Report> {
+        let Some(pause) = paused_now(self.ctx, self.obj) else {
+            return go(report);
+        };
+        if planned.plan.hold && !report.stored.conditions.is_empty() {
+            return stop(Next::AwaitChange);
+        }
+        let next = self.held(pause, report, &planned.plan, seen).await?;
+        stop(if deleting {
+            Next::After(self.ctx.poller.interval())
+        } else {
+            next
+        })
+    }
+
+    /// The status of a paused resource: `ReconcilePaused`, the step's record as settled (never
+    /// a write-ahead of a call not made), and what the plan would have done.
+    async fn held(&self, pause: Pause, mut report: Report, plan: &Plan, seen: &Seen<'_>) -> Result<Next, Error> {
+        report.summary = plan::paused_summary(pause, &seen.place.account, plan);
+        report.recheck_at = None;
+        self.report(report, seen, false).await
+    }
+
     /// The plan's UpdateClassificationJob: only by the leader, only within the rules (decided
     /// again before the write-ahead and right before the call), after the write-ahead.
     async fn update_job(&self, mut report: Report, planned: &Planned, seen: &Seen<'_>) -> Flow<Report> {
@@ -290,10 +382,13 @@ impl<'a> Reconcile<'a> {
         }
         let step = Step::new(job_id, from, *to, step_time(report.stored.last_transition.as_ref()));
         report.stored = self.write_ahead(&report, &step, seen).await?;
-        // Again right before the call: the write-ahead took a round trip. A refusal here
-        // rewrites the status without the write-ahead (no call was made).
+        // Again right before the call: the write-ahead took a round trip. A refusal or a pause
+        // here rewrites the status without the write-ahead (no call was made).
         if let Err(refusal) = recheck(ctx, obj, acted_on) {
             return self.refused(&refusal).await.map(ControlFlow::Break);
+        }
+        if let Some(pause) = paused_now(ctx, obj) {
+            return stop(self.held(pause, report, p, seen).await?);
         }
         let prev_attempts = planned
             .step

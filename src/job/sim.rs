@@ -882,8 +882,9 @@ impl Sim {
                 let shown = st.job.clone().unwrap_or_default();
                 let actual = shared.macie.status(REGION, &shown.job_id).unwrap_or_default();
                 let ok = match o.spec.job_status {
-                    DesiredJobStatus::Running => ["RUNNING", "IDLE", "COMPLETE"].contains(&actual.as_str()),
-                    other => actual == other.as_str(),
+                    Some(DesiredJobStatus::Running) => ["RUNNING", "IDLE", "COMPLETE"].contains(&actual.as_str()),
+                    Some(other) => actual == other.as_str(),
+                    None => true,
                 };
                 if !ok || actual != shown.job_status {
                     shared.violation(format!(

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::account::testing::Fed;
-use crate::api::MacieAccountSpec;
 use crate::api::macie_account::{DiscoveryRules, JobRules};
 use crate::api::macie_job::CreationOutcome;
+use crate::api::{MacieAccountSpec, PAUSED_ANNOTATION};
 use crate::macie::MacieError;
 use crate::macie::fake::FakeMacie;
 use crate::runtime::fake_kube::{FakeKube, path_of};
@@ -357,7 +357,7 @@ async fn disagreeing_resources_never_call_and_agreeing_ones_call_once() {
     assert!(r.reason("a").2.contains("b (USER_PAUSED)"), "{}", r.reason("a").2);
     // They agree: exactly one acts, however often both are reconciled.
     let mut a = r.get("a").unwrap();
-    a.spec.job_status = DesiredJobStatus::UserPaused;
+    a.spec.job_status = Some(DesiredJobStatus::UserPaused);
     a.metadata.generation = Some(2);
     r.kube.put(serde_json::to_value(&a).unwrap(), "maciejobs");
     for _ in 0..10 {
@@ -933,9 +933,9 @@ async fn buckets_of_accounts_outside_the_rule_are_never_created() {
     assert!(macie.creates().is_empty());
 }
 
-/// Narrows the default account when the first status write that matches `when` is made (the
-/// write-ahead of a call): the world changes between the write-ahead and the call.
-fn narrow_at_write_ahead(r: &mut Rig, when: fn(&Value) -> bool, narrowed: MacieAccountSpec) {
+/// Narrows (or pauses) the default account when the first status write that matches `when` is
+/// made (the write-ahead of a call): the world changes between the write-ahead and the call.
+fn narrow_at_write_ahead(r: &mut Rig, when: fn(&Value) -> bool, narrowed: MacieAccountSpec, paused: bool) {
     let (_, dummy) = reflector::store::<crate::api::MacieAccount>();
     let mut accounts = std::mem::replace(&mut r.fed.accounts, dummy);
     let mut narrowed = Some(narrowed);
@@ -945,6 +945,9 @@ fn narrow_at_write_ahead(r: &mut Rig, when: fn(&Value) -> bool, narrowed: MacieA
         {
             let mut a = crate::api::MacieAccount::new("default", spec);
             a.metadata.generation = Some(1);
+            if paused {
+                a.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "true".to_string())].into());
+            }
             a.status = Some(crate::api::MacieAccountStatus {
                 observed_generation: Some(1),
                 conditions: conditions::conditions(
@@ -968,6 +971,7 @@ async fn a_rule_narrowed_after_the_write_ahead_stops_the_create() {
         &mut r,
         |b| b["status"]["creation"]["outcome"] == "Pending",
         account_spec(&["*"], true),
+        false,
     );
     r.create(object("m", definition("scan", "RUNNING")));
     r.sweeps(1).await;
@@ -994,6 +998,7 @@ async fn a_rule_narrowed_after_the_write_ahead_stops_the_update() {
         &mut r,
         |b| b["status"]["lastTransition"]["outcome"] == "Pending",
         no_pause,
+        false,
     );
     r.create(object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
     r.sweeps(1).await;
@@ -1173,4 +1178,234 @@ async fn a_job_of_the_name_created_after_the_sweep_is_name_in_use() {
     assert_eq!((phase.as_str(), reason.as_str()), ("Stalled", "NameInUse"), "{message}");
     assert!(message.contains("theirs"), "{message}");
     assert!(macie.creates().is_empty(), "no second job of the name");
+}
+
+/// A MacieJob with the pause annotation.
+fn paused(name: &str, spec: Value) -> Value {
+    let mut o = object(name, spec);
+    o["metadata"]["annotations"] = json!({ PAUSED_ANNOTATION: "true" });
+    o
+}
+
+fn conditions_of(r: &Rig, name: &str) -> Vec<(String, String, String)> {
+    let st = r.get(name).unwrap().status.unwrap();
+    st.conditions
+        .iter()
+        .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_paused_job_makes_no_call_says_so_and_acts_once_resumed() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie.clone());
+    r.create(paused("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 5).await;
+    assert!(macie.updates().is_empty(), "no call while paused");
+    let (phase, reason, message) = r.reason("m");
+    assert_eq!(
+        (phase.as_str(), reason.as_str()),
+        ("Reconciling", "ReconcilePaused"),
+        "a call is held"
+    );
+    assert!(message.contains("on this resource"), "{message}");
+    assert!(
+        conditions_of(&r, "m").contains(&("Paused".into(), "True".into(), "ReconcilePaused".into())),
+        "{:?}",
+        conditions_of(&r, "m")
+    );
+    let events = r
+        .kube
+        .writes()
+        .into_iter()
+        .filter(|w| w.path.contains("/events"))
+        .count();
+    assert_eq!(events, 1, "one Event on entering the pause");
+    // Resumed: one call, then Ready once a sweep shows it; the pause's leaving is announced.
+    let mut o = r.get("m").unwrap();
+    o.metadata.annotations = None;
+    r.kube.put(serde_json::to_value(&o).unwrap(), "maciejobs");
+    r.reconcile("m", 3).await;
+    assert_eq!(macie.updates().len(), 1);
+    r.sweeps(2).await;
+    r.reconcile("m", 3).await;
+    assert_eq!(r.reason("m").1, "Converged");
+    assert!(conditions_of(&r, "m").iter().all(|c| c.0 != "Paused"));
+    let resumed = r
+        .kube
+        .writes()
+        .into_iter()
+        .filter(|w| w.body["reason"] == "ReconcileResumed")
+        .count();
+    assert_eq!(resumed, 1, "one Event on leaving the pause");
+    assert_eq!(macie.updates().len(), 1);
+}
+
+#[tokio::test]
+async fn a_paused_job_already_as_declared_is_ready() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie.clone());
+    r.create(paused("m", json!({"jobId": "j1", "jobStatus": "RUNNING"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 2).await;
+    let (phase, reason, _) = r.reason("m");
+    assert_eq!((phase.as_str(), reason.as_str()), ("Ready", "ReconcilePaused"));
+    assert!(macie.updates().is_empty());
+}
+
+#[tokio::test]
+async fn a_paused_account_holds_every_resource_that_uses_it() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie.clone());
+    let mut a = crate::api::MacieAccount::new("default", account_spec(&["*"], true));
+    a.metadata.generation = Some(1);
+    a.metadata.annotations = Some([(PAUSED_ANNOTATION.to_string(), "true".to_string())].into());
+    a.status = Some(crate::api::MacieAccountStatus {
+        observed_generation: Some(1),
+        conditions: conditions::conditions(
+            &conditions::Reason::Verified.summary("ok"),
+            Some(1),
+            &[],
+            Timestamp::now(),
+        ),
+        ..Default::default()
+    });
+    r.fed.put(a);
+    r.create(object("m", json!({"jobId": "j1", "jobStatus": "CANCELLED"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    assert!(macie.updates().is_empty());
+    let (_, reason, message) = r.reason("m");
+    assert_eq!(reason, "ReconcilePaused");
+    assert!(message.contains("MacieAccount default"), "{message}");
+}
+
+#[tokio::test]
+async fn a_pause_between_the_write_ahead_and_the_call_stops_the_call() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie.clone());
+    narrow_at_write_ahead(
+        &mut r,
+        |b| b["status"]["lastTransition"]["outcome"] == "Pending",
+        account_spec(&["*"], true),
+        true,
+    );
+    r.create(object("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    assert!(macie.updates().is_empty(), "no UpdateClassificationJob");
+    assert_eq!(r.reason("m").1, "ReconcilePaused");
+    let t = r.get("m").unwrap().status.unwrap().last_transition;
+    assert!(
+        t.is_none_or(|t| t.outcome != TransitionOutcome::Pending),
+        "no call is recorded in flight"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_definition_creates_nothing_and_is_created_once_resumed() {
+    let macie = Arc::new(FakeMacie::default());
+    let mut r = creating_rig(macie.clone());
+    r.create(paused("m", definition("scan", "RUNNING")));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    assert!(macie.creates().is_empty(), "no CreateClassificationJob while paused");
+    let (_, reason, message) = r.reason("m");
+    assert_eq!(reason, "ReconcilePaused");
+    assert!(message.contains("\"scan\" is not created"), "{message}");
+    let mut o = r.get("m").unwrap();
+    o.metadata.annotations = None;
+    r.kube.put(serde_json::to_value(&o).unwrap(), "maciejobs");
+    r.reconcile("m", 3).await;
+    assert_eq!(macie.creates().len(), 1);
+}
+
+#[tokio::test]
+async fn a_paused_declaration_holds_no_one_in_conflict() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "shared", "RUNNING");
+    let mut r = rig(macie.clone());
+    r.create(object("a", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.create(paused("b", json!({"jobName": "shared", "jobStatus": "RUNNING"})));
+    r.sweeps(1).await;
+    for _ in 0..5 {
+        r.reconcile("a", 1).await;
+        r.reconcile("b", 1).await;
+    }
+    assert_eq!(macie.updates().len(), 1, "the declaration that acts, once");
+    assert_eq!(r.reason("b").1, "ReconcilePaused");
+}
+
+/// A MacieJob in managementPolicy Observe.
+fn observing(name: &str, mut spec: Value) -> Value {
+    spec["managementPolicy"] = json!("Observe");
+    object(name, spec)
+}
+
+#[tokio::test]
+async fn an_observed_job_that_differs_is_drifted_and_never_called() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "RUNNING");
+    let mut r = rig(macie.clone());
+    r.create(observing("m", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    assert!(macie.updates().is_empty(), "Observe never writes");
+    let (phase, reason, message) = r.reason("m");
+    assert_eq!((phase.as_str(), reason.as_str()), ("Stalled", "Drifted"));
+    assert!(
+        message.contains("RUNNING") && message.contains("USER_PAUSED"),
+        "{message}"
+    );
+    assert_eq!(r.get("m").unwrap().status.unwrap().job.unwrap().job_status, "RUNNING");
+    // Macie moves to what is declared (out of band): Ready.
+    macie.set_status(REGION, "j1", "USER_PAUSED");
+    r.sweeps(2).await;
+    r.reconcile("m", 1).await;
+    assert_eq!(r.reason("m").1, "Converged");
+    assert!(macie.updates().is_empty());
+}
+
+#[tokio::test]
+async fn an_observed_job_without_a_status_is_reported_as_it_is() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "n", "USER_PAUSED");
+    let mut r = rig(macie.clone());
+    r.create(observing("m", json!({"jobName": "n"})));
+    r.sweeps(1).await;
+    r.reconcile("m", 2).await;
+    let (phase, reason, message) = r.reason("m");
+    assert_eq!((phase.as_str(), reason.as_str()), ("Ready", "Converged"), "{message}");
+    assert!(message.contains("USER_PAUSED"), "{message}");
+}
+
+#[tokio::test]
+async fn an_observed_definition_creates_nothing() {
+    let macie = Arc::new(FakeMacie::default());
+    let mut r = creating_rig(macie.clone());
+    r.create(observing("m", definition("scan", "RUNNING")));
+    r.sweeps(1).await;
+    r.reconcile("m", 3).await;
+    assert!(macie.creates().is_empty(), "Observe never creates");
+    assert_eq!(r.reason("m").1, "JobNotFound");
+}
+
+#[tokio::test]
+async fn an_observe_declaration_holds_no_one_in_conflict() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "shared", "RUNNING");
+    let mut r = rig(macie.clone());
+    r.create(object("a", json!({"jobId": "j1", "jobStatus": "USER_PAUSED"})));
+    r.create(observing("b", json!({"jobName": "shared", "jobStatus": "RUNNING"})));
+    r.sweeps(1).await;
+    for _ in 0..5 {
+        r.reconcile("a", 1).await;
+        r.reconcile("b", 1).await;
+    }
+    assert_eq!(macie.updates().len(), 1, "the Manage declaration acts, once");
 }

@@ -19,11 +19,12 @@ fn job(name: &str, job_id: Option<&str>, job_name: Option<&str>, region: Option<
         MacieJobSpec {
             job_id: job_id.map(str::to_string),
             job_name: job_name.map(str::to_string),
-            job_status: DesiredJobStatus::Running,
+            job_status: Some(DesiredJobStatus::Running),
             region: region.map(str::to_string),
             account_ref: None,
             definition: None,
             deletion_policy: DeletionPolicy::Orphan,
+            management_policy: Default::default(),
         },
     );
     o.metadata.namespace = Some("ns".into());

@@ -156,6 +156,20 @@ pub fn ready_event<S: Reported>(previous: Option<&S>, new: &S) -> Option<(EventT
     Some((type_, ready.reason.clone(), ready.message.clone()))
 }
 
+/// The Event reason of a pause that ended (entering one is announced by its Ready reason,
+/// `ReconcilePaused`).
+pub const RESUMED: &str = "ReconcileResumed";
+
+/// The note of the Event to publish when the `Paused` condition goes away, or None.
+pub fn resumed<S: Reported>(previous: Option<&S>, new: &S) -> Option<String> {
+    let was = previous.and_then(|p| conditions::find(p.conditions(), conditions::PAUSED))?;
+    if conditions::find(new.conditions(), conditions::PAUSED).is_some() || was.status != "True" {
+        return None;
+    }
+    let now = conditions::find(new.conditions(), READY).map_or(String::new(), |c| format!(": {}", c.message));
+    Some(format!("the pause annotation is gone; the operator acts again{now}"))
+}
+
 /// Where a status write goes and who hears of it.
 pub struct Writer<'a, K> {
     pub api: &'a Api<K>,
@@ -248,6 +262,9 @@ where
     {
         publish_event(recorder, obj, type_, &reason, ACTION, note).await;
     }
+    if let Some(note) = resumed(previous, new) {
+        publish_event(recorder, obj, EventType::Normal, RESUMED, ACTION, note).await;
+    }
     Ok(Some(written))
 }
 
@@ -306,6 +323,21 @@ mod tests {
         assert_eq!((t, reason.as_str()), (EventType::Warning, "AccountErrors"));
         assert_eq!(ready_event(Some(&stalled), &ready).unwrap().0, EventType::Normal);
         assert_eq!(ready_event(Some(&ready), &ready), None, "same reason: no Event");
+    }
+
+    #[test]
+    fn leaving_a_pause_is_announced_once() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let paused = status(&Summary::new(Phase::Ready, "ReconcilePaused", "paused"), now);
+        let ready = status(&Summary::new(Phase::Ready, "Converged", "all 1"), now);
+        let (t, reason, _) = ready_event(Some(&ready), &paused).unwrap();
+        assert_eq!((t, reason.as_str()), (EventType::Normal, "ReconcilePaused"), "entering");
+        assert_eq!(by_reason(EventType::Normal, "ReconcilePaused"), Some(EventType::Normal));
+        let note = resumed(Some(&paused), &ready).expect("leaving");
+        assert!(note.ends_with(": all 1"), "{note}");
+        assert_eq!(resumed(Some(&paused), &paused), None, "still paused");
+        assert_eq!(resumed(Some(&ready), &ready), None, "never paused");
+        assert_eq!(resumed(None, &ready), None);
     }
 
     #[test]
