@@ -5,6 +5,7 @@
 pub mod account;
 pub mod api;
 pub mod discovery;
+pub mod export;
 pub mod job;
 pub mod macie;
 pub mod runtime;

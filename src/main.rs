@@ -39,6 +39,49 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML (what crds/ holds).
     Crd,
+    /// Print MacieJob manifests (YAML) that adopt an account's existing jobs as they are, by
+    /// jobId, each declaring the status the job already satisfies: applying them changes
+    /// nothing in Macie. Installed as `kubectl-macie`, it runs as `kubectl macie export`.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// AWS Region to read (default: the AWS SDK's region, e.g. AWS_REGION).
+    #[arg(long, env = "MACIE_OPERATOR_REGION")]
+    region: Option<String>,
+    /// Macie endpoint URL override (e.g. a local macie-emulator); omit for AWS.
+    #[arg(long, env = "MACIE_OPERATOR_MACIE_ENDPOINT", value_parser = parse_url)]
+    macie_endpoint: Option<String>,
+    /// IAM role to assume for the reads (default: the standard AWS credential chain as is).
+    #[arg(long)]
+    role_arn: Option<String>,
+    /// ExternalId for --role-arn, when its trust policy requires one.
+    #[arg(long, requires = "role_arn")]
+    external_id: Option<String>,
+    /// Namespace of the manifests.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// spec.accountRef of the manifests: the MacieAccount of this AWS account (default: none,
+    /// the operator's default account).
+    #[arg(long)]
+    account_ref: Option<String>,
+    /// Every job, COMPLETE and CANCELLED ones included (default: the jobs that can still change).
+    #[arg(long)]
+    all: bool,
+    /// Only jobs Macie shows in these statuses (comma-separated, e.g. RUNNING,USER_PAUSED).
+    #[arg(long, value_delimiter = ',')]
+    status: Vec<String>,
+    /// Only jobs whose name starts with this.
+    #[arg(long)]
+    name_prefix: Option<String>,
+    /// managementPolicy Observe on every manifest: the operator reports, never writes.
+    #[arg(long)]
+    observe: bool,
+    /// Also print MacieDiscovery manifests declaring each member account's current
+    /// automated-discovery status.
+    #[arg(long)]
+    discovery: bool,
 }
 
 #[derive(Args, Debug)]
@@ -190,6 +233,25 @@ fn main() -> ExitCode {
             print!("{}", macie_operator::api::crds_yaml());
             ExitCode::SUCCESS
         }
+        Command::Export(args) => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("macie-operator: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(export(args)) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("macie-operator export: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => {
             if let Err(e) = runtime::init_logging(args.log_format, &args.log) {
                 eprintln!("macie-operator: {e}");
@@ -212,6 +274,49 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `export`: reads the account's jobs with the standard AWS credential chain (and the role, if
+/// given) and returns the manifests as YAML; what it leaves out is said on stderr.
+async fn export(args: ExportArgs) -> Result<String, String> {
+    use macie_operator::export::{self, Options};
+    let clients = MacieClients::from_env(args.macie_endpoint.clone(), AwsTimeouts::default()).await;
+    let region = args
+        .region
+        .clone()
+        .or_else(|| clients.default_region())
+        .ok_or("no AWS Region: pass --region or set AWS_REGION")?;
+    let account = args.account_ref.clone().unwrap_or_else(|| "export".into());
+    let role = args
+        .role_arn
+        .clone()
+        .map(|role_arn| macie_operator::macie::credentials::RoleSpec {
+            role_arn,
+            external_id: args.external_id.clone(),
+            session_name: macie_operator::macie::credentials::session_name(&account),
+        });
+    clients.use_account(&account, role);
+    let options = Options {
+        region: region.clone(),
+        namespace: args.namespace,
+        account_ref: args.account_ref,
+        all: args.all,
+        statuses: args.status.iter().map(|s| s.trim().to_ascii_uppercase()).collect(),
+        name_prefix: args.name_prefix,
+        observe: args.observe,
+    };
+    let place = macie_operator::macie::Place::new(&account, &region);
+    let out = export::export(&clients, &place, &options, args.discovery)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (id, status) in &out.skipped {
+        eprintln!("macie-operator export: job {id} left out: its status {status} is not one this operator knows");
+    }
+    eprintln!(
+        "macie-operator export: {} manifest(s) from {region}",
+        out.manifests.len()
+    );
+    Ok(export::to_yaml(&out.manifests))
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {

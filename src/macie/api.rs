@@ -28,6 +28,8 @@ pub enum JobsQuery<'a> {
     NotTerminal,
     /// Every job with exactly this name, terminal ones included.
     Named(&'a str),
+    /// Every job (`macie-operator export --all`).
+    All,
 }
 
 /// The statuses no job ever leaves.
@@ -92,28 +94,33 @@ pub async fn sdk_list_jobs_page(
 ) -> Result<JobsPage, MacieError> {
     use aws_sdk_macie2::types::{JobComparator, ListJobsFilterCriteria, ListJobsFilterKey, ListJobsFilterTerm};
     let filter = match query {
-        JobsQuery::NotTerminal => ListJobsFilterCriteria::builder()
-            .excludes(
-                ListJobsFilterTerm::builder()
-                    .key(ListJobsFilterKey::JobStatus)
-                    .comparator(JobComparator::Eq)
-                    .set_values(Some(TERMINAL_STATUSES.map(str::to_string).to_vec()))
-                    .build(),
-            )
-            .build(),
-        JobsQuery::Named(name) => ListJobsFilterCriteria::builder()
-            .includes(
-                ListJobsFilterTerm::builder()
-                    .key(ListJobsFilterKey::Name)
-                    .comparator(JobComparator::Eq)
-                    .values(name)
-                    .build(),
-            )
-            .build(),
+        JobsQuery::All => None,
+        JobsQuery::NotTerminal => Some(
+            ListJobsFilterCriteria::builder()
+                .excludes(
+                    ListJobsFilterTerm::builder()
+                        .key(ListJobsFilterKey::JobStatus)
+                        .comparator(JobComparator::Eq)
+                        .set_values(Some(TERMINAL_STATUSES.map(str::to_string).to_vec()))
+                        .build(),
+                )
+                .build(),
+        ),
+        JobsQuery::Named(name) => Some(
+            ListJobsFilterCriteria::builder()
+                .includes(
+                    ListJobsFilterTerm::builder()
+                        .key(ListJobsFilterKey::Name)
+                        .comparator(JobComparator::Eq)
+                        .values(name)
+                        .build(),
+                )
+                .build(),
+        ),
     };
     let resp = client
         .list_classification_jobs()
-        .filter_criteria(filter)
+        .set_filter_criteria(filter)
         .max_results(page_size)
         .sort_criteria(
             ListJobsSortCriteria::builder()

@@ -125,6 +125,42 @@ pub trait DiscoveryApi: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<(String, String)>, MacieError>>;
 }
 
+impl MacieClients {
+    /// Every member account ListAutomatedDiscoveryAccounts lists (no ids: every page), with
+    /// its automated-discovery status (`macie-operator export --discovery`).
+    pub async fn every_discovery_account(
+        &self,
+        place: &Place,
+    ) -> Result<std::collections::BTreeMap<String, DiscoveryStatus>, MacieError> {
+        self.with_client(place, |c| async move {
+            let mut out = std::collections::BTreeMap::new();
+            let mut token: Option<String> = None;
+            loop {
+                let resp = c
+                    .list_automated_discovery_accounts()
+                    .max_results(PAGE_SIZE)
+                    .set_next_token(token.take())
+                    .send()
+                    .await
+                    .map_err(MacieError::from_sdk);
+                self.metrics()
+                    .call("ListAutomatedDiscoveryAccounts", MacieError::outcome(&resp));
+                let resp = resp?;
+                for item in resp.items() {
+                    if let (Some(id), Some(status)) = (item.account_id(), item.status().and_then(from_sdk)) {
+                        out.insert(id.to_string(), status);
+                    }
+                }
+                match resp.next_token() {
+                    Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                    _ => return Ok(out),
+                }
+            }
+        })
+        .await
+    }
+}
+
 impl DiscoveryApi for MacieClients {
     fn list_accounts<'a>(
         &'a self,

@@ -180,6 +180,7 @@ impl MacieApi for FakeMacie {
                             .filter(|j| match query {
                                 JobsQuery::NotTerminal => !TERMINAL_STATUSES.contains(&j.job_status.as_str()),
                                 JobsQuery::Named(n) => j.name.as_deref() == Some(n),
+                                JobsQuery::All => true,
                             })
                             .cloned()
                             .collect()
