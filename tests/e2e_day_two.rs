@@ -91,6 +91,37 @@ async fn an_export_applied_adopts_every_job_without_a_write() -> Result<()> {
     let first = export(&s.emu, &["--namespace", &s.ns])?;
     let second = export(&s.emu, &["--namespace", &s.ns])?;
     assert_eq!(first, second, "a second export of the same account is byte-identical");
+    // The same binary as a kubectl plugin.
+    let plugins = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_macie-operator"),
+        plugins.path().join("kubectl-macie"),
+    )?;
+    let path = format!(
+        "{}:{}",
+        plugins.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let args = [
+        "macie",
+        "export",
+        "--region",
+        REGION,
+        "--macie-endpoint",
+        &s.emu.url,
+        "--namespace",
+        &s.ns,
+    ];
+    let plugin = run(
+        kubectl(s.cp.kubeconfig())
+            .args(args)
+            .env("PATH", path)
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true"),
+        None,
+    )?;
+    assert_eq!(plugin, first, "kubectl macie export prints the same");
     assert_eq!(
         first.matches("kind: MacieJob").count(),
         20,
@@ -314,5 +345,43 @@ async fn observe_reports_drift_and_never_writes() -> Result<()> {
     assert_eq!(s.emu.account(member).as_deref(), Some("DISABLED"));
     disc.stop().await;
     op.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exported_discovery_declares_every_account_as_it_is() -> Result<()> {
+    let s = scene("export-discovery").await?;
+    let members = [
+        ("111111111111", "ENABLED"),
+        ("222222222222", "DISABLED"),
+        ("333333333333", "ENABLED"),
+    ];
+    for (id, status) in members {
+        s.emu.put_account(id, status, false);
+    }
+    let out = export(&s.emu, &["--namespace", &s.ns, "--discovery"])?;
+    for (id, status) in members {
+        assert!(
+            out.contains(&format!("accountId: '{id}'")) || out.contains(&format!("accountId: \"{id}\"")),
+            "{out}"
+        );
+        assert!(out.contains(status));
+    }
+    run(kubectl(s.cp.kubeconfig()).args(["apply", "-f", "-"]), Some(&out))?;
+    let disc = DiscoveryHandle::start(s.client.clone(), &s.ns, &s.emu.url, |_| {}).await;
+    let api: Api<MacieDiscovery> = Api::namespaced(s.client.clone(), &s.ns);
+    let name = format!("automated-discovery-{REGION}");
+    wait_for("the exported discovery Converged", DEADLINE, || async {
+        let d = api.get(&name).await?;
+        let st = d.status.as_ref();
+        let reason = st
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.reason.clone());
+        let counts = st.and_then(|s| s.counts.clone()).map(|c| (c.desired, c.converged));
+        Ok((reason.as_deref() == Some("Converged") && counts == Some((3, 3))).then_some(()))
+    })
+    .await?;
+    assert_eq!(writes(&s.emu), 0, "nothing sent");
+    disc.stop().await;
     Ok(())
 }
