@@ -385,3 +385,49 @@ async fn an_exported_discovery_declares_every_account_as_it_is() -> Result<()> {
     disc.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_is_confirmed_before_the_next_sweep_and_never_repeated() -> Result<()> {
+    let s = scene("confirm").await?;
+    let (quick, late) = (
+        s.emu
+            .put_job(json!({"name": "quick", "jobType": "ONE_TIME", "jobStatus": "RUNNING"})),
+        s.emu
+            .put_job(json!({"name": "late", "jobType": "ONE_TIME", "jobStatus": "RUNNING"})),
+    );
+    // The default poll interval: a confirmation that waited for the next sweep would take a
+    // minute.
+    let op = OperatorHandle::start(s.client.clone(), &s.ns, &s.emu.url, |c| {
+        c.poll_interval = Duration::from_secs(60);
+    })
+    .await;
+    let place = macie_operator::macie::Place::new("default", REGION);
+    let api: Api<MacieJob> = Api::namespaced(s.client.clone(), &s.ns);
+    create_job(&api, "quick", json!({"jobId": quick, "jobStatus": "USER_PAUSED"})).await?;
+    let t = std::time::Instant::now();
+    wait_reason(&api, "quick", "Converged", Duration::from_secs(30)).await?;
+    let took = t.elapsed();
+    assert_eq!(
+        op.poller.view(&place).sweeps,
+        1,
+        "confirmed before the next sweep (in {took:?})"
+    );
+    // Macie shows the change 3 s late: the reads at 1 s and 3 s still show RUNNING, the one at
+    // 7 s the change; one call, none repeated.
+    set_faults(&s.emu, json!({"visibilityDelayMs": 3000}))?;
+    create_job(&api, "late", json!({"jobId": late, "jobStatus": "USER_PAUSED"})).await?;
+    wait_reason(&api, "late", "Converged", Duration::from_secs(30)).await?;
+    assert_eq!(op.poller.view(&place).sweeps, 1, "still before the next sweep");
+    let calls = s.emu.update_attempts();
+    assert_eq!(calls.len(), 2, "one call per job, none repeated: {calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["outcome"] == "OK" && c["valid"] == true && c["repeated"] != true),
+        "every call valid and none repeated: {calls:?}"
+    );
+    let reads = s.emu.requests("DescribeClassificationJob");
+    assert!(reads <= 4, "1 read for the first, at most 3 for the late one: {reads}");
+    op.stop().await;
+    Ok(())
+}

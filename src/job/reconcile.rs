@@ -36,7 +36,7 @@ use crate::account::policy::{Pause, Refusal};
 use crate::api::conditions::Summary;
 use crate::api::macie_job::{CreationRecord, ObservedJob, RequestedTransition, TransitionOutcome};
 use crate::api::{DesiredJobStatus, MacieJob, MacieJobStatus};
-use crate::macie::jobs::RegionView;
+use crate::macie::jobs::{Confirmed, RegionView};
 use crate::macie::{MacieError, Place};
 use crate::proceed;
 use crate::runtime::events::EventType;
@@ -50,7 +50,8 @@ pub(super) async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Nex
     let admitted = proceed!(r.admit().await);
     let intent = proceed!(r.keep_finalizer().await);
     let view = ctx.poller.view(&admitted.place);
-    let seen = r.observe(&admitted.place, &view);
+    let confirmed = r.confirmation(&admitted.place, &view);
+    let seen = r.observe(&admitted.place, &view, confirmed.as_ref());
     let (desired, deleting) = match intent {
         Intent::Observe(desired) => return r.observe_only(&admitted, seen, desired).await,
         Intent::Manage { desired, deleting } => (desired, deleting),
@@ -198,13 +199,27 @@ impl<'a> Reconcile<'a> {
         self.report(report, &seen, false).await
     }
 
-    /// What the place's latest sweep says of the job the spec names (no effect).
-    fn observe<'v>(&self, place: &Place, view: &'v RegionView) -> Seen<'v> {
+    /// A read of the job the spec names that confirms a call and no sweep has overtaken yet
+    /// (`JobPoller::confirm`).
+    fn confirmation(&self, place: &Place, view: &RegionView) -> Option<Confirmed> {
+        match resolve(&self.obj.spec, view) {
+            Observation::Found(job) => self.ctx.poller.confirmed(place, &job.job_id),
+            _ => None,
+        }
+    }
+
+    /// What the place's latest sweep (or a later read that confirms a call) says of the job
+    /// the spec names (no effect).
+    fn observe<'v>(&self, place: &Place, view: &'v RegionView, confirmed: Option<&'v Confirmed>) -> Seen<'v> {
+        let (observation, snapshot_at) = match (resolve(&self.obj.spec, view), confirmed) {
+            (Observation::Found(_), Some(c)) => (Observation::Found(&c.job), Some(c.started_at)),
+            (found, _) => (found, view.snapshot.as_ref().map(|s| s.started_at)),
+        };
         Seen {
             place: place.clone(),
             view,
-            snapshot_at: view.snapshot.as_ref().map(|s| s.started_at),
-            observation: resolve(&self.obj.spec, view),
+            snapshot_at,
+            observation,
             creation: self.ctx.creation_for(&self.oref, self.obj.status.as_ref()),
         }
     }
@@ -396,7 +411,7 @@ impl<'a> Reconcile<'a> {
             .filter(|s| s.to == *to && p.step == Some(StepOutcome::RetryDue))
             .map_or(0, Step::attempts);
         let verdict = call_update(ctx, obj, &seen.place, step, prev_attempts).await;
-        go(self.after_call(report, verdict, &seen.place))
+        go(self.after_call(report, verdict, seen))
     }
 
     /// Write-ahead: the step is recorded in the status before the call, so that a replica that
@@ -415,10 +430,18 @@ impl<'a> Reconcile<'a> {
     }
 
     /// What the call's verdict means for the step this process holds and the status.
-    fn after_call(&self, mut report: Report, verdict: CallVerdict, place: &Place) -> Report {
+    fn after_call(&self, mut report: Report, verdict: CallVerdict, seen: &Seen<'_>) -> Report {
+        let place = &seen.place;
         match &verdict.step.state {
-            // Only a sweep that started after the call can show its effect.
-            StepState::InFlight { .. } => self.ctx.wake_after_sweep(&self.oref, place, verdict.step.requested_at),
+            // Only an observation that started after the call can show its effect: the next
+            // sweep, or a read of the job before it.
+            StepState::InFlight { .. } => {
+                self.ctx.wake_after_sweep(&self.oref, place, verdict.step.requested_at);
+                if let Observation::Found(job) = &seen.observation {
+                    let hold = self.ctx.config.plan.step_timeout;
+                    self.ctx.poller.confirm(place, job, verdict.step.requested_at, hold);
+                }
+            }
             StepState::Refused { retry_at, .. } => report.recheck_at = Some(*retry_at),
         }
         let mut record = transition_record(&verdict.step, verdict.outcome, step_error(&verdict.step));

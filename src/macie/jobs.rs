@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use tokio::sync::watch;
 
 use super::api::{JobsPage, JobsQuery, MacieApi, TERMINAL_STATUSES};
@@ -468,6 +468,32 @@ pub type OnChange = Arc<dyn Fn(&Place, &Changes, Option<Timestamp>) + Send + Syn
 /// sweeper).
 pub type InUse = Arc<dyn Fn(&Place) -> bool + Send + Sync>;
 
+/// A job read on its own after a call (DescribeClassificationJob), to confirm the call before
+/// the next sweep: what it showed, when the read started, and the status the job had when the
+/// call was made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confirmed {
+    pub started_at: Timestamp,
+    pub job: ObservedJob,
+    pub from: String,
+    /// Until when it stands against a sweep that still shows `from` (Macie can show a change
+    /// later in a list than in a read of the job).
+    pub holds_until: Timestamp,
+}
+
+/// The confirmations not yet overtaken by a sweep, by (place, job id).
+type Confirmations = Arc<std::sync::Mutex<HashMap<(Place, String), Confirmed>>>;
+
+/// DescribeClassificationJob calls of confirmations in flight at once (all places).
+const CONFIRMING_AT_ONCE: usize = 8;
+
+/// Whether a sweep's `snapshot` overtakes a confirmation: it shows the job in another status
+/// than when the call was made (the change, or a later one), or the confirmation's hold ran
+/// out. Until then a sweep that still shows the old status is a list behind the read.
+pub fn overtaken(c: &Confirmed, snapshot: &Snapshot) -> bool {
+    snapshot.started_at > c.holds_until || snapshot.jobs.get(&c.job.job_id).is_none_or(|j| j.job_status != c.from)
+}
+
 /// Runs one sweeper task per place (the shared per-place registry), started on first use by
 /// an admitted resource and stopped after a sweep when no admitted resource uses the place
 /// any more.
@@ -482,6 +508,8 @@ pub struct JobPoller {
     /// Sweeps only when told (`sweep_now`), on the caller's task: the perturbation harness
     /// drives them in virtual time. None in the operator.
     manual: Option<std::sync::Mutex<HashMap<Place, Manual>>>,
+    confirmed: Confirmations,
+    confirming: Arc<tokio::sync::Semaphore>,
 }
 
 /// A manual poller's place: its view and the history of its sweeps.
@@ -511,7 +539,49 @@ impl JobPoller {
             wanted,
             places: RegionTasks::default(),
             manual: None,
+            confirmed: Arc::default(),
+            confirming: Arc::new(tokio::sync::Semaphore::new(CONFIRMING_AT_ONCE)),
         }
+    }
+
+    /// The confirmation of `job_id` at `place` that no sweep has overtaken yet.
+    pub fn confirmed(&self, place: &Place, job_id: &str) -> Option<Confirmed> {
+        let c = lock(&self.confirmed)
+            .get(&(place.clone(), job_id.to_string()))
+            .cloned()?;
+        let view = self.subscribe(place);
+        let snapshot = view.borrow().snapshot.clone();
+        match snapshot {
+            Some(s) if s.started_at > c.started_at && overtaken(&c, &s) => None,
+            _ => Some(c),
+        }
+    }
+
+    /// Confirms a call made at `after` on `job` (then in status `from`) before the next
+    /// sweep: DescribeClassificationJob 1 s after the call, then 2, 4, 8, ... s later while
+    /// Macie still shows `from`, as long as no sweep that started after the call has come;
+    /// each read is recorded (for `hold` against sweeps that still show `from`) and the
+    /// resources naming the job are looked at. A manual poller (the harness) confirms by its
+    /// sweeps only.
+    pub fn confirm(&self, place: &Place, job: &ObservedJob, after: Timestamp, hold: Duration) {
+        if self.manual.is_some() {
+            return;
+        }
+        let task = Confirming {
+            place: place.clone(),
+            job_id: job.job_id.clone(),
+            name: job.name.clone(),
+            from: job.job_status.clone(),
+            after,
+            hold,
+            interval: self.interval,
+            view: self.subscribe(place),
+            clients: self.clients.clone(),
+            on_change: self.on_change.clone(),
+            confirmed: self.confirmed.clone(),
+            permits: self.confirming.clone(),
+        };
+        tokio::spawn(task.run());
     }
 
     /// A poller that sweeps only when `sweep_now` is called (no task is started).
@@ -567,6 +637,7 @@ impl JobPoller {
             page_size: self.page_size,
             on_change: self.on_change.clone(),
             wanted: self.wanted.clone(),
+            confirmed: self.confirmed.clone(),
         }
     }
 
@@ -610,6 +681,71 @@ impl JobPoller {
     }
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One call's confirmation, as a task.
+struct Confirming {
+    place: Place,
+    job_id: String,
+    name: Option<String>,
+    from: String,
+    after: Timestamp,
+    hold: Duration,
+    interval: Duration,
+    view: watch::Receiver<RegionView>,
+    clients: Arc<MacieClients>,
+    on_change: OnChange,
+    confirmed: Confirmations,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Confirming {
+    async fn run(self) {
+        let mut delay = Duration::from_secs(1);
+        let mut waited = Duration::ZERO;
+        while waited + delay < self.interval {
+            tokio::time::sleep(delay).await;
+            waited += delay;
+            delay *= 2;
+            let swept = self.view.borrow().snapshot.as_ref().map(|s| s.started_at);
+            if swept.is_some_and(|t| t > self.after) {
+                return;
+            }
+            let Ok(_permit) = self.permits.acquire().await else {
+                return;
+            };
+            let started_at = crate::runtime::clock::now();
+            let read = self.clients.api().describe_job(&self.place, &self.job_id).await;
+            self.clients
+                .metrics()
+                .call("DescribeClassificationJob", MacieError::outcome(&read));
+            let Ok(Some(job)) = read else { return };
+            let shows_change = job.job_status != self.from;
+            let holds_until = started_at + SignedDuration::try_from(self.hold).unwrap_or_default();
+            let key = (self.place.clone(), self.job_id.clone());
+            lock(&self.confirmed).insert(
+                key,
+                Confirmed {
+                    started_at,
+                    job,
+                    from: self.from.clone(),
+                    holds_until,
+                },
+            );
+            let changes = Changes::Jobs {
+                ids: [self.job_id.clone()].into(),
+                names: self.name.iter().cloned().collect(),
+            };
+            (self.on_change)(&self.place, &changes, None);
+            if shows_change {
+                return;
+            }
+        }
+    }
+}
+
 /// What one sweep of a place needs.
 struct Sweeper {
     place: Place,
@@ -618,6 +754,7 @@ struct Sweeper {
     page_size: i32,
     on_change: OnChange,
     wanted: Wanted,
+    confirmed: Confirmations,
 }
 
 /// Which resources a failed sweep affects: none until the failures are reported (the
@@ -739,6 +876,10 @@ fn publish_sweep(sweeper: &Sweeper, tx: &watch::Sender<RegionView>, taken: Taken
         swept_at,
     } = taken;
     sweeper.metrics.sweep_finished(&sweeper.place, next.error.is_none());
+    if let Some(s) = &next.snapshot {
+        lock(&sweeper.confirmed)
+            .retain(|(place, _), c| *place != sweeper.place || s.started_at <= c.started_at || !overtaken(c, s));
+    }
     tx.send_replace(next);
     (sweeper.on_change)(&sweeper.place, &changes, swept_at);
 }
@@ -754,6 +895,29 @@ mod tests {
             job_status: status.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_confirmation_stands_against_a_list_behind_it_until_its_hold_runs_out() {
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let c = Confirmed {
+            started_at: at(1),
+            job: job("j1", "n", "USER_PAUSED"),
+            from: "RUNNING".into(),
+            holds_until: at(301),
+        };
+        let sweep = |t: i64, status: &str| Snapshot::new(at(t), vec![job("j1", "n", status)], 1);
+        // (what the sweep shows, when it started, overtaken)
+        let rows = [
+            ("RUNNING", 60, false),
+            ("USER_PAUSED", 60, true),
+            ("CANCELLED", 60, true),
+            ("RUNNING", 302, true),
+        ];
+        for (status, t, want) in rows {
+            assert_eq!(overtaken(&c, &sweep(t, status)), want, "{status} at {t}");
+        }
+        assert!(overtaken(&c, &Snapshot::new(at(60), vec![], 1)), "the job is gone");
     }
 
     #[test]
