@@ -27,7 +27,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use testkit::ControlPlane;
 
-use report::{Capacity, CreateRun, DiscoveryRun, Flip, Footprint, HistoryRun, JobRun, Percentiles, ReadCost, Report};
+use report::{
+    Capacity, ConfirmRun, CreateRun, DiscoveryRun, Flip, Footprint, HistoryRun, JobRun, Percentiles, ReadCost, Report,
+};
 use system::{Machine, ProcStats};
 
 const REGION: &str = "us-east-1";
@@ -83,6 +85,11 @@ struct Args {
     /// The operator's --concurrency (reconciles in flight per controller); unset: its default.
     #[arg(long)]
     concurrency: Option<u16>,
+    /// MacieJob counts for the confirmation runs: each flipped once with the operator at its
+    /// default poll interval (60 s), so that apply -> Ready shows the confirmation by reads of
+    /// the job, not the next sweep.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "20,1000")]
+    confirm_jobs: Vec<usize>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -133,6 +140,14 @@ async fn run(args: Args) -> Result<()> {
             discovery_run(&args, n)
                 .await
                 .with_context(|| format!("discovery run with {n}"))?,
+        );
+        report.write(&args.out)?;
+    }
+    for &n in &args.confirm_jobs {
+        report.confirm.push(
+            confirm_run(&args, n)
+                .await
+                .with_context(|| format!("confirmation run with {n}"))?,
         );
         report.write(&args.out)?;
     }
@@ -427,6 +442,63 @@ fn ready_state(o: &MacieJob) -> Option<(i64, String)> {
             generation,
             st.job.as_ref().map(|j| j.job_status.clone()).unwrap_or_default(),
         )
+    })
+}
+
+/// The default poll interval of `macie-operator run`.
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// `n` MacieJobs over `n` RUNNING jobs, the operator at the default poll interval: one flip to
+/// USER_PAUSED, with the DescribeClassificationJob calls it took per MacieJob.
+async fn confirm_run(args: &Args, n: usize) -> Result<ConfirmRun> {
+    eprintln!("bench: confirmation of {n} MacieJobs at the default poll interval: starting a control plane");
+    let env = Env::start().await?;
+    let ids: Vec<String> = {
+        let mut e = env.emu.state.lock();
+        let now = e.now();
+        (0..n)
+            .map(|i| {
+                let job = serde_json::from_value(
+                    json!({"name": format!("job-{i}"), "jobType": "ONE_TIME", "jobStatus": "RUNNING"}),
+                )?;
+                e.put_job(&job, now).map_err(anyhow::Error::msg)
+            })
+            .collect::<Result<_>>()?
+    };
+    let api: Api<MacieJob> = Api::namespaced(env.client.clone(), &env.ns);
+    create_running(&api, "mj", &ids).await?;
+    let names: Vec<String> = (0..n).map(|i| format!("mj-{i}")).collect();
+    let job_of: HashMap<String, String> = names.iter().cloned().zip(ids.iter().cloned()).collect();
+    let (watch, watch_task) = ReadyWatch::start(api.clone());
+    let at_default = Args {
+        poll_interval: DEFAULT_POLL_INTERVAL,
+        ..args.clone()
+    };
+    let mut op = Operator::spawn(&at_default, &env, &args.out.join(format!("operator-confirm-{n}.log")))?;
+    let want: HashMap<String, (i64, String)> = names.iter().map(|m| (m.clone(), (1, "RUNNING".to_string()))).collect();
+    until("the first sync", &mut op, deadline_for(n), || async {
+        let done = watch.matching(&want).len();
+        Ok((done < n).then(|| format!("{done} of {n} Ready")))
+    })
+    .await?;
+    let describes = env.requests("DescribeClassificationJob");
+    let fleet = Fleet {
+        api: &api,
+        watch: &watch,
+        names: &names,
+        job_of: &job_of,
+    };
+    let flip = flip(&env, &mut op, &fleet, "USER_PAUSED", 2, json!({})).await?;
+    let reads = env.requests("DescribeClassificationJob") - describes;
+    eprintln!("bench: {flip}; {reads} DescribeClassificationJob");
+    let _ = op.child.kill().await;
+    let _ = op.child.wait().await;
+    watch_task.abort();
+    Ok(ConfirmRun {
+        resources: n,
+        poll_interval_s: DEFAULT_POLL_INTERVAL.as_secs_f64(),
+        reads_per_step: reads as f64 / n.max(1) as f64,
+        flip,
     })
 }
 

@@ -157,6 +157,17 @@ impl fmt::Display for Flip {
     }
 }
 
+/// A flip at the default poll interval (60 s): how fast reads of the job confirm the calls.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfirmRun {
+    pub resources: usize,
+    pub poll_interval_s: f64,
+    /// DescribeClassificationJob calls during the flip, per MacieJob flipped (the reads a
+    /// step costs beyond the sweeps).
+    pub reads_per_step: f64,
+    pub flip: Flip,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct JobRun {
     pub resources: usize,
@@ -397,6 +408,7 @@ pub struct Report {
     pub discovery: Vec<DiscoveryRun>,
     pub creates: Vec<CreateRun>,
     pub history: Vec<HistoryRun>,
+    pub confirm: Vec<ConfirmRun>,
     /// The goals of issue 13, each beside its limit and the figure before that issue (filled by
     /// `finish`).
     pub goals: Vec<Goal>,
@@ -436,6 +448,7 @@ impl Report {
             discovery: Vec::new(),
             creates: Vec::new(),
             history: Vec::new(),
+            confirm: Vec::new(),
             goals: Vec::new(),
         }
     }
@@ -528,6 +541,24 @@ impl Report {
                 "0",
                 (!self.jobs.is_empty()).then(|| (bad.to_string(), bad == 0)),
             ),
+            Goal::new(
+                "20 MacieJobs flipped at the default poll interval: apply -> Ready p50 / max, s",
+                "3 / 10",
+                "60 / 120",
+                self.confirm.iter().find(|c| c.resources == 20).map(|c| {
+                    let r = &c.flip.to_ready;
+                    (format!("{:.2} / {:.2}", r.p50, r.max), r.p50 <= 3.0 && r.max <= 10.0)
+                }),
+            ),
+            Goal::new(
+                "reads per step beyond the sweeps (DescribeClassificationJob), worst confirmation run",
+                "<= 2",
+                "0",
+                (!self.confirm.is_empty()).then(|| {
+                    let worst = self.confirm.iter().map(|c| c.reads_per_step).fold(0.0, f64::max);
+                    (format!("{worst:.2}"), worst <= 2.0)
+                }),
+            ),
         ]
     }
 
@@ -578,6 +609,16 @@ impl Report {
                 p.push(format!(
                     "discovery of {}: confirming one changed account took {} List calls, not 1",
                     d.accounts, d.confirm_one_calls
+                ));
+            }
+        }
+        for c in &self.confirm {
+            let f = &c.flip;
+            let what = format!("confirmation of {} at the default poll interval", c.resources);
+            if f.invalid + f.repeated > 0 || f.accepted != f.resources {
+                p.push(format!(
+                    "{what}: {} invalid and {} repeated updates, {} accepted for {} resources",
+                    f.invalid, f.repeated, f.accepted, f.resources
                 ));
             }
         }
@@ -794,6 +835,35 @@ impl Report {
                     h.list_everything,
                     h.initial_sync_s,
                     format!("{} / {}", h.initial_list_calls, h.initial_describe_calls)
+                ));
+            }
+        }
+        if !self.confirm.is_empty() {
+            line(String::new());
+            line("Confirmation (one flip, the operator at its default 60 s poll interval; seconds p50/p99/max)".into());
+            line(format!(
+                "| {:>9} | {:>20} | {:>20} | {:>7} | {:>15} | {:>10} | {:>7} | {:>8} |",
+                "MacieJobs",
+                "apply -> Macie",
+                "apply -> Ready",
+                "total",
+                "Describe/step",
+                "List calls",
+                "invalid",
+                "repeated"
+            ));
+            for c in &self.confirm {
+                let f = &c.flip;
+                line(format!(
+                    "| {:>9} | {:>20} | {:>20} | {:>7.1} | {:>15.2} | {:>10} | {:>7} | {:>8} |",
+                    c.resources,
+                    f.to_macie.to_string(),
+                    f.to_ready.to_string(),
+                    f.total_s,
+                    c.reads_per_step,
+                    f.list_calls,
+                    f.invalid,
+                    f.repeated
                 ));
             }
         }

@@ -3,6 +3,7 @@
 
 pub mod create;
 mod creating;
+pub mod drift;
 pub mod lifecycle;
 pub mod outcome;
 pub mod ownership;

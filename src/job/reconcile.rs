@@ -61,6 +61,7 @@ pub(super) async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Nex
     let planned = r.settle_ownership(r.plan(desired, &seen), desired, &seen);
     let planned = proceed!(r.release_after_cancel(planned, deleting, &seen).await);
     let report = r.settle_step(&planned, &seen);
+    let report = proceed!(r.wait_for_list(report, &seen, deleting).await);
     let report = proceed!(r.hold_if_paused(report, &planned, &seen, deleting).await);
     let report = proceed!(r.update_job(report, &planned, &seen).await);
     r.report(report, &seen, deleting).await
@@ -83,6 +84,9 @@ pub(super) struct Seen<'v> {
     pub(super) observation: Observation<'v>,
     /// The resource's create (spec.definition), as this process knows it.
     pub(super) creation: Option<CreationRecord>,
+    /// The observation is a read that confirmed a call, and a later sweep still lists the job
+    /// in its status before the call: the list may be behind the read, or the job changed back.
+    pub(super) list_behind: bool,
 }
 
 /// What the resource asks of the reconcile, once its lifecycle is settled.
@@ -177,14 +181,23 @@ impl<'a> Reconcile<'a> {
     ) -> Result<Next, Error> {
         proceed!(self.check_acted_on(admitted, &seen).await);
         self.release_peers(&seen);
+        let drift = match (&self.obj.spec.definition, &seen.observation) {
+            (Some(definition), Observation::Found(job)) => {
+                proceed!(self.definition_drift(definition, job, &seen).await)
+            }
+            _ => Vec::new(),
+        };
         let stored = self.obj.status.clone().unwrap_or_default();
-        let summary = plan::observed_summary(
-            desired,
-            seen.observation,
-            seen.snapshot_at,
-            clock::now(),
-            &self.ctx.config.plan,
-        );
+        let summary = match drift.is_empty() {
+            true => plan::observed_summary(
+                desired,
+                seen.observation,
+                seen.snapshot_at,
+                clock::now(),
+                &self.ctx.config.plan,
+            ),
+            false => plan::Reason::Drifted.summary(super::drift::describe(&drift)),
+        };
         let job = match &seen.observation {
             Observation::Found(job) => Some((*job).clone()),
             _ => None,
@@ -211,9 +224,14 @@ impl<'a> Reconcile<'a> {
     /// What the place's latest sweep (or a later read that confirms a call) says of the job
     /// the spec names (no effect).
     fn observe<'v>(&self, place: &Place, view: &'v RegionView, confirmed: Option<&'v Confirmed>) -> Seen<'v> {
-        let (observation, snapshot_at) = match (resolve(&self.obj.spec, view), confirmed) {
-            (Observation::Found(_), Some(c)) => (Observation::Found(&c.job), Some(c.started_at)),
-            (found, _) => (found, view.snapshot.as_ref().map(|s| s.started_at)),
+        let swept_at = view.snapshot.as_ref().map(|s| s.started_at);
+        let (observation, snapshot_at, list_behind) = match (resolve(&self.obj.spec, view), confirmed) {
+            (Observation::Found(_), Some(c)) => (
+                Observation::Found(&c.job),
+                Some(c.started_at),
+                swept_at.is_some_and(|t| t > c.started_at),
+            ),
+            (found, _) => (found, swept_at, false),
         };
         Seen {
             place: place.clone(),
@@ -221,6 +239,7 @@ impl<'a> Reconcile<'a> {
             snapshot_at,
             observation,
             creation: self.ctx.creation_for(&self.oref, self.obj.status.as_ref()),
+            list_behind,
         }
     }
 
@@ -289,6 +308,36 @@ impl<'a> Reconcile<'a> {
         planned
     }
 
+    /// Observe with spec.definition: DescribeClassificationJob of the job found by name, and
+    /// which of its settings differ from the definition. A failed read is the resource's
+    /// status, retried with backoff.
+    async fn definition_drift(
+        &self,
+        definition: &crate::api::job_definition::JobDefinition,
+        job: &ObservedJob,
+        seen: &Seen<'_>,
+    ) -> Flow<Vec<String>> {
+        let ctx = self.ctx;
+        let read = ctx.clients.api().job_settings(&seen.place, &job.job_id).await;
+        ctx.clients
+            .metrics()
+            .call("DescribeClassificationJob", MacieError::outcome(&read));
+        match read {
+            Ok(Some(settings)) => go(super::drift::definition_drift(definition, &settings)),
+            Ok(None) => go(Vec::new()),
+            Err(e) => {
+                let reason = match e {
+                    MacieError::AccessDenied { .. } => plan::Reason::AccessDenied,
+                    _ => plan::Reason::MacieError,
+                };
+                let what = format!("DescribeClassificationJob {} (its settings) failed: {e}", job.job_id);
+                self.status(reason.summary(what), &seen.place, seen.creation.clone())
+                    .await?;
+                stop(ctx.memory.retry(self.obj, &e))
+            }
+        }
+    }
+
     /// A paused or Observe declaration takes no part in ownership: the peers that show a
     /// Conflict (perhaps with it) look again.
     fn release_peers(&self, seen: &Seen<'_>) {
@@ -345,6 +394,25 @@ impl<'a> Reconcile<'a> {
             stored,
             last_transition,
         }
+    }
+
+    /// A read of the job confirmed the call, and a later sweep still lists the job as it was
+    /// before: nothing is done, and nothing is claimed, until they agree or the confirmation's
+    /// hold (the step timeout) runs out and the lists are believed.
+    async fn wait_for_list(&self, mut report: Report, seen: &Seen<'_>, deleting: bool) -> Flow<Report> {
+        if !seen.list_behind {
+            return go(report);
+        }
+        let Observation::Found(job) = &seen.observation else {
+            return go(report);
+        };
+        report.summary = plan::Reason::WaitingForSweep.summary(format!(
+            "a read of job {} after the call showed {}; a later sweep still lists its status from before the call: nothing is done until they agree (at most the step timeout)",
+            job.job_id, job.job_status
+        ));
+        report.recheck_at = None;
+        self.ctx.wake_after_sweep(&self.oref, &seen.place, clock::now());
+        stop(self.report(report, seen, deleting).await?)
     }
 
     /// A paused resource makes no Macie write: its status says so, with what Macie shows (a

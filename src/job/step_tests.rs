@@ -1409,3 +1409,35 @@ async fn an_observe_declaration_holds_no_one_in_conflict() {
     }
     assert_eq!(macie.updates().len(), 1, "the Manage declaration acts, once");
 }
+
+#[tokio::test]
+async fn an_observed_definition_names_each_setting_that_differs() {
+    let macie = Arc::new(FakeMacie::default());
+    macie.put(REGION, "j1", "scan", "RUNNING");
+    let settings = json!({
+        "jobType": "ONE_TIME",
+        "s3JobDefinition": {"bucketDefinitions": [{"accountId": "111122223333", "buckets": ["b1", "b2"]}]},
+    });
+    macie.put_settings("j1", settings);
+    let mut r = creating_rig(macie.clone());
+    r.create(observing("m", definition("scan", "RUNNING")));
+    r.sweeps(1).await;
+    r.reconcile("m", 2).await;
+    let (phase, reason, message) = r.reason("m");
+    assert_eq!((phase.as_str(), reason.as_str()), ("Stalled", "Drifted"));
+    assert!(message.contains("s3JobDefinition.bucketDefinitions"), "{message}");
+    assert!(
+        macie.creates().is_empty() && macie.updates().is_empty(),
+        "Observe never writes"
+    );
+    // The same settings: Ready.
+    macie.put_settings(
+        "j1",
+        json!({"jobType": "ONE_TIME", "s3JobDefinition": {"bucketDefinitions": [{"accountId": "111122223333", "buckets": ["b1"]}]}}),
+    );
+    let mut o = r.get("m").unwrap();
+    o.metadata.labels = Some([("look".to_string(), "again".to_string())].into());
+    r.kube.put(serde_json::to_value(&o).unwrap(), "maciejobs");
+    r.reconcile("m", 1).await;
+    assert_eq!(r.reason("m").1, "Converged");
+}

@@ -73,6 +73,15 @@ pub trait MacieApi: Send + Sync {
         place: &'a Place,
         job_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, MacieError>>;
+
+    /// DescribeClassificationJob: the job's settings in spec.definition's shape (the fields
+    /// [`crate::job::drift`] compares; see [`sdk_describe_settings`]); None when there is no
+    /// such job.
+    fn job_settings<'a>(
+        &'a self,
+        place: &'a Place,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<serde_json::Value>, MacieError>>;
 }
 
 /// A job to create.
@@ -365,6 +374,65 @@ mod sdk {
             ))
             .build()
     }
+}
+
+/// DescribeClassificationJob through the SDK: the settings a definition declares, in its JSON
+/// shape (jobType, description, samplingPercentage, scheduleFrequency,
+/// managedDataIdentifierSelector and the three id lists, s3JobDefinition.bucketDefinitions,
+/// tags; bucketCriteria and scoping are not read).
+pub async fn sdk_describe_settings(client: &Client, job_id: &str) -> Result<Option<serde_json::Value>, MacieError> {
+    use serde_json::{Map, Value, json};
+    let d = match client.describe_classification_job().job_id(job_id).send().await {
+        Ok(d) => d,
+        Err(e) => {
+            return match MacieError::from_sdk(e) {
+                MacieError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            };
+        }
+    };
+    let mut out = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            out.insert(k.to_string(), v);
+        }
+    };
+    let strings = |v: &[String]| json!(v);
+    put("jobType", d.job_type().map(|t| json!(t.as_str())));
+    put("description", d.description().map(|s| json!(s)));
+    put("samplingPercentage", d.sampling_percentage().map(|p| json!(p)));
+    put(
+        "scheduleFrequency",
+        d.schedule_frequency().map(|f| {
+            if let Some(w) = f.weekly_schedule() {
+                json!({"weeklySchedule": {"dayOfWeek": w.day_of_week().map(|d| d.as_str())}})
+            } else if let Some(m) = f.monthly_schedule() {
+                json!({"monthlySchedule": {"dayOfMonth": m.day_of_month()}})
+            } else {
+                json!({"dailySchedule": {}})
+            }
+        }),
+    );
+    put(
+        "managedDataIdentifierSelector",
+        d.managed_data_identifier_selector().map(|s| json!(s.as_str())),
+    );
+    put(
+        "managedDataIdentifierIds",
+        Some(strings(d.managed_data_identifier_ids())),
+    );
+    put("customDataIdentifierIds", Some(strings(d.custom_data_identifier_ids())));
+    put("allowListIds", Some(strings(d.allow_list_ids())));
+    let buckets: Vec<Value> = (d
+        .s3_job_definition()
+        .map(|s| s.bucket_definitions())
+        .unwrap_or_default())
+    .iter()
+    .map(|b| json!({"accountId": b.account_id(), "buckets": b.buckets()}))
+    .collect();
+    put("s3JobDefinition", Some(json!({"bucketDefinitions": buckets})));
+    put("tags", d.tags().map(|t| json!(t)));
+    Ok(Some(Value::Object(out)))
 }
 
 /// DescribeClassificationJob through the SDK, as a sweep would show the job.

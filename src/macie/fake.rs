@@ -45,6 +45,8 @@ struct State {
     create_failures: VecDeque<Option<MacieError>>,
     /// Every create call: (name, client token, outcome).
     creates: Vec<(String, String, String)>,
+    /// Settings DescribeClassificationJob shows, by job id (`put_settings`).
+    settings: HashMap<String, serde_json::Value>,
     describes: u64,
 }
 
@@ -152,6 +154,11 @@ impl FakeMacie {
     }
 
     /// Every create call: (name, client token, outcome).
+    /// The settings DescribeClassificationJob shows for `job_id` (in spec.definition's shape).
+    pub fn put_settings(&self, job_id: &str, settings: serde_json::Value) {
+        self.state().settings.insert(job_id.to_string(), settings);
+    }
+
     pub fn creates(&self) -> Vec<(String, String, String)> {
         self.state().creates.clone()
     }
@@ -299,6 +306,20 @@ impl MacieApi for FakeMacie {
     ) -> BoxFuture<'a, Result<Option<String>, MacieError>> {
         let token = self.state().tokens.get(job_id).cloned();
         Box::pin(async move { Ok(token) })
+    }
+
+    fn job_settings<'a>(
+        &'a self,
+        _place: &'a Place,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<serde_json::Value>, MacieError>> {
+        let mut s = self.state();
+        s.describes += 1;
+        let result = match s.describe_failures.get(job_id) {
+            Some(e) => Err(e.clone()),
+            None => Ok(s.settings.get(job_id).cloned()),
+        };
+        Box::pin(async move { result })
     }
 
     fn describe_job<'a>(

@@ -510,7 +510,11 @@ pub struct JobPoller {
     manual: Option<std::sync::Mutex<HashMap<Place, Manual>>>,
     confirmed: Confirmations,
     confirming: Arc<tokio::sync::Semaphore>,
+    /// A manual poller's confirmations to make (`confirm_now`): (place, job, call time, hold).
+    pending_confirms: std::sync::Mutex<Vec<PendingConfirm>>,
 }
+
+type PendingConfirm = (Place, ObservedJob, Timestamp, Duration);
 
 /// A manual poller's place: its view and the history of its sweeps.
 type Manual = (watch::Sender<RegionView>, History);
@@ -541,6 +545,29 @@ impl JobPoller {
             manual: None,
             confirmed: Arc::default(),
             confirming: Arc::new(tokio::sync::Semaphore::new(CONFIRMING_AT_ONCE)),
+            pending_confirms: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A manual poller's confirmation reads of `place`, now, on the caller's task: each call
+    /// waiting for one gets one DescribeClassificationJob (recorded as `confirm` does); one whose
+    /// job still shows the old status waits for the next.
+    pub async fn confirm_now(&self, place: &Place) {
+        let due: Vec<PendingConfirm> = {
+            let mut pending = lock(&self.pending_confirms);
+            let (due, rest) = std::mem::take(&mut *pending).into_iter().partition(|p| p.0 == *place);
+            *pending = rest;
+            due
+        };
+        for (place, job, after, hold) in due {
+            let swept = self.subscribe(&place).borrow().snapshot.as_ref().map(|s| s.started_at);
+            if swept.is_some_and(|t| t > after) {
+                continue;
+            }
+            let task = self.confirming_task(&place, &job, after, hold);
+            if task.read_once().await == Some(false) {
+                lock(&self.pending_confirms).push((place, job, after, hold));
+            }
         }
     }
 
@@ -565,9 +592,14 @@ impl JobPoller {
     /// sweeps only.
     pub fn confirm(&self, place: &Place, job: &ObservedJob, after: Timestamp, hold: Duration) {
         if self.manual.is_some() {
+            lock(&self.pending_confirms).push((place.clone(), job.clone(), after, hold));
             return;
         }
-        let task = Confirming {
+        tokio::spawn(self.confirming_task(place, job, after, hold).run());
+    }
+
+    fn confirming_task(&self, place: &Place, job: &ObservedJob, after: Timestamp, hold: Duration) -> Confirming {
+        Confirming {
             place: place.clone(),
             job_id: job.job_id.clone(),
             name: job.name.clone(),
@@ -580,8 +612,7 @@ impl JobPoller {
             on_change: self.on_change.clone(),
             confirmed: self.confirmed.clone(),
             permits: self.confirming.clone(),
-        };
-        tokio::spawn(task.run());
+        }
     }
 
     /// A poller that sweeps only when `sweep_now` is called (no task is started).
@@ -716,33 +747,40 @@ impl Confirming {
             let Ok(_permit) = self.permits.acquire().await else {
                 return;
             };
-            let started_at = crate::runtime::clock::now();
-            let read = self.clients.api().describe_job(&self.place, &self.job_id).await;
-            self.clients
-                .metrics()
-                .call("DescribeClassificationJob", MacieError::outcome(&read));
-            let Ok(Some(job)) = read else { return };
-            let shows_change = job.job_status != self.from;
-            let holds_until = started_at + SignedDuration::try_from(self.hold).unwrap_or_default();
-            let key = (self.place.clone(), self.job_id.clone());
-            lock(&self.confirmed).insert(
-                key,
-                Confirmed {
-                    started_at,
-                    job,
-                    from: self.from.clone(),
-                    holds_until,
-                },
-            );
-            let changes = Changes::Jobs {
-                ids: [self.job_id.clone()].into(),
-                names: self.name.iter().cloned().collect(),
-            };
-            (self.on_change)(&self.place, &changes, None);
-            if shows_change {
+            if self.read_once().await != Some(false) {
                 return;
             }
         }
+    }
+
+    /// One read of the job, recorded, and the resources naming it told: Some(true) when it
+    /// shows the change, Some(false) when it still shows the old status, None when it could
+    /// not be read (the next sweep tells).
+    async fn read_once(&self) -> Option<bool> {
+        let started_at = crate::runtime::clock::now();
+        let read = self.clients.api().describe_job(&self.place, &self.job_id).await;
+        self.clients
+            .metrics()
+            .call("DescribeClassificationJob", MacieError::outcome(&read));
+        let Ok(Some(job)) = read else { return None };
+        let shows_change = job.job_status != self.from;
+        let holds_until = started_at + SignedDuration::try_from(self.hold).unwrap_or_default();
+        let key = (self.place.clone(), self.job_id.clone());
+        lock(&self.confirmed).insert(
+            key,
+            Confirmed {
+                started_at,
+                job,
+                from: self.from.clone(),
+                holds_until,
+            },
+        );
+        let changes = Changes::Jobs {
+            ids: [self.job_id.clone()].into(),
+            names: self.name.iter().cloned().collect(),
+        };
+        (self.on_change)(&self.place, &changes, None);
+        Some(shows_change)
     }
 }
 
@@ -872,13 +910,23 @@ async fn take_sweep(sweeper: &Sweeper, history: &mut History, prev: &RegionView)
 fn publish_sweep(sweeper: &Sweeper, tx: &watch::Sender<RegionView>, taken: Taken) {
     let Taken {
         next,
-        changes,
+        mut changes,
         swept_at,
     } = taken;
     sweeper.metrics.sweep_finished(&sweeper.place, next.error.is_none());
-    if let Some(s) = &next.snapshot {
-        lock(&sweeper.confirmed)
-            .retain(|(place, _), c| *place != sweeper.place || s.started_at <= c.started_at || !overtaken(c, s));
+    if let (Some(s), Some(_)) = (&next.snapshot, swept_at) {
+        let mut confirmed = lock(&sweeper.confirmed);
+        // A job this sweep lists otherwise than the read that confirmed a call showed: the
+        // resources naming it look again (their snapshots may not differ).
+        if let Changes::Jobs { ids, names } = &mut changes {
+            for ((place, id), c) in confirmed.iter() {
+                if *place == sweeper.place && s.jobs.get(id).map(|j| &j.job_status) != Some(&c.job.job_status) {
+                    ids.insert(id.clone());
+                    names.extend(c.job.name.clone());
+                }
+            }
+        }
+        confirmed.retain(|(place, _), c| *place != sweeper.place || s.started_at <= c.started_at || !overtaken(c, s));
     }
     tx.send_replace(next);
     (sweeper.on_change)(&sweeper.place, &changes, swept_at);

@@ -395,6 +395,17 @@ impl MacieApi for MacieClients {
             move |c| async move { api::sdk_job_client_token(&c, job_id).await },
         ))
     }
+
+    fn job_settings<'a>(
+        &'a self,
+        place: &'a Place,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<serde_json::Value>, MacieError>> {
+        Box::pin(self.with_client(
+            place,
+            move |c| async move { api::sdk_describe_settings(&c, job_id).await },
+        ))
+    }
 }
 
 /// What replaces an IAM or STS principal ARN in an AWS error message.
