@@ -89,6 +89,7 @@ fn a_name_two_jobs_carry_is_ambiguous_and_a_unique_one_is_found() {
             error: None,
             failures: 0,
             sweeps: 1,
+            confirmed: HashMap::new(),
         }
     };
     let one = snapshot(&[job("j1", "nightly")]);

@@ -431,3 +431,45 @@ async fn a_call_is_confirmed_before_the_next_sweep_and_never_repeated() -> Resul
     op.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_is_confirmed_before_the_next_sweep() -> Result<()> {
+    let s = scene("confirm-create").await?;
+    let account: MacieAccount = serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieAccount",
+        "metadata": {"name": "creates-confirmed"},
+        "spec": {"regions": [REGION], "namespaceSelector": {}, "jobs": {"allowCreate": true}},
+    }))?;
+    Api::<MacieAccount>::all(s.client.clone())
+        .patch(
+            "creates-confirmed",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&account),
+        )
+        .await?;
+    let op = OperatorHandle::start(s.client.clone(), &s.ns, &s.emu.url, |c| {
+        c.poll_interval = Duration::from_secs(60);
+        c.create_rate = 10.0;
+    })
+    .await;
+    let place = macie_operator::macie::Place::new("creates-confirmed", REGION);
+    let api: Api<MacieJob> = Api::namespaced(s.client.clone(), &s.ns);
+    let spec = json!({"jobName": "confirmed-scan", "jobStatus": "RUNNING", "accountRef": {"name": "creates-confirmed"},
+        "definition": {"jobType": "ONE_TIME",
+            "s3JobDefinition": {"bucketDefinitions": [{"accountId": "123456789012", "buckets": ["finance-a"]}]}}});
+    create_job(&api, "created", spec).await?;
+    let o = wait_reason(&api, "created", "Converged", Duration::from_secs(30)).await?;
+    assert_eq!(op.poller.view(&place).sweeps, 1, "confirmed before the next sweep");
+    assert!(
+        o.status
+            .and_then(|s| s.job)
+            .is_some_and(|j| j.name.as_deref() == Some("confirmed-scan"))
+    );
+    assert_eq!(s.emu.requests("CreateClassificationJob"), 1);
+    Api::<MacieAccount>::all(s.client.clone())
+        .delete("creates-confirmed", &Default::default())
+        .await
+        .ok();
+    op.stop().await;
+    Ok(())
+}

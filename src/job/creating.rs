@@ -175,6 +175,13 @@ async fn follow<'v>(r: &Reconcile<'_>, mut seen: Seen<'v>, job_id: String) -> Fl
         ..r.obj.spec.clone()
     };
     seen.observation = resolve(&followed, seen.view);
+    // A read of the job made after the create (`JobPoller::confirm`) shows it before a sweep.
+    if let (Observation::NotFound | Observation::NoSweepYet, Some(c)) =
+        (&seen.observation, seen.view.confirmed.get(&job_id))
+    {
+        seen.observation = Observation::Found(&c.job);
+        seen.snapshot_at = Some(c.started_at);
+    }
     if matches!(seen.observation, Observation::NotFound | Observation::NoSweepYet)
         && seen.snapshot_at.is_none_or(|s| s <= record.requested_at.0)
     {
@@ -438,6 +445,15 @@ async fn judge_create<T>(
             let note = format!("CreateClassificationJob {name:?}: job {job_id}");
             publish(ctx, r.obj, EventType::Normal, "Created", note).await;
             ctx.wake_after_sweep(&r.oref, place, clock::now());
+            // Confirmed by a read of the new job before the next sweep (it did not exist: no
+            // status before the call).
+            let created = crate::api::macie_job::ObservedJob {
+                job_id: job_id.clone(),
+                name: Some(name.to_string()),
+                ..Default::default()
+            };
+            let hold = ctx.config.plan.step_timeout;
+            ctx.poller.confirm(place, &created, record.requested_at.0, hold);
             let summary = Reason::Creating.summary(format!("created job {job_id}; waiting for a sweep to show it"));
             (summary, Next::AwaitChange)
         }

@@ -36,7 +36,7 @@ use crate::account::policy::{Pause, Refusal};
 use crate::api::conditions::Summary;
 use crate::api::macie_job::{CreationRecord, ObservedJob, RequestedTransition, TransitionOutcome};
 use crate::api::{DesiredJobStatus, MacieJob, MacieJobStatus};
-use crate::macie::jobs::{Confirmed, RegionView};
+use crate::macie::jobs::RegionView;
 use crate::macie::{MacieError, Place};
 use crate::proceed;
 use crate::runtime::events::EventType;
@@ -50,8 +50,7 @@ pub(super) async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Nex
     let admitted = proceed!(r.admit().await);
     let intent = proceed!(r.keep_finalizer().await);
     let view = ctx.poller.view(&admitted.place);
-    let confirmed = r.confirmation(&admitted.place, &view);
-    let seen = r.observe(&admitted.place, &view, confirmed.as_ref());
+    let seen = r.observe(&admitted.place, &view);
     let (desired, deleting) = match intent {
         Intent::Observe(desired) => return r.observe_only(&admitted, seen, desired).await,
         Intent::Manage { desired, deleting } => (desired, deleting),
@@ -212,20 +211,16 @@ impl<'a> Reconcile<'a> {
         self.report(report, &seen, false).await
     }
 
-    /// A read of the job the spec names that confirms a call and no sweep has overtaken yet
-    /// (`JobPoller::confirm`).
-    fn confirmation(&self, place: &Place, view: &RegionView) -> Option<Confirmed> {
-        match resolve(&self.obj.spec, view) {
-            Observation::Found(job) => self.ctx.poller.confirmed(place, &job.job_id),
-            _ => None,
-        }
-    }
-
     /// What the place's latest sweep (or a later read that confirms a call) says of the job
     /// the spec names (no effect).
-    fn observe<'v>(&self, place: &Place, view: &'v RegionView, confirmed: Option<&'v Confirmed>) -> Seen<'v> {
+    fn observe<'v>(&self, place: &Place, view: &'v RegionView) -> Seen<'v> {
         let swept_at = view.snapshot.as_ref().map(|s| s.started_at);
-        let (observation, snapshot_at, list_behind) = match (resolve(&self.obj.spec, view), confirmed) {
+        let found = resolve(&self.obj.spec, view);
+        let confirmed = match found {
+            Observation::Found(job) => view.confirmed.get(&job.job_id),
+            _ => None,
+        };
+        let (observation, snapshot_at, list_behind) = match (found, confirmed) {
             (Observation::Found(_), Some(c)) => (
                 Observation::Found(&c.job),
                 Some(c.started_at),

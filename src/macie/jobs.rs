@@ -159,6 +159,9 @@ pub struct RegionView {
     pub failures: u32,
     /// Completed sweeps, successful or not.
     pub sweeps: u64,
+    /// Reads that confirmed a call and no sweep has overtaken yet, by job id (filled by
+    /// `JobPoller::view`, not published by the sweeps).
+    pub confirmed: HashMap<String, Confirmed>,
 }
 
 /// Which resources a sweep affects.
@@ -490,8 +493,14 @@ const CONFIRMING_AT_ONCE: usize = 8;
 /// Whether a sweep's `snapshot` overtakes a confirmation: it shows the job in another status
 /// than when the call was made (the change, or a later one), or the confirmation's hold ran
 /// out. Until then a sweep that still shows the old status is a list behind the read.
+/// A create's confirmation (`from` empty: the job did not exist) is overtaken once a sweep
+/// lists the job.
 pub fn overtaken(c: &Confirmed, snapshot: &Snapshot) -> bool {
-    snapshot.started_at > c.holds_until || snapshot.jobs.get(&c.job.job_id).is_none_or(|j| j.job_status != c.from)
+    snapshot.started_at > c.holds_until
+        || match snapshot.jobs.get(&c.job.job_id) {
+            Some(j) => j.job_status != c.from,
+            None => !c.from.is_empty(),
+        }
 }
 
 /// Runs one sweeper task per place (the shared per-place registry), started on first use by
@@ -571,17 +580,13 @@ impl JobPoller {
         }
     }
 
-    /// The confirmation of `job_id` at `place` that no sweep has overtaken yet.
-    pub fn confirmed(&self, place: &Place, job_id: &str) -> Option<Confirmed> {
-        let c = lock(&self.confirmed)
-            .get(&(place.clone(), job_id.to_string()))
-            .cloned()?;
-        let view = self.subscribe(place);
-        let snapshot = view.borrow().snapshot.clone();
-        match snapshot {
-            Some(s) if s.started_at > c.started_at && overtaken(&c, &s) => None,
-            _ => Some(c),
-        }
+    /// The confirmations of `place` that no sweep has overtaken yet, by job id.
+    fn confirmed_at(&self, place: &Place, snapshot: Option<&Snapshot>) -> HashMap<String, Confirmed> {
+        let standing = |c: &Confirmed| snapshot.is_none_or(|s| s.started_at <= c.started_at || !overtaken(c, s));
+        (lock(&self.confirmed).iter())
+            .filter(|((p, _), c)| p == place && standing(c))
+            .map(|((_, id), c)| (id.clone(), c.clone()))
+            .collect()
     }
 
     /// Confirms a call made at `after` on `job` (then in status `from`) before the next
@@ -706,9 +711,12 @@ impl JobPoller {
         )
     }
 
-    /// The latest view of a place (starting its sweeper if needed).
+    /// The latest view of a place (starting its sweeper if needed), with the confirmations
+    /// no sweep has overtaken.
     pub fn view(&self, place: &Place) -> RegionView {
-        self.subscribe(place).borrow().clone()
+        let mut view = self.subscribe(place).borrow().clone();
+        view.confirmed = self.confirmed_at(place, view.snapshot.as_deref());
+        view
     }
 }
 
@@ -966,6 +974,19 @@ mod tests {
             assert_eq!(overtaken(&c, &sweep(t, status)), want, "{status} at {t}");
         }
         assert!(overtaken(&c, &Snapshot::new(at(60), vec![], 1)), "the job is gone");
+        let created = Confirmed {
+            from: String::new(),
+            ..c.clone()
+        };
+        assert!(
+            !overtaken(&created, &Snapshot::new(at(60), vec![], 1)),
+            "a create the list does not show yet"
+        );
+        assert!(overtaken(&created, &sweep(60, "RUNNING")), "listed");
+        assert!(
+            overtaken(&created, &Snapshot::new(at(302), vec![], 1)),
+            "the hold ran out"
+        );
     }
 
     #[test]
