@@ -178,4 +178,4 @@ bench-smoke:
 	$(CARGO) build --workspace --locked --bins
 	target/debug/macie-bench --operator target/debug/macie-operator --out target/bench-smoke \
 	  --jobs 20 --accounts 100 --discovery-resources 4 --poll-interval 1s --sweeps 2 \
-	  --creates 4 --create-rate 5 --history-jobs 300 --history-managed 10 >/dev/null
+	  --creates 4 --create-rate 5 --history-jobs 300 --history-managed 10 --confirm-jobs 5 >/dev/null
