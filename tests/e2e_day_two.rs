@@ -334,6 +334,20 @@ async fn observe_reports_drift_and_never_writes() -> Result<()> {
     })
     .await?;
     assert!(drifted.message.contains(member), "{}", drifted.message);
+    // Observe with a definition: the job of that name, each setting that differs.
+    s.emu.put_job(
+        json!({"name": "observed-scan", "jobType": "ONE_TIME", "jobStatus": "RUNNING",
+        "bucketDefinitions": [{"accountId": "123456789012", "buckets": ["finance-a"]}]}),
+    );
+    let observed_definition = json!({"jobName": "observed-scan", "managementPolicy": "Observe",
+        "definition": {"jobType": "SCHEDULED", "scheduleFrequency": {"dailySchedule": {}},
+            "s3JobDefinition": {"bucketDefinitions": [{"accountId": "123456789012", "buckets": ["finance-a", "finance-b"]}]}}});
+    create_job(&api, "observed-scan", observed_definition).await?;
+    let o = wait_reason(&api, "observed-scan", "Drifted", DEADLINE).await?;
+    let message = condition(&o, "Ready").message;
+    for field in ["jobType", "scheduleFrequency", "s3JobDefinition.bucketDefinitions"] {
+        assert!(message.contains(field), "{field} named: {message}");
+    }
     // Macie moves to the declaration out of band: Ready, still without a write.
     s.emu
         .state
