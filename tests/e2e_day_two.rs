@@ -227,11 +227,7 @@ async fn a_paused_job_is_left_alone_until_resumed() -> Result<()> {
     api.create(&Default::default(), &obj).await?;
     wait_reason(&api, "held", "ReconcilePaused", DEADLINE).await?;
     // Resumed out of band while paused: observed, not corrected.
-    s.emu
-        .state
-        .lock()
-        .set_status_service_side(None, None, &job, serde_json::from_value(json!("RUNNING"))?)
-        .map_err(anyhow::Error::msg)?;
+    s.emu.set_status(&job, "RUNNING")?;
     let seen = wait_for("the resumed job observed", DEADLINE, || async {
         let o = api.get("held").await?;
         let shown = o
@@ -349,11 +345,7 @@ async fn observe_reports_drift_and_never_writes() -> Result<()> {
         assert!(message.contains(field), "{field} named: {message}");
     }
     // Macie moves to the declaration out of band: Ready, still without a write.
-    s.emu
-        .state
-        .lock()
-        .set_status_service_side(None, None, &job, serde_json::from_value(json!("USER_PAUSED"))?)
-        .map_err(anyhow::Error::msg)?;
+    s.emu.set_status(&job, "USER_PAUSED")?;
     wait_reason(&api, "watched", "Converged", DEADLINE).await?;
     assert_eq!(writes(&s.emu), 0, "Observe never writes to Macie");
     assert_eq!(s.emu.account(member).as_deref(), Some("DISABLED"));

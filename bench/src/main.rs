@@ -445,6 +445,20 @@ fn ready_state(o: &MacieJob) -> Option<(i64, String)> {
     })
 }
 
+/// `n` RUNNING ONE_TIME jobs (`job-<i>`) put straight into the emulator; their ids.
+fn put_running_jobs(env: &Env, n: usize) -> Result<Vec<String>> {
+    let mut e = env.emu.state.lock();
+    let now = e.now();
+    (0..n)
+        .map(|i| {
+            let job = serde_json::from_value(
+                json!({"name": format!("job-{i}"), "jobType": "ONE_TIME", "jobStatus": "RUNNING"}),
+            )?;
+            e.put_job(&job, now).map_err(anyhow::Error::msg)
+        })
+        .collect()
+}
+
 /// The default poll interval of `macie-operator run`.
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -453,18 +467,7 @@ const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 async fn confirm_run(args: &Args, n: usize) -> Result<ConfirmRun> {
     eprintln!("bench: confirmation of {n} MacieJobs at the default poll interval: starting a control plane");
     let env = Env::start().await?;
-    let ids: Vec<String> = {
-        let mut e = env.emu.state.lock();
-        let now = e.now();
-        (0..n)
-            .map(|i| {
-                let job = serde_json::from_value(
-                    json!({"name": format!("job-{i}"), "jobType": "ONE_TIME", "jobStatus": "RUNNING"}),
-                )?;
-                e.put_job(&job, now).map_err(anyhow::Error::msg)
-            })
-            .collect::<Result<_>>()?
-    };
+    let ids = put_running_jobs(&env, n)?;
     let api: Api<MacieJob> = Api::namespaced(env.client.clone(), &env.ns);
     create_running(&api, "mj", &ids).await?;
     let names: Vec<String> = (0..n).map(|i| format!("mj-{i}")).collect();
@@ -505,18 +508,7 @@ async fn confirm_run(args: &Args, n: usize) -> Result<ConfirmRun> {
 async fn job_run(args: &Args, n: usize) -> Result<JobRun> {
     eprintln!("bench: {n} MacieJobs over {n} jobs: starting a control plane");
     let env = Env::start().await?;
-    let ids: Vec<String> = {
-        let mut e = env.emu.state.lock();
-        let now = e.now();
-        (0..n)
-            .map(|i| {
-                let job = serde_json::from_value(
-                    json!({"name": format!("job-{i}"), "jobType": "ONE_TIME", "jobStatus": "RUNNING"}),
-                )?;
-                e.put_job(&job, now).map_err(anyhow::Error::msg)
-            })
-            .collect::<Result<_>>()?
-    };
+    let ids = put_running_jobs(&env, n)?;
     let api: Api<MacieJob> = Api::namespaced(env.client.clone(), &env.ns);
     let t = Instant::now();
     create_running(&api, "mj", &ids).await?;

@@ -113,6 +113,15 @@ impl EmulatorHandle {
         e.put_job(&job, now).expect("job added")
     }
 
+    /// Changes a job's status as Macie would on its own (out of band).
+    pub fn set_status(&self, job_id: &str, status: &str) -> Result<()> {
+        let status = serde_json::from_value(json!(status))?;
+        self.state
+            .lock()
+            .set_status_service_side(None, None, job_id, status)
+            .map_err(anyhow::Error::msg)
+    }
+
     pub fn status(&self, job_id: &str) -> Option<String> {
         let mut e = self.state.lock();
         let snap = e.snapshot(None, None);
