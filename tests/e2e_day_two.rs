@@ -460,22 +460,78 @@ async fn a_create_is_confirmed_before_the_next_sweep() -> Result<()> {
     .await;
     let place = macie_operator::macie::Place::new("creates-confirmed", REGION);
     let api: Api<MacieJob> = Api::namespaced(s.client.clone(), &s.ns);
+    let definition = json!({"jobType": "SCHEDULED", "initialRun": false,
+    "scheduleFrequency": {"weeklySchedule": {"dayOfWeek": "MONDAY"}},
+    "s3JobDefinition": {
+        "bucketCriteria": {"includes": {"and": [
+            {"simpleCriterion": {"comparator": "EQ", "key": "S3_BUCKET_NAME", "values": ["logs-archive"]}},
+            {"tagCriterion": {"comparator": "EQ", "tagValues": [{"key": "team", "value": "finance"}]}}]}},
+        "scoping": {"excludes": {"and": [{"simpleScopeTerm": {"comparator": "EQ", "key": "OBJECT_EXTENSION", "values": ["gz"]}}]}}
+    }});
     let spec = json!({"jobName": "confirmed-scan", "jobStatus": "RUNNING", "accountRef": {"name": "creates-confirmed"},
-        "definition": {"jobType": "ONE_TIME",
-            "s3JobDefinition": {"bucketDefinitions": [{"accountId": "123456789012", "buckets": ["finance-a"]}]}}});
+        "definition": definition});
     create_job(&api, "created", spec).await?;
     let o = wait_reason(&api, "created", "Converged", Duration::from_secs(30)).await?;
     assert_eq!(op.poller.view(&place).sweeps, 1, "confirmed before the next sweep");
-    assert!(
-        o.status
-            .and_then(|s| s.job)
-            .is_some_and(|j| j.name.as_deref() == Some("confirmed-scan"))
-    );
+    let shown = o.status.and_then(|s| s.job);
+    assert!(shown.is_some_and(|j| j.name.as_deref() == Some("confirmed-scan")));
     assert_eq!(s.emu.requests("CreateClassificationJob"), 1);
     Api::<MacieAccount>::all(s.client.clone())
         .delete("creates-confirmed", &Default::default())
         .await
         .ok();
+    op.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_observed_definition_reads_back_as_created() -> Result<()> {
+    let s = scene("observe-created").await?;
+    let account: MacieAccount = serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieAccount",
+        "metadata": {"name": "observe-created"},
+        "spec": {"regions": [REGION], "namespaceSelector": {}, "jobs": {"allowCreate": true}},
+    }))?;
+    let accounts: Api<MacieAccount> = Api::all(s.client.clone());
+    accounts
+        .patch(
+            "observe-created",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&account),
+        )
+        .await?;
+    let op = OperatorHandle::start(s.client.clone(), &s.ns, &s.emu.url, |c| c.create_rate = 10.0).await;
+    let api: Api<MacieJob> = Api::namespaced(s.client.clone(), &s.ns);
+    let definition = json!({"jobType": "SCHEDULED", "initialRun": false,
+    "scheduleFrequency": {"weeklySchedule": {"dayOfWeek": "MONDAY"}},
+    "s3JobDefinition": {
+        "bucketCriteria": {"includes": {"and": [
+            {"simpleCriterion": {"comparator": "EQ", "key": "S3_BUCKET_NAME", "values": ["logs-archive"]}},
+            {"tagCriterion": {"comparator": "EQ", "tagValues": [{"key": "team", "value": "finance"}]}}]}},
+        "scoping": {"excludes": {"and": [{"simpleScopeTerm": {"comparator": "EQ", "key": "OBJECT_EXTENSION", "values": ["gz"]}}]}}
+    }});
+    let spec = json!({"jobName": "observed-created", "jobStatus": "RUNNING",
+        "accountRef": {"name": "observe-created"}, "definition": definition});
+    create_job(&api, "creator", spec.clone()).await?;
+    wait_reason(&api, "creator", "Converged", DEADLINE).await?;
+    // The same definition, observed: its settings read back as declared, bucket criteria and
+    // scoping included; with other scoping, that setting is named.
+    let mut observe = spec;
+    observe["managementPolicy"] = json!("Observe");
+    create_job(&api, "same", observe.clone()).await?;
+    let o = wait_reason(&api, "same", "Converged", DEADLINE).await?;
+    assert_eq!(condition(&o, "Ready").reason, "Converged");
+    observe["definition"]["s3JobDefinition"]["scoping"]["excludes"]["and"][0]["simpleScopeTerm"]["values"] =
+        json!(["zip"]);
+    create_job(&api, "other", observe).await?;
+    let o = wait_reason(&api, "other", "Drifted", DEADLINE).await?;
+    let message = condition(&o, "Ready").message;
+    assert!(
+        message.contains("s3JobDefinition.scoping") && !message.contains("bucketCriteria"),
+        "{message}"
+    );
+    assert_eq!(s.emu.requests("CreateClassificationJob"), 1);
+    accounts.delete("observe-created", &Default::default()).await.ok();
     op.stop().await;
     Ok(())
 }

@@ -4,8 +4,9 @@
 //! Compared, for each one the definition sets: jobType, description, samplingPercentage,
 //! scheduleFrequency, managedDataIdentifierSelector, managedDataIdentifierIds,
 //! customDataIdentifierIds and allowListIds (as sets), s3JobDefinition.bucketDefinitions (as
-//! sets of accounts and buckets), and each of the definition's tags (the job may carry more).
-//! Not compared: initialRun (Macie does not show it), bucketCriteria and scoping.
+//! sets of accounts and buckets), s3JobDefinition.bucketCriteria and scoping (as written), and
+//! each of the definition's tags (the job may carry more). Not compared: initialRun (Macie does
+//! not show it).
 
 use std::collections::BTreeSet;
 
@@ -47,6 +48,13 @@ pub fn definition_drift(definition: &JobDefinition, job: &Value) -> Vec<String> 
     if !wanted.is_null() && buckets(shown) != buckets(wanted) {
         differs("s3JobDefinition.bucketDefinitions", shown, wanted);
     }
+    for field in ["bucketCriteria", "scoping"] {
+        let wanted = without_nulls(&declared["s3JobDefinition"][field]);
+        let shown = without_nulls(&job["s3JobDefinition"][field]);
+        if !wanted.is_null() && shown != wanted {
+            differs(&format!("s3JobDefinition.{field}"), &shown, &wanted);
+        }
+    }
     for (key, value) in declared["tags"].as_object().into_iter().flatten() {
         let shown = &job["tags"][key];
         if shown != value {
@@ -68,6 +76,20 @@ pub fn describe(drift: &[String]) -> String {
         "the job's settings differ from spec.definition (managementPolicy Observe: nothing is changed): {}",
         named.join("; ")
     )
+}
+
+/// `v` without null members (absent and null compare equal).
+fn without_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, x)| !x.is_null())
+                .map(|(k, x)| (k.clone(), without_nulls(x)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
 }
 
 fn as_set(v: &Value) -> BTreeSet<String> {
@@ -174,6 +196,21 @@ mod tests {
             assert_eq!(drift.len(), 1, "{field}: {drift:?}");
             assert!(drift[0].starts_with(named), "{field}: {drift:?}");
         }
+        // Bucket criteria and scoping as written (absent and null alike).
+        let criteria = json!({"includes": {"and": [{"simpleCriterion": {"comparator": "EQ", "key": "S3_BUCKET_NAME", "values": ["logs"]}}]}});
+        let with_criteria = definition(json!({"s3JobDefinition": {"bucketCriteria": criteria}}));
+        let mut job = shown();
+        job["s3JobDefinition"] = json!({"bucketDefinitions": [], "bucketCriteria": {
+            "includes": {"and": [{"simpleCriterion": {"comparator": "EQ", "key": "S3_BUCKET_NAME", "values": ["logs"]}, "tagCriterion": null}]},
+            "excludes": null}});
+        let drift = definition_drift(&with_criteria, &job);
+        assert!(drift.is_empty(), "{drift:?}");
+        job["s3JobDefinition"]["bucketCriteria"]["includes"]["and"][0]["simpleCriterion"]["values"] = json!(["other"]);
+        let drift = definition_drift(&with_criteria, &job);
+        assert!(
+            drift.len() == 1 && drift[0].starts_with("s3JobDefinition.bucketCriteria"),
+            "{drift:?}"
+        );
         // A field the definition leaves out is not compared; one it sets is.
         let mut job = shown();
         job["description"] = json!("someone's notes");

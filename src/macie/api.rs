@@ -378,8 +378,8 @@ mod sdk {
 
 /// DescribeClassificationJob through the SDK: the settings a definition declares, in its JSON
 /// shape (jobType, description, samplingPercentage, scheduleFrequency,
-/// managedDataIdentifierSelector and the three id lists, s3JobDefinition.bucketDefinitions,
-/// tags; bucketCriteria and scoping are not read).
+/// managedDataIdentifierSelector and the three id lists, s3JobDefinition's bucketDefinitions,
+/// bucketCriteria and scoping, tags).
 pub async fn sdk_describe_settings(client: &Client, job_id: &str) -> Result<Option<serde_json::Value>, MacieError> {
     use serde_json::{Map, Value, json};
     let d = match client.describe_classification_job().job_id(job_id).send().await {
@@ -423,16 +423,78 @@ pub async fn sdk_describe_settings(client: &Client, job_id: &str) -> Result<Opti
     );
     put("customDataIdentifierIds", Some(strings(d.custom_data_identifier_ids())));
     put("allowListIds", Some(strings(d.allow_list_ids())));
-    let buckets: Vec<Value> = (d
-        .s3_job_definition()
-        .map(|s| s.bucket_definitions())
-        .unwrap_or_default())
-    .iter()
-    .map(|b| json!({"accountId": b.account_id(), "buckets": b.buckets()}))
-    .collect();
-    put("s3JobDefinition", Some(json!({"bucketDefinitions": buckets})));
+    let s3 = d.s3_job_definition();
+    let buckets: Vec<Value> = (s3.map(|s| s.bucket_definitions()).unwrap_or_default())
+        .iter()
+        .map(|b| json!({"accountId": b.account_id(), "buckets": b.buckets()}))
+        .collect();
+    let mut s3_json = json!({ "bucketDefinitions": buckets });
+    if let Some(c) = s3.and_then(|s| s.bucket_criteria()) {
+        s3_json["bucketCriteria"] = json!({
+            "includes": c.includes().map(settings::criteria_block),
+            "excludes": c.excludes().map(settings::criteria_block),
+        });
+    }
+    if let Some(sc) = s3.and_then(|s| s.scoping()) {
+        s3_json["scoping"] = json!({
+            "includes": sc.includes().map(settings::scoping_block),
+            "excludes": sc.excludes().map(settings::scoping_block),
+        });
+    }
+    put("s3JobDefinition", Some(s3_json));
     put("tags", d.tags().map(|t| json!(t)));
     Ok(Some(Value::Object(out)))
+}
+
+/// DescribeClassificationJob's bucket criteria and scoping in spec.definition's JSON shape
+/// (absent values as null; the comparison drops nulls).
+mod settings {
+    use aws_sdk_macie2::types as t;
+    use serde_json::{Value, json};
+
+    fn pairs<'a>(kv: impl Iterator<Item = (Option<&'a str>, Option<&'a str>)>) -> Vec<Value> {
+        kv.map(|(k, v)| json!({"key": k, "value": v})).collect()
+    }
+
+    pub fn criteria_block(b: &t::CriteriaBlockForJob) -> Value {
+        let and: Vec<Value> = (b.and().iter())
+            .map(|c| {
+                json!({
+                    "simpleCriterion": c.simple_criterion().map(|s| json!({
+                        "comparator": s.comparator().map(|x| x.as_str()),
+                        "key": s.key().map(|x| x.as_str()),
+                        "values": s.values(),
+                    })),
+                    "tagCriterion": c.tag_criterion().map(|tc| json!({
+                        "comparator": tc.comparator().map(|x| x.as_str()),
+                        "tagValues": pairs(tc.tag_values().iter().map(|p| (p.key(), p.value()))),
+                    })),
+                })
+            })
+            .collect();
+        json!({ "and": and })
+    }
+
+    pub fn scoping_block(b: &t::JobScopingBlock) -> Value {
+        let and: Vec<Value> = (b.and().iter())
+            .map(|term| {
+                json!({
+                    "simpleScopeTerm": term.simple_scope_term().map(|s| json!({
+                        "comparator": s.comparator().map(|x| x.as_str()),
+                        "key": s.key().map(|x| x.as_str()),
+                        "values": s.values(),
+                    })),
+                    "tagScopeTerm": term.tag_scope_term().map(|ts| json!({
+                        "comparator": ts.comparator().map(|x| x.as_str()),
+                        "key": ts.key(),
+                        "tagValues": pairs(ts.tag_values().iter().map(|p| (p.key(), p.value()))),
+                        "target": ts.target().map(|x| x.as_str()),
+                    })),
+                })
+            })
+            .collect();
+        json!({ "and": and })
+    }
 }
 
 /// DescribeClassificationJob through the SDK, as a sweep would show the job.
