@@ -6,16 +6,22 @@
 //!    from (the watch brings the newer copy).
 //! 3. `admit`: the MacieAccount admits the resource and its rules allow what it asks.
 //! 4. `keep_finalizer`: the Cancel finalizer is added, or released.
-//! 5. `observe`: the place's latest sweep, the resource's create and step (no effect).
+//! 5. `observe`: the place's latest sweep (or a later read that confirmed a call), the
+//!    resource's create and step (no effect). managementPolicy Observe ends in `observe_only`:
+//!    the name rule, the job against what is declared (and the definition's settings), the
+//!    status; no Macie write.
 //! 6. `creating::create_job`: spec.definition: the job is created once, then followed.
 //! 7. `check_acted_on`: the name rule holds for the job acted on, however it was found.
 //! 8. `plan` and `settle_ownership` (pure, but for waking peers whose conflict changes).
 //! 9. `release_after_cancel`: a deletion with Cancel ends once the job is cancelled.
 //! 10. `settle_step`: what became of the step in flight.
-//! 11. `hold_if_paused`: the pause annotation (on the resource or its MacieAccount) holds
+//! 11. `wait_for_list`: a later sweep still lists the job as it was before a confirmed call:
+//!     nothing is done until they agree (or the step timeout runs out).
+//! 12. `hold_if_paused`: the pause annotation (on the resource or its MacieAccount) holds
 //!     every Macie write; the status says so, with what Macie shows.
-//! 12. `update_job`: the write-ahead, the rules and the pause again, UpdateClassificationJob.
-//! 13. `report`: one status write when something changed, and the Event of a new reason.
+//! 13. `update_job`: the write-ahead, the rules and the pause again, UpdateClassificationJob;
+//!     a read of the job confirms the call before the next sweep (`JobPoller::confirm`).
+//! 14. `report`: one status write when something changed, and the Event of a new reason.
 
 use std::ops::ControlFlow;
 
