@@ -55,7 +55,7 @@ pub(super) async fn reconcile_inner(obj: &MacieJob, ctx: &Context) -> Result<Nex
     proceed!(r.wait_for_own_write());
     let admitted = proceed!(r.admit().await);
     let intent = proceed!(r.keep_finalizer().await);
-    let view = ctx.poller.view(&admitted.place);
+    let view = r.view(&admitted.place);
     let seen = r.observe(&admitted.place, &view);
     let (desired, deleting) = match intent {
         Intent::Observe(desired) => return r.observe_only(&admitted, seen, desired).await,
@@ -215,6 +215,20 @@ impl<'a> Reconcile<'a> {
             recheck_at: None,
         };
         self.report(report, &seen, false).await
+    }
+
+    /// The place's latest sweep, with the reads that confirmed a call on this resource's job
+    /// (the one its spec names, or the one it created) and no sweep has overtaken.
+    fn view(&self, place: &Place) -> RegionView {
+        let mut view = self.ctx.poller.view(place);
+        let named = match resolve(&self.obj.spec, &view) {
+            Observation::Found(job) => Some(job.job_id.clone()),
+            _ => None,
+        };
+        let created = (self.ctx.creation_for(&self.oref, self.obj.status.as_ref())).and_then(|c| c.job_id);
+        let ids: Vec<&str> = named.iter().chain(created.iter()).map(String::as_str).collect();
+        self.ctx.poller.add_confirmations(place, &mut view, &ids);
+        view
     }
 
     /// What the place's latest sweep (or a later read that confirms a call) says of the job

@@ -581,12 +581,17 @@ impl JobPoller {
     }
 
     /// The confirmations of `place` that no sweep has overtaken yet, by job id.
-    fn confirmed_at(&self, place: &Place, snapshot: Option<&Snapshot>) -> HashMap<String, Confirmed> {
+    /// The confirmations of `ids` at the place of `view` that no sweep has overtaken, put into
+    /// `view` (one lookup per id: a reconcile asks for its own job only).
+    pub fn add_confirmations(&self, place: &Place, view: &mut RegionView, ids: &[&str]) {
+        let snapshot = view.snapshot.as_deref();
         let standing = |c: &Confirmed| snapshot.is_none_or(|s| s.started_at <= c.started_at || !overtaken(c, s));
-        (lock(&self.confirmed).iter())
-            .filter(|((p, _), c)| p == place && standing(c))
-            .map(|((_, id), c)| (id.clone(), c.clone()))
-            .collect()
+        let all = lock(&self.confirmed);
+        for id in ids {
+            if let Some(c) = all.get(&(place.clone(), id.to_string())).filter(|c| standing(c)) {
+                view.confirmed.insert(id.to_string(), c.clone());
+            }
+        }
     }
 
     /// Confirms a call made at `after` on `job` (then in status `from`) before the next
@@ -711,12 +716,10 @@ impl JobPoller {
         )
     }
 
-    /// The latest view of a place (starting its sweeper if needed), with the confirmations
-    /// no sweep has overtaken.
+    /// The latest view of a place (starting its sweeper if needed), without confirmations
+    /// (`add_confirmations` adds the ones a reconcile needs).
     pub fn view(&self, place: &Place) -> RegionView {
-        let mut view = self.subscribe(place).borrow().clone();
-        view.confirmed = self.confirmed_at(place, view.snapshot.as_deref());
-        view
+        self.subscribe(place).borrow().clone()
     }
 }
 
