@@ -70,6 +70,33 @@ async fn settled(api: &Api<MacieJob>, n: usize) -> Result<Vec<(String, String, S
     .await
 }
 
+/// Applies MacieAccount `name` (the operator's own credentials, every namespace) with the job
+/// rules `jobs` and, when `paused`, the pause annotation.
+async fn apply_account(client: &kube::Client, name: &str, jobs: Value, paused: bool) -> Result<()> {
+    let annotations = paused.then(|| json!({"macie.kubeops.dev/paused": "true"}));
+    let account: MacieAccount = serde_json::from_value(json!({
+        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieAccount",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"regions": [REGION], "namespaceSelector": {}, "jobs": jobs},
+    }))?;
+    Api::<MacieAccount>::all(client.clone())
+        .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&account))
+        .await?;
+    Ok(())
+}
+
+/// A scheduled definition with bucket criteria and scoping.
+fn criteria_definition() -> Value {
+    json!({"jobType": "SCHEDULED", "initialRun": false,
+    "scheduleFrequency": {"weeklySchedule": {"dayOfWeek": "MONDAY"}},
+    "s3JobDefinition": {
+        "bucketCriteria": {"includes": {"and": [
+            {"simpleCriterion": {"comparator": "EQ", "key": "S3_BUCKET_NAME", "values": ["logs-archive"]}},
+            {"tagCriterion": {"comparator": "EQ", "tagValues": [{"key": "team", "value": "finance"}]}}]}},
+        "scoping": {"excludes": {"and": [{"simpleScopeTerm": {"comparator": "EQ", "key": "OBJECT_EXTENSION", "values": ["gz"]}}]}}
+    }})
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_export_applied_adopts_every_job_without_a_write() -> Result<()> {
     let s = scene("export").await?;
@@ -257,18 +284,7 @@ async fn a_paused_job_is_left_alone_until_resumed() -> Result<()> {
 async fn a_paused_account_holds_every_resource_that_uses_it() -> Result<()> {
     let s = scene("pause-account").await?;
     let accounts: Api<MacieAccount> = Api::all(s.client.clone());
-    let account: MacieAccount = serde_json::from_value(json!({
-        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieAccount",
-        "metadata": {"name": "held-account", "annotations": {"macie.kubeops.dev/paused": "true"}},
-        "spec": {"regions": [REGION], "namespaceSelector": {}, "jobs": {"allowCancel": true}},
-    }))?;
-    accounts
-        .patch(
-            "held-account",
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&account),
-        )
-        .await?;
+    apply_account(&s.client, "held-account", json!({"allowCancel": true}), true).await?;
     let running = s
         .emu
         .put_job(json!({"name": "a", "jobType": "ONE_TIME", "jobStatus": "RUNNING"}));
@@ -441,18 +457,7 @@ async fn a_call_is_confirmed_before_the_next_sweep_and_never_repeated() -> Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_create_is_confirmed_before_the_next_sweep() -> Result<()> {
     let s = scene("confirm-create").await?;
-    let account: MacieAccount = serde_json::from_value(json!({
-        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieAccount",
-        "metadata": {"name": "creates-confirmed"},
-        "spec": {"regions": [REGION], "namespaceSelector": {}, "jobs": {"allowCreate": true}},
-    }))?;
-    Api::<MacieAccount>::all(s.client.clone())
-        .patch(
-            "creates-confirmed",
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&account),
-        )
-        .await?;
+    apply_account(&s.client, "creates-confirmed", json!({"allowCreate": true}), false).await?;
     let op = OperatorHandle::start(s.client.clone(), &s.ns, &s.emu.url, |c| {
         c.poll_interval = Duration::from_secs(60);
         c.create_rate = 10.0;
@@ -460,14 +465,7 @@ async fn a_create_is_confirmed_before_the_next_sweep() -> Result<()> {
     .await;
     let place = macie_operator::macie::Place::new("creates-confirmed", REGION);
     let api: Api<MacieJob> = Api::namespaced(s.client.clone(), &s.ns);
-    let definition = json!({"jobType": "SCHEDULED", "initialRun": false,
-    "scheduleFrequency": {"weeklySchedule": {"dayOfWeek": "MONDAY"}},
-    "s3JobDefinition": {
-        "bucketCriteria": {"includes": {"and": [
-            {"simpleCriterion": {"comparator": "EQ", "key": "S3_BUCKET_NAME", "values": ["logs-archive"]}},
-            {"tagCriterion": {"comparator": "EQ", "tagValues": [{"key": "team", "value": "finance"}]}}]}},
-        "scoping": {"excludes": {"and": [{"simpleScopeTerm": {"comparator": "EQ", "key": "OBJECT_EXTENSION", "values": ["gz"]}}]}}
-    }});
+    let definition = criteria_definition();
     let spec = json!({"jobName": "confirmed-scan", "jobStatus": "RUNNING", "accountRef": {"name": "creates-confirmed"},
         "definition": definition});
     create_job(&api, "created", spec).await?;
@@ -487,29 +485,11 @@ async fn a_create_is_confirmed_before_the_next_sweep() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_observed_definition_reads_back_as_created() -> Result<()> {
     let s = scene("observe-created").await?;
-    let account: MacieAccount = serde_json::from_value(json!({
-        "apiVersion": "macie.kubeops.dev/v1alpha1", "kind": "MacieAccount",
-        "metadata": {"name": "observe-created"},
-        "spec": {"regions": [REGION], "namespaceSelector": {}, "jobs": {"allowCreate": true}},
-    }))?;
+    apply_account(&s.client, "observe-created", json!({"allowCreate": true}), false).await?;
     let accounts: Api<MacieAccount> = Api::all(s.client.clone());
-    accounts
-        .patch(
-            "observe-created",
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&account),
-        )
-        .await?;
     let op = OperatorHandle::start(s.client.clone(), &s.ns, &s.emu.url, |c| c.create_rate = 10.0).await;
     let api: Api<MacieJob> = Api::namespaced(s.client.clone(), &s.ns);
-    let definition = json!({"jobType": "SCHEDULED", "initialRun": false,
-    "scheduleFrequency": {"weeklySchedule": {"dayOfWeek": "MONDAY"}},
-    "s3JobDefinition": {
-        "bucketCriteria": {"includes": {"and": [
-            {"simpleCriterion": {"comparator": "EQ", "key": "S3_BUCKET_NAME", "values": ["logs-archive"]}},
-            {"tagCriterion": {"comparator": "EQ", "tagValues": [{"key": "team", "value": "finance"}]}}]}},
-        "scoping": {"excludes": {"and": [{"simpleScopeTerm": {"comparator": "EQ", "key": "OBJECT_EXTENSION", "values": ["gz"]}}]}}
-    }});
+    let definition = criteria_definition();
     let spec = json!({"jobName": "observed-created", "jobStatus": "RUNNING",
         "accountRef": {"name": "observe-created"}, "definition": definition});
     create_job(&api, "creator", spec.clone()).await?;
